@@ -1,0 +1,285 @@
+//! `cluebridge.v1.Broker`: the client API for agency back-office systems.
+
+use super::{caller, missing};
+use crate::broker::{Broker, SubmitInput};
+use crate::crypto::PeerIdentity;
+use crate::model::{MessageRef, validate_id};
+use crate::now_ms;
+use crate::pb;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Debug)]
+pub struct BrokerService {
+    broker: Broker,
+    /// Ends long-lived streams at shutdown so the server can drain.
+    stop: CancellationToken,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl BrokerService {
+    pub fn new(broker: Broker, stop: CancellationToken) -> Self {
+        BrokerService { broker, stop }
+    }
+
+    /// The calling client system: a client certificate of this node.
+    fn principal<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match caller(request)? {
+            PeerIdentity::Client { node, name } if node == self.broker.node_id() => Ok(name),
+            PeerIdentity::Client { node, name } => Err(Status::permission_denied(format!(
+                "client {name} belongs to node {node:?}; this is node {:?}",
+                self.broker.node_id()
+            ))),
+            PeerIdentity::Node(id) => Err(Status::permission_denied(format!(
+                "node {id} presented a node certificate; the Broker service is for client systems"
+            ))),
+        }
+    }
+}
+
+fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<(MessageRef, u64), Status> {
+    let lease = lease.ok_or_else(|| missing("lease"))?;
+    validate_id("lease.sender_node", &lease.sender_node)?;
+    validate_id("lease.message_id", &lease.message_id)?;
+    if lease.lease_id == 0 {
+        return Err(missing("lease.lease_id"));
+    }
+    Ok((
+        MessageRef {
+            sender_node: lease.sender_node,
+            message_id: lease.message_id,
+        },
+        lease.lease_id,
+    ))
+}
+
+#[tonic::async_trait]
+impl pb::broker_server::Broker for BrokerService {
+    async fn submit(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let principal = self.principal(&request)?;
+        let r = request.into_inner();
+        let submitted = self
+            .broker
+            .submit(
+                &principal,
+                SubmitInput {
+                    message_id: r.message_id,
+                    kind: r.kind,
+                    recipient_node: r.recipient_node,
+                    case_reference: r.case_reference,
+                    correlation_id: r.correlation_id,
+                    subject: r.subject,
+                    content_type: r.content_type,
+                    payload: r.payload,
+                    ttl_seconds: r.ttl_seconds,
+                    reply_by_ms: r.reply_by_ms,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::SubmitResponse {
+            accepted: Some(submitted.accepted.to_wire()),
+            envelope_header: submitted.header,
+            envelope_signature: submitted.signature,
+            duplicate: submitted.duplicate,
+        }))
+    }
+
+    type ReceiveStream = BoxStream<pb::Delivery>;
+
+    async fn receive(
+        &self,
+        request: Request<pb::ReceiveRequest>,
+    ) -> Result<Response<Self::ReceiveStream>, Status> {
+        let principal = self.principal(&request)?;
+        let r = request.into_inner();
+        let permits = self.broker.stream_permits(r.max_outstanding)?;
+        let lease_ms = self.broker.lease_length_ms(r.lease_seconds)?;
+        let (tx, rx) = mpsc::channel(8);
+        let broker = self.broker.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tracing::debug!(%principal, "receive stream opened");
+            loop {
+                let mut permit = tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = tx.closed() => return,
+                    _ = stop.cancelled() => return,
+                };
+                loop {
+                    // Registered before looking, so no wake-up is lost.
+                    let wake = broker.inbox_wake().notified();
+                    tokio::pin!(wake);
+                    wake.as_mut().enable();
+                    match broker.lease_next(lease_ms, permit) {
+                        Ok(Ok(leased)) => {
+                            let message = leased.header.message_ref();
+                            let delivery = pb::Delivery {
+                                sender_node: message.sender_node.clone(),
+                                message_id: message.message_id.clone(),
+                                kind: leased.header.kind.to_wire(),
+                                envelope: Some(leased.envelope.to_wire()),
+                                lease_id: leased.lease_id,
+                                attempt: leased.attempt,
+                                lease_expires_at_ms: leased.lease_expires_at_ms,
+                            };
+                            if tx.send(Ok(delivery)).await.is_err() {
+                                broker.return_unsent(&message, leased.lease_id);
+                                return;
+                            }
+                            break;
+                        }
+                        Ok(Err((p, next_ready))) => {
+                            permit = p;
+                            let wait = next_ready
+                                .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
+                                .unwrap_or(Duration::from_secs(1))
+                                .min(Duration::from_secs(1));
+                            tokio::select! {
+                                _ = &mut wake => {}
+                                _ = tokio::time::sleep(wait) => {}
+                                _ = tx.closed() => return,
+                                _ = stop.cancelled() => return,
+                            }
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        self.principal(&request)?;
+        let (message, lease_id) = lease_ref(request.into_inner().lease)?;
+        let receipt = self.broker.settle(&message, lease_id, None).await?;
+        Ok(Response::new(pb::SettleResponse {
+            receipt: Some(receipt.to_wire()),
+        }))
+    }
+
+    async fn reject(
+        &self,
+        request: Request<pb::RejectRequest>,
+    ) -> Result<Response<pb::SettleResponse>, Status> {
+        self.principal(&request)?;
+        let r = request.into_inner();
+        let (message, lease_id) = lease_ref(r.lease)?;
+        let receipt = self
+            .broker
+            .settle(&message, lease_id, Some(&r.reason))
+            .await?;
+        Ok(Response::new(pb::SettleResponse {
+            receipt: Some(receipt.to_wire()),
+        }))
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        self.principal(&request)?;
+        let r = request.into_inner();
+        let (message, lease_id) = lease_ref(r.lease)?;
+        self.broker.release(&message, lease_id, r.delay_ms).await?;
+        Ok(Response::new(pb::ReleaseResponse {}))
+    }
+
+    async fn extend_lease(
+        &self,
+        request: Request<pb::ExtendLeaseRequest>,
+    ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
+        self.principal(&request)?;
+        let r = request.into_inner();
+        let (message, lease_id) = lease_ref(r.lease)?;
+        let deadline = self
+            .broker
+            .extend(&message, lease_id, r.lease_seconds)
+            .await?;
+        Ok(Response::new(pb::ExtendLeaseResponse {
+            lease_expires_at_ms: deadline,
+        }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<pb::GetStatusRequest>,
+    ) -> Result<Response<pb::GetStatusResponse>, Status> {
+        self.principal(&request)?;
+        let status = self.broker.status(&request.into_inner().message_id)?;
+        Ok(Response::new(pb::GetStatusResponse {
+            message_id: status.message.message_id,
+            recipient_node: status.recipient,
+            state: status.state.to_wire(),
+            receipts: status.receipts.iter().map(|r| r.to_wire()).collect(),
+            envelope_header: status.header,
+            envelope_signature: status.signature,
+        }))
+    }
+
+    type WatchReceiptsStream = BoxStream<pb::ReceiptEvent>;
+
+    async fn watch_receipts(
+        &self,
+        request: Request<pb::WatchReceiptsRequest>,
+    ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
+        self.principal(&request)?;
+        let mut cursor = request.into_inner().after_cursor;
+        let (tx, rx) = mpsc::channel(64);
+        let broker = self.broker.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            loop {
+                let wake = broker.feed_wake().notified();
+                tokio::pin!(wake);
+                wake.as_mut().enable();
+                let batch = match broker.feed_after(cursor, 256) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = &mut wake => {}
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tx.closed() => return,
+                        _ = stop.cancelled() => return,
+                    }
+                    continue;
+                }
+                for (seq, receipt, state) in batch {
+                    cursor = seq;
+                    let event = pb::ReceiptEvent {
+                        cursor: seq,
+                        receipt: Some(receipt.to_wire()),
+                        state: state.to_wire(),
+                    };
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

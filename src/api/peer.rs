@@ -1,0 +1,99 @@
+//! `cluebridge.v1.Peer`: node-to-node delivery of envelopes and receipts.
+
+use super::caller;
+use crate::broker::Broker;
+use crate::crypto::PeerIdentity;
+use crate::model::{SignedEnvelope, SignedReceipt};
+use crate::pb;
+use tonic::{Request, Response, Status};
+
+#[derive(Clone, Debug)]
+pub struct PeerService {
+    broker: Broker,
+}
+
+impl PeerService {
+    pub fn new(broker: Broker) -> Self {
+        PeerService { broker }
+    }
+
+    /// The calling node: a node certificate of another federation node.
+    fn calling_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        match caller(request)? {
+            PeerIdentity::Node(id) => {
+                if id == self.broker.node_id() {
+                    return Err(Status::permission_denied(
+                        "a node cannot deliver to itself",
+                    ));
+                }
+                if self.broker.config().federation.node(&id).is_none() {
+                    return Err(Status::permission_denied(format!(
+                        "node {id:?} is not in this node's federation trust list"
+                    )));
+                }
+                Ok(id)
+            }
+            other => Err(Status::permission_denied(format!(
+                "the Peer service is for federation nodes; {other} presented a client certificate"
+            ))),
+        }
+    }
+}
+
+fn refusal(e: crate::error::Error) -> pb::Refusal {
+    pb::Refusal {
+        code: e.code_number(),
+        message: e.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::peer_server::Peer for PeerService {
+    async fn deliver(
+        &self,
+        request: Request<pb::DeliverRequest>,
+    ) -> Result<Response<pb::DeliverResponse>, Status> {
+        let peer = self.calling_node(&request)?;
+        let envelopes = request
+            .into_inner()
+            .envelopes
+            .into_iter()
+            .map(SignedEnvelope::from_wire)
+            .collect();
+        let outcomes = self.broker.deliver(&peer, envelopes).await?;
+        Ok(Response::new(pb::DeliverResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|(message_id, outcome)| pb::DeliverOutcome {
+                    message_id,
+                    outcome: Some(match outcome {
+                        Ok(r) => pb::deliver_outcome::Outcome::Delivered(r.to_wire()),
+                        Err(e) => pb::deliver_outcome::Outcome::Refused(refusal(e)),
+                    }),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn return_receipts(
+        &self,
+        request: Request<pb::ReturnReceiptsRequest>,
+    ) -> Result<Response<pb::ReturnReceiptsResponse>, Status> {
+        let peer = self.calling_node(&request)?;
+        let receipts = request
+            .into_inner()
+            .receipts
+            .into_iter()
+            .map(SignedReceipt::from_wire)
+            .collect();
+        let outcomes = self.broker.return_receipts(&peer, receipts).await?;
+        Ok(Response::new(pb::ReturnReceiptsResponse {
+            outcomes: outcomes
+                .into_iter()
+                .map(|o| pb::ReceiptOutcome {
+                    refused: o.err().map(refusal),
+                })
+                .collect(),
+        }))
+    }
+}

@@ -1,0 +1,381 @@
+//! The recipient side: taking envelopes into custody, leasing them to
+//! receivers, settling leases, redelivery, dead letters and expiry.
+
+use super::Broker;
+use crate::error::{Error, Result};
+use crate::model::{
+    EnvelopeHeader, InboundState, MessageKind, MessageRef, ReceiptKind, SignedEnvelope,
+    SignedReceipt,
+};
+use crate::now_ms;
+use crate::store::{InboundOutcome, InboundRecord};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// A message leased to a receiver.
+#[derive(Clone, Debug)]
+pub struct Leased {
+    pub envelope: SignedEnvelope,
+    pub header: EnvelopeHeader,
+    pub lease_id: u64,
+    pub attempt: u32,
+    pub lease_expires_at_ms: u64,
+}
+
+impl Broker {
+    /// Takes a batch of envelopes from `peer` into custody. Each envelope
+    /// gets its own outcome; the `delivered` receipts are given only after
+    /// the store is flushed.
+    pub async fn deliver(
+        &self,
+        peer: &str,
+        envelopes: Vec<SignedEnvelope>,
+    ) -> Result<Vec<(String, Result<SignedReceipt>)>> {
+        let max = self.config().limits.max_peer_batch;
+        if envelopes.len() > max {
+            return Err(Error::ResourceExhausted(format!(
+                "{} envelopes in one call; at most {max} are accepted",
+                envelopes.len()
+            )));
+        }
+        let mut outcomes = Vec::with_capacity(envelopes.len());
+        let mut stored_any = false;
+        for envelope in &envelopes {
+            let id = EnvelopeHeader::decode(&envelope.header)
+                .map(|h| h.message_id)
+                .unwrap_or_default();
+            let outcome = self.take_custody(peer, envelope);
+            if let Err(e) = &outcome {
+                tracing::warn!(peer, message_id = %id, error = %e, "refused an envelope");
+            } else {
+                stored_any = true;
+            }
+            outcomes.push((id, outcome));
+        }
+        self.store().flush().await?;
+        if stored_any {
+            self.inbox_wake().notify_waiters();
+        }
+        Ok(outcomes)
+    }
+
+    fn take_custody(&self, peer: &str, envelope: &SignedEnvelope) -> Result<SignedReceipt> {
+        let config = self.config();
+        let header = EnvelopeHeader::decode(&envelope.header)?;
+        if header.sender_node != peer {
+            return Err(Error::PermissionDenied(format!(
+                "envelope names sender node {:?} but was delivered by node {peer:?}",
+                header.sender_node
+            )));
+        }
+        if header.recipient_node != config.node_id {
+            return Err(Error::invalid(format!(
+                "envelope is addressed to node {:?}, not to this node ({})",
+                header.recipient_node, config.node_id
+            )));
+        }
+        if envelope.payload.len() > config.limits.max_payload_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "payload is {} bytes; this node accepts at most {}",
+                envelope.payload.len(),
+                config.limits.max_payload_bytes
+            )));
+        }
+        let header = config.federation.keyring.verify_envelope(envelope)?;
+        let now = now_ms();
+        if header.expires_at_ms <= now {
+            return Err(Error::FailedPrecondition(format!(
+                "envelope {} expired at {} (now {now})",
+                header.message_id, header.expires_at_ms
+            )));
+        }
+        if header.created_at_ms > now + config.limits.max_clock_skew_ms {
+            return Err(Error::invalid(format!(
+                "envelope created_at is {} ms in the future; at most {} ms of clock skew is allowed",
+                header.created_at_ms - now,
+                config.limits.max_clock_skew_ms
+            )));
+        }
+        let sender = config.federation.node(peer).ok_or_else(|| {
+            Error::PermissionDenied(format!("node {peer:?} is not in the trust list"))
+        })?;
+        if header.kind == MessageKind::Feedback {
+            let answered = MessageRef {
+                sender_node: config.node_id.clone(),
+                message_id: header.correlation_id.clone(),
+            };
+            match self.store().sent(&answered)? {
+                Some(r) if r.recipient == peer => {}
+                _ => {
+                    return Err(Error::PermissionDenied(format!(
+                        "feedback answers {:?}, which this node never sent to {peer:?}",
+                        header.correlation_id
+                    )));
+                }
+            }
+        } else {
+            config
+                .federation
+                .policy
+                .check(sender.kind, header.kind, config.kind)?;
+        }
+        let message = header.message_ref();
+        let header_sha256 = envelope.header_sha256();
+        let delivered = self.issue(&message, ReceiptKind::Delivered, header_sha256, 0, "");
+        let record = InboundRecord {
+            state: InboundState::Inbox,
+            kind: header.kind,
+            header_sha256,
+            expires_at_ms: header.expires_at_ms,
+            attempts: 0,
+            lease_id: 0,
+            lease_deadline_ms: 0,
+            queue_key: Vec::new(),
+            delivered_receipt_key: Vec::new(),
+        };
+        match self
+            .store()
+            .accept_inbound(&message, &envelope.encode(), &record, &delivered, now)?
+        {
+            InboundOutcome::Stored => Ok(delivered),
+            InboundOutcome::AlreadyHeld(original) => Ok(original),
+        }
+    }
+
+    /// Leases the next ready message to a stream holding `permit`. Returns
+    /// `Err(when)` if nothing is ready: the time the next delayed message
+    /// becomes ready, if any.
+    pub fn lease_next(
+        &self,
+        lease_ms: u64,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<std::result::Result<Leased, (tokio::sync::OwnedSemaphorePermit, Option<u64>)>> {
+        let lease_id = self.store().next_seq()?;
+        let now = now_ms();
+        let deadline = now + lease_ms;
+        let leased = {
+            let _guard = self
+                .shared
+                .lease_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.store().lease_next(now, lease_id, deadline)?
+        };
+        let lease = match leased {
+            Ok(lease) => lease,
+            Err(next) => return Ok(Err((permit, next))),
+        };
+        self.lock_permits().insert(lease_id, permit);
+        let envelope = SignedEnvelope::decode(&lease.envelope)
+            .map_err(|e| Error::corrupt("envelopes", e))?;
+        let header = EnvelopeHeader::decode(&envelope.header)
+            .map_err(|e| Error::corrupt("envelopes", e))?;
+        Ok(Ok(Leased {
+            envelope,
+            header,
+            lease_id,
+            attempt: lease.record.attempts,
+            lease_expires_at_ms: deadline,
+        }))
+    }
+
+    /// A new flow-control semaphore for one `Receive` stream.
+    pub fn stream_permits(&self, max_outstanding: u32) -> Result<Arc<Semaphore>> {
+        let limit = self.config().limits.max_outstanding_per_stream;
+        let n = match max_outstanding {
+            0 => 16.min(limit),
+            n if n > limit => {
+                return Err(Error::invalid(format!(
+                    "max_outstanding {n} exceeds this node's limit of {limit}"
+                )));
+            }
+            n => n,
+        };
+        Ok(Arc::new(Semaphore::new(n as usize)))
+    }
+
+    /// Lease length for a `Receive` request (0 = default).
+    pub fn lease_length_ms(&self, lease_seconds: u32) -> Result<u64> {
+        let d = &self.config().delivery;
+        match lease_seconds {
+            0 => Ok(u64::from(d.default_lease_secs) * 1000),
+            s if s > d.max_lease_secs => Err(Error::invalid(format!(
+                "lease of {s} s exceeds this node's maximum of {} s",
+                d.max_lease_secs
+            ))),
+            s => Ok(u64::from(s) * 1000),
+        }
+    }
+
+    fn custody_record(&self, message: &MessageRef) -> Result<InboundRecord> {
+        self.store().inbound(message)?.ok_or_else(|| {
+            Error::NotFound(format!("no message {message} in this node's custody"))
+        })
+    }
+
+    /// Acknowledges (or, with a reason, rejects) a leased message; the
+    /// signed receipt goes back to the sender node.
+    pub async fn settle(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        rejection: Option<&str>,
+    ) -> Result<SignedReceipt> {
+        let (kind, state, reason) = match rejection {
+            None => (ReceiptKind::Acknowledged, InboundState::Acknowledged, ""),
+            Some(reason) => {
+                if reason.trim().is_empty() {
+                    return Err(Error::invalid(
+                        "a rejection needs a reason; it travels to the sender in the signed receipt",
+                    ));
+                }
+                let max = self.config().limits.max_reason_len;
+                if reason.len() > max {
+                    return Err(Error::invalid(format!(
+                        "reason is {} bytes long; the limit is {max}",
+                        reason.len()
+                    )));
+                }
+                (ReceiptKind::Rejected, InboundState::Rejected, reason)
+            }
+        };
+        let record = self.custody_record(message)?;
+        let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
+        self.store().settle(message, lease_id, state, &receipt)?;
+        self.store().flush().await?;
+        self.end_lease(lease_id);
+        self.wake_peer(&message.sender_node);
+        Ok(receipt)
+    }
+
+    /// Gives a leased message back, to be offered again after `delay_ms`
+    /// (or dead-lettered if it has used its attempts).
+    pub async fn release(&self, message: &MessageRef, lease_id: u64, delay_ms: u64) -> Result<()> {
+        let max = self.config().limits.max_release_delay_ms;
+        if delay_ms > max {
+            return Err(Error::invalid(format!(
+                "release delay {delay_ms} ms exceeds the maximum of {max} ms"
+            )));
+        }
+        self.end_lease_attempt(message, lease_id, delay_ms, "released")?;
+        self.store().flush().await?;
+        Ok(())
+    }
+
+    /// Moves a lease's deadline to `lease_seconds` from now.
+    pub async fn extend(&self, message: &MessageRef, lease_id: u64, lease_seconds: u32) -> Result<u64> {
+        if lease_seconds == 0 {
+            return Err(Error::invalid("lease_seconds must be at least 1"));
+        }
+        let lease_ms = self.lease_length_ms(lease_seconds)?;
+        let deadline = now_ms() + lease_ms;
+        self.store().extend(message, lease_id, deadline)?;
+        self.store().flush().await?;
+        Ok(deadline)
+    }
+
+    /// Ends an attempt that was not settled: back to the inbox after a
+    /// delay, or to the dead letters when the attempts are used up.
+    fn end_lease_attempt(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        delay_ms: u64,
+        how: &str,
+    ) -> Result<()> {
+        let record = self.custody_record(message)?;
+        let max = self.config().delivery.max_deliveries;
+        if record.attempts >= max {
+            let receipt = self.issue(
+                message,
+                ReceiptKind::DeadLettered,
+                record.header_sha256,
+                record.attempts,
+                format!("not settled after {} delivery attempts (last {how})", record.attempts),
+            );
+            self.store()
+                .settle(message, lease_id, InboundState::DeadLetter, &receipt)?;
+            tracing::warn!(%message, attempts = record.attempts, "dead-lettered");
+            self.wake_peer(&message.sender_node);
+        } else {
+            self.store().requeue(message, lease_id, now_ms() + delay_ms)?;
+            self.inbox_wake().notify_waiters();
+        }
+        self.end_lease(lease_id);
+        Ok(())
+    }
+
+    /// Ends every lapsed lease: redelivery after a backoff that doubles
+    /// per attempt, or dead letter. Returns how many it handled.
+    pub fn sweep_lapsed_leases(&self) -> Result<usize> {
+        let base = self.config().delivery.redelivery_backoff_ms;
+        let lapsed = self.store().lapsed_leases(now_ms(), 512)?;
+        for (message, lease_id) in &lapsed {
+            let attempts = self.custody_record(message)?.attempts;
+            let backoff = base.saturating_mul(1 << attempts.saturating_sub(1).min(6));
+            match self.end_lease_attempt(message, *lease_id, backoff, "lapsed") {
+                Ok(()) => {}
+                // Settled between the scan and now: nothing to do.
+                Err(Error::FailedPrecondition(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(lapsed.len())
+    }
+
+    /// Expires every message whose TTL passed and that is still waiting,
+    /// on either side. Returns how many index entries it handled.
+    pub fn sweep_expired(&self) -> Result<usize> {
+        let due = self.store().due_expiries(now_ms(), 512)?;
+        for (index_key, message) in &due {
+            if message.sender_node == self.node_id() {
+                self.expire_sent(message, index_key)?;
+                continue;
+            }
+            let Some(record) = self.store().inbound(message)? else {
+                self.store().drop_expiry(index_key)?;
+                continue;
+            };
+            if record.state.is_terminal() {
+                self.store().drop_expiry(index_key)?;
+                continue;
+            }
+            let receipt = self.issue(
+                message,
+                ReceiptKind::Expired,
+                record.header_sha256,
+                record.attempts,
+                "time to live passed before a receiver settled the message",
+            );
+            self.store().expire_inbound(index_key, message, &receipt)?;
+            if record.state == InboundState::Leased {
+                self.end_lease(record.lease_id);
+            }
+            self.wake_peer(&message.sender_node);
+        }
+        Ok(due.len())
+    }
+
+    /// The earliest lease deadline, so the sweeper can sleep until then.
+    pub fn next_lease_deadline(&self) -> Result<Option<u64>> {
+        self.store().next_lease_deadline()
+    }
+
+    /// Receipts waiting to go back to `peer`.
+    pub fn receipt_outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
+        self.store().receipt_outbox_batch(peer, limit)
+    }
+
+    /// Drops receipts that `peer` took (or refused for good).
+    pub fn receipts_returned(&self, keys: &[Vec<u8>]) -> Result<()> {
+        self.store().remove_receipt_outbox(keys)
+    }
+
+    /// Puts a lease that never reached its receiver (the stream closed
+    /// while sending) straight back in the inbox.
+    pub fn return_unsent(&self, message: &MessageRef, lease_id: u64) {
+        if let Err(e) = self.end_lease_attempt(message, lease_id, 0, "not sent: stream closed") {
+            tracing::warn!(%message, error = %e, "could not return an unsent lease");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The node's rules: what may be submitted, taken into custody, leased,
+//! settled and reported, and which receipts each step issues. Callers are
+//! the gRPC services (`api`) and the background tasks (`delivery`); the
+//! store makes each step atomic and durable.
+
+mod custody;
+mod sending;
+
+pub use custody::Leased;
+pub use sending::{Status, SubmitInput, Submitted};
+
+use crate::config::NodeConfig;
+use crate::crypto::NodeSigner;
+use crate::model::{MessageRef, Receipt, ReceiptKind, SignedReceipt};
+use crate::now_ms;
+use crate::store::Store;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+
+/// One cheap-clone handle to a node's broker state.
+#[derive(Clone, Debug)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: NodeConfig,
+    store: Store,
+    /// Wakes the forwarder of a peer when its outbox or receipt outbox
+    /// gained an entry.
+    peer_wake: HashMap<String, Arc<Notify>>,
+    /// Wakes `Receive` streams when the inbox gained a ready message.
+    inbox_wake: Notify,
+    /// Wakes `WatchReceipts` streams when a receipt was stored.
+    feed_wake: Notify,
+    /// Flow-control permits of `Receive` streams, by lease id: dropping one
+    /// lets its stream take the next message. A std Mutex, not a tokio one:
+    /// it is never held across an `.await`.
+    permits: Mutex<HashMap<u64, OwnedSemaphorePermit>>,
+    /// Serialises leasing so two streams never race for one inbox entry
+    /// (the store transaction would also catch it, at the cost of retries).
+    /// A std Mutex: leasing is a short synchronous store call.
+    lease_lock: Mutex<()>,
+}
+
+impl Broker {
+    pub fn new(config: NodeConfig, store: Store) -> Broker {
+        let peer_wake = config
+            .peers()
+            .map(|p| (p.id.clone(), Arc::new(Notify::new())))
+            .collect();
+        Broker {
+            shared: Arc::new(Shared {
+                config,
+                store,
+                peer_wake,
+                inbox_wake: Notify::new(),
+                feed_wake: Notify::new(),
+                permits: Mutex::new(HashMap::new()),
+                lease_lock: Mutex::new(()),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.shared.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.shared.config.node_id
+    }
+
+    fn signer(&self) -> &NodeSigner {
+        &self.shared.config.signer
+    }
+
+    /// The notifier a peer's forwarder waits on.
+    pub fn peer_wake(&self, peer: &str) -> Option<Arc<Notify>> {
+        self.shared.peer_wake.get(peer).cloned()
+    }
+
+    fn wake_peer(&self, peer: &str) {
+        if let Some(n) = self.shared.peer_wake.get(peer) {
+            n.notify_one();
+        }
+    }
+
+    pub fn inbox_wake(&self) -> &Notify {
+        &self.shared.inbox_wake
+    }
+
+    pub fn feed_wake(&self) -> &Notify {
+        &self.shared.feed_wake
+    }
+
+    /// Issues and signs a receipt by this node.
+    fn issue(
+        &self,
+        message: &MessageRef,
+        kind: ReceiptKind,
+        header_sha256: [u8; 32],
+        attempt: u32,
+        reason: impl Into<String>,
+    ) -> SignedReceipt {
+        let receipt = Receipt {
+            message_id: message.message_id.clone(),
+            sender_node: message.sender_node.clone(),
+            kind,
+            issuer_node: self.node_id().to_string(),
+            issued_at_ms: now_ms(),
+            reason: reason.into(),
+            header_sha256,
+            signing_key_id: self.signer().key_id().to_string(),
+            attempt,
+        };
+        self.signer().sign_receipt(&receipt)
+    }
+
+    fn lock_permits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedSemaphorePermit>> {
+        // A poisoned lock only means another thread panicked while holding
+        // it; the map itself is still consistent.
+        self.shared
+            .permits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives a stream's flow-control slot back when its lease ends.
+    fn end_lease(&self, lease_id: u64) {
+        self.lock_permits().remove(&lease_id);
+    }
+}

@@ -1,0 +1,425 @@
+//! The sender side: submit, forwarding outcomes, receipts coming back,
+//! expiry of undelivered messages, status and the receipt feed.
+
+use super::Broker;
+use crate::error::{Error, Result};
+use crate::model::{
+    EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope,
+    SignedReceipt, sha256, validate_id,
+};
+use crate::now_ms;
+use crate::store::{SentRecord, SubmitOutcome, keys};
+
+/// A submit request after protobuf decoding, before any rule is checked.
+#[derive(Clone, Debug, Default)]
+pub struct SubmitInput {
+    pub message_id: String,
+    pub kind: i32,
+    pub recipient_node: String,
+    pub case_reference: String,
+    pub correlation_id: String,
+    pub subject: String,
+    pub content_type: String,
+    pub payload: Vec<u8>,
+    pub ttl_seconds: u64,
+    pub reply_by_ms: u64,
+}
+
+impl SubmitInput {
+    /// SHA-256 over the request's content: what makes two submits with one
+    /// id "the same". Fields are length-prefixed so none can bleed into the
+    /// next.
+    fn digest(&self) -> [u8; 32] {
+        let mut buf = Vec::with_capacity(256);
+        for field in [
+            self.message_id.as_bytes(),
+            self.recipient_node.as_bytes(),
+            self.case_reference.as_bytes(),
+            self.correlation_id.as_bytes(),
+            self.subject.as_bytes(),
+            self.content_type.as_bytes(),
+            &sha256(&self.payload),
+        ] {
+            buf.extend_from_slice(&(field.len() as u64).to_be_bytes());
+            buf.extend_from_slice(field);
+        }
+        buf.extend_from_slice(&self.kind.to_be_bytes());
+        buf.extend_from_slice(&self.ttl_seconds.to_be_bytes());
+        buf.extend_from_slice(&self.reply_by_ms.to_be_bytes());
+        sha256(&buf)
+    }
+}
+
+/// The answer to a submit.
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    pub accepted: SignedReceipt,
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+    /// The id had been accepted before with the same content.
+    pub duplicate: bool,
+}
+
+/// A sent message's state and evidence.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub message: MessageRef,
+    pub recipient: String,
+    pub state: SentState,
+    /// Every receipt, oldest first.
+    pub receipts: Vec<SignedReceipt>,
+    pub header: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.len() > max {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes long; the limit is {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Broker {
+    /// Validates, signs and durably stores a message; answers only after
+    /// the store is flushed.
+    pub async fn submit(&self, principal: &str, input: SubmitInput) -> Result<Submitted> {
+        let config = self.config();
+        let limits = &config.limits;
+        validate_id("message_id", &input.message_id)?;
+        let kind = MessageKind::from_wire(input.kind)?;
+        validate_id("recipient_node", &input.recipient_node)?;
+        let recipient = config.federation.node(&input.recipient_node).ok_or_else(|| {
+            Error::NotFound(format!(
+                "recipient node {:?} is not in the federation trust list",
+                input.recipient_node
+            ))
+        })?;
+        if recipient.id == config.node_id {
+            return Err(Error::invalid(format!(
+                "recipient node {:?} is this node; messages go to other agencies",
+                recipient.id
+            )));
+        }
+        if input.subject.trim().is_empty() {
+            return Err(Error::invalid("subject is empty; every message needs a subject"));
+        }
+        check_len("subject", &input.subject, limits.max_subject_len)?;
+        check_len("case_reference", &input.case_reference, limits.max_case_reference_len)?;
+        check_len("content_type", &input.content_type, limits.max_content_type_len)?;
+        if input.payload.len() > limits.max_payload_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "payload is {} bytes; this node accepts at most {}",
+                input.payload.len(),
+                limits.max_payload_bytes
+            )));
+        }
+        let ttl = match input.ttl_seconds {
+            0 => config.delivery.default_ttl_secs,
+            t if t > config.delivery.max_ttl_secs => {
+                return Err(Error::invalid(format!(
+                    "ttl_seconds {t} exceeds this node's maximum of {}",
+                    config.delivery.max_ttl_secs
+                )));
+            }
+            t => t,
+        };
+        if kind == MessageKind::Feedback {
+            validate_id("correlation_id", &input.correlation_id)?;
+            let answered = MessageRef {
+                sender_node: recipient.id.clone(),
+                message_id: input.correlation_id.clone(),
+            };
+            if self.store().inbound(&answered)?.is_none() {
+                return Err(Error::FailedPrecondition(format!(
+                    "feedback must answer a message that {} sent to this node; \
+                     no message {:?} from {} was received here",
+                    recipient.id, input.correlation_id, recipient.id
+                )));
+            }
+        } else {
+            if !input.correlation_id.is_empty() {
+                return Err(Error::invalid(
+                    "correlation_id is only for feedback; leave it empty for other kinds",
+                ));
+            }
+            config.federation.policy.check(config.kind, kind, recipient.kind)?;
+        }
+
+        let now = now_ms();
+        let header = EnvelopeHeader {
+            message_id: input.message_id.clone(),
+            kind,
+            sender_node: config.node_id.clone(),
+            sender_principal: principal.to_string(),
+            recipient_node: recipient.id.clone(),
+            case_reference: input.case_reference.clone(),
+            correlation_id: input.correlation_id.clone(),
+            subject: input.subject.clone(),
+            content_type: if input.content_type.is_empty() {
+                "application/octet-stream".to_string()
+            } else {
+                input.content_type.clone()
+            },
+            payload_sha256: sha256(&input.payload),
+            payload_length: input.payload.len() as u64,
+            created_at_ms: now,
+            expires_at_ms: now.saturating_add(ttl.saturating_mul(1000)),
+            reply_by_ms: input.reply_by_ms,
+            signing_key_id: self.signer().key_id().to_string(),
+        };
+        let message = header.message_ref();
+        let request_digest = input.digest();
+        let envelope = self.signer().seal(&header, input.payload);
+        let header_sha256 = envelope.header_sha256();
+        let accepted = self.issue(&message, ReceiptKind::Accepted, header_sha256, 0, "");
+        let record = SentRecord {
+            state: SentState::Accepted,
+            recipient: recipient.id.clone(),
+            kind,
+            request_digest,
+            header_sha256,
+            created_at_ms: now,
+            expires_at_ms: header.expires_at_ms,
+            outbox_key: None,
+        };
+        let outcome = self
+            .store()
+            .submit(&message, &envelope.encode(), &record, &accepted)?;
+        // Flush on the duplicate path too: the original may have been
+        // committed by a request that has not reached its flush yet.
+        self.store().flush().await?;
+        match outcome {
+            SubmitOutcome::Stored => {
+                self.wake_peer(&recipient.id);
+                self.feed_wake().notify_waiters();
+                Ok(Submitted {
+                    accepted,
+                    header: envelope.header,
+                    signature: envelope.signature,
+                    duplicate: false,
+                })
+            }
+            SubmitOutcome::Duplicate(original) => {
+                let stored = self.stored_envelope(&message)?;
+                Ok(Submitted {
+                    accepted: original,
+                    header: stored.header,
+                    signature: stored.signature,
+                    duplicate: true,
+                })
+            }
+        }
+    }
+
+    fn stored_envelope(&self, message: &MessageRef) -> Result<SignedEnvelope> {
+        let bytes = self
+            .store()
+            .envelope(message)?
+            .ok_or_else(|| Error::corrupt("envelopes", format!("{message} has no envelope")))?;
+        SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))
+    }
+
+    /// State and receipts of a message this node sent.
+    pub fn status(&self, message_id: &str) -> Result<Status> {
+        validate_id("message_id", message_id)?;
+        let message = MessageRef {
+            sender_node: self.node_id().to_string(),
+            message_id: message_id.to_string(),
+        };
+        let record = self.store().sent(&message)?.ok_or_else(|| {
+            Error::NotFound(format!("no message {message_id:?} was sent by this node"))
+        })?;
+        let mut receipts = self.store().receipts(&message)?;
+        receipts.sort_by_key(|r| {
+            r.open()
+                .map(|r| (r.issued_at_ms, receipt_order(r.kind)))
+                .unwrap_or((u64::MAX, 0))
+        });
+        let envelope = self.stored_envelope(&message)?;
+        Ok(Status {
+            message,
+            recipient: record.recipient,
+            state: record.state,
+            receipts,
+            header: envelope.header,
+            signature: envelope.signature,
+        })
+    }
+
+    /// Receipts about sent messages after `cursor`, with the message state
+    /// each one left.
+    pub fn feed_after(
+        &self,
+        cursor: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SignedReceipt, SentState)>> {
+        let mut out = Vec::new();
+        for (seq, receipt) in self.store().feed_after(cursor, limit)? {
+            let r = receipt.open().map_err(|e| Error::corrupt("receipts", e))?;
+            let state = self
+                .store()
+                .sent(&r.message_ref())?
+                .map(|s| s.state)
+                .unwrap_or(SentState::Accepted);
+            out.push((seq, receipt, state));
+        }
+        Ok(out)
+    }
+
+    /// Envelopes waiting for `peer`, oldest first; those whose TTL passed
+    /// are expired on the way instead of being sent.
+    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(MessageRef, SignedEnvelope)>> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (_, msg_key, bytes) in self.store().outbox_batch(peer, limit)? {
+            let message = keys::parse_message(&msg_key)
+                .ok_or_else(|| Error::corrupt("outbox", "bad message key"))?;
+            let envelope =
+                SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
+            let header = EnvelopeHeader::decode(&envelope.header)
+                .map_err(|e| Error::corrupt("envelopes", e))?;
+            if header.expires_at_ms <= now {
+                self.expire_sent(&message, &keys::expiry(header.expires_at_ms, &msg_key))?;
+                continue;
+            }
+            out.push((message, envelope));
+        }
+        Ok(out)
+    }
+
+    /// Records the `delivered` receipt a peer answered for one of our
+    /// envelopes, after checking that peer signed it about that envelope.
+    pub fn on_delivered(&self, peer: &str, message: &MessageRef, receipt: &SignedReceipt) -> Result<()> {
+        self.take_receipt(peer, message, receipt, &[ReceiptKind::Delivered])
+            .map(|_| ())
+    }
+
+    /// A peer refused one of our envelopes for good (bad signature, policy,
+    /// conflict): the message is dead-lettered here, with our own receipt
+    /// saying why, and an operator can look at it.
+    pub fn on_refused(&self, peer: &str, message: &MessageRef, code: i32, reason: &str) -> Result<()> {
+        let record = self
+            .store()
+            .sent(message)?
+            .ok_or_else(|| Error::NotFound(format!("{message} is not a message this node sent")))?;
+        let receipt = self.issue(
+            message,
+            ReceiptKind::DeadLettered,
+            record.header_sha256,
+            0,
+            format!("refused by node {peer} (code {code}): {reason}"),
+        );
+        self.store()
+            .apply_sent_receipt(message, &receipt, ReceiptKind::DeadLettered)?;
+        self.feed_wake().notify_waiters();
+        Ok(())
+    }
+
+    /// Takes receipts that `peer` returns about messages this node sent.
+    /// Each gets its own outcome; the accepted ones are on disk before this
+    /// returns.
+    pub async fn return_receipts(&self, peer: &str, receipts: Vec<SignedReceipt>) -> Result<Vec<Result<()>>> {
+        let max = self.config().limits.max_peer_batch;
+        if receipts.len() > max {
+            return Err(Error::ResourceExhausted(format!(
+                "{} receipts in one call; at most {max} are accepted",
+                receipts.len()
+            )));
+        }
+        let outcomes = receipts
+            .iter()
+            .map(|signed| {
+                let r = signed.open()?;
+                self.take_receipt(
+                    peer,
+                    &r.message_ref(),
+                    signed,
+                    &[
+                        ReceiptKind::Delivered,
+                        ReceiptKind::Acknowledged,
+                        ReceiptKind::Rejected,
+                        ReceiptKind::DeadLettered,
+                        ReceiptKind::Expired,
+                    ],
+                )
+                .map(|_| ())
+            })
+            .collect::<Vec<_>>();
+        self.store().flush().await?;
+        Ok(outcomes)
+    }
+
+    fn take_receipt(
+        &self,
+        peer: &str,
+        message: &MessageRef,
+        signed: &SignedReceipt,
+        kinds: &[ReceiptKind],
+    ) -> Result<SentState> {
+        let r = self.config().federation.keyring.verify_receipt(signed)?;
+        if r.issuer_node != peer {
+            return Err(Error::PermissionDenied(format!(
+                "receipt issued by {:?} was returned by node {peer:?}; a node returns only its own receipts",
+                r.issuer_node
+            )));
+        }
+        if &r.message_ref() != message || r.sender_node != self.node_id() {
+            return Err(Error::invalid(format!(
+                "receipt is about {}, not a message of this node",
+                r.message_ref()
+            )));
+        }
+        if !kinds.contains(&r.kind) {
+            return Err(Error::invalid(format!("a {} receipt is not expected here", r.kind)));
+        }
+        let record = self.store().sent(message)?.ok_or_else(|| {
+            Error::NotFound(format!("{message} is not a message this node sent"))
+        })?;
+        if record.recipient != peer {
+            return Err(Error::PermissionDenied(format!(
+                "receipt for {message} comes from {peer:?}, but the message was sent to {:?}",
+                record.recipient
+            )));
+        }
+        if record.header_sha256 != r.header_sha256 {
+            return Err(Error::invalid(format!(
+                "receipt for {message} names another envelope (header digest differs)"
+            )));
+        }
+        let state = self.store().apply_sent_receipt(message, signed, r.kind)?;
+        self.feed_wake().notify_waiters();
+        Ok(state)
+    }
+
+    /// Expires a sent message that never left the outbox.
+    pub(super) fn expire_sent(&self, message: &MessageRef, index_key: &[u8]) -> Result<()> {
+        let Some(record) = self.store().sent(message)? else {
+            return self.store().drop_expiry(index_key);
+        };
+        if record.state != SentState::Accepted {
+            return self.store().drop_expiry(index_key);
+        }
+        let receipt = self.issue(
+            message,
+            ReceiptKind::Expired,
+            record.header_sha256,
+            0,
+            "time to live passed before the recipient node took custody",
+        );
+        self.store().expire_sent(index_key, message, &receipt)?;
+        self.feed_wake().notify_waiters();
+        Ok(())
+    }
+}
+
+/// Receipts issued in the same millisecond sort in the order of the path.
+fn receipt_order(kind: ReceiptKind) -> u8 {
+    match kind {
+        ReceiptKind::Accepted => 0,
+        ReceiptKind::Delivered => 1,
+        _ => 2,
+    }
+}

@@ -1,0 +1,291 @@
+//! `cluebridge bench`: concurrent durable submits between two nodes, with a
+//! receiving application that acknowledges; reports accepted/s,
+//! received/s and end-to-end latency (submit start → received by the
+//! application).
+
+use crate::client::Connection;
+use crate::config::NodeConfig;
+use crate::devfed::{DevFederation, NODES};
+use crate::model::MessageKind;
+use crate::node::RunningNode;
+use crate::pb;
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Concurrent submitting tasks.
+    #[arg(long, default_value_t = 64)]
+    pub submitters: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub payload_size: usize,
+    /// Measured duration in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Target total submit rate in messages/s (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// Messages leased to the receiving application at once.
+    #[arg(long, default_value_t = 512)]
+    pub outstanding: u32,
+    /// Write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Use the running development federation in this directory instead of
+    /// starting two nodes in-process.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Sending node (its agency must be allowed to send clue transfers to --to).
+    #[arg(long, default_value = "discipline")]
+    pub from: String,
+    /// Receiving node.
+    #[arg(long, default_value = "public_security")]
+    pub to: String,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Figures {
+    submitters: usize,
+    payload_size: usize,
+    duration_s: f64,
+    target_rate: u64,
+    accepted: u64,
+    accepted_per_s: f64,
+    received: u64,
+    received_per_s: f64,
+    submit_errors: u64,
+    latency_ms: Latency,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+pub async fn run(args: BenchArgs) -> Result<()> {
+    if args.submitters == 0 || args.duration == 0 {
+        bail!("--submitters and --duration must be at least 1");
+    }
+    if args.payload_size < 8 {
+        bail!("--payload-size must be at least 8 (the send time travels in the payload)");
+    }
+    let mut nodes = Vec::new();
+    let _tmp;
+    let dev = match &args.dir {
+        Some(dir) => DevFederation::open(dir)
+            .with_context(|| format!("{} holds no development federation", dir.display()))?,
+        None => {
+            let tmp = tempfile::tempdir().context("creating a temporary directory")?;
+            let mut ports = [0u16; 4];
+            let mut listeners = Vec::new();
+            for (i, kind) in NODES.iter().enumerate() {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                ports[i] = l.local_addr()?.port();
+                listeners.push((kind.as_str(), l));
+            }
+            let dev = DevFederation::create(tmp.path(), ports, |n| {
+                n.delivery.batch_size = 512;
+            })?;
+            for (id, listener) in listeners {
+                // Only the two nodes under test run; the others' ports are
+                // closed, so their forwarders back off quietly.
+                if id == args.from || id == args.to {
+                    let config = NodeConfig::load(&dev.node_file(id))?;
+                    nodes.push(RunningNode::start(config, listener)?);
+                }
+            }
+            if nodes.len() != 2 {
+                bail!("--from and --to must be two different nodes of the federation");
+            }
+            _tmp = tmp;
+            dev
+        }
+    };
+    let sender = Connection::from_files(&dev.client(&args.from)?)?;
+    let receiver = Connection::from_files(&dev.client(&args.to)?)?;
+
+    let epoch = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let accepted = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+
+    // The receiving application: takes each message, notes its latency and
+    // acknowledges it.
+    let mut stream = receiver
+        .broker()?
+        .receive(pb::ReceiveRequest { max_outstanding: args.outstanding, lease_seconds: 60 })
+        .await
+        .context("opening the receive stream")?
+        .into_inner();
+    let (ack_tx, ack_rx) = async_channel(4096);
+    let mut ackers = Vec::new();
+    for _ in 0..4 {
+        let mut client = receiver.broker()?;
+        let rx = ack_rx.clone();
+        ackers.push(tokio::spawn(async move {
+            while let Ok(lease) = rx.recv().await {
+                let _ = client.ack(pb::AckRequest { lease: Some(lease) }).await;
+            }
+        }));
+    }
+    drop(ack_rx);
+    let measure_end = Duration::from_secs(args.duration);
+    let receiver_task = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let mut received = 0u64;
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        {
+            let now = epoch.elapsed();
+            if let Some(env) = &d.envelope
+                && let Some(bytes) = env.payload.get(..8)
+            {
+                let sent_us = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
+                if now <= measure_end {
+                    received += 1;
+                }
+                latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
+            }
+            let lease = pb::LeaseRef { sender_node: d.sender_node, message_id: d.message_id, lease_id: d.lease_id };
+            if ack_tx.send(lease).await.is_err() {
+                break;
+            }
+        }
+        (received, latencies)
+    });
+
+    let mut submitters = Vec::new();
+    for s in 0..args.submitters {
+        let mut client = sender.broker()?;
+        let (stop, accepted, errors) = (stop.clone(), accepted.clone(), errors.clone());
+        let size = args.payload_size;
+        let to = args.to.clone();
+        let interval = (args.rate > 0)
+            .then(|| Duration::from_secs_f64(args.submitters as f64 / args.rate as f64));
+        submitters.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(interval) = interval {
+                    let due = start + interval.mul_f64(n as f64 + s as f64 / 64.0);
+                    tokio::time::sleep_until(due.into()).await;
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                }
+                n += 1;
+                let mut payload = vec![0x5a; size];
+                payload[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
+                let result = client
+                    .submit(pb::SubmitRequest {
+                        message_id: format!("bench-{}-{s}-{n}", crate::now_ms()),
+                        kind: MessageKind::ClueTransfer.to_wire(),
+                        recipient_node: to.clone(),
+                        subject: "bench".into(),
+                        content_type: "application/octet-stream".into(),
+                        payload,
+                        ttl_seconds: 3600,
+                        ..Default::default()
+                    })
+                    .await;
+                if stop.load(Ordering::Relaxed) {
+                    break; // answered after the window: not counted
+                }
+                match result {
+                    Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    tokio::time::sleep(measure_end).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = epoch.elapsed().as_secs_f64().min(args.duration as f64);
+    for s in submitters {
+        let _ = s.await;
+    }
+    let (received, mut latencies) = receiver_task.await.context("receiver failed")?;
+    for a in ackers {
+        a.abort();
+    }
+    latencies.sort_unstable();
+    let figures = Figures {
+        submitters: args.submitters,
+        payload_size: args.payload_size,
+        duration_s: elapsed,
+        target_rate: args.rate,
+        accepted: accepted.load(Ordering::Relaxed),
+        accepted_per_s: accepted.load(Ordering::Relaxed) as f64 / elapsed,
+        received,
+        received_per_s: received as f64 / elapsed,
+        submit_errors: errors.load(Ordering::Relaxed),
+        latency_ms: Latency {
+            p50: percentile(&latencies, 0.50),
+            p90: percentile(&latencies, 0.90),
+            p99: percentile(&latencies, 0.99),
+            p999: percentile(&latencies, 0.999),
+            max: latencies.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
+        },
+    };
+    println!(
+        "{} submitters, {} B payloads, {:.1} s{}",
+        figures.submitters,
+        figures.payload_size,
+        figures.duration_s,
+        if args.rate > 0 { format!(", target {} msg/s", args.rate) } else { String::new() }
+    );
+    println!("  accepted:  {:>9.0} msg/s ({} messages, {} errors)", figures.accepted_per_s, figures.accepted, figures.submit_errors);
+    println!("  received:  {:>9.0} msg/s ({} messages by the application)", figures.received_per_s, figures.received);
+    let l = &figures.latency_ms;
+    println!(
+        "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+        l.p50, l.p90, l.p99, l.p999, l.max
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for node in nodes {
+        node.stop().await?;
+    }
+    Ok(())
+}
+
+/// A small multi-consumer queue over a tokio mutex: the acknowledging
+/// workers share one receiver.
+fn async_channel<T: Send + 'static>(cap: usize) -> (tokio::sync::mpsc::Sender<T>, SharedRx<T>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(cap);
+    (tx, SharedRx(Arc::new(tokio::sync::Mutex::new(rx))))
+}
+
+struct SharedRx<T>(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>);
+
+impl<T> Clone for SharedRx<T> {
+    fn clone(&self) -> Self {
+        SharedRx(self.0.clone())
+    }
+}
+
+impl<T> SharedRx<T> {
+    async fn recv(&self) -> Result<T, ()> {
+        // A tokio Mutex: the lock is held across the `.await` of `recv`.
+        self.0.lock().await.recv().await.ok_or(())
+    }
+}

@@ -1,0 +1,217 @@
+//! `cluebridge up`: a local four-agency development federation in one
+//! process, created on first use; `--demo` walks a message round trip.
+
+use crate::client::Connection;
+use crate::config::NodeConfig;
+use crate::devfed::{DevFederation, NODES};
+use crate::model::{MessageKind, SignedReceipt};
+use crate::node::RunningNode;
+use crate::pb;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directory of the development federation: CA, keys, certificates,
+    /// federation.toml, node files and data. Created if absent.
+    #[arg(long, default_value = ".cluebridge-dev")]
+    pub dir: PathBuf,
+    /// Port of the first node when creating the federation; the others
+    /// follow (discipline, personnel, public_security, judicial).
+    #[arg(long, default_value_t = 7401)]
+    pub base_port: u16,
+    /// Send a clue transfer and a rectification suggestion, receive them,
+    /// reject one, acknowledge and answer the other, print every receipt
+    /// timeline, and exit.
+    #[arg(long)]
+    pub demo: bool,
+}
+
+pub async fn run(args: UpArgs) -> Result<()> {
+    let dev = match DevFederation::open(&args.dir) {
+        Some(dev) => {
+            println!("using the development federation in {}", args.dir.display());
+            dev
+        }
+        None => {
+            let p = args.base_port;
+            let ports = [p, p + 1, p + 2, p + 3];
+            let dev = DevFederation::create(&args.dir, ports, |_| {})?;
+            println!(
+                "created a development federation in {} (CA, keys, certificates, node files)",
+                args.dir.display()
+            );
+            dev
+        }
+    };
+    let nodes = start_all(&dev).await?;
+    println!();
+    for (id, node) in &nodes {
+        println!("  node {id:<16} https://{}   (node file {})", node.addr, dev.node_file(id).display());
+    }
+    let dir = shell_path(&args.dir);
+    println!(
+        "\nTry, in another terminal:\n\
+         \x20 cargo run --release -- send --dir {dir} --node discipline --to public_security --kind clue_transfer --subject \"Clue on case 12\" --payload \"report text\"\n\
+         \x20 cargo run --release -- receive --dir {dir} --node public_security --ack\n\
+         \x20 cargo run --release -- status --dir {dir} --node discipline <MESSAGE-ID>\n\
+         \x20 cargo run --release -- watch --dir {dir} --node discipline\n"
+    );
+    let result = if args.demo {
+        demo(&dev).await
+    } else {
+        println!("running; press Ctrl-C to stop");
+        super::shutdown_signal().await;
+        Ok(())
+    };
+    for (id, node) in nodes {
+        if let Err(e) = node.stop().await {
+            eprintln!("node {id} stopped with an error: {e}");
+        }
+    }
+    result
+}
+
+fn shell_path(p: &Path) -> String {
+    let s = p.display().to_string();
+    if s.contains(' ') { format!("'{s}'") } else { s }
+}
+
+async fn start_all(dev: &DevFederation) -> Result<Vec<(String, RunningNode)>> {
+    let mut nodes = Vec::new();
+    for kind in NODES {
+        let id = kind.as_str();
+        let config = NodeConfig::load(&dev.node_file(id))?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "node {id} cannot listen on {} (is another `cluebridge up` running?)",
+                    config.listen
+                )
+            })?;
+        nodes.push((id.to_string(), RunningNode::start(config, listener)?));
+    }
+    Ok(nodes)
+}
+
+struct Agency {
+    client: pb::broker_client::BrokerClient<tonic::transport::Channel>,
+}
+
+impl Agency {
+    fn of(dev: &DevFederation, node: &str) -> Result<Agency> {
+        Ok(Agency {
+            client: Connection::from_files(&dev.client(node)?)?.broker()?,
+        })
+    }
+
+    async fn submit(&mut self, id: &str, kind: MessageKind, to: &str, subject: &str, answers: &str, payload: &str) -> Result<()> {
+        self.client
+            .submit(pb::SubmitRequest {
+                message_id: id.into(),
+                kind: kind.to_wire(),
+                recipient_node: to.into(),
+                case_reference: "DEMO-2026-001".into(),
+                correlation_id: answers.into(),
+                subject: subject.into(),
+                content_type: "text/plain".into(),
+                payload: payload.as_bytes().to_vec(),
+                ttl_seconds: 3600,
+                reply_by_ms: 0,
+            })
+            .await
+            .with_context(|| format!("submitting {id}"))?;
+        println!("  submitted {id}: {kind} to {to}");
+        Ok(())
+    }
+
+    /// Receives until message `id` arrives (others stay leased and lapse
+    /// back to the inbox) and returns its lease.
+    async fn receive(&mut self, id: &str) -> Result<pb::LeaseRef> {
+        let mut stream = self
+            .client
+            .receive(pb::ReceiveRequest { max_outstanding: 64, lease_seconds: 30 })
+            .await?
+            .into_inner();
+        loop {
+            let d = tokio::time::timeout(Duration::from_secs(20), stream.next())
+                .await
+                .with_context(|| format!("{id} did not arrive within 20 s"))?
+                .context("stream closed")??;
+            if d.message_id == id {
+                return Ok(pb::LeaseRef {
+                    sender_node: d.sender_node,
+                    message_id: d.message_id,
+                    lease_id: d.lease_id,
+                });
+            }
+        }
+    }
+
+    async fn wait_terminal(&mut self, id: &str) -> Result<pb::GetStatusResponse> {
+        for _ in 0..200 {
+            let s = self
+                .client
+                .get_status(pb::GetStatusRequest { message_id: id.into() })
+                .await?
+                .into_inner();
+            if s.state >= 3 {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("{id} did not reach a final state within 20 s")
+    }
+}
+
+async fn demo(dev: &DevFederation) -> Result<()> {
+    let keyring = crate::config::Federation::load(&dev.dir.join("federation.toml"))?.keyring;
+    let run = crate::now_ms();
+    let clue = format!("demo-clue-{run}");
+    let suggestion = format!("demo-rectification-{run}");
+    let feedback = format!("demo-feedback-{run}");
+    let mut discipline = Agency::of(dev, "discipline")?;
+    let mut security = Agency::of(dev, "public_security")?;
+    let mut personnel = Agency::of(dev, "personnel")?;
+
+    println!("demo:");
+    discipline
+        .submit(&clue, MessageKind::ClueTransfer, "public_security", "Report on case 12 found to be a frame-up", "", "Evidence that the report against official W. was fabricated.")
+        .await?;
+    discipline
+        .submit(&suggestion, MessageKind::RectificationSuggestion, "personnel", "Restore the rank withheld from official W.", "", "Suggest restoring rank and title withheld after the false report.")
+        .await?;
+
+    let lease = security.receive(&clue).await?;
+    security
+        .client
+        .reject(pb::RejectRequest { lease: Some(lease), reason: "outside our jurisdiction: transfer to the judicial organ".into() })
+        .await?;
+    println!("  public_security rejected {clue} with a reason");
+
+    let lease = personnel.receive(&suggestion).await?;
+    personnel.client.ack(pb::AckRequest { lease: Some(lease) }).await?;
+    println!("  personnel acknowledged {suggestion}");
+    personnel
+        .submit(&feedback, MessageKind::Feedback, "discipline", "Rank restored", &suggestion, "Rank and title restored on 2026-11-26.")
+        .await?;
+    let lease = discipline.receive(&feedback).await?;
+    discipline.client.ack(pb::AckRequest { lease: Some(lease) }).await?;
+    println!("  discipline acknowledged feedback {feedback}");
+
+    for (sender, id) in [("discipline", &clue), ("discipline", &suggestion), ("personnel", &feedback)] {
+        let agency = if sender == "discipline" { &mut discipline } else { &mut personnel };
+        let s = agency.wait_terminal(id).await?;
+        let receipts: Vec<_> = s.receipts.into_iter().map(SignedReceipt::from_wire).collect();
+        println!("\ntimeline of {id} (to {}):", s.recipient_node);
+        print!("{}", super::timeline(&receipts, Some(&keyring)));
+        for r in &receipts {
+            keyring.verify_receipt(r).context("a demo receipt does not verify")?;
+        }
+    }
+    println!("\ndemo complete: every receipt verified with the federation's public keys");
+    Ok(())
+}

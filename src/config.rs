@@ -1,0 +1,454 @@
+//! Node configuration and the federation trust list, validated on load.
+//!
+//! Every mistake is reported with the file and the field it is in. Relative
+//! paths in a file are resolved against the directory of that file.
+
+use crate::crypto::{Keyring, NodeSigner, PublicKeyEntry};
+use crate::model::{AgencyKind, MessageKind, Route, RoutePolicy, validate_id};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A configuration mistake, naming the file and field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+fn err(file: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn read(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.parent().unwrap_or(Path::new(".")).join(p)
+    }
+}
+
+// ---------------------------------------------------------------- files
+
+/// `federation.toml` as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FederationFile {
+    /// A name for the federation (shown in certificates and logs).
+    pub name: String,
+    /// The federation CA certificate (PEM) that signs every TLS certificate.
+    pub ca_cert: PathBuf,
+    #[serde(rename = "node")]
+    pub nodes: Vec<NodeEntryFile>,
+    #[serde(rename = "route", default)]
+    pub routes: Vec<RouteFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeEntryFile {
+    pub id: String,
+    pub kind: String,
+    /// `https://host:port` where the node's gRPC service listens.
+    pub endpoint: String,
+    #[serde(rename = "key")]
+    pub keys: Vec<KeyFile>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    pub id: String,
+    /// Base64 of the 32-byte Ed25519 public key.
+    pub public_key: String,
+    /// RFC 3339 time from which the key may sign (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// RFC 3339 time after which the key may no longer sign (optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    pub from: String,
+    pub to: String,
+    pub kinds: Vec<String>,
+}
+
+/// A node file (`config/<agency>.toml`) as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFile {
+    /// This node's id in the trust list.
+    pub node_id: String,
+    /// Path of the federation trust list.
+    pub federation: PathBuf,
+    /// Address the gRPC service binds, e.g. `0.0.0.0:7401`.
+    pub listen: String,
+    /// Directory of the node's sled database.
+    pub data_dir: PathBuf,
+    /// File holding the base64 Ed25519 signing key seed (mode 0600).
+    pub signing_key: PathBuf,
+    /// Id of that key in the trust list.
+    pub signing_key_id: String,
+    /// The node's TLS certificate and private key (PEM).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    #[serde(default)]
+    pub delivery: DeliverySettings,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// How and when messages move. Every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySettings {
+    /// Delivery attempts to receivers before a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// Lease length when the receiver does not ask for one.
+    pub default_lease_secs: u32,
+    /// Longest lease a receiver may ask for or extend to.
+    pub max_lease_secs: u32,
+    /// Delay before a lapsed lease's message is offered again; doubles with
+    /// every attempt, capped at 64 times this.
+    pub redelivery_backoff_ms: u64,
+    /// Envelopes or receipts per `Peer` call.
+    pub batch_size: usize,
+    /// First retry delay after a failed call to a peer; doubles up to the cap.
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    /// Deadline of every call to a peer.
+    pub peer_timeout_ms: u64,
+    /// Time to live of a message whose submitter gives none.
+    pub default_ttl_secs: u64,
+    /// Longest time to live a submitter may ask for.
+    pub max_ttl_secs: u64,
+    /// How long shutdown waits for in-flight work before giving up.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        DeliverySettings {
+            max_deliveries: 5,
+            default_lease_secs: 30,
+            max_lease_secs: 3600,
+            redelivery_backoff_ms: 1000,
+            batch_size: 256,
+            retry_initial_ms: 200,
+            retry_max_ms: 30_000,
+            peer_timeout_ms: 10_000,
+            default_ttl_secs: 7 * 24 * 3600,
+            max_ttl_secs: 90 * 24 * 3600,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl DeliverySettings {
+    pub fn peer_timeout(&self) -> Duration {
+        Duration::from_millis(self.peer_timeout_ms)
+    }
+}
+
+/// Limits on what callers may send. Every field has a default.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_subject_len: usize,
+    pub max_case_reference_len: usize,
+    pub max_content_type_len: usize,
+    pub max_reason_len: usize,
+    /// Messages leased to one `Receive` stream at once.
+    pub max_outstanding_per_stream: u32,
+    /// Longest delay a receiver may ask for on `Release`.
+    pub max_release_delay_ms: u64,
+    /// How far in the future a peer's `created_at` may be.
+    pub max_clock_skew_ms: u64,
+    /// Envelopes or receipts accepted in one `Peer` call.
+    pub max_peer_batch: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: 1024 * 1024,
+            max_subject_len: 256,
+            max_case_reference_len: 128,
+            max_content_type_len: 128,
+            max_reason_len: 1024,
+            max_outstanding_per_stream: 1024,
+            max_release_delay_ms: 3_600_000,
+            max_clock_skew_ms: 5 * 60 * 1000,
+            max_peer_batch: 1024,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- loaded
+
+/// One node of the federation as the trust list describes it.
+#[derive(Clone, Debug)]
+pub struct NodeEntry {
+    pub id: String,
+    pub kind: AgencyKind,
+    pub endpoint: String,
+    /// Host and port parsed from the endpoint.
+    pub host: String,
+}
+
+/// The validated trust list.
+#[derive(Clone, Debug)]
+pub struct Federation {
+    pub name: String,
+    pub ca_pem: String,
+    pub nodes: BTreeMap<String, NodeEntry>,
+    pub policy: RoutePolicy,
+    pub keyring: Keyring,
+}
+
+impl Federation {
+    pub fn load(path: &Path) -> Result<Federation, ConfigError> {
+        let text = read(path)?;
+        let file: FederationFile =
+            toml::from_str(&text).map_err(|e| err(path, format!("invalid: {e}")))?;
+        Self::from_file(path, file)
+    }
+
+    pub fn from_file(path: &Path, file: FederationFile) -> Result<Federation, ConfigError> {
+        let ca_path = resolve(path, &file.ca_cert);
+        let ca_pem = read(&ca_path).map_err(|e| err(path, format!("ca_cert: {e}")))?;
+        if !ca_pem.contains("BEGIN CERTIFICATE") {
+            return Err(err(path, format!("ca_cert: {} holds no PEM certificate", ca_path.display())));
+        }
+        let mut nodes = BTreeMap::new();
+        let mut keyring = Keyring::default();
+        if file.nodes.is_empty() {
+            return Err(err(path, "no [[node]] entries: a federation needs at least two nodes"));
+        }
+        for (i, n) in file.nodes.iter().enumerate() {
+            let at = format!("node[{i}]");
+            validate_id("id", &n.id).map_err(|e| err(path, format!("{at}.id: {e}")))?;
+            let kind: AgencyKind = n.kind.parse().map_err(|e| err(path, format!("{at}.kind: {e}")))?;
+            let host = parse_endpoint(&n.endpoint)
+                .map_err(|e| err(path, format!("{at}.endpoint: {e}")))?;
+            if n.keys.is_empty() {
+                return Err(err(path, format!("{at}.key: node {} lists no signing key", n.id)));
+            }
+            for (j, k) in n.keys.iter().enumerate() {
+                let kat = format!("{at}.key[{j}]");
+                validate_id("id", &k.id).map_err(|e| err(path, format!("{kat}.id: {e}")))?;
+                let mut entry = PublicKeyEntry::parse(&k.id, &k.public_key)
+                    .map_err(|e| err(path, format!("{kat}.public_key: {e}")))?;
+                entry.not_before_ms = parse_time(k.not_before.as_deref())
+                    .map_err(|e| err(path, format!("{kat}.not_before: {e}")))?;
+                entry.not_after_ms = parse_time(k.not_after.as_deref())
+                    .map_err(|e| err(path, format!("{kat}.not_after: {e}")))?;
+                keyring.insert(&n.id, entry);
+            }
+            let entry = NodeEntry {
+                id: n.id.clone(),
+                kind,
+                endpoint: n.endpoint.clone(),
+                host,
+            };
+            if nodes.insert(n.id.clone(), entry).is_some() {
+                return Err(err(path, format!("{at}.id: node id {:?} is listed twice", n.id)));
+            }
+        }
+        let mut routes = Vec::new();
+        for (i, r) in file.routes.iter().enumerate() {
+            let at = format!("route[{i}]");
+            let from: AgencyKind = r.from.parse().map_err(|e| err(path, format!("{at}.from: {e}")))?;
+            let to: AgencyKind = r.to.parse().map_err(|e| err(path, format!("{at}.to: {e}")))?;
+            for k in &r.kinds {
+                let kind: MessageKind =
+                    k.parse().map_err(|e| err(path, format!("{at}.kinds: {e}")))?;
+                routes.push(Route { from, to, kind });
+            }
+        }
+        let policy = RoutePolicy::new(routes).map_err(|e| err(path, format!("route: {e}")))?;
+        Ok(Federation {
+            name: file.name,
+            ca_pem,
+            nodes,
+            policy,
+            keyring,
+        })
+    }
+
+    pub fn node(&self, id: &str) -> Option<&NodeEntry> {
+        self.nodes.get(id)
+    }
+}
+
+fn parse_endpoint(endpoint: &str) -> Result<String, String> {
+    let rest = endpoint
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{endpoint:?} must start with https:// (peers talk mTLS)"))?;
+    let host_port = rest.trim_end_matches('/');
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{endpoint:?} must name a port, as in https://host:7401"))?;
+    port.parse::<u16>()
+        .map_err(|_| format!("{endpoint:?} has an invalid port {port:?}"))?;
+    if host.is_empty() {
+        return Err(format!("{endpoint:?} has no host"));
+    }
+    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+}
+
+fn parse_time(t: Option<&str>) -> Result<Option<u64>, String> {
+    let Some(t) = t else { return Ok(None) };
+    let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| format!("{t:?} is not an RFC 3339 time: {e}"))?;
+    Ok(Some((dt.unix_timestamp_nanos() / 1_000_000).max(0) as u64))
+}
+
+/// TLS material of a node, read from its files.
+#[derive(Clone)]
+pub struct TlsMaterial {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial").finish_non_exhaustive()
+    }
+}
+
+/// A node's validated configuration, with its keys and the trust list.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub node_id: String,
+    pub kind: AgencyKind,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub signer: Arc<NodeSigner>,
+    pub tls: TlsMaterial,
+    pub delivery: DeliverySettings,
+    pub limits: Limits,
+    pub federation: Arc<Federation>,
+}
+
+impl NodeConfig {
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = read(path)?;
+        let file: NodeFile =
+            toml::from_str(&text).map_err(|e| err(path, format!("invalid: {e}")))?;
+        let fed_path = resolve(path, &file.federation);
+        let federation = Federation::load(&fed_path)?;
+        validate_id("node_id", &file.node_id).map_err(|e| err(path, format!("node_id: {e}")))?;
+        let entry = federation.node(&file.node_id).ok_or_else(|| {
+            err(
+                path,
+                format!(
+                    "node_id: {:?} is not listed in {}",
+                    file.node_id,
+                    fed_path.display()
+                ),
+            )
+        })?;
+        let listen: SocketAddr = file.listen.parse().map_err(|e| {
+            err(path, format!("listen: {:?} is not host:port: {e}", file.listen))
+        })?;
+        let key_path = resolve(path, &file.signing_key);
+        let key_text = read(&key_path).map_err(|e| err(path, format!("signing_key: {e}")))?;
+        let signer = NodeSigner::from_text(&file.node_id, &file.signing_key_id, &key_text)
+            .map_err(|e| err(path, format!("signing_key: {}: {e}", key_path.display())))?;
+        let listed = federation
+            .keyring
+            .public_key(&file.node_id, &file.signing_key_id)
+            .ok_or_else(|| {
+                err(
+                    path,
+                    format!(
+                        "signing_key_id: {:?} is not a key of node {:?} in the trust list",
+                        file.signing_key_id, file.node_id
+                    ),
+                )
+            })?;
+        if listed != signer.verifying_key() {
+            return Err(err(
+                path,
+                format!(
+                    "signing_key: the key in {} does not match public key {:?} in the trust list",
+                    key_path.display(),
+                    file.signing_key_id
+                ),
+            ));
+        }
+        let cert_pem = read(&resolve(path, &file.tls_cert))
+            .map_err(|e| err(path, format!("tls_cert: {e}")))?;
+        let key_pem =
+            read(&resolve(path, &file.tls_key)).map_err(|e| err(path, format!("tls_key: {e}")))?;
+        let d = &file.delivery;
+        if d.max_deliveries == 0 {
+            return Err(err(path, "delivery.max_deliveries: must be at least 1"));
+        }
+        if d.default_lease_secs == 0 || d.default_lease_secs > d.max_lease_secs {
+            return Err(err(
+                path,
+                "delivery.default_lease_secs: must be between 1 and delivery.max_lease_secs",
+            ));
+        }
+        if d.batch_size == 0 || d.batch_size > file.limits.max_peer_batch {
+            return Err(err(
+                path,
+                "delivery.batch_size: must be between 1 and limits.max_peer_batch",
+            ));
+        }
+        if d.retry_initial_ms == 0 || d.retry_initial_ms > d.retry_max_ms {
+            return Err(err(
+                path,
+                "delivery.retry_initial_ms: must be between 1 and delivery.retry_max_ms",
+            ));
+        }
+        if d.default_ttl_secs == 0 || d.default_ttl_secs > d.max_ttl_secs {
+            return Err(err(
+                path,
+                "delivery.default_ttl_secs: must be between 1 and delivery.max_ttl_secs",
+            ));
+        }
+        Ok(NodeConfig {
+            node_id: file.node_id.clone(),
+            kind: entry.kind,
+            listen,
+            data_dir: resolve(path, &file.data_dir),
+            signer: Arc::new(signer),
+            tls: TlsMaterial {
+                ca_pem: federation.ca_pem.clone(),
+                cert_pem,
+                key_pem,
+            },
+            delivery: file.delivery,
+            limits: file.limits,
+            federation: Arc::new(federation),
+        })
+    }
+
+    /// The other nodes of the federation.
+    pub fn peers(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.federation
+            .nodes
+            .values()
+            .filter(move |n| n.id != self.node_id)
+    }
+}

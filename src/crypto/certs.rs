@@ -1,0 +1,128 @@
+//! Certificate generation for a federation: one CA, a TLS certificate per
+//! node and per client system. Pure: returns PEM text, writes nothing.
+
+use super::tls::{client_uri, node_uri};
+use crate::error::{Error, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
+use std::net::IpAddr;
+use time::{Duration, OffsetDateTime};
+
+fn rcgen_err(e: rcgen::Error) -> Error {
+    Error::invalid(format!("certificate generation failed: {e}"))
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Clone)]
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for IssuedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedCert").finish_non_exhaustive()
+    }
+}
+
+/// A federation certificate authority able to issue certificates.
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pub cert: IssuedCert,
+    validity_days: i64,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+fn base_params(common_name: &str, validity_days: i64) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err)?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "cluebridge federation");
+    let now = OffsetDateTime::now_utc();
+    // A little slack before "now" tolerates clock skew between agencies.
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(validity_days);
+    Ok(params)
+}
+
+impl Ca {
+    /// A new self-signed CA valid for `validity_days`.
+    pub fn generate(federation_name: &str, validity_days: i64) -> Result<Ca> {
+        let mut params = base_params(&format!("{federation_name} federation CA"), validity_days)?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = KeyPair::generate().map_err(rcgen_err)?;
+        let cert = params.self_signed(&key).map_err(rcgen_err)?;
+        let issued = IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Ca {
+            issuer: Issuer::new(params, key),
+            cert: issued,
+            validity_days,
+        })
+    }
+
+    fn issue(&self, params: &mut CertificateParams) -> Result<IssuedCert> {
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate().map_err(rcgen_err)?;
+        let cert = params.signed_by(&key, &self.issuer).map_err(rcgen_err)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// A node's TLS certificate: its identity URI, its node id as a DNS name
+    /// (what peers and clients expect as the server name), and the host
+    /// names or addresses it is reached at.
+    pub fn issue_node(&self, node_id: &str, hosts: &[String]) -> Result<IssuedCert> {
+        let mut params = base_params(&format!("cluebridge node {node_id}"), self.validity_days)?;
+        let mut sans = vec![
+            SanType::URI(node_uri(node_id).try_into().map_err(rcgen_err)?),
+            SanType::DnsName(node_id.try_into().map_err(rcgen_err)?),
+        ];
+        for host in hosts {
+            match host.parse::<IpAddr>() {
+                Ok(ip) => sans.push(SanType::IpAddress(ip)),
+                Err(_) => sans.push(SanType::DnsName(host.as_str().try_into().map_err(rcgen_err)?)),
+            }
+        }
+        params.subject_alt_names = sans;
+        self.issue(&mut params)
+    }
+
+    /// A client system's certificate, naming the node of its agency.
+    pub fn issue_client(&self, node_id: &str, name: &str) -> Result<IssuedCert> {
+        let mut params = base_params(
+            &format!("cluebridge client {name} of {node_id}"),
+            self.validity_days,
+        )?;
+        params.subject_alt_names = vec![SanType::URI(
+            client_uri(node_id, name).try_into().map_err(rcgen_err)?,
+        )];
+        self.issue(&mut params)
+    }
+}

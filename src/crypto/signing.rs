@@ -1,0 +1,242 @@
+//! Ed25519 signatures over the exact bytes that travel, with one
+//! domain-separation prefix per object type. Verification never re-encodes.
+
+use crate::error::{Error, Result};
+use crate::model::{EnvelopeHeader, Receipt, SignedEnvelope, SignedReceipt};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use std::collections::HashMap;
+
+/// Prefix of every envelope-header signature input.
+pub const ENVELOPE_DOMAIN: &[u8] = b"cluebridge/v1/envelope-header\n";
+/// Prefix of every receipt signature input.
+pub const RECEIPT_DOMAIN: &[u8] = b"cluebridge/v1/receipt\n";
+
+fn signing_input(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(domain.len() + bytes.len());
+    input.extend_from_slice(domain);
+    input.extend_from_slice(bytes);
+    input
+}
+
+/// A node's private signing key with its id in the trust list.
+pub struct NodeSigner {
+    node_id: String,
+    key_id: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for NodeSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("NodeSigner")
+            .field("node_id", &self.node_id)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeSigner {
+    pub fn new(node_id: impl Into<String>, key_id: impl Into<String>, key: SigningKey) -> Self {
+        NodeSigner {
+            node_id: node_id.into(),
+            key_id: key_id.into(),
+            key,
+        }
+    }
+
+    /// Reads a key from its text form: the base64 of the 32-byte seed.
+    pub fn from_text(node_id: &str, key_id: &str, text: &str) -> Result<Self> {
+        let seed = B64
+            .decode(text.trim())
+            .map_err(|e| Error::invalid(format!("signing key is not base64: {e}")))?;
+        let seed: [u8; 32] = seed.as_slice().try_into().map_err(|_| {
+            Error::invalid(format!(
+                "signing key is {} bytes; an Ed25519 seed is 32",
+                seed.len()
+            ))
+        })?;
+        Ok(Self::new(node_id, key_id, SigningKey::from_bytes(&seed)))
+    }
+
+    pub fn generate(node_id: &str, key_id: &str) -> Self {
+        Self::new(node_id, key_id, SigningKey::generate(&mut rand::rngs::OsRng))
+    }
+
+    /// The text form written to key files.
+    pub fn to_text(&self) -> String {
+        format!("{}\n", B64.encode(self.key.to_bytes()))
+    }
+
+    pub fn public_key_base64(&self) -> String {
+        B64.encode(self.key.verifying_key().to_bytes())
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Encodes and signs a header; the header's `signing_key_id` must be
+    /// this key's id.
+    pub fn seal(&self, header: &EnvelopeHeader, payload: Vec<u8>) -> SignedEnvelope {
+        debug_assert_eq!(header.signing_key_id, self.key_id);
+        let bytes = header.encode();
+        let signature = self.key.sign(&signing_input(ENVELOPE_DOMAIN, &bytes));
+        SignedEnvelope {
+            header: bytes,
+            signature: signature.to_bytes().to_vec(),
+            payload,
+        }
+    }
+
+    /// Encodes and signs a receipt issued by this node.
+    pub fn sign_receipt(&self, receipt: &Receipt) -> SignedReceipt {
+        debug_assert_eq!(receipt.issuer_node, self.node_id);
+        let bytes = receipt.encode();
+        let signature = self.key.sign(&signing_input(RECEIPT_DOMAIN, &bytes));
+        SignedReceipt {
+            receipt: bytes,
+            signature: signature.to_bytes().to_vec(),
+        }
+    }
+}
+
+/// One public signing key of a node, as listed in the trust list.
+#[derive(Clone, Debug)]
+pub struct PublicKeyEntry {
+    pub key_id: String,
+    pub key: VerifyingKey,
+    /// The key may sign objects created at or after this instant (Unix ms).
+    pub not_before_ms: Option<u64>,
+    /// The key may sign objects created at or before this instant (Unix ms).
+    pub not_after_ms: Option<u64>,
+}
+
+impl PublicKeyEntry {
+    pub fn parse(key_id: &str, base64_key: &str) -> Result<Self> {
+        let bytes = B64
+            .decode(base64_key.trim())
+            .map_err(|e| Error::invalid(format!("public key {key_id} is not base64: {e}")))?;
+        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            Error::invalid(format!(
+                "public key {key_id} is {} bytes; an Ed25519 public key is 32",
+                bytes.len()
+            ))
+        })?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| Error::invalid(format!("public key {key_id} is not a valid point: {e}")))?;
+        Ok(PublicKeyEntry {
+            key_id: key_id.to_string(),
+            key,
+            not_before_ms: None,
+            not_after_ms: None,
+        })
+    }
+
+    fn valid_at(&self, at_ms: u64) -> bool {
+        self.not_before_ms.is_none_or(|nb| at_ms >= nb)
+            && self.not_after_ms.is_none_or(|na| at_ms <= na)
+    }
+}
+
+/// The public signing keys of every node of the federation.
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    nodes: HashMap<String, Vec<PublicKeyEntry>>,
+}
+
+impl Keyring {
+    pub fn insert(&mut self, node_id: &str, entry: PublicKeyEntry) {
+        self.nodes.entry(node_id.to_string()).or_default().push(entry);
+    }
+
+    fn key(&self, node_id: &str, key_id: &str) -> Result<&PublicKeyEntry> {
+        let keys = self.nodes.get(node_id).ok_or_else(|| {
+            Error::PermissionDenied(format!("node {node_id:?} is not in the federation trust list"))
+        })?;
+        keys.iter().find(|k| k.key_id == key_id).ok_or_else(|| {
+            Error::PermissionDenied(format!(
+                "node {node_id:?} has no signing key with id {key_id:?} in the trust list"
+            ))
+        })
+    }
+
+    fn check(
+        &self,
+        what: &str,
+        node_id: &str,
+        key_id: &str,
+        at_ms: u64,
+        domain: &[u8],
+        bytes: &[u8],
+        signature: &[u8],
+    ) -> Result<()> {
+        let entry = self.key(node_id, key_id)?;
+        if !entry.valid_at(at_ms) {
+            return Err(Error::PermissionDenied(format!(
+                "{what} was signed with key {key_id:?} of {node_id:?} outside that key's validity window"
+            )));
+        }
+        let signature = Signature::from_slice(signature).map_err(|_| {
+            Error::invalid(format!(
+                "{what} signature is {} bytes; an Ed25519 signature is 64",
+                signature.len()
+            ))
+        })?;
+        entry
+            .key
+            .verify_strict(&signing_input(domain, bytes), &signature)
+            .map_err(|_| {
+                Error::PermissionDenied(format!(
+                    "{what} signature does not verify with key {key_id:?} of node {node_id:?}"
+                ))
+            })
+    }
+
+    /// Checks the sender node's signature over the header bytes as they
+    /// are, then the payload against the signed digest. Returns the header.
+    pub fn verify_envelope(&self, envelope: &SignedEnvelope) -> Result<EnvelopeHeader> {
+        let header = EnvelopeHeader::decode(&envelope.header)?;
+        self.check(
+            "envelope header",
+            &header.sender_node,
+            &header.signing_key_id,
+            header.created_at_ms,
+            ENVELOPE_DOMAIN,
+            &envelope.header,
+            &envelope.signature,
+        )?;
+        envelope.open()
+    }
+
+    /// Checks the issuer's signature over the receipt bytes as they are.
+    pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<Receipt> {
+        let r = Receipt::decode(&receipt.receipt)?;
+        self.check(
+            "receipt",
+            &r.issuer_node,
+            &r.signing_key_id,
+            r.issued_at_ms,
+            RECEIPT_DOMAIN,
+            &receipt.receipt,
+            &receipt.signature,
+        )?;
+        Ok(r)
+    }
+}
+
+impl Keyring {
+    /// The public key `key_id` of `node_id`, if the trust list has it.
+    pub fn public_key(&self, node_id: &str, key_id: &str) -> Option<VerifyingKey> {
+        self.key(node_id, key_id).ok().map(|k| k.key)
+    }
+}

@@ -1,0 +1,226 @@
+//! One forwarder per peer: sends the peer's outbox in batches with
+//! `Peer.Deliver` and its receipt outbox with `Peer.ReturnReceipts`,
+//! retrying with capped exponential backoff and jitter. State lives in the
+//! store, so a restarted node resumes where it stopped.
+
+use crate::broker::Broker;
+use crate::config::NodeEntry;
+use crate::crypto::tls;
+use crate::error::{Error, Result};
+use crate::model::{MessageRef, SignedReceipt};
+use crate::pb;
+use crate::pb::peer_client::PeerClient;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+/// Check the store at least this often even without a wake-up.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+pub(super) struct Forwarder {
+    broker: Broker,
+    peer: String,
+    client: PeerClient<Channel>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+    backoff_ms: u64,
+}
+
+/// Gives gRPC statuses and per-item refusals one meaning: worth a retry?
+fn transient(code: i32) -> bool {
+    code == tonic::Code::Unavailable as i32
+        || code == tonic::Code::ResourceExhausted as i32
+        || code == tonic::Code::DeadlineExceeded as i32
+}
+
+impl Forwarder {
+    pub(super) fn new(broker: Broker, peer: &NodeEntry, stop: CancellationToken) -> Result<Self> {
+        let config = broker.config();
+        let tls = tls::client_config(
+            &config.tls.ca_pem,
+            &config.tls.cert_pem,
+            &config.tls.key_pem,
+            &peer.id,
+        );
+        let channel = Endpoint::from_shared(peer.endpoint.clone())
+            .map_err(|e| Error::invalid(format!("endpoint of {}: {e}", peer.id)))?
+            .tls_config(tls)
+            .map_err(|e| Error::invalid(format!("TLS for {}: {e}", peer.id)))?
+            .connect_timeout(config.delivery.peer_timeout())
+            .timeout(config.delivery.peer_timeout())
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let wake = broker
+            .peer_wake(&peer.id)
+            .ok_or_else(|| Error::invalid(format!("{} is not a peer", peer.id)))?;
+        let backoff_ms = config.delivery.retry_initial_ms;
+        Ok(Forwarder {
+            client: PeerClient::new(channel)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            broker,
+            peer: peer.id.clone(),
+            wake,
+            stop,
+            backoff_ms,
+        })
+    }
+
+    pub(super) async fn run(mut self) {
+        let span = tracing::info_span!("forwarder", peer = %self.peer);
+        let _enter = span.enter();
+        loop {
+            if self.stop.is_cancelled() {
+                return;
+            }
+            match self.round().await {
+                Ok(true) => {
+                    self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
+                }
+                Ok(false) => {
+                    self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                }
+                Err(e) => {
+                    let delay = self.next_backoff();
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer call failed");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Full jitter over a doubling, capped delay.
+    fn next_backoff(&mut self) -> Duration {
+        let max = self.broker.config().delivery.retry_max_ms;
+        let current = self.backoff_ms.min(max);
+        self.backoff_ms = (current * 2).min(max);
+        let jittered = rand::thread_rng().gen_range(current / 2..=current);
+        Duration::from_millis(jittered.max(1))
+    }
+
+    /// One batch each way. `Ok(true)` if anything moved.
+    async fn round(&mut self) -> Result<bool> {
+        let batch = self.broker.config().delivery.batch_size;
+        let sent = self.send_envelopes(batch).await?;
+        let returned = self.return_receipts(batch).await?;
+        Ok(sent || returned)
+    }
+
+    async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {
+        let envelopes = self.broker.outbox_batch(&self.peer, batch)?;
+        if envelopes.is_empty() {
+            return Ok(false);
+        }
+        let request = pb::DeliverRequest {
+            envelopes: envelopes.iter().map(|(_, e)| e.to_wire()).collect(),
+        };
+        let response = self.call(self.client.clone().deliver(request)).await?;
+        if response.outcomes.len() != envelopes.len() {
+            return Err(Error::Unavailable(format!(
+                "peer answered {} outcomes for {} envelopes",
+                response.outcomes.len(),
+                envelopes.len()
+            )));
+        }
+        let mut moved = false;
+        let mut transient_refusal = None;
+        for ((message, _), outcome) in envelopes.iter().zip(response.outcomes) {
+            match outcome.outcome {
+                Some(pb::deliver_outcome::Outcome::Delivered(r)) => {
+                    let receipt = SignedReceipt::from_wire(r);
+                    self.broker.on_delivered(&self.peer, message, &receipt)?;
+                    moved = true;
+                }
+                Some(pb::deliver_outcome::Outcome::Refused(r)) if transient(r.code) => {
+                    transient_refusal = Some(r.message);
+                }
+                Some(pb::deliver_outcome::Outcome::Refused(r)) => {
+                    tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
+                    self.broker.on_refused(&self.peer, message, r.code, &r.message)?;
+                    moved = true;
+                }
+                None => {
+                    transient_refusal = Some(format!("no outcome for {message}"));
+                }
+            }
+        }
+        // Delivered states must survive a crash like the receipts behind them.
+        self.broker.store().flush().await?;
+        match transient_refusal {
+            Some(reason) if !moved => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
+            _ => Ok(true),
+        }
+    }
+
+    async fn return_receipts(&mut self, batch: usize) -> Result<bool> {
+        let waiting = self.broker.receipt_outbox_batch(&self.peer, batch)?;
+        if waiting.is_empty() {
+            return Ok(false);
+        }
+        let request = pb::ReturnReceiptsRequest {
+            receipts: waiting.iter().map(|(_, r)| r.to_wire()).collect(),
+        };
+        let response = self.call(self.client.clone().return_receipts(request)).await?;
+        if response.outcomes.len() != waiting.len() {
+            return Err(Error::Unavailable(format!(
+                "peer answered {} outcomes for {} receipts",
+                response.outcomes.len(),
+                waiting.len()
+            )));
+        }
+        let mut done = Vec::new();
+        for ((key, receipt), outcome) in waiting.into_iter().zip(response.outcomes) {
+            match outcome.refused {
+                None => done.push(key),
+                Some(r) if transient(r.code) => {}
+                Some(r) => {
+                    let about = receipt
+                        .open()
+                        .map(|r| r.message_ref())
+                        .unwrap_or(MessageRef {
+                            sender_node: self.peer.clone(),
+                            message_id: String::new(),
+                        });
+                    tracing::error!(message = %about, code = r.code, reason = %r.message, "peer refused a receipt; dropping it from the receipt outbox");
+                    done.push(key);
+                }
+            }
+        }
+        let moved = !done.is_empty();
+        self.broker.receipts_returned(&done)?;
+        Ok(moved)
+    }
+
+    /// Every call to a peer has a deadline.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T> {
+        let timeout = self.broker.config().delivery.peer_timeout();
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from {} within {} ms",
+                self.peer,
+                timeout.as_millis()
+            ))),
+            Ok(Err(status)) => Err(Error::Unavailable(format!(
+                "{} answered {:?}: {}",
+                self.peer,
+                status.code(),
+                status.message()
+            ))),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+}

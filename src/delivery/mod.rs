@@ -1,0 +1,23 @@
+//! Background tasks over the store: one forwarder per peer (envelopes out,
+//! receipts back) and one sweeper (lapsed leases, expired messages). They
+//! stop through one cancellation token and never hold a store transaction
+//! across an `.await`.
+
+mod forwarder;
+mod sweeper;
+
+use crate::broker::Broker;
+use crate::error::Result;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the background tasks of a node.
+pub fn spawn(broker: &Broker, stop: &CancellationToken) -> Result<Vec<JoinHandle<()>>> {
+    let mut tasks = Vec::new();
+    for peer in broker.config().peers() {
+        let f = forwarder::Forwarder::new(broker.clone(), peer, stop.clone())?;
+        tasks.push(tokio::spawn(f.run()));
+    }
+    tasks.push(tokio::spawn(sweeper::run(broker.clone(), stop.clone())));
+    Ok(tasks)
+}

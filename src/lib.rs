@@ -1,0 +1,45 @@
+//! cluebridge: an inter-agency clue-transfer message broker.
+//!
+//! Code map:
+//! - [`model`]: domain types, envelopes, receipts, route policy (pure);
+//! - [`crypto`]: signing keys, signatures, TLS, certificate generation;
+//! - [`config`]: node configuration and the federation trust list;
+//! - [`store`]: the sled store, the only place that knows sled;
+//! - [`broker`]: the node's rules for submit, custody, leases, receipts;
+//! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
+//! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
+//! - [`node`]: wires one node together and runs it until shutdown;
+//! - [`devfed`]: generates a development federation (used by `up`);
+//! - [`client`]: a typed client used by the CLI, `bench` and tests;
+//! - [`cli`]: the command-line subcommands.
+
+pub mod api;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod crypto;
+pub mod delivery;
+pub mod devfed;
+pub mod error;
+pub mod model;
+pub mod node;
+pub mod store;
+
+/// Generated protobuf and gRPC code for `proto/cluebridge/v1`.
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("cluebridge.v1");
+
+    /// Encoded file descriptor set, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/cluebridge_descriptor.bin"));
+}
+
+/// Milliseconds since the Unix epoch, from the system clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,22 @@
+//! The `cluebridge` binary: parse the command line and dispatch.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = cluebridge::cli::Cli::parse();
+    cluebridge::cli::init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cluebridge::cli::run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Domain types: identifiers, message kinds, envelopes, receipts, states and
+//! the route policy. Pure: no I/O, no tokio, no sled. The signed header and
+//! receipt encodings are produced and parsed here and nowhere else.
+
+mod envelope;
+mod policy;
+mod receipt;
+
+pub use envelope::{EnvelopeHeader, SignedEnvelope};
+pub use policy::{Route, RoutePolicy};
+pub use receipt::{Receipt, ReceiptKind, SignedReceipt};
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Longest message id, node id or principal name accepted anywhere.
+pub const MAX_ID_LEN: usize = 128;
+
+/// Checks an identifier: 1 to 128 characters from `[A-Za-z0-9._:-]`.
+///
+/// The character set keeps ids safe as store key parts (no NUL), in file
+/// names and in URIs, and readable in logs.
+pub fn validate_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    if id.len() > MAX_ID_LEN {
+        return Err(Error::invalid(format!(
+            "{what} is {} characters long; at most {MAX_ID_LEN} are allowed",
+            id.len()
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(Error::invalid(format!(
+            "{what} {id:?} contains {c:?}; only letters, digits and . _ : - are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// The kind of agency a node belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum AgencyKind {
+    Discipline,
+    Personnel,
+    PublicSecurity,
+    Judicial,
+}
+
+impl AgencyKind {
+    pub const ALL: [AgencyKind; 4] = [
+        AgencyKind::Discipline,
+        AgencyKind::Personnel,
+        AgencyKind::PublicSecurity,
+        AgencyKind::Judicial,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgencyKind::Discipline => "discipline",
+            AgencyKind::Personnel => "personnel",
+            AgencyKind::PublicSecurity => "public_security",
+            AgencyKind::Judicial => "judicial",
+        }
+    }
+}
+
+impl fmt::Display for AgencyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The kind of business message an envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    ClueTransfer,
+    RectificationSuggestion,
+    /// A reply naming the message it answers; goes back only to that
+    /// message's sender.
+    Feedback,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::ClueTransfer => "clue_transfer",
+            MessageKind::RectificationSuggestion => "rectification_suggestion",
+            MessageKind::Feedback => "feedback",
+        }
+    }
+
+    /// The wire number used in `cluebridge.v1.MessageKind`.
+    pub fn to_wire(self) -> i32 {
+        match self {
+            MessageKind::ClueTransfer => 1,
+            MessageKind::RectificationSuggestion => 2,
+            MessageKind::Feedback => 3,
+        }
+    }
+
+    pub fn from_wire(n: i32) -> Result<Self> {
+        match n {
+            1 => Ok(MessageKind::ClueTransfer),
+            2 => Ok(MessageKind::RectificationSuggestion),
+            3 => Ok(MessageKind::Feedback),
+            other => Err(Error::invalid(format!(
+                "unknown message kind {other}; expected clue_transfer (1), \
+                 rectification_suggestion (2) or feedback (3)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MessageKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "clue_transfer" => Ok(MessageKind::ClueTransfer),
+            "rectification_suggestion" => Ok(MessageKind::RectificationSuggestion),
+            "feedback" => Ok(MessageKind::Feedback),
+            other => Err(Error::invalid(format!(
+                "unknown message kind {other:?}; expected clue_transfer, \
+                 rectification_suggestion or feedback"
+            ))),
+        }
+    }
+}
+
+impl FromStr for AgencyKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        AgencyKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown agency kind {s:?}; expected discipline, personnel, \
+                     public_security or judicial"
+                ))
+            })
+    }
+}
+
+/// Sender-side state of a message. Terminal states never change, except
+/// that an operator may requeue a dead letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SentState {
+    Accepted,
+    Delivered,
+    Acknowledged,
+    Rejected,
+    DeadLettered,
+    Expired,
+}
+
+impl SentState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            SentState::Acknowledged
+                | SentState::Rejected
+                | SentState::DeadLettered
+                | SentState::Expired
+        )
+    }
+
+    /// The state a receipt of `kind` moves a message to, if the move is
+    /// allowed from `self`. `None` means the receipt changes nothing (it is
+    /// stored as evidence all the same).
+    pub fn after(self, kind: ReceiptKind) -> Option<SentState> {
+        use SentState::*;
+        let next = match kind {
+            ReceiptKind::Accepted => return None,
+            ReceiptKind::Delivered => Delivered,
+            ReceiptKind::Acknowledged => Acknowledged,
+            ReceiptKind::Rejected => Rejected,
+            ReceiptKind::DeadLettered => DeadLettered,
+            ReceiptKind::Expired => Expired,
+        };
+        match (self, next) {
+            (Accepted, _) => Some(next),
+            (Delivered, Delivered) => None,
+            (Delivered, _) => Some(next),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentState::Accepted => "accepted",
+            SentState::Delivered => "delivered",
+            SentState::Acknowledged => "acknowledged",
+            SentState::Rejected => "rejected",
+            SentState::DeadLettered => "dead_lettered",
+            SentState::Expired => "expired",
+        }
+    }
+
+    pub fn to_wire(self) -> i32 {
+        match self {
+            SentState::Accepted => 1,
+            SentState::Delivered => 2,
+            SentState::Acknowledged => 3,
+            SentState::Rejected => 4,
+            SentState::DeadLettered => 5,
+            SentState::Expired => 6,
+        }
+    }
+}
+
+impl fmt::Display for SentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Recipient-side state of a message held in custody.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InboundState {
+    /// Waiting in the inbox (possibly with a delay before it is offered).
+    Inbox,
+    /// Leased to a receiver.
+    Leased,
+    Acknowledged,
+    Rejected,
+    DeadLetter,
+    Expired,
+}
+
+impl InboundState {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, InboundState::Inbox | InboundState::Leased)
+    }
+}
+
+/// A message's identity in the federation: the sender node and the
+/// sender-chosen message id.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MessageRef {
+    pub sender_node: String,
+    pub message_id: String,
+}
+
+impl fmt::Display for MessageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.sender_node, self.message_id)
+    }
+}
+
+/// SHA-256 of some bytes.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_for_length_and_characters() {
+        assert!(validate_id("message id", "case-2026.001:a_b").is_ok());
+        assert!(validate_id("message id", "").is_err());
+        assert!(validate_id("message id", &"x".repeat(129)).is_err());
+        let err = validate_id("message id", "a b").unwrap_err().to_string();
+        assert!(err.contains("' '"), "{err}");
+        assert!(validate_id("message id", "a\0b").is_err());
+    }
+
+    #[test]
+    fn terminal_states_do_not_move() {
+        assert_eq!(
+            SentState::Accepted.after(ReceiptKind::Delivered),
+            Some(SentState::Delivered)
+        );
+        assert_eq!(
+            SentState::Accepted.after(ReceiptKind::Acknowledged),
+            Some(SentState::Acknowledged)
+        );
+        assert_eq!(SentState::Acknowledged.after(ReceiptKind::Rejected), None);
+        assert_eq!(SentState::Expired.after(ReceiptKind::Delivered), None);
+        assert_eq!(SentState::Delivered.after(ReceiptKind::Delivered), None);
+    }
+}

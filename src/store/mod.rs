@@ -1,0 +1,754 @@
+//! The durable store: the only module that imports sled.
+//!
+//! Trees (all keys documented in `keys`):
+//! - `envelopes`: message key → signed envelope bytes, written once;
+//! - `sent`: message key → [`SentRecord`] for messages this node sent
+//!   (also the idempotency record: it holds the submit request digest);
+//! - `inbound`: message key → [`InboundRecord`] for messages in custody;
+//! - `receipts`: message key + receipt digest → signed receipt bytes;
+//! - `outbox`: peer + seq → message key, envelopes waiting for a peer;
+//! - `inbox`: ready-at + seq → message key, messages waiting for receivers;
+//! - `leases`: deadline + lease id → message key, messages held by receivers;
+//! - `receipt_outbox`: peer + seq → signed receipt bytes to return;
+//! - `feed`: seq → receipt key, the receipts about sent messages in the
+//!   order they were stored (the `WatchReceipts` cursor);
+//! - `expiry`: expires-at + message key → (), the TTL index.
+//!
+//! Every state change is one transaction over these trees. Durability is
+//! explicit: a caller that must not answer before its write is on disk
+//! awaits [`Store::flush`], which joins the group commit.
+
+pub mod keys;
+mod records;
+
+pub use records::{InboundRecord, SentRecord};
+
+use crate::error::{Error, Result};
+use crate::model::{InboundState, MessageRef, SentState, SignedReceipt, sha256};
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+use sled::{Transactional, Tree};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// A failure of the storage engine.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error("the store's flusher has stopped (the node is shutting down)")]
+    FlusherStopped,
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Store(StoreError::Sled(e))
+    }
+}
+
+const ENVELOPES: usize = 0;
+const SENT: usize = 1;
+const INBOUND: usize = 2;
+const RECEIPTS: usize = 3;
+const OUTBOX: usize = 4;
+const INBOX: usize = 5;
+const LEASES: usize = 6;
+const RECEIPT_OUTBOX: usize = 7;
+const FEED: usize = 8;
+const EXPIRY: usize = 9;
+const TREE_NAMES: [&str; 10] = [
+    "envelopes",
+    "sent",
+    "inbound",
+    "receipts",
+    "outbox",
+    "inbox",
+    "leases",
+    "receipt_outbox",
+    "feed",
+    "expiry",
+];
+
+type Tx = [TransactionalTree];
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+fn abort<T>(e: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+/// The node's store: one cheap-clone handle shared by every task.
+#[derive(Clone, Debug)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    db: sled::Db,
+    trees: Vec<Tree>,
+    /// Writers waiting for their commit to reach the disk.
+    flush_requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+}
+
+/// What `submit` found.
+#[derive(Debug)]
+pub enum SubmitOutcome {
+    /// The message is new and now stored.
+    Stored,
+    /// The same request was accepted before; here is its `accepted` receipt.
+    Duplicate(SignedReceipt),
+}
+
+/// What `accept_inbound` found.
+#[derive(Debug)]
+pub enum InboundOutcome {
+    Stored,
+    /// The same envelope is already in custody; its `delivered` receipt.
+    AlreadyHeld(SignedReceipt),
+}
+
+/// Counts of records per tree, for tests and operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub envelopes: usize,
+    pub sent: usize,
+    pub inbound: usize,
+    pub receipts: usize,
+    pub outbox: usize,
+    pub inbox: usize,
+    pub leases: usize,
+    pub receipt_outbox: usize,
+    pub feed: usize,
+}
+
+/// One leased message handed to a receiver.
+#[derive(Debug)]
+pub struct Lease {
+    pub message_key: Vec<u8>,
+    pub envelope: Vec<u8>,
+    pub record: InboundRecord,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its group-commit
+    /// flusher. Must be called inside a tokio runtime.
+    pub fn open(dir: &Path) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(dir)
+            // The page cache is the bulk of a node's memory; queued messages
+            // live on disk, not here.
+            .cache_capacity(64 * 1024 * 1024)
+            .open()?;
+        let trees = TREE_NAMES
+            .iter()
+            .map(|n| db.open_tree(n))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(db.clone(), rx));
+        Ok(Store {
+            shared: Arc::new(Shared {
+                db,
+                trees,
+                flush_requests: tx,
+            }),
+        })
+    }
+
+    fn tree(&self, i: usize) -> &Tree {
+        &self.shared.trees[i]
+    }
+
+    /// A fresh, strictly increasing sequence number (not contiguous).
+    pub fn next_seq(&self) -> Result<u64> {
+        Ok(self.shared.db.generate_id()?)
+    }
+
+    /// Waits until every write committed before this call is on disk.
+    ///
+    /// Group commit: one flusher task calls sled's `flush` once for all the
+    /// writers that arrived while the previous flush ran. Concurrent
+    /// `flush_async` calls can deadlock sled 0.34.7, so nothing else
+    /// flushes.
+    pub async fn flush(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .flush_requests
+            .send(tx)
+            .map_err(|_| Error::Store(StoreError::FlusherStopped))?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::Unavailable(format!("flushing the store failed: {e}"))),
+            Err(_) => Err(Error::Store(StoreError::FlusherStopped)),
+        }
+    }
+
+    /// Flushes synchronously (shutdown, tests); not for hot paths.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.shared.db.flush()?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.shared.db.size_on_disk()?)
+    }
+
+    fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T> {
+        self.shared
+            .trees
+            .as_slice()
+            .transaction(|t: &Vec<TransactionalTree>| f(t.as_slice()))
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => e.into(),
+            })
+    }
+
+    // ------------------------------------------------------------ sender
+
+    /// Stores a newly accepted message: envelope, state, `accepted`
+    /// receipt, outbox entry and expiry index, all or nothing. If the id is
+    /// taken, compares request digests: same → the original receipt, other
+    /// → `AlreadyExists`.
+    pub fn submit(
+        &self,
+        message: &MessageRef,
+        envelope: &[u8],
+        record: &SentRecord,
+        accepted: &SignedReceipt,
+    ) -> Result<SubmitOutcome> {
+        let key = keys::message(message);
+        if let Some(existing) = self.sent(message)? {
+            return self.duplicate(message, &existing, record);
+        }
+        let outbox_key = keys::peer_queue(&record.recipient, self.next_seq()?);
+        let feed_seq = self.next_seq()?;
+        let mut record = record.clone();
+        record.outbox_key = Some(outbox_key.clone());
+        let record_bytes = records::encode(&record);
+        let accepted_bytes = accepted.encode();
+        let receipt_key = keys::receipt(&key, &sha256(&accepted.receipt));
+        let outcome = self.transact(|t| {
+            if t[SENT].get(&key)?.is_some() {
+                // Raced with a concurrent submit of the same id; the caller
+                // retries and takes the duplicate path.
+                return Ok(false);
+            }
+            t[ENVELOPES].insert(key.as_slice(), envelope)?;
+            t[SENT].insert(key.as_slice(), record_bytes.as_slice())?;
+            t[RECEIPTS].insert(receipt_key.as_slice(), accepted_bytes.as_slice())?;
+            t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
+            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            Ok(true)
+        })?;
+        if outcome {
+            Ok(SubmitOutcome::Stored)
+        } else {
+            let existing = self
+                .sent(message)?
+                .ok_or_else(|| Error::corrupt("sent", "record vanished during submit"))?;
+            self.duplicate(message, &existing, &record)
+        }
+    }
+
+    fn duplicate(
+        &self,
+        message: &MessageRef,
+        existing: &SentRecord,
+        record: &SentRecord,
+    ) -> Result<SubmitOutcome> {
+        if existing.request_digest != record.request_digest {
+            return Err(Error::AlreadyExists(format!(
+                "message id {:?} was already used for a message with other content; \
+                 choose a new id (nothing was changed)",
+                message.message_id
+            )));
+        }
+        let accepted = self
+            .receipts(message)?
+            .into_iter()
+            .find(|r| r.open().map(|r| r.kind.as_str() == "accepted").unwrap_or(false))
+            .ok_or_else(|| Error::corrupt("receipts", format!("{message} has no accepted receipt")))?;
+        Ok(SubmitOutcome::Duplicate(accepted))
+    }
+
+    pub fn sent(&self, message: &MessageRef) -> Result<Option<SentRecord>> {
+        self.tree(SENT)
+            .get(keys::message(message))?
+            .map(|v| records::decode("sent", &v))
+            .transpose()
+    }
+
+    pub fn envelope(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree(ENVELOPES)
+            .get(keys::message(message))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every receipt stored about a message (unordered).
+    pub fn receipts(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
+        self.tree(RECEIPTS)
+            .scan_prefix(keys::receipts_prefix(&keys::message(message)))
+            .map(|kv| {
+                let (_, v) = kv?;
+                SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipts", e))
+            })
+            .collect()
+    }
+
+    /// The oldest `limit` outbox entries for `peer`: (outbox key, message
+    /// key, envelope bytes).
+    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)).take(limit) {
+            let (k, msg_key) = kv?;
+            let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
+                Error::corrupt("outbox", "entry names a message with no envelope")
+            })?;
+            out.push((k.to_vec(), msg_key.to_vec(), envelope.to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_depth(&self, peer: &str) -> usize {
+        self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)).count()
+    }
+
+    /// Records a receipt about a message this node sent and moves its state
+    /// as the receipt says (see `SentState::after`). A receipt already held
+    /// changes nothing. Leaving `accepted` also takes the message out of the
+    /// outbox. Returns the state after the receipt.
+    pub fn apply_sent_receipt(
+        &self,
+        message: &MessageRef,
+        receipt: &SignedReceipt,
+        kind: crate::model::ReceiptKind,
+    ) -> Result<SentState> {
+        let key = keys::message(message);
+        let receipt_key = keys::receipt(&key, &sha256(&receipt.receipt));
+        let bytes = receipt.encode();
+        let feed_seq = self.next_seq()?;
+        self.transact(|t| {
+            let Some(raw) = t[SENT].get(&key)? else {
+                return abort(Error::NotFound(format!("{message} is not a message this node sent")));
+            };
+            let mut record: SentRecord = match records::decode("sent", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if t[RECEIPTS].get(&receipt_key)?.is_some() {
+                return Ok(record.state);
+            }
+            t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
+            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            if let Some(next) = record.state.after(kind) {
+                record.state = next;
+                if let Some(outbox_key) = record.outbox_key.take() {
+                    t[OUTBOX].remove(outbox_key)?;
+                }
+                t[SENT].insert(key.as_slice(), records::encode(&record))?;
+            }
+            Ok(record.state)
+        })
+    }
+
+    /// Receipts about sent messages stored after `cursor`, oldest first.
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, SignedReceipt)>> {
+        let start = cursor.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.tree(FEED).range(start..).take(limit) {
+            let (k, receipt_key) = kv?;
+            let seq = keys::first_u64(&k);
+            if let Some(v) = self.tree(RECEIPTS).get(&receipt_key)? {
+                out.push((
+                    seq,
+                    SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipts", e))?,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    // --------------------------------------------------------- recipient
+
+    /// Takes an envelope into custody: envelope, record, `delivered`
+    /// receipt, inbox entry and expiry index, all or nothing. The same
+    /// envelope again → its original receipt; another envelope under the
+    /// same id → `AlreadyExists`.
+    pub fn accept_inbound(
+        &self,
+        message: &MessageRef,
+        envelope: &[u8],
+        record: &InboundRecord,
+        delivered: &SignedReceipt,
+        ready_at_ms: u64,
+    ) -> Result<InboundOutcome> {
+        let key = keys::message(message);
+        let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
+        let receipt_key = keys::receipt(&key, &sha256(&delivered.receipt));
+        let mut record = record.clone();
+        record.queue_key = inbox_key.clone();
+        record.delivered_receipt_key = receipt_key.clone();
+        let record_bytes = records::encode(&record);
+        let receipt_bytes = delivered.encode();
+        let held = self.transact(|t| {
+            if let Some(raw) = t[INBOUND].get(&key)? {
+                let existing: InboundRecord = match records::decode("inbound", &raw) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                if existing.header_sha256 != record.header_sha256 {
+                    return abort(Error::AlreadyExists(format!(
+                        "{message} is already held with a different header; refusing the second envelope"
+                    )));
+                }
+                return Ok(Some(existing.delivered_receipt_key));
+            }
+            t[ENVELOPES].insert(key.as_slice(), envelope)?;
+            t[INBOUND].insert(key.as_slice(), record_bytes.as_slice())?;
+            t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
+            t[INBOX].insert(inbox_key.as_slice(), key.as_slice())?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            Ok(None)
+        })?;
+        match held {
+            None => Ok(InboundOutcome::Stored),
+            Some(receipt_key) => {
+                let raw = self.tree(RECEIPTS).get(&receipt_key)?.ok_or_else(|| {
+                    Error::corrupt("receipts", format!("delivered receipt of {message} is missing"))
+                })?;
+                let r = SignedReceipt::decode(&raw).map_err(|e| Error::corrupt("receipts", e))?;
+                Ok(InboundOutcome::AlreadyHeld(r))
+            }
+        }
+    }
+
+    pub fn inbound(&self, message: &MessageRef) -> Result<Option<InboundRecord>> {
+        self.tree(INBOUND)
+            .get(keys::message(message))?
+            .map(|v| records::decode("inbound", &v))
+            .transpose()
+    }
+
+    /// Leases the oldest ready inbox message, if one is ready at `now_ms`.
+    /// Otherwise returns when the next delayed one becomes ready (if any).
+    pub fn lease_next(
+        &self,
+        now_ms: u64,
+        lease_id: u64,
+        deadline_ms: u64,
+    ) -> Result<std::result::Result<Lease, Option<u64>>> {
+        loop {
+            let Some(first) = self.tree(INBOX).first()? else {
+                return Ok(Err(None));
+            };
+            let (inbox_key, msg_key) = first;
+            let ready_at = keys::first_u64(&inbox_key);
+            if ready_at > now_ms {
+                return Ok(Err(Some(ready_at)));
+            }
+            let lease_key = keys::pair(deadline_ms, lease_id);
+            let leased = self.transact(|t| {
+                if t[INBOX].remove(&inbox_key)?.is_none() {
+                    return Ok(None); // taken by someone else meanwhile
+                }
+                let Some(raw) = t[INBOUND].get(&msg_key)? else {
+                    return abort(Error::corrupt("inbox", "entry names no inbound record"));
+                };
+                let mut record: InboundRecord = match records::decode("inbound", &raw) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                record.state = InboundState::Leased;
+                record.attempts += 1;
+                record.lease_id = lease_id;
+                record.lease_deadline_ms = deadline_ms;
+                record.queue_key = lease_key.clone();
+                t[LEASES].insert(lease_key.as_slice(), &msg_key)?;
+                t[INBOUND].insert(&msg_key, records::encode(&record))?;
+                Ok(Some(record))
+            })?;
+            if let Some(record) = leased {
+                let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
+                    Error::corrupt("envelopes", "leased message has no envelope")
+                })?;
+                return Ok(Ok(Lease {
+                    message_key: msg_key.to_vec(),
+                    envelope: envelope.to_vec(),
+                    record,
+                }));
+            }
+        }
+    }
+
+    /// Runs `change` on a leased message's record if `lease_id` is its
+    /// current lease, inside one transaction with the queue moves it asks
+    /// for. Refuses with `NotFound` / `FailedPrecondition` otherwise.
+    fn with_lease<T>(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        change: impl Fn(&Tx, &[u8], &mut InboundRecord) -> TxResult<T>,
+    ) -> Result<T> {
+        let key = keys::message(message);
+        self.transact(|t| {
+            let Some(raw) = t[INBOUND].get(&key)? else {
+                return abort(Error::NotFound(format!(
+                    "no message {message} in this node's custody"
+                )));
+            };
+            let mut record: InboundRecord = match records::decode("inbound", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if record.state != InboundState::Leased || record.lease_id != lease_id {
+                return abort(Error::FailedPrecondition(format!(
+                    "lease {lease_id} is not the current lease of {message} (it lapsed or was \
+                     settled; the message is now {:?}, attempt {})",
+                    record.state, record.attempts
+                )));
+            }
+            t[LEASES].remove(record.queue_key.as_slice())?;
+            let out = change(t, &key, &mut record)?;
+            t[INBOUND].insert(key.as_slice(), records::encode(&record))?;
+            Ok(out)
+        })
+    }
+
+    /// Ends a lease with a final state (acknowledged, rejected, dead
+    /// letter), storing the receipt and queueing it for the sender node.
+    pub fn settle(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        state: InboundState,
+        receipt: &SignedReceipt,
+    ) -> Result<()> {
+        let queued = self.queue_receipt_parts(message, receipt)?;
+        self.with_lease(message, lease_id, |t, _key, record| {
+            record.state = state;
+            record.queue_key.clear();
+            queued.insert(t)?;
+            Ok(())
+        })
+    }
+
+    /// Ends a lease by putting the message back in the inbox, to be
+    /// offered again at `ready_at_ms`.
+    pub fn requeue(&self, message: &MessageRef, lease_id: u64, ready_at_ms: u64) -> Result<()> {
+        let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
+        self.with_lease(message, lease_id, |t, key, record| {
+            record.state = InboundState::Inbox;
+            record.queue_key = inbox_key.clone();
+            t[INBOX].insert(inbox_key.as_slice(), key)?;
+            Ok(())
+        })
+    }
+
+    /// Moves a lease's deadline.
+    pub fn extend(&self, message: &MessageRef, lease_id: u64, deadline_ms: u64) -> Result<()> {
+        let lease_key = keys::pair(deadline_ms, lease_id);
+        self.with_lease(message, lease_id, |t, key, record| {
+            record.lease_deadline_ms = deadline_ms;
+            record.queue_key = lease_key.clone();
+            t[LEASES].insert(lease_key.as_slice(), key)?;
+            Ok(())
+        })
+    }
+
+    /// Leases whose deadline passed: (message, lease id).
+    pub fn lapsed_leases(&self, now_ms: u64, limit: usize) -> Result<Vec<(MessageRef, u64)>> {
+        let mut out = Vec::new();
+        for kv in self.tree(LEASES).range(..keys::pair(now_ms, u64::MAX)).take(limit) {
+            let (k, msg_key) = kv?;
+            let lease_id = keys::first_u64(&k[8..]);
+            let r = keys::parse_message(&msg_key)
+                .ok_or_else(|| Error::corrupt("leases", "bad message key"))?;
+            out.push((r, lease_id));
+        }
+        Ok(out)
+    }
+
+    /// The earliest lease deadline, if any lease is held.
+    pub fn next_lease_deadline(&self) -> Result<Option<u64>> {
+        Ok(self.tree(LEASES).first()?.map(|(k, _)| keys::first_u64(&k)))
+    }
+
+    // ------------------------------------------------------------ expiry
+
+    /// Entries of the TTL index due at `now_ms`: (index key, message).
+    pub fn due_expiries(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, MessageRef)>> {
+        let mut out = Vec::new();
+        for kv in self.tree(EXPIRY).range(..keys::expiry(now_ms.saturating_add(1), b"")).take(limit) {
+            let (k, _) = kv?;
+            let r = keys::parse_message(&k[8..])
+                .ok_or_else(|| Error::corrupt("expiry", "bad message key"))?;
+            out.push((k.to_vec(), r));
+        }
+        Ok(out)
+    }
+
+    /// Drops a TTL index entry whose message needs nothing more.
+    pub fn drop_expiry(&self, index_key: &[u8]) -> Result<()> {
+        self.tree(EXPIRY).remove(index_key)?;
+        Ok(())
+    }
+
+    /// Expires a sent message still waiting in the outbox, with the node's
+    /// own `expired` receipt. Does nothing if it left `accepted` meanwhile.
+    pub fn expire_sent(
+        &self,
+        index_key: &[u8],
+        message: &MessageRef,
+        receipt: &SignedReceipt,
+    ) -> Result<()> {
+        let key = keys::message(message);
+        let receipt_key = keys::receipt(&key, &sha256(&receipt.receipt));
+        let bytes = receipt.encode();
+        let feed_seq = self.next_seq()?;
+        self.transact(|t| {
+            t[EXPIRY].remove(index_key)?;
+            let Some(raw) = t[SENT].get(&key)? else {
+                return Ok(());
+            };
+            let mut record: SentRecord = match records::decode("sent", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if record.state != SentState::Accepted {
+                return Ok(());
+            }
+            record.state = SentState::Expired;
+            if let Some(outbox_key) = record.outbox_key.take() {
+                t[OUTBOX].remove(outbox_key)?;
+            }
+            t[SENT].insert(key.as_slice(), records::encode(&record))?;
+            t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
+            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Expires a message in custody that no receiver settled in time,
+    /// queueing the `expired` receipt for the sender node. Does nothing if
+    /// it was settled meanwhile.
+    pub fn expire_inbound(
+        &self,
+        index_key: &[u8],
+        message: &MessageRef,
+        receipt: &SignedReceipt,
+    ) -> Result<()> {
+        let key = keys::message(message);
+        let queued = self.queue_receipt_parts(message, receipt)?;
+        self.transact(|t| {
+            t[EXPIRY].remove(index_key)?;
+            let Some(raw) = t[INBOUND].get(&key)? else {
+                return Ok(());
+            };
+            let mut record: InboundRecord = match records::decode("inbound", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if record.state.is_terminal() {
+                return Ok(());
+            }
+            match record.state {
+                InboundState::Inbox => t[INBOX].remove(record.queue_key.as_slice())?,
+                _ => t[LEASES].remove(record.queue_key.as_slice())?,
+            };
+            record.state = InboundState::Expired;
+            record.queue_key.clear();
+            t[INBOUND].insert(key.as_slice(), records::encode(&record))?;
+            queued.insert(t)?;
+            Ok(())
+        })
+    }
+
+    // --------------------------------------------------- receipt outbox
+
+    fn queue_receipt_parts(&self, message: &MessageRef, receipt: &SignedReceipt) -> Result<QueuedReceipt> {
+        let key = keys::message(message);
+        Ok(QueuedReceipt {
+            receipt_key: keys::receipt(&key, &sha256(&receipt.receipt)),
+            outbox_key: keys::peer_queue(&message.sender_node, self.next_seq()?),
+            bytes: receipt.encode(),
+        })
+    }
+
+    /// The oldest `limit` receipts waiting to go back to `peer`.
+    pub fn receipt_outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
+        self.tree(RECEIPT_OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv?;
+                let r = SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipt_outbox", e))?;
+                Ok((k.to_vec(), r))
+            })
+            .collect()
+    }
+
+    pub fn remove_receipt_outbox(&self, keys: &[Vec<u8>]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k.as_slice());
+        }
+        self.tree(RECEIPT_OUTBOX).apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            envelopes: self.tree(ENVELOPES).len(),
+            sent: self.tree(SENT).len(),
+            inbound: self.tree(INBOUND).len(),
+            receipts: self.tree(RECEIPTS).len(),
+            outbox: self.tree(OUTBOX).len(),
+            inbox: self.tree(INBOX).len(),
+            leases: self.tree(LEASES).len(),
+            receipt_outbox: self.tree(RECEIPT_OUTBOX).len(),
+            feed: self.tree(FEED).len(),
+        }
+    }
+}
+
+/// A receipt to store and to return to the sender node, prepared outside
+/// the transaction (sequence numbers are not transactional).
+struct QueuedReceipt {
+    receipt_key: Vec<u8>,
+    outbox_key: Vec<u8>,
+    bytes: Vec<u8>,
+}
+
+impl QueuedReceipt {
+    fn insert(&self, t: &Tx) -> TxResult<()> {
+        t[RECEIPTS].insert(self.receipt_key.as_slice(), self.bytes.as_slice())?;
+        t[RECEIPT_OUTBOX].insert(self.outbox_key.as_slice(), self.bytes.as_slice())?;
+        Ok(())
+    }
+}
+
+async fn flusher(
+    db: sled::Db,
+    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
+) {
+    while let Some(first) = requests.recv().await {
+        let mut waiters = vec![first];
+        while let Ok(w) = requests.try_recv() {
+            waiters.push(w);
+        }
+        let db = db.clone();
+        let result = match tokio::task::spawn_blocking(move || db.flush()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("flush task failed: {e}")),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store flush failed");
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}

@@ -1,0 +1,47 @@
+//! The small mutable records kept per message, encoded with postcard.
+
+use crate::error::{Error, Result};
+use crate::model::{InboundState, MessageKind, SentState};
+use serde::{Deserialize, Serialize};
+
+/// State of a message this node sent.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SentRecord {
+    pub state: SentState,
+    pub recipient: String,
+    pub kind: MessageKind,
+    /// SHA-256 over the submit request's content: the idempotency check.
+    pub request_digest: [u8; 32],
+    pub header_sha256: [u8; 32],
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The outbox entry, while the message waits for its peer.
+    pub outbox_key: Option<Vec<u8>>,
+}
+
+/// State of a message in this node's custody.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboundRecord {
+    pub state: InboundState,
+    pub kind: MessageKind,
+    pub header_sha256: [u8; 32],
+    pub expires_at_ms: u64,
+    /// Delivery attempts to receivers so far.
+    pub attempts: u32,
+    /// The current (or last) lease.
+    pub lease_id: u64,
+    pub lease_deadline_ms: u64,
+    /// The key of the message's current inbox or lease entry.
+    pub queue_key: Vec<u8>,
+    /// Where the `delivered` receipt is stored, to answer a repeat delivery.
+    pub delivered_receipt_key: Vec<u8>,
+}
+
+pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    // Serialising plain structs into a Vec cannot fail.
+    postcard::to_allocvec(record).unwrap_or_default()
+}
+
+pub(super) fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes).map_err(|e| Error::corrupt(what, e))
+}
