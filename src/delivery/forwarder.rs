@@ -70,8 +70,6 @@ impl Forwarder {
     }
 
     pub(super) async fn run(mut self) {
-        let span = tracing::info_span!("forwarder", peer = %self.peer);
-        let _enter = span.enter();
         loop {
             if self.stop.is_cancelled() {
                 return;

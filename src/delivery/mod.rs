@@ -9,6 +9,7 @@ mod sweeper;
 use crate::broker::Broker;
 use crate::error::Result;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the background tasks of a node.
@@ -16,7 +17,8 @@ pub fn spawn(broker: &Broker, stop: &CancellationToken) -> Result<Vec<JoinHandle
     let mut tasks = Vec::new();
     for peer in broker.config().peers() {
         let f = forwarder::Forwarder::new(broker.clone(), peer, stop.clone())?;
-        tasks.push(tokio::spawn(f.run()));
+        let span = tracing::info_span!("forwarder", peer = %peer.id);
+        tasks.push(tokio::spawn(f.run().instrument(span)));
     }
     tasks.push(tokio::spawn(sweeper::run(broker.clone(), stop.clone())));
     Ok(tasks)

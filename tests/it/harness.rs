@@ -1,0 +1,226 @@
+//! `TestFederation`: the four-agency development federation on loopback
+//! ports, started in-process, with helpers that read like the scenarios.
+
+use cluebridge::client::Connection;
+use cluebridge::config::{NodeConfig, NodeFile};
+use cluebridge::crypto::{Keyring, NodeSigner};
+use cluebridge::devfed::{DevFederation, NODES};
+use cluebridge::model::{MessageKind, SentState, SignedReceipt};
+use cluebridge::node::RunningNode;
+use cluebridge::pb;
+use cluebridge::pb::broker_client::BrokerClient;
+use cluebridge::pb::peer_client::PeerClient;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+
+pub const DISCIPLINE: &str = "discipline";
+pub const PERSONNEL: &str = "personnel";
+pub const SECURITY: &str = "public_security";
+pub const JUDICIAL: &str = "judicial";
+
+pub struct TestFederation {
+    pub dev: DevFederation,
+    pub ports: BTreeMap<String, u16>,
+    nodes: BTreeMap<String, RunningNode>,
+    _tmp: tempfile::TempDir,
+}
+
+/// Short timings so that retries, leases and expiry happen within a test.
+pub fn fast(node: &mut NodeFile) {
+    node.delivery.retry_initial_ms = 50;
+    node.delivery.retry_max_ms = 300;
+    node.delivery.redelivery_backoff_ms = 50;
+    node.delivery.peer_timeout_ms = 3000;
+    node.delivery.shutdown_grace_ms = 2000;
+}
+
+impl TestFederation {
+    /// All four nodes running.
+    pub async fn start() -> TestFederation {
+        Self::start_with(|_| {}, &NODES.map(|k| k.as_str())).await
+    }
+
+    /// The federation with extra node-file settings, running only `running`.
+    pub async fn start_with(tune: impl Fn(&mut NodeFile), running: &[&str]) -> TestFederation {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut listeners = Vec::new();
+        let mut ports = BTreeMap::new();
+        for kind in NODES {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            ports.insert(kind.as_str().to_string(), l.local_addr().expect("addr").port());
+            listeners.push((kind.as_str(), l));
+        }
+        let port_list = NODES.map(|k| ports[k.as_str()]);
+        let dev = DevFederation::create(tmp.path(), port_list, |n| {
+            fast(n);
+            tune(n);
+        })
+        .expect("create federation");
+        let mut fed = TestFederation {
+            dev,
+            ports,
+            nodes: BTreeMap::new(),
+            _tmp: tmp,
+        };
+        for (id, listener) in listeners {
+            if running.contains(&id) {
+                fed.launch(id, listener);
+            }
+        }
+        fed
+    }
+
+    fn launch(&mut self, id: &str, listener: tokio::net::TcpListener) {
+        let config = self.config(id);
+        let node = RunningNode::start(config, listener).expect("start node");
+        self.nodes.insert(id.to_string(), node);
+    }
+
+    pub fn config(&self, id: &str) -> NodeConfig {
+        NodeConfig::load(&self.dev.node_file(id)).expect("load node config")
+    }
+
+    pub fn node(&self, id: &str) -> &RunningNode {
+        self.nodes.get(id).unwrap_or_else(|| panic!("node {id} is not running"))
+    }
+
+    /// Stops a node (its data stays).
+    pub async fn stop(&mut self, id: &str) {
+        let node = self.nodes.remove(id).expect("node running");
+        node.stop().await.expect("clean stop");
+    }
+
+    /// Starts a stopped node again on its port, with its data.
+    pub async fn restart(&mut self, id: &str) {
+        let port = self.ports[id];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("cannot rebind {port}: {e}"),
+            }
+        };
+        self.launch(id, listener);
+    }
+
+    pub fn keyring(&self) -> Keyring {
+        self.config(DISCIPLINE).federation.keyring.clone()
+    }
+
+    pub fn connection(&self, id: &str) -> Connection {
+        Connection::from_files(&self.dev.client(id).expect("client files")).expect("connection")
+    }
+
+    /// A client system of `id`'s agency, connected to node `id`.
+    pub fn client(&self, id: &str) -> BrokerClient<Channel> {
+        self.connection(id).broker().expect("client")
+    }
+
+    /// Node `as_node`'s certificate, calling `Peer` on node `target`.
+    pub fn peer_as(&self, as_node: &str, target: &str) -> PeerClient<Channel> {
+        let dir = &self.dev.dir;
+        let read = |p: String| std::fs::read_to_string(dir.join(p)).expect("read");
+        Connection {
+            endpoint: format!("https://127.0.0.1:{}", self.ports[target]),
+            server_name: target.to_string(),
+            ca_pem: read("ca.pem".into()),
+            cert_pem: read(format!("certs/{as_node}.pem")),
+            key_pem: read(format!("certs/{as_node}-key.pem")),
+        }
+        .peer()
+        .expect("peer client")
+    }
+
+    /// The signing key of a node, read from its key file.
+    pub fn signer(&self, id: &str) -> NodeSigner {
+        let text = std::fs::read_to_string(self.dev.dir.join(format!("keys/{id}.ed25519")))
+            .expect("key file");
+        NodeSigner::from_text(id, &format!("{id}-k1"), &text).expect("key")
+    }
+}
+
+pub fn submit_request(id: &str, kind: MessageKind, to: &str, payload: &[u8]) -> pb::SubmitRequest {
+    pb::SubmitRequest {
+        message_id: id.to_string(),
+        kind: kind.to_wire(),
+        recipient_node: to.to_string(),
+        case_reference: "CASE-7".into(),
+        correlation_id: String::new(),
+        subject: format!("subject of {id}"),
+        content_type: "text/plain".into(),
+        payload: payload.to_vec(),
+        ttl_seconds: 0,
+        reply_by_ms: 0,
+    }
+}
+
+/// Submits and returns the `accepted` receipt.
+pub async fn submit(
+    client: &mut BrokerClient<Channel>,
+    request: pb::SubmitRequest,
+) -> SignedReceipt {
+    let r = client.submit(request).await.expect("submit").into_inner();
+    SignedReceipt::from_wire(r.accepted.expect("accepted receipt"))
+}
+
+/// Polls `GetStatus` until the message reaches `state`.
+pub async fn wait_state(
+    client: &mut BrokerClient<Channel>,
+    id: &str,
+    state: SentState,
+    within: Duration,
+) -> pb::GetStatusResponse {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = client
+            .get_status(pb::GetStatusRequest { message_id: id.into() })
+            .await
+            .expect("status")
+            .into_inner();
+        if s.state == state.to_wire() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            panic!("{id} is in state {} after {within:?}, expected {state}", s.state);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Opens a receive stream.
+pub async fn receiver(
+    client: &mut BrokerClient<Channel>,
+    max_outstanding: u32,
+    lease_seconds: u32,
+) -> tonic::Streaming<pb::Delivery> {
+    client
+        .receive(pb::ReceiveRequest { max_outstanding, lease_seconds })
+        .await
+        .expect("receive")
+        .into_inner()
+}
+
+/// The next delivery on a stream, within `within`.
+pub async fn next(stream: &mut tonic::Streaming<pb::Delivery>, within: Duration) -> pb::Delivery {
+    tokio::time::timeout(within, stream.next())
+        .await
+        .expect("a delivery within the time limit")
+        .expect("stream open")
+        .expect("delivery")
+}
+
+pub fn lease_of(d: &pb::Delivery) -> Option<pb::LeaseRef> {
+    Some(pb::LeaseRef {
+        sender_node: d.sender_node.clone(),
+        message_id: d.message_id.clone(),
+        lease_id: d.lease_id,
+    })
+}
+
+pub const SECOND: Duration = Duration::from_secs(1);

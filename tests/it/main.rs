@@ -1,0 +1,8 @@
+//! Integration tests: real nodes on 127.0.0.1:0 with real certificates in
+//! a temporary directory. One test binary; `harness` holds the federation.
+
+mod crash;
+mod custody;
+mod harness;
+mod message_path;
+mod refusals;
