@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 
 /// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
@@ -63,7 +63,9 @@ async fn serve(
         .tcp_nodelay(true)
         .add_service(broker_service)
         .add_service(peer_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        // Without TCP_NODELAY on accepted sockets, small answers wait for
+        // the peer's delayed ACK (tens of milliseconds per call).
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
             shutdown.await;
             tracing::info!("shutting down: no new calls, draining");
             // Streams and background tasks end now; unary calls in flight
@@ -81,6 +83,7 @@ async fn serve(
         tracing::warn!(grace_ms = grace.as_millis() as u64, "background tasks did not stop in time");
     }
     broker.store().flush().await?;
+    broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
 }

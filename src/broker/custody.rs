@@ -12,6 +12,14 @@ use crate::store::{InboundOutcome, InboundRecord};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
+/// An envelope that passed every check, ready to be stored.
+struct Custody {
+    message: MessageRef,
+    envelope: Vec<u8>,
+    record: InboundRecord,
+    delivered: SignedReceipt,
+}
+
 /// A message leased to a receiver.
 #[derive(Clone, Debug)]
 pub struct Leased {
@@ -38,28 +46,47 @@ impl Broker {
                 envelopes.len()
             )));
         }
-        let mut outcomes = Vec::with_capacity(envelopes.len());
-        let mut stored_any = false;
-        for envelope in &envelopes {
-            let id = EnvelopeHeader::decode(&envelope.header)
-                .map(|h| h.message_id)
-                .unwrap_or_default();
-            let outcome = self.take_custody(peer, envelope);
-            if let Err(e) = &outcome {
-                tracing::warn!(peer, message_id = %id, error = %e, "refused an envelope");
-            } else {
-                stored_any = true;
-            }
-            outcomes.push((id, outcome));
-        }
-        self.store().flush().await?;
-        if stored_any {
+        // Checks (signatures, policy) run here; the custody changes of the
+        // whole batch run on the store writer and share one flush.
+        let now = now_ms();
+        let checked: Vec<(String, Result<Custody>)> = envelopes
+            .into_iter()
+            .map(|envelope| {
+                let id = EnvelopeHeader::decode(&envelope.header)
+                    .map(|h| h.message_id)
+                    .unwrap_or_default();
+                let custody = self.check_custody(peer, envelope, now);
+                if let Err(e) = &custody {
+                    tracing::warn!(peer, message_id = %id, error = %e, "refused an envelope");
+                }
+                (id, custody)
+            })
+            .collect();
+        let outcomes = self
+            .store()
+            .write(move |s| {
+                Ok(checked
+                    .into_iter()
+                    .map(|(id, custody)| {
+                        let outcome = custody.and_then(|c| {
+                            match s.accept_inbound(&c.message, &c.envelope, &c.record, &c.delivered, now)? {
+                                InboundOutcome::Stored => Ok(c.delivered),
+                                InboundOutcome::AlreadyHeld(original) => Ok(original),
+                            }
+                        });
+                        (id, outcome)
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        if outcomes.iter().any(|(_, o)| o.is_ok()) {
             self.inbox_wake().notify_waiters();
         }
         Ok(outcomes)
     }
 
-    fn take_custody(&self, peer: &str, envelope: &SignedEnvelope) -> Result<SignedReceipt> {
+    /// Every check a receiving node makes before taking custody.
+    fn check_custody(&self, peer: &str, envelope: SignedEnvelope, now: u64) -> Result<Custody> {
         let config = self.config();
         let header = EnvelopeHeader::decode(&envelope.header)?;
         if header.sender_node != peer {
@@ -81,8 +108,7 @@ impl Broker {
                 config.limits.max_payload_bytes
             )));
         }
-        let header = config.federation.keyring.verify_envelope(envelope)?;
-        let now = now_ms();
+        let header = config.federation.keyring.verify_envelope(&envelope)?;
         if header.expires_at_ms <= now {
             return Err(Error::FailedPrecondition(format!(
                 "envelope {} expired at {} (now {now})",
@@ -133,13 +159,12 @@ impl Broker {
             queue_key: Vec::new(),
             delivered_receipt_key: Vec::new(),
         };
-        match self
-            .store()
-            .accept_inbound(&message, &envelope.encode(), &record, &delivered, now)?
-        {
-            InboundOutcome::Stored => Ok(delivered),
-            InboundOutcome::AlreadyHeld(original) => Ok(original),
-        }
+        Ok(Custody {
+            message,
+            envelope: envelope.encode(),
+            record,
+            delivered,
+        })
     }
 
     /// Leases the next ready message to a stream holding `permit`. Returns
@@ -241,8 +266,12 @@ impl Broker {
         };
         let record = self.custody_record(message)?;
         let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
-        self.store().settle(message, lease_id, state, &receipt)?;
-        self.store().flush().await?;
+        {
+            let (message, receipt) = (message.clone(), receipt.clone());
+            self.store()
+                .write(move |s| s.settle(&message, lease_id, state, &receipt))
+                .await?;
+        }
         self.end_lease(lease_id);
         self.wake_peer(&message.sender_node);
         Ok(receipt)

@@ -185,12 +185,14 @@ impl Broker {
             expires_at_ms: header.expires_at_ms,
             outbox_key: None,
         };
-        let outcome = self
-            .store()
-            .submit(&message, &envelope.encode(), &record, &accepted)?;
-        // Flush on the duplicate path too: the original may have been
-        // committed by a request that has not reached its flush yet.
-        self.store().flush().await?;
+        // The answer comes after the writer's flush on the duplicate path
+        // too: the original may not have reached the disk yet.
+        let outcome = {
+            let (message, envelope, accepted) = (message.clone(), envelope.encode(), accepted.clone());
+            self.store()
+                .write(move |s| s.submit(&message, &envelope, &record, &accepted))
+                .await?
+        };
         match outcome {
             SubmitOutcome::Stored => {
                 self.wake_peer(&recipient.id);
@@ -290,30 +292,43 @@ impl Broker {
         Ok(out)
     }
 
-    /// Records the `delivered` receipt a peer answered for one of our
-    /// envelopes, after checking that peer signed it about that envelope.
-    pub fn on_delivered(&self, peer: &str, message: &MessageRef, receipt: &SignedReceipt) -> Result<()> {
-        self.take_receipt(peer, message, receipt, &[ReceiptKind::Delivered])
-            .map(|_| ())
-    }
-
-    /// A peer refused one of our envelopes for good (bad signature, policy,
-    /// conflict): the message is dead-lettered here, with our own receipt
-    /// saying why, and an operator can look at it.
-    pub fn on_refused(&self, peer: &str, message: &MessageRef, code: i32, reason: &str) -> Result<()> {
-        let record = self
-            .store()
-            .sent(message)?
-            .ok_or_else(|| Error::NotFound(format!("{message} is not a message this node sent")))?;
-        let receipt = self.issue(
-            message,
-            ReceiptKind::DeadLettered,
-            record.header_sha256,
-            0,
-            format!("refused by node {peer} (code {code}): {reason}"),
-        );
+    /// Records the `delivered` receipts a peer answered for our envelopes,
+    /// after checking that the peer signed each one about that envelope,
+    /// and the refusals it gave for good (bad signature, policy, conflict):
+    /// such a message is dead-lettered here with our own receipt saying
+    /// why, for an operator to look at.
+    pub async fn on_forwarded(
+        &self,
+        peer: &str,
+        delivered: Vec<(MessageRef, SignedReceipt)>,
+        refused: Vec<(MessageRef, i32, String)>,
+    ) -> Result<()> {
+        let mut changes = Vec::with_capacity(delivered.len() + refused.len());
+        for (message, receipt) in delivered {
+            let r = self.check_receipt(peer, &message, &receipt, &[ReceiptKind::Delivered])?;
+            changes.push((message, receipt, r.kind));
+        }
+        for (message, code, reason) in refused {
+            let record = self.store().sent(&message)?.ok_or_else(|| {
+                Error::NotFound(format!("{message} is not a message this node sent"))
+            })?;
+            let receipt = self.issue(
+                &message,
+                ReceiptKind::DeadLettered,
+                record.header_sha256,
+                0,
+                format!("refused by node {peer} (code {code}): {reason}"),
+            );
+            changes.push((message, receipt, ReceiptKind::DeadLettered));
+        }
         self.store()
-            .apply_sent_receipt(message, &receipt, ReceiptKind::DeadLettered)?;
+            .write(move |s| {
+                for (message, receipt, kind) in &changes {
+                    s.apply_sent_receipt(message, receipt, *kind)?;
+                }
+                Ok(())
+            })
+            .await?;
         self.feed_wake().notify_waiters();
         Ok(())
     }
@@ -329,14 +344,14 @@ impl Broker {
                 receipts.len()
             )));
         }
-        let outcomes = receipts
-            .iter()
+        let checked: Vec<Result<(MessageRef, SignedReceipt, ReceiptKind)>> = receipts
+            .into_iter()
             .map(|signed| {
-                let r = signed.open()?;
-                self.take_receipt(
+                let message = signed.open()?.message_ref();
+                let r = self.check_receipt(
                     peer,
-                    &r.message_ref(),
-                    signed,
+                    &message,
+                    &signed,
                     &[
                         ReceiptKind::Delivered,
                         ReceiptKind::Acknowledged,
@@ -344,21 +359,35 @@ impl Broker {
                         ReceiptKind::DeadLettered,
                         ReceiptKind::Expired,
                     ],
-                )
-                .map(|_| ())
+                )?;
+                Ok((message, signed, r.kind))
             })
-            .collect::<Vec<_>>();
-        self.store().flush().await?;
+            .collect();
+        let outcomes = self
+            .store()
+            .write(move |s| {
+                Ok(checked
+                    .into_iter()
+                    .map(|c| {
+                        let (message, signed, kind) = c?;
+                        s.apply_sent_receipt(&message, &signed, kind).map(|_| ())
+                    })
+                    .collect::<Vec<_>>())
+            })
+            .await?;
+        self.feed_wake().notify_waiters();
         Ok(outcomes)
     }
 
-    fn take_receipt(
+    /// Checks a receipt that `peer` hands over about one of our messages:
+    /// its signature, its issuer, its envelope and its kind.
+    fn check_receipt(
         &self,
         peer: &str,
         message: &MessageRef,
         signed: &SignedReceipt,
         kinds: &[ReceiptKind],
-    ) -> Result<SentState> {
+    ) -> Result<crate::model::Receipt> {
         let r = self.config().federation.keyring.verify_receipt(signed)?;
         if r.issuer_node != peer {
             return Err(Error::PermissionDenied(format!(
@@ -389,9 +418,7 @@ impl Broker {
                 "receipt for {message} names another envelope (header digest differs)"
             )));
         }
-        let state = self.store().apply_sent_receipt(message, signed, r.kind)?;
-        self.feed_wake().notify_waiters();
-        Ok(state)
+        Ok(r)
     }
 
     /// Expires a sent message that never left the outbox.

@@ -131,30 +131,28 @@ impl Forwarder {
                 envelopes.len()
             )));
         }
-        let mut moved = false;
+        let mut delivered = Vec::new();
+        let mut refused = Vec::new();
         let mut transient_refusal = None;
-        for ((message, _), outcome) in envelopes.iter().zip(response.outcomes) {
+        for ((message, _), outcome) in envelopes.into_iter().zip(response.outcomes) {
             match outcome.outcome {
                 Some(pb::deliver_outcome::Outcome::Delivered(r)) => {
-                    let receipt = SignedReceipt::from_wire(r);
-                    self.broker.on_delivered(&self.peer, message, &receipt)?;
-                    moved = true;
+                    delivered.push((message, SignedReceipt::from_wire(r)));
                 }
                 Some(pb::deliver_outcome::Outcome::Refused(r)) if transient(r.code) => {
                     transient_refusal = Some(r.message);
                 }
                 Some(pb::deliver_outcome::Outcome::Refused(r)) => {
                     tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
-                    self.broker.on_refused(&self.peer, message, r.code, &r.message)?;
-                    moved = true;
+                    refused.push((message, r.code, r.message));
                 }
                 None => {
                     transient_refusal = Some(format!("no outcome for {message}"));
                 }
             }
         }
-        // Delivered states must survive a crash like the receipts behind them.
-        self.broker.store().flush().await?;
+        let moved = !delivered.is_empty() || !refused.is_empty();
+        self.broker.on_forwarded(&self.peer, delivered, refused).await?;
         match transient_refusal {
             Some(reason) if !moved => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
             _ => Ok(true),

@@ -29,15 +29,15 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Transactional, Tree};
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// A failure of the storage engine.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
     Sled(#[from] sled::Error),
-    #[error("the store's flusher has stopped (the node is shutting down)")]
-    FlusherStopped,
+    #[error("the store's writer has stopped (the node is shutting down)")]
+    WriterStopped,
 }
 
 impl From<sled::Error> for Error {
@@ -86,8 +86,9 @@ pub struct Store {
 struct Shared {
     db: sled::Db,
     trees: Vec<Tree>,
-    /// Writers waiting for their commit to reach the disk.
-    flush_requests: mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>,
+    /// State changes waiting for the writer thread. A std channel: senders
+    /// never block, and the receiving end is a plain thread.
+    jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
 }
 
 /// What `submit` found.
@@ -143,15 +144,20 @@ impl Store {
             .iter()
             .map(|n| db.open_tree(n))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flusher(db.clone(), rx));
-        Ok(Store {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let store = Store {
             shared: Arc::new(Shared {
                 db,
                 trees,
-                flush_requests: tx,
+                jobs: std::sync::Mutex::new(Some(tx)),
             }),
-        })
+        };
+        let writer_store = store.clone();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer(writer_store, rx))
+            .map_err(|e| Error::Unavailable(format!("cannot start the store writer: {e}")))?;
+        Ok(store)
     }
 
     fn tree(&self, i: usize) -> &Tree {
@@ -163,23 +169,56 @@ impl Store {
         Ok(self.shared.db.generate_id()?)
     }
 
-    /// Waits until every write committed before this call is on disk.
+    /// Runs a state change on the writer thread and answers once it is on
+    /// disk.
     ///
-    /// Group commit: one flusher task calls sled's `flush` once for all the
-    /// writers that arrived while the previous flush ran. Concurrent
-    /// `flush_async` calls can deadlock sled 0.34.7, so nothing else
-    /// flushes.
-    pub async fn flush(&self) -> Result<()> {
+    /// Group commit: the writer runs every change queued while the previous
+    /// batch was flushed, then calls sled's `flush` once for all of them.
+    /// Running changes on one thread keeps them from contending for sled's
+    /// global transaction lock, and keeps transactions off the async
+    /// runtime. Nothing else flushes: concurrent flushes can deadlock sled
+    /// 0.34.7.
+    pub async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.shared
-            .flush_requests
-            .send(tx)
-            .map_err(|_| Error::Store(StoreError::FlusherStopped))?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::Unavailable(format!("flushing the store failed: {e}"))),
-            Err(_) => Err(Error::Store(StoreError::FlusherStopped)),
+        let job: Job = Box::new(move |store| {
+            let result = op(store);
+            Box::new(move |flushed: Result<(), String>| {
+                let answer = match flushed {
+                    Ok(()) => result,
+                    Err(e) => Err(Error::Unavailable(format!("flushing the store failed: {e}"))),
+                };
+                let _ = tx.send(answer);
+            })
+        });
+        let sent = match &*self.lock_jobs() {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(Error::Store(StoreError::WriterStopped));
         }
+        rx.await
+            .map_err(|_| Error::Store(StoreError::WriterStopped))?
+    }
+
+    /// Waits until every change made before this call is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.write(|_| Ok(())).await
+    }
+
+    /// Stops the writer thread after the changes already queued; later
+    /// writes fail with `Unavailable`. Called at shutdown so the database
+    /// closes when the last handle goes.
+    pub fn close(&self) {
+        self.lock_jobs().take();
+    }
+
+    fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Option<std::sync::mpsc::Sender<Job>>> {
+        // Poisoning cannot leave an Option<Sender> inconsistent.
+        self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Flushes synchronously (shutdown, tests); not for hot paths.
@@ -729,26 +768,33 @@ impl QueuedReceipt {
     }
 }
 
-async fn flusher(
-    db: sled::Db,
-    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<Result<(), String>>>,
-) {
-    while let Some(first) = requests.recv().await {
-        let mut waiters = vec![first];
-        while let Ok(w) = requests.try_recv() {
-            waiters.push(w);
+/// A state change queued for the writer thread, returning what to tell its
+/// caller once the batch it ran in is on disk.
+type Job = Box<dyn FnOnce(&Store) -> Completion + Send>;
+type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
+
+/// Most jobs run between two flushes.
+const MAX_BATCH: usize = 4096;
+
+/// The writer thread: runs queued state changes one after another (so
+/// they never contend for sled's transaction lock), then makes the whole
+/// batch durable with one `flush`, then answers every caller. Jobs queued
+/// while a batch runs form the next batch: group commit.
+fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut completions = vec![first(&store)];
+        while completions.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => completions.push(job(&store)),
+                Err(_) => break,
+            }
         }
-        let db = db.clone();
-        let result = match tokio::task::spawn_blocking(move || db.flush()).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("flush task failed: {e}")),
-        };
+        let result = store.shared.db.flush().map(|_| ()).map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "store flush failed");
         }
-        for w in waiters {
-            let _ = w.send(result.clone());
+        for complete in completions {
+            complete(result.clone());
         }
     }
 }
