@@ -35,7 +35,12 @@ impl Connection {
 
     /// A channel that connects on first use.
     pub fn channel(&self) -> Result<Channel> {
-        let tls = tls::client_config(&self.ca_pem, &self.cert_pem, &self.key_pem, &self.server_name);
+        let tls = tls::client_config(
+            &self.ca_pem,
+            &self.cert_pem,
+            &self.key_pem,
+            &self.server_name,
+        );
         Ok(Endpoint::from_shared(self.endpoint.clone())
             .with_context(|| format!("invalid endpoint {:?}", self.endpoint))?
             .tls_config(tls)

@@ -114,7 +114,7 @@ pub struct NodeFile {
 }
 
 /// How and when messages move. Every field has a default.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliverySettings {
     /// Delivery attempts to receivers before a message is dead-lettered.
@@ -166,7 +166,7 @@ impl DeliverySettings {
 }
 
 /// Limits on what callers may send. Every field has a default.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub max_payload_bytes: usize,
@@ -234,21 +234,33 @@ impl Federation {
         let ca_path = resolve(path, &file.ca_cert);
         let ca_pem = read(&ca_path).map_err(|e| err(path, format!("ca_cert: {e}")))?;
         if !ca_pem.contains("BEGIN CERTIFICATE") {
-            return Err(err(path, format!("ca_cert: {} holds no PEM certificate", ca_path.display())));
+            return Err(err(
+                path,
+                format!("ca_cert: {} holds no PEM certificate", ca_path.display()),
+            ));
         }
         let mut nodes = BTreeMap::new();
         let mut keyring = Keyring::default();
         if file.nodes.is_empty() {
-            return Err(err(path, "no [[node]] entries: a federation needs at least two nodes"));
+            return Err(err(
+                path,
+                "no [[node]] entries: a federation needs at least two nodes",
+            ));
         }
         for (i, n) in file.nodes.iter().enumerate() {
             let at = format!("node[{i}]");
             validate_id("id", &n.id).map_err(|e| err(path, format!("{at}.id: {e}")))?;
-            let kind: AgencyKind = n.kind.parse().map_err(|e| err(path, format!("{at}.kind: {e}")))?;
+            let kind: AgencyKind = n
+                .kind
+                .parse()
+                .map_err(|e| err(path, format!("{at}.kind: {e}")))?;
             let host = parse_endpoint(&n.endpoint)
                 .map_err(|e| err(path, format!("{at}.endpoint: {e}")))?;
             if n.keys.is_empty() {
-                return Err(err(path, format!("{at}.key: node {} lists no signing key", n.id)));
+                return Err(err(
+                    path,
+                    format!("{at}.key: node {} lists no signing key", n.id),
+                ));
             }
             for (j, k) in n.keys.iter().enumerate() {
                 let kat = format!("{at}.key[{j}]");
@@ -268,17 +280,26 @@ impl Federation {
                 host,
             };
             if nodes.insert(n.id.clone(), entry).is_some() {
-                return Err(err(path, format!("{at}.id: node id {:?} is listed twice", n.id)));
+                return Err(err(
+                    path,
+                    format!("{at}.id: node id {:?} is listed twice", n.id),
+                ));
             }
         }
         let mut routes = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let at = format!("route[{i}]");
-            let from: AgencyKind = r.from.parse().map_err(|e| err(path, format!("{at}.from: {e}")))?;
-            let to: AgencyKind = r.to.parse().map_err(|e| err(path, format!("{at}.to: {e}")))?;
+            let from: AgencyKind = r
+                .from
+                .parse()
+                .map_err(|e| err(path, format!("{at}.from: {e}")))?;
+            let to: AgencyKind =
+                r.to.parse()
+                    .map_err(|e| err(path, format!("{at}.to: {e}")))?;
             for k in &r.kinds {
-                let kind: MessageKind =
-                    k.parse().map_err(|e| err(path, format!("{at}.kinds: {e}")))?;
+                let kind: MessageKind = k
+                    .parse()
+                    .map_err(|e| err(path, format!("{at}.kinds: {e}")))?;
                 routes.push(Route { from, to, kind });
             }
         }
@@ -310,7 +331,10 @@ fn parse_endpoint(endpoint: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err(format!("{endpoint:?} has no host"));
     }
-    Ok(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Ok(host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 fn parse_time(t: Option<&str>) -> Result<Option<u64>, String> {
@@ -367,7 +391,10 @@ impl NodeConfig {
             )
         })?;
         let listen: SocketAddr = file.listen.parse().map_err(|e| {
-            err(path, format!("listen: {:?} is not host:port: {e}", file.listen))
+            err(
+                path,
+                format!("listen: {:?} is not host:port: {e}", file.listen),
+            )
         })?;
         let key_path = resolve(path, &file.signing_key);
         let key_text = read(&key_path).map_err(|e| err(path, format!("signing_key: {e}")))?;

@@ -79,9 +79,9 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
 impl DevFederation {
     /// Opens an existing development federation, if `dir` holds one.
     pub fn open(dir: &Path) -> Option<DevFederation> {
-        dir.join("federation.toml")
-            .exists()
-            .then(|| DevFederation { dir: dir.to_path_buf() })
+        dir.join("federation.toml").exists().then(|| DevFederation {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Creates a development federation in `dir`: node `i` listens on
@@ -101,7 +101,11 @@ impl DevFederation {
             let id = kind.as_str();
             let key_id = format!("{id}-k1");
             let signer = NodeSigner::generate(id, &key_id);
-            write_file(&dir.join(format!("keys/{id}.ed25519")), &signer.to_text(), true)?;
+            write_file(
+                &dir.join(format!("keys/{id}.ed25519")),
+                &signer.to_text(),
+                true,
+            )?;
             let tls = ca.issue_node(id, &["127.0.0.1".into(), "localhost".into()])?;
             write_file(&dir.join(format!("certs/{id}.pem")), &tls.cert_pem, false)?;
             write_file(&dir.join(format!("certs/{id}-key.pem")), &tls.key_pem, true)?;
@@ -143,7 +147,9 @@ impl DevFederation {
             let text = toml::to_string_pretty(&node).context("encoding a node file")?;
             write_file(
                 &dir.join(format!("{id}.toml")),
-                &format!("# Development node file of the {id} agency, made by `cluebridge up`.\n{text}"),
+                &format!(
+                    "# Development node file of the {id} agency, made by `cluebridge up`.\n{text}"
+                ),
                 false,
             )?;
         }
@@ -156,10 +162,14 @@ impl DevFederation {
         let text = toml::to_string_pretty(&federation).context("encoding federation.toml")?;
         write_file(
             &dir.join("federation.toml"),
-            &format!("# Development trust list, made by `cluebridge up`. Not for production.\n{text}"),
+            &format!(
+                "# Development trust list, made by `cluebridge up`. Not for production.\n{text}"
+            ),
             false,
         )?;
-        Ok(DevFederation { dir: dir.to_path_buf() })
+        Ok(DevFederation {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn node_file(&self, node_id: &str) -> PathBuf {
@@ -177,8 +187,12 @@ impl DevFederation {
             endpoint: entry.endpoint.clone(),
             server_name: node_id.to_string(),
             ca: self.dir.join("ca.pem"),
-            cert: self.dir.join(format!("clients/{node_id}/{CLIENT_NAME}.pem")),
-            key: self.dir.join(format!("clients/{node_id}/{CLIENT_NAME}-key.pem")),
+            cert: self
+                .dir
+                .join(format!("clients/{node_id}/{CLIENT_NAME}.pem")),
+            key: self
+                .dir
+                .join(format!("clients/{node_id}/{CLIENT_NAME}-key.pem")),
         })
     }
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 
 /// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -41,13 +41,15 @@ async fn serve(
     let config = broker.config().clone();
     let stop = CancellationToken::new();
     let tasks = delivery::spawn(&broker, &stop)?;
-    let tls = tls::server_config(&config.tls.ca_pem, &config.tls.cert_pem, &config.tls.key_pem);
-    let broker_service = pb::broker_server::BrokerServer::new(BrokerService::new(
-        broker.clone(),
-        stop.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let tls = tls::server_config(
+        &config.tls.ca_pem,
+        &config.tls.cert_pem,
+        &config.tls.key_pem,
+    );
+    let broker_service =
+        pb::broker_server::BrokerServer::new(BrokerService::new(broker.clone(), stop.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let peer_service = pb::peer_server::PeerServer::new(PeerService::new(broker.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -65,13 +67,16 @@ async fn serve(
         .add_service(peer_service)
         // Without TCP_NODELAY on accepted sockets, small answers wait for
         // the peer's delayed ACK (tens of milliseconds per call).
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new calls, draining");
-            // Streams and background tasks end now; unary calls in flight
-            // finish (their flush included) before the server returns.
-            stop_on_signal.cancel();
-        });
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new calls, draining");
+                // Streams and background tasks end now; unary calls in flight
+                // finish (their flush included) before the server returns.
+                stop_on_signal.cancel();
+            },
+        );
     let result = server
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")));
@@ -80,7 +85,10 @@ async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "background tasks did not stop in time");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "background tasks did not stop in time"
+        );
     }
     broker.store().flush().await?;
     broker.store().close();

@@ -38,10 +38,14 @@ impl From<Error> for Status {
 /// Who is calling, from the verified client certificate.
 fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
     let certs = request.peer_certs().ok_or_else(|| {
-        Status::unauthenticated("no client certificate: connect with mTLS and a certificate from the federation CA")
+        Status::unauthenticated(
+            "no client certificate: connect with mTLS and a certificate from the federation CA",
+        )
     })?;
     let leaf = certs.first().ok_or_else(|| {
-        Status::unauthenticated("no client certificate: connect with mTLS and a certificate from the federation CA")
+        Status::unauthenticated(
+            "no client certificate: connect with mTLS and a certificate from the federation CA",
+        )
     })?;
     Ok(tls::identity_of(leaf.as_ref())?)
 }

@@ -22,9 +22,7 @@ impl PeerService {
         match caller(request)? {
             PeerIdentity::Node(id) => {
                 if id == self.broker.node_id() {
-                    return Err(Status::permission_denied(
-                        "a node cannot deliver to itself",
-                    ));
+                    return Err(Status::permission_denied("a node cannot deliver to itself"));
                 }
                 if self.broker.config().federation.node(&id).is_none() {
                     return Err(Status::permission_denied(format!(

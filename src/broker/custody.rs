@@ -69,7 +69,13 @@ impl Broker {
                     .into_iter()
                     .map(|(id, custody)| {
                         let outcome = custody.and_then(|c| {
-                            match s.accept_inbound(&c.message, &c.envelope, &c.record, &c.delivered, now)? {
+                            match s.accept_inbound(
+                                &c.message,
+                                &c.envelope,
+                                &c.record,
+                                &c.delivered,
+                                now,
+                            )? {
                                 InboundOutcome::Stored => Ok(c.delivered),
                                 InboundOutcome::AlreadyHeld(original) => Ok(original),
                             }
@@ -191,10 +197,10 @@ impl Broker {
             Err(next) => return Ok(Err((permit, next))),
         };
         self.lock_permits().insert(lease_id, permit);
-        let envelope = SignedEnvelope::decode(&lease.envelope)
-            .map_err(|e| Error::corrupt("envelopes", e))?;
-        let header = EnvelopeHeader::decode(&envelope.header)
-            .map_err(|e| Error::corrupt("envelopes", e))?;
+        let envelope =
+            SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
+        let header =
+            EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))?;
         Ok(Ok(Leased {
             envelope,
             header,
@@ -233,9 +239,9 @@ impl Broker {
     }
 
     fn custody_record(&self, message: &MessageRef) -> Result<InboundRecord> {
-        self.store().inbound(message)?.ok_or_else(|| {
-            Error::NotFound(format!("no message {message} in this node's custody"))
-        })
+        self.store()
+            .inbound(message)?
+            .ok_or_else(|| Error::NotFound(format!("no message {message} in this node's custody")))
     }
 
     /// Acknowledges (or, with a reason, rejects) a leased message; the
@@ -292,7 +298,12 @@ impl Broker {
     }
 
     /// Moves a lease's deadline to `lease_seconds` from now.
-    pub async fn extend(&self, message: &MessageRef, lease_id: u64, lease_seconds: u32) -> Result<u64> {
+    pub async fn extend(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        lease_seconds: u32,
+    ) -> Result<u64> {
         if lease_seconds == 0 {
             return Err(Error::invalid("lease_seconds must be at least 1"));
         }
@@ -320,14 +331,18 @@ impl Broker {
                 ReceiptKind::DeadLettered,
                 record.header_sha256,
                 record.attempts,
-                format!("not settled after {} delivery attempts (last {how})", record.attempts),
+                format!(
+                    "not settled after {} delivery attempts (last {how})",
+                    record.attempts
+                ),
             );
             self.store()
                 .settle(message, lease_id, InboundState::DeadLetter, &receipt)?;
             tracing::warn!(%message, attempts = record.attempts, "dead-lettered");
             self.wake_peer(&message.sender_node);
         } else {
-            self.store().requeue(message, lease_id, now_ms() + delay_ms)?;
+            self.store()
+                .requeue(message, lease_id, now_ms() + delay_ms)?;
             self.inbox_wake().notify_waiters();
         }
         self.end_lease(lease_id);
@@ -391,7 +406,11 @@ impl Broker {
     }
 
     /// Receipts waiting to go back to `peer`.
-    pub fn receipt_outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
+    pub fn receipt_outbox_batch(
+        &self,
+        peer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
         self.store().receipt_outbox_batch(peer, limit)
     }
 

@@ -4,8 +4,8 @@
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::model::{
-    EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope,
-    SignedReceipt, sha256, validate_id,
+    EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope, SignedReceipt,
+    sha256, validate_id,
 };
 use crate::now_ms;
 use crate::store::{SentRecord, SubmitOutcome, keys};
@@ -91,12 +91,15 @@ impl Broker {
         validate_id("message_id", &input.message_id)?;
         let kind = MessageKind::from_wire(input.kind)?;
         validate_id("recipient_node", &input.recipient_node)?;
-        let recipient = config.federation.node(&input.recipient_node).ok_or_else(|| {
-            Error::NotFound(format!(
-                "recipient node {:?} is not in the federation trust list",
-                input.recipient_node
-            ))
-        })?;
+        let recipient = config
+            .federation
+            .node(&input.recipient_node)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "recipient node {:?} is not in the federation trust list",
+                    input.recipient_node
+                ))
+            })?;
         if recipient.id == config.node_id {
             return Err(Error::invalid(format!(
                 "recipient node {:?} is this node; messages go to other agencies",
@@ -104,11 +107,21 @@ impl Broker {
             )));
         }
         if input.subject.trim().is_empty() {
-            return Err(Error::invalid("subject is empty; every message needs a subject"));
+            return Err(Error::invalid(
+                "subject is empty; every message needs a subject",
+            ));
         }
         check_len("subject", &input.subject, limits.max_subject_len)?;
-        check_len("case_reference", &input.case_reference, limits.max_case_reference_len)?;
-        check_len("content_type", &input.content_type, limits.max_content_type_len)?;
+        check_len(
+            "case_reference",
+            &input.case_reference,
+            limits.max_case_reference_len,
+        )?;
+        check_len(
+            "content_type",
+            &input.content_type,
+            limits.max_content_type_len,
+        )?;
         if input.payload.len() > limits.max_payload_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "payload is {} bytes; this node accepts at most {}",
@@ -145,7 +158,10 @@ impl Broker {
                     "correlation_id is only for feedback; leave it empty for other kinds",
                 ));
             }
-            config.federation.policy.check(config.kind, kind, recipient.kind)?;
+            config
+                .federation
+                .policy
+                .check(config.kind, kind, recipient.kind)?;
         }
 
         let now = now_ms();
@@ -188,7 +204,8 @@ impl Broker {
         // The answer comes after the writer's flush on the duplicate path
         // too: the original may not have reached the disk yet.
         let outcome = {
-            let (message, envelope, accepted) = (message.clone(), envelope.encode(), accepted.clone());
+            let (message, envelope, accepted) =
+                (message.clone(), envelope.encode(), accepted.clone());
             self.store()
                 .write(move |s| s.submit(&message, &envelope, &record, &accepted))
                 .await?
@@ -273,10 +290,15 @@ impl Broker {
 
     /// Envelopes waiting for `peer`, oldest first; those whose TTL passed
     /// are expired on the way instead of being sent.
-    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(MessageRef, SignedEnvelope)>> {
+    pub fn outbox_batch(
+        &self,
+        peer: &str,
+        limit: usize,
+    ) -> Result<Vec<(MessageRef, SignedEnvelope)>> {
         let now = now_ms();
         let mut out = Vec::new();
-        for (_, msg_key, bytes) in self.store().outbox_batch(peer, limit)? {
+        for entry in self.store().outbox_batch(peer, limit)? {
+            let (msg_key, bytes) = (entry.message_key, entry.envelope);
             let message = keys::parse_message(&msg_key)
                 .ok_or_else(|| Error::corrupt("outbox", "bad message key"))?;
             let envelope =
@@ -336,7 +358,11 @@ impl Broker {
     /// Takes receipts that `peer` returns about messages this node sent.
     /// Each gets its own outcome; the accepted ones are on disk before this
     /// returns.
-    pub async fn return_receipts(&self, peer: &str, receipts: Vec<SignedReceipt>) -> Result<Vec<Result<()>>> {
+    pub async fn return_receipts(
+        &self,
+        peer: &str,
+        receipts: Vec<SignedReceipt>,
+    ) -> Result<Vec<Result<()>>> {
         let max = self.config().limits.max_peer_batch;
         if receipts.len() > max {
             return Err(Error::ResourceExhausted(format!(
@@ -402,11 +428,15 @@ impl Broker {
             )));
         }
         if !kinds.contains(&r.kind) {
-            return Err(Error::invalid(format!("a {} receipt is not expected here", r.kind)));
+            return Err(Error::invalid(format!(
+                "a {} receipt is not expected here",
+                r.kind
+            )));
         }
-        let record = self.store().sent(message)?.ok_or_else(|| {
-            Error::NotFound(format!("{message} is not a message this node sent"))
-        })?;
+        let record = self
+            .store()
+            .sent(message)?
+            .ok_or_else(|| Error::NotFound(format!("{message} is not a message this node sent")))?;
         if record.recipient != peer {
             return Err(Error::PermissionDenied(format!(
                 "receipt for {message} comes from {peer:?}, but the message was sent to {:?}",

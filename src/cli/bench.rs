@@ -130,7 +130,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     // acknowledges it.
     let mut stream = receiver
         .broker()?
-        .receive(pb::ReceiveRequest { max_outstanding: args.outstanding, lease_seconds: 60 })
+        .receive(pb::ReceiveRequest {
+            max_outstanding: args.outstanding,
+            lease_seconds: 60,
+        })
         .await
         .context("opening the receive stream")?
         .into_inner();
@@ -163,7 +166,11 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 }
                 latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
             }
-            let lease = pb::LeaseRef { sender_node: d.sender_node, message_id: d.message_id, lease_id: d.lease_id };
+            let lease = pb::LeaseRef {
+                sender_node: d.sender_node,
+                message_id: d.message_id,
+                lease_id: d.lease_id,
+            };
             if ack_tx.send(lease).await.is_err() {
                 break;
             }
@@ -249,10 +256,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         figures.submitters,
         figures.payload_size,
         figures.duration_s,
-        if args.rate > 0 { format!(", target {} msg/s", args.rate) } else { String::new() }
+        if args.rate > 0 {
+            format!(", target {} msg/s", args.rate)
+        } else {
+            String::new()
+        }
     );
-    println!("  accepted:  {:>9.0} msg/s ({} messages, {} errors)", figures.accepted_per_s, figures.accepted, figures.submit_errors);
-    println!("  received:  {:>9.0} msg/s ({} messages by the application)", figures.received_per_s, figures.received);
+    println!(
+        "  accepted:  {:>9.0} msg/s ({} messages, {} errors)",
+        figures.accepted_per_s, figures.accepted, figures.submit_errors
+    );
+    println!(
+        "  received:  {:>9.0} msg/s ({} messages by the application)",
+        figures.received_per_s, figures.received
+    );
     let l = &figures.latency_ms;
     println!(
         "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",

@@ -57,19 +57,30 @@ impl ClientArgs {
             .clone()
             .or(dev_files.as_ref().map(|f| f.endpoint.clone()))
             .context("--endpoint is required (or run `cluebridge up` and pass --node NODE)")?;
-        let server_name = self
-            .node
-            .clone()
-            .context("--node is required: the id of the node you call (its certificate names it)")?;
+        let server_name = self.node.clone().context(
+            "--node is required: the id of the node you call (its certificate names it)",
+        )?;
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
         };
         Ok(Connection {
             endpoint,
             server_name,
-            ca_pem: read(pick(&self.ca, dev_files.as_ref().map(|f| f.ca.clone()), "ca")?)?,
-            cert_pem: read(pick(&self.cert, dev_files.as_ref().map(|f| f.cert.clone()), "cert")?)?,
-            key_pem: read(pick(&self.key, dev_files.as_ref().map(|f| f.key.clone()), "key")?)?,
+            ca_pem: read(pick(
+                &self.ca,
+                dev_files.as_ref().map(|f| f.ca.clone()),
+                "ca",
+            )?)?,
+            cert_pem: read(pick(
+                &self.cert,
+                dev_files.as_ref().map(|f| f.cert.clone()),
+                "cert",
+            )?)?,
+            key_pem: read(pick(
+                &self.key,
+                dev_files.as_ref().map(|f| f.key.clone()),
+                "key",
+            )?)?,
         })
     }
 
@@ -163,10 +174,17 @@ pub async fn send(args: SendArgs) -> Result<()> {
         .context("node answered without a receipt")?;
     println!(
         "{} {id} ({kind} to {})",
-        if response.duplicate { "already accepted" } else { "accepted" },
+        if response.duplicate {
+            "already accepted"
+        } else {
+            "accepted"
+        },
         args.to
     );
-    print!("{}", super::timeline(&[receipt], args.client.keyring().as_ref()));
+    print!(
+        "{}",
+        super::timeline(&[receipt], args.client.keyring().as_ref())
+    );
     Ok(())
 }
 
@@ -225,9 +243,15 @@ pub async fn receive(args: ReceiveArgs) -> Result<()> {
             Ok(Some(d)) => d.map_err(explain)?,
         };
         received += 1;
-        let envelope = delivery.envelope.clone().context("delivery without envelope")?;
+        let envelope = delivery
+            .envelope
+            .clone()
+            .context("delivery without envelope")?;
         let header = EnvelopeHeader::decode(&envelope.header)?;
-        println!("message {} from {} (attempt {})", header.message_id, header.sender_node, delivery.attempt);
+        println!(
+            "message {} from {} (attempt {})",
+            header.message_id, header.sender_node, delivery.attempt
+        );
         println!("  kind:         {}", header.kind);
         println!("  subject:      {}", header.subject);
         if !header.case_reference.is_empty() {
@@ -237,10 +261,16 @@ pub async fn receive(args: ReceiveArgs) -> Result<()> {
             println!("  answers:      {}", header.correlation_id);
         }
         println!("  submitted by: {}", header.sender_principal);
-        println!("  content type: {} ({} bytes)", header.content_type, header.payload_length);
+        println!(
+            "  content type: {} ({} bytes)",
+            header.content_type, header.payload_length
+        );
         match std::str::from_utf8(&envelope.payload) {
             Ok(text) if text.len() <= 4096 => println!("  payload:      {text}"),
-            _ => println!("  payload:      ({} bytes, not shown)", envelope.payload.len()),
+            _ => println!(
+                "  payload:      ({} bytes, not shown)",
+                envelope.payload.len()
+            ),
         }
         let lease = Some(pb::LeaseRef {
             sender_node: delivery.sender_node.clone(),
@@ -248,11 +278,17 @@ pub async fn receive(args: ReceiveArgs) -> Result<()> {
             lease_id: delivery.lease_id,
         });
         if args.ack {
-            client.ack(pb::AckRequest { lease }).await.map_err(explain)?;
+            client
+                .ack(pb::AckRequest { lease })
+                .await
+                .map_err(explain)?;
             println!("  -> acknowledged");
         } else if let Some(reason) = &args.reject {
             client
-                .reject(pb::RejectRequest { lease, reason: reason.clone() })
+                .reject(pb::RejectRequest {
+                    lease,
+                    reason: reason.clone(),
+                })
                 .await
                 .map_err(explain)?;
             println!("  -> rejected: {reason}");
@@ -293,13 +329,27 @@ fn state_name(n: i32) -> &'static str {
 pub async fn status(args: StatusArgs) -> Result<()> {
     let mut client = args.client.connection()?.broker()?;
     let s = client
-        .get_status(pb::GetStatusRequest { message_id: args.id.clone() })
+        .get_status(pb::GetStatusRequest {
+            message_id: args.id.clone(),
+        })
         .await
         .map_err(explain)?
         .into_inner();
-    println!("message {} to {}: {}", s.message_id, s.recipient_node, state_name(s.state));
-    let receipts: Vec<_> = s.receipts.into_iter().map(SignedReceipt::from_wire).collect();
-    print!("{}", super::timeline(&receipts, args.client.keyring().as_ref()));
+    println!(
+        "message {} to {}: {}",
+        s.message_id,
+        s.recipient_node,
+        state_name(s.state)
+    );
+    let receipts: Vec<_> = s
+        .receipts
+        .into_iter()
+        .map(SignedReceipt::from_wire)
+        .collect();
+    print!(
+        "{}",
+        super::timeline(&receipts, args.client.keyring().as_ref())
+    );
     Ok(())
 }
 
@@ -318,7 +368,9 @@ pub struct WatchArgs {
 pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut client = args.client.connection()?.broker()?;
     let mut stream = client
-        .watch_receipts(pb::WatchReceiptsRequest { after_cursor: args.after })
+        .watch_receipts(pb::WatchReceiptsRequest {
+            after_cursor: args.after,
+        })
         .await
         .map_err(explain)?
         .into_inner();
@@ -326,7 +378,9 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut seen = 0;
     while let Some(event) = stream.next().await {
         let event = event.map_err(explain)?;
-        let Some(receipt) = event.receipt.map(SignedReceipt::from_wire) else { continue };
+        let Some(receipt) = event.receipt.map(SignedReceipt::from_wire) else {
+            continue;
+        };
         let r = receipt.open()?;
         print!(
             "cursor {} message {} now {}\n{}",

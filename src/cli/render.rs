@@ -37,8 +37,16 @@ pub fn timeline(receipts: &[SignedReceipt], keyring: Option<&Keyring>) -> String
             format_time(r.issued_at_ms),
             r.kind.as_str(),
             r.issuer_node,
-            if r.attempt > 0 { format!(" attempt {}", r.attempt) } else { String::new() },
-            if r.reason.is_empty() { String::new() } else { format!("  reason: {}", r.reason) },
+            if r.attempt > 0 {
+                format!(" attempt {}", r.attempt)
+            } else {
+                String::new()
+            },
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!("  reason: {}", r.reason)
+            },
             check,
         ));
     }

@@ -49,7 +49,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let nodes = start_all(&dev).await?;
     println!();
     for (id, node) in &nodes {
-        println!("  node {id:<16} https://{}   (node file {})", node.addr, dev.node_file(id).display());
+        println!(
+            "  node {id:<16} https://{}   (node file {})",
+            node.addr,
+            dev.node_file(id).display()
+        );
     }
     let dir = shell_path(&args.dir);
     println!(
@@ -108,7 +112,15 @@ impl Agency {
         })
     }
 
-    async fn submit(&mut self, id: &str, kind: MessageKind, to: &str, subject: &str, answers: &str, payload: &str) -> Result<()> {
+    async fn submit(
+        &mut self,
+        id: &str,
+        kind: MessageKind,
+        to: &str,
+        subject: &str,
+        answers: &str,
+        payload: &str,
+    ) -> Result<()> {
         self.client
             .submit(pb::SubmitRequest {
                 message_id: id.into(),
@@ -133,7 +145,10 @@ impl Agency {
     async fn receive(&mut self, id: &str) -> Result<pb::LeaseRef> {
         let mut stream = self
             .client
-            .receive(pb::ReceiveRequest { max_outstanding: 64, lease_seconds: 30 })
+            .receive(pb::ReceiveRequest {
+                max_outstanding: 64,
+                lease_seconds: 30,
+            })
             .await?
             .into_inner();
         loop {
@@ -155,7 +170,9 @@ impl Agency {
         for _ in 0..200 {
             let s = self
                 .client
-                .get_status(pb::GetStatusRequest { message_id: id.into() })
+                .get_status(pb::GetStatusRequest {
+                    message_id: id.into(),
+                })
                 .await?
                 .into_inner();
             if s.state >= 3 {
@@ -179,37 +196,81 @@ async fn demo(dev: &DevFederation) -> Result<()> {
 
     println!("demo:");
     discipline
-        .submit(&clue, MessageKind::ClueTransfer, "public_security", "Report on case 12 found to be a frame-up", "", "Evidence that the report against official W. was fabricated.")
+        .submit(
+            &clue,
+            MessageKind::ClueTransfer,
+            "public_security",
+            "Report on case 12 found to be a frame-up",
+            "",
+            "Evidence that the report against official W. was fabricated.",
+        )
         .await?;
     discipline
-        .submit(&suggestion, MessageKind::RectificationSuggestion, "personnel", "Restore the rank withheld from official W.", "", "Suggest restoring rank and title withheld after the false report.")
+        .submit(
+            &suggestion,
+            MessageKind::RectificationSuggestion,
+            "personnel",
+            "Restore the rank withheld from official W.",
+            "",
+            "Suggest restoring rank and title withheld after the false report.",
+        )
         .await?;
 
     let lease = security.receive(&clue).await?;
     security
         .client
-        .reject(pb::RejectRequest { lease: Some(lease), reason: "outside our jurisdiction: transfer to the judicial organ".into() })
+        .reject(pb::RejectRequest {
+            lease: Some(lease),
+            reason: "outside our jurisdiction: transfer to the judicial organ".into(),
+        })
         .await?;
     println!("  public_security rejected {clue} with a reason");
 
     let lease = personnel.receive(&suggestion).await?;
-    personnel.client.ack(pb::AckRequest { lease: Some(lease) }).await?;
+    personnel
+        .client
+        .ack(pb::AckRequest { lease: Some(lease) })
+        .await?;
     println!("  personnel acknowledged {suggestion}");
     personnel
-        .submit(&feedback, MessageKind::Feedback, "discipline", "Rank restored", &suggestion, "Rank and title restored on 2026-11-26.")
+        .submit(
+            &feedback,
+            MessageKind::Feedback,
+            "discipline",
+            "Rank restored",
+            &suggestion,
+            "Rank and title restored on 2026-11-26.",
+        )
         .await?;
     let lease = discipline.receive(&feedback).await?;
-    discipline.client.ack(pb::AckRequest { lease: Some(lease) }).await?;
+    discipline
+        .client
+        .ack(pb::AckRequest { lease: Some(lease) })
+        .await?;
     println!("  discipline acknowledged feedback {feedback}");
 
-    for (sender, id) in [("discipline", &clue), ("discipline", &suggestion), ("personnel", &feedback)] {
-        let agency = if sender == "discipline" { &mut discipline } else { &mut personnel };
+    for (sender, id) in [
+        ("discipline", &clue),
+        ("discipline", &suggestion),
+        ("personnel", &feedback),
+    ] {
+        let agency = if sender == "discipline" {
+            &mut discipline
+        } else {
+            &mut personnel
+        };
         let s = agency.wait_terminal(id).await?;
-        let receipts: Vec<_> = s.receipts.into_iter().map(SignedReceipt::from_wire).collect();
+        let receipts: Vec<_> = s
+            .receipts
+            .into_iter()
+            .map(SignedReceipt::from_wire)
+            .collect();
         println!("\ntimeline of {id} (to {}):", s.recipient_node);
         print!("{}", super::timeline(&receipts, Some(&keyring)));
         for r in &receipts {
-            keyring.verify_receipt(r).context("a demo receipt does not verify")?;
+            keyring
+                .verify_receipt(r)
+                .context("a demo receipt does not verify")?;
         }
     }
     println!("\ndemo complete: every receipt verified with the federation's public keys");

@@ -107,7 +107,9 @@ impl Ca {
         for host in hosts {
             match host.parse::<IpAddr>() {
                 Ok(ip) => sans.push(SanType::IpAddress(ip)),
-                Err(_) => sans.push(SanType::DnsName(host.as_str().try_into().map_err(rcgen_err)?)),
+                Err(_) => sans.push(SanType::DnsName(
+                    host.as_str().try_into().map_err(rcgen_err)?,
+                )),
             }
         }
         params.subject_alt_names = sans;

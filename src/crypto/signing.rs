@@ -61,7 +61,11 @@ impl NodeSigner {
     }
 
     pub fn generate(node_id: &str, key_id: &str) -> Self {
-        Self::new(node_id, key_id, SigningKey::generate(&mut rand::rngs::OsRng))
+        Self::new(
+            node_id,
+            key_id,
+            SigningKey::generate(&mut rand::rngs::OsRng),
+        )
     }
 
     /// The text form written to key files.
@@ -132,8 +136,9 @@ impl PublicKeyEntry {
                 bytes.len()
             ))
         })?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|e| Error::invalid(format!("public key {key_id} is not a valid point: {e}")))?;
+        let key = VerifyingKey::from_bytes(&bytes).map_err(|e| {
+            Error::invalid(format!("public key {key_id} is not a valid point: {e}"))
+        })?;
         Ok(PublicKeyEntry {
             key_id: key_id.to_string(),
             key,
@@ -148,6 +153,15 @@ impl PublicKeyEntry {
     }
 }
 
+/// Signed bytes with the signer's claims about who signed them and when.
+struct Signed<'a> {
+    node_id: &'a str,
+    key_id: &'a str,
+    at_ms: u64,
+    bytes: &'a [u8],
+    signature: &'a [u8],
+}
+
 /// The public signing keys of every node of the federation.
 #[derive(Clone, Debug, Default)]
 pub struct Keyring {
@@ -156,12 +170,17 @@ pub struct Keyring {
 
 impl Keyring {
     pub fn insert(&mut self, node_id: &str, entry: PublicKeyEntry) {
-        self.nodes.entry(node_id.to_string()).or_default().push(entry);
+        self.nodes
+            .entry(node_id.to_string())
+            .or_default()
+            .push(entry);
     }
 
     fn key(&self, node_id: &str, key_id: &str) -> Result<&PublicKeyEntry> {
         let keys = self.nodes.get(node_id).ok_or_else(|| {
-            Error::PermissionDenied(format!("node {node_id:?} is not in the federation trust list"))
+            Error::PermissionDenied(format!(
+                "node {node_id:?} is not in the federation trust list"
+            ))
         })?;
         keys.iter().find(|k| k.key_id == key_id).ok_or_else(|| {
             Error::PermissionDenied(format!(
@@ -170,16 +189,14 @@ impl Keyring {
         })
     }
 
-    fn check(
-        &self,
-        what: &str,
-        node_id: &str,
-        key_id: &str,
-        at_ms: u64,
-        domain: &[u8],
-        bytes: &[u8],
-        signature: &[u8],
-    ) -> Result<()> {
+    fn check(&self, what: &str, signed: Signed<'_>, domain: &[u8]) -> Result<()> {
+        let Signed {
+            node_id,
+            key_id,
+            at_ms,
+            bytes,
+            signature,
+        } = signed;
         let entry = self.key(node_id, key_id)?;
         if !entry.valid_at(at_ms) {
             return Err(Error::PermissionDenied(format!(
@@ -206,30 +223,28 @@ impl Keyring {
     /// are, then the payload against the signed digest. Returns the header.
     pub fn verify_envelope(&self, envelope: &SignedEnvelope) -> Result<EnvelopeHeader> {
         let header = EnvelopeHeader::decode(&envelope.header)?;
-        self.check(
-            "envelope header",
-            &header.sender_node,
-            &header.signing_key_id,
-            header.created_at_ms,
-            ENVELOPE_DOMAIN,
-            &envelope.header,
-            &envelope.signature,
-        )?;
+        let signed = Signed {
+            node_id: &header.sender_node,
+            key_id: &header.signing_key_id,
+            at_ms: header.created_at_ms,
+            bytes: &envelope.header,
+            signature: &envelope.signature,
+        };
+        self.check("envelope header", signed, ENVELOPE_DOMAIN)?;
         envelope.open()
     }
 
     /// Checks the issuer's signature over the receipt bytes as they are.
     pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<Receipt> {
         let r = Receipt::decode(&receipt.receipt)?;
-        self.check(
-            "receipt",
-            &r.issuer_node,
-            &r.signing_key_id,
-            r.issued_at_ms,
-            RECEIPT_DOMAIN,
-            &receipt.receipt,
-            &receipt.signature,
-        )?;
+        let signed = Signed {
+            node_id: &r.issuer_node,
+            key_id: &r.signing_key_id,
+            at_ms: r.issued_at_ms,
+            bytes: &receipt.receipt,
+            signature: &receipt.signature,
+        };
+        self.check("receipt", signed, RECEIPT_DOMAIN)?;
         Ok(r)
     }
 }

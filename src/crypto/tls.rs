@@ -60,9 +60,9 @@ pub fn identity_of(der: &[u8]) -> Result<PeerIdentity> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| Error::Unauthenticated(format!("client certificate does not parse: {e}")))?;
-    let sans = cert
-        .subject_alternative_name()
-        .map_err(|e| Error::Unauthenticated(format!("certificate SAN extension is invalid: {e}")))?;
+    let sans = cert.subject_alternative_name().map_err(|e| {
+        Error::Unauthenticated(format!("certificate SAN extension is invalid: {e}"))
+    })?;
     let mut found = None;
     if let Some(sans) = sans {
         for name in &sans.value.general_names {

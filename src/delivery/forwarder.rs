@@ -152,7 +152,9 @@ impl Forwarder {
             }
         }
         let moved = !delivered.is_empty() || !refused.is_empty();
-        self.broker.on_forwarded(&self.peer, delivered, refused).await?;
+        self.broker
+            .on_forwarded(&self.peer, delivered, refused)
+            .await?;
         match transient_refusal {
             Some(reason) if !moved => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
             _ => Ok(true),
@@ -167,7 +169,9 @@ impl Forwarder {
         let request = pb::ReturnReceiptsRequest {
             receipts: waiting.iter().map(|(_, r)| r.to_wire()).collect(),
         };
-        let response = self.call(self.client.clone().return_receipts(request)).await?;
+        let response = self
+            .call(self.client.clone().return_receipts(request))
+            .await?;
         if response.outcomes.len() != waiting.len() {
             return Err(Error::Unavailable(format!(
                 "peer answered {} outcomes for {} receipts",

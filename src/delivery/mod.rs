@@ -9,8 +9,8 @@ mod sweeper;
 use crate::broker::Broker;
 use crate::error::Result;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Starts the background tasks of a node.
 pub fn spawn(broker: &Broker, stop: &CancellationToken) -> Result<Vec<JoinHandle<()>>> {

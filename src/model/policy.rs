@@ -67,11 +67,19 @@ mod tests {
         }])
         .unwrap();
         assert!(
-            p.check(AgencyKind::Discipline, MessageKind::ClueTransfer, AgencyKind::PublicSecurity)
-                .is_ok()
+            p.check(
+                AgencyKind::Discipline,
+                MessageKind::ClueTransfer,
+                AgencyKind::PublicSecurity
+            )
+            .is_ok()
         );
         let err = p
-            .check(AgencyKind::PublicSecurity, MessageKind::ClueTransfer, AgencyKind::Discipline)
+            .check(
+                AgencyKind::PublicSecurity,
+                MessageKind::ClueTransfer,
+                AgencyKind::Discipline,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::PermissionDenied(_)));
     }

@@ -122,6 +122,13 @@ pub struct Counts {
     pub feed: usize,
 }
 
+/// One envelope waiting in a peer's outbox.
+#[derive(Debug)]
+pub struct OutboxEntry {
+    pub message_key: Vec<u8>,
+    pub envelope: Vec<u8>,
+}
+
 /// One leased message handed to a receiver.
 #[derive(Debug)]
 pub struct Lease {
@@ -188,7 +195,9 @@ impl Store {
             Box::new(move |flushed: Result<(), String>| {
                 let answer = match flushed {
                     Ok(()) => result,
-                    Err(e) => Err(Error::Unavailable(format!("flushing the store failed: {e}"))),
+                    Err(e) => Err(Error::Unavailable(format!(
+                        "flushing the store failed: {e}"
+                    ))),
                 };
                 let _ = tx.send(answer);
             })
@@ -306,8 +315,14 @@ impl Store {
         let accepted = self
             .receipts(message)?
             .into_iter()
-            .find(|r| r.open().map(|r| r.kind.as_str() == "accepted").unwrap_or(false))
-            .ok_or_else(|| Error::corrupt("receipts", format!("{message} has no accepted receipt")))?;
+            .find(|r| {
+                r.open()
+                    .map(|r| r.kind.as_str() == "accepted")
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| {
+                Error::corrupt("receipts", format!("{message} has no accepted receipt"))
+            })?;
         Ok(SubmitOutcome::Duplicate(accepted))
     }
 
@@ -336,22 +351,30 @@ impl Store {
             .collect()
     }
 
-    /// The oldest `limit` outbox entries for `peer`: (outbox key, message
-    /// key, envelope bytes).
-    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>, Vec<u8>)>> {
+    /// The oldest `limit` outbox entries for `peer`, oldest first.
+    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<OutboxEntry>> {
         let mut out = Vec::new();
-        for kv in self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)).take(limit) {
-            let (k, msg_key) = kv?;
+        for kv in self
+            .tree(OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .take(limit)
+        {
+            let (_, msg_key) = kv?;
             let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
                 Error::corrupt("outbox", "entry names a message with no envelope")
             })?;
-            out.push((k.to_vec(), msg_key.to_vec(), envelope.to_vec()));
+            out.push(OutboxEntry {
+                message_key: msg_key.to_vec(),
+                envelope: envelope.to_vec(),
+            });
         }
         Ok(out)
     }
 
     pub fn outbox_depth(&self, peer: &str) -> usize {
-        self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)).count()
+        self.tree(OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .count()
     }
 
     /// Records a receipt about a message this node sent and moves its state
@@ -370,7 +393,9 @@ impl Store {
         let feed_seq = self.next_seq()?;
         self.transact(|t| {
             let Some(raw) = t[SENT].get(&key)? else {
-                return abort(Error::NotFound(format!("{message} is not a message this node sent")));
+                return abort(Error::NotFound(format!(
+                    "{message} is not a message this node sent"
+                )));
             };
             let mut record: SentRecord = match records::decode("sent", &raw) {
                 Ok(r) => r,
@@ -455,7 +480,10 @@ impl Store {
             None => Ok(InboundOutcome::Stored),
             Some(receipt_key) => {
                 let raw = self.tree(RECEIPTS).get(&receipt_key)?.ok_or_else(|| {
-                    Error::corrupt("receipts", format!("delivered receipt of {message} is missing"))
+                    Error::corrupt(
+                        "receipts",
+                        format!("delivered receipt of {message} is missing"),
+                    )
                 })?;
                 let r = SignedReceipt::decode(&raw).map_err(|e| Error::corrupt("receipts", e))?;
                 Ok(InboundOutcome::AlreadyHeld(r))
@@ -509,9 +537,10 @@ impl Store {
                 Ok(Some(record))
             })?;
             if let Some(record) = leased {
-                let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
-                    Error::corrupt("envelopes", "leased message has no envelope")
-                })?;
+                let envelope = self
+                    .tree(ENVELOPES)
+                    .get(&msg_key)?
+                    .ok_or_else(|| Error::corrupt("envelopes", "leased message has no envelope"))?;
                 return Ok(Ok(Lease {
                     message_key: msg_key.to_vec(),
                     envelope: envelope.to_vec(),
@@ -599,7 +628,11 @@ impl Store {
     /// Leases whose deadline passed: (message, lease id).
     pub fn lapsed_leases(&self, now_ms: u64, limit: usize) -> Result<Vec<(MessageRef, u64)>> {
         let mut out = Vec::new();
-        for kv in self.tree(LEASES).range(..keys::pair(now_ms, u64::MAX)).take(limit) {
+        for kv in self
+            .tree(LEASES)
+            .range(..keys::pair(now_ms, u64::MAX))
+            .take(limit)
+        {
             let (k, msg_key) = kv?;
             let lease_id = keys::first_u64(&k[8..]);
             let r = keys::parse_message(&msg_key)
@@ -619,7 +652,11 @@ impl Store {
     /// Entries of the TTL index due at `now_ms`: (index key, message).
     pub fn due_expiries(&self, now_ms: u64, limit: usize) -> Result<Vec<(Vec<u8>, MessageRef)>> {
         let mut out = Vec::new();
-        for kv in self.tree(EXPIRY).range(..keys::expiry(now_ms.saturating_add(1), b"")).take(limit) {
+        for kv in self
+            .tree(EXPIRY)
+            .range(..keys::expiry(now_ms.saturating_add(1), b""))
+            .take(limit)
+        {
             let (k, _) = kv?;
             let r = keys::parse_message(&k[8..])
                 .ok_or_else(|| Error::corrupt("expiry", "bad message key"))?;
@@ -706,7 +743,11 @@ impl Store {
 
     // --------------------------------------------------- receipt outbox
 
-    fn queue_receipt_parts(&self, message: &MessageRef, receipt: &SignedReceipt) -> Result<QueuedReceipt> {
+    fn queue_receipt_parts(
+        &self,
+        message: &MessageRef,
+        receipt: &SignedReceipt,
+    ) -> Result<QueuedReceipt> {
         let key = keys::message(message);
         Ok(QueuedReceipt {
             receipt_key: keys::receipt(&key, &sha256(&receipt.receipt)),
@@ -716,13 +757,18 @@ impl Store {
     }
 
     /// The oldest `limit` receipts waiting to go back to `peer`.
-    pub fn receipt_outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
+    pub fn receipt_outbox_batch(
+        &self,
+        peer: &str,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
         self.tree(RECEIPT_OUTBOX)
             .scan_prefix(keys::peer_prefix(peer))
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                let r = SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipt_outbox", e))?;
+                let r =
+                    SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipt_outbox", e))?;
                 Ok((k.to_vec(), r))
             })
             .collect()
@@ -789,7 +835,12 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = store.shared.db.flush().map(|_| ()).map_err(|e| e.to_string());
+        let result = store
+            .shared
+            .db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| e.to_string());
         if let Err(e) = &result {
             tracing::error!(error = %e, "store flush failed");
         }

@@ -23,7 +23,12 @@ async fn wait_serving(fed: &TestFederation, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = fed.client(node);
     loop {
-        match client.get_status(pb::GetStatusRequest { message_id: "probe".into() }).await {
+        match client
+            .get_status(pb::GetStatusRequest {
+                message_id: "probe".into(),
+            })
+            .await
+        {
             Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 client = fed.client(node);
@@ -46,7 +51,16 @@ async fn sigkill_after_accepting_loses_no_message() {
     for i in 0..N {
         let mut client = fed.client(DISCIPLINE);
         tasks.push(tokio::spawn(async move {
-            submit(&mut client, submit_request(&format!("crash-{i}"), MessageKind::ClueTransfer, SECURITY, b"evidence")).await
+            submit(
+                &mut client,
+                submit_request(
+                    &format!("crash-{i}"),
+                    MessageKind::ClueTransfer,
+                    SECURITY,
+                    b"evidence",
+                ),
+            )
+            .await
         }));
     }
     for t in tasks {
@@ -64,12 +78,27 @@ async fn sigkill_after_accepting_loses_no_message() {
     let mut seen = std::collections::BTreeSet::new();
     while seen.len() < N {
         let d = next(&mut stream, 20 * SECOND).await;
-        assert!(seen.insert(d.message_id.clone()), "{} delivered twice", d.message_id);
-        security.ack(pb::AckRequest { lease: lease_of(&d) }).await.expect("ack");
+        assert!(
+            seen.insert(d.message_id.clone()),
+            "{} delivered twice",
+            d.message_id
+        );
+        security
+            .ack(pb::AckRequest {
+                lease: lease_of(&d),
+            })
+            .await
+            .expect("ack");
     }
     let mut discipline = fed.client(DISCIPLINE);
     for i in 0..N {
-        wait_state(&mut discipline, &format!("crash-{i}"), SentState::Acknowledged, 20 * SECOND).await;
+        wait_state(
+            &mut discipline,
+            &format!("crash-{i}"),
+            SentState::Acknowledged,
+            20 * SECOND,
+        )
+        .await;
     }
     child.kill().expect("stop");
     child.wait().expect("reaped");

@@ -9,14 +9,16 @@ use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_lease_is_redelivered_and_too_many_attempts_dead_letter() {
-    let fed = TestFederation::start_with(
-        |n| n.delivery.max_deliveries = 2,
-        &[DISCIPLINE, SECURITY],
-    )
-    .await;
+    let fed =
+        TestFederation::start_with(|n| n.delivery.max_deliveries = 2, &[DISCIPLINE, SECURITY])
+            .await;
     let mut discipline = fed.client(DISCIPLINE);
     let mut security = fed.client(SECURITY);
-    submit(&mut discipline, submit_request("lapse-1", MessageKind::ClueTransfer, SECURITY, b"x")).await;
+    submit(
+        &mut discipline,
+        submit_request("lapse-1", MessageKind::ClueTransfer, SECURITY, b"x"),
+    )
+    .await;
 
     let mut stream = receiver(&mut security, 1, 1).await;
     let first = next(&mut stream, 10 * SECOND).await;
@@ -28,22 +30,42 @@ async fn a_lapsed_lease_is_redelivered_and_too_many_attempts_dead_letter() {
 
     // The first lease is stale now.
     let err = security
-        .ack(pb::AckRequest { lease: lease_of(&first) })
+        .ack(pb::AckRequest {
+            lease: lease_of(&first),
+        })
         .await
         .expect_err("stale lease");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(err.message().contains("not the current lease"), "{}", err.message());
+    assert!(
+        err.message().contains("not the current lease"),
+        "{}",
+        err.message()
+    );
 
     // The second lapses too: two attempts are all it gets.
-    let status = wait_state(&mut discipline, "lapse-1", SentState::DeadLettered, 15 * SECOND).await;
+    let status = wait_state(
+        &mut discipline,
+        "lapse-1",
+        SentState::DeadLettered,
+        15 * SECOND,
+    )
+    .await;
     let last = SignedReceipt::from_wire(status.receipts.last().expect("receipt").clone())
         .open()
         .expect("receipt");
     assert_eq!(last.kind, ReceiptKind::DeadLettered);
     assert_eq!(last.issuer_node, SECURITY);
     assert_eq!(last.attempt, 2);
-    assert!(last.reason.contains("2 delivery attempts"), "{}", last.reason);
-    fed.keyring().verify_receipt(&SignedReceipt::from_wire(status.receipts.last().expect("r").clone())).expect("verifies");
+    assert!(
+        last.reason.contains("2 delivery attempts"),
+        "{}",
+        last.reason
+    );
+    fed.keyring()
+        .verify_receipt(&SignedReceipt::from_wire(
+            status.receipts.last().expect("r").clone(),
+        ))
+        .expect("verifies");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -51,35 +73,63 @@ async fn a_released_message_comes_back_after_its_delay() {
     let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
     let mut discipline = fed.client(DISCIPLINE);
     let mut security = fed.client(SECURITY);
-    submit(&mut discipline, submit_request("rel-1", MessageKind::ClueTransfer, SECURITY, b"x")).await;
+    submit(
+        &mut discipline,
+        submit_request("rel-1", MessageKind::ClueTransfer, SECURITY, b"x"),
+    )
+    .await;
     let mut stream = receiver(&mut security, 1, 30).await;
     let first = next(&mut stream, 10 * SECOND).await;
 
     let err = security
-        .release(pb::ReleaseRequest { lease: lease_of(&first), delay_ms: 10_000_000 })
+        .release(pb::ReleaseRequest {
+            lease: lease_of(&first),
+            delay_ms: 10_000_000,
+        })
         .await
         .expect_err("delay out of bounds");
     assert_eq!(err.code(), Code::InvalidArgument);
     let err = security
-        .reject(pb::RejectRequest { lease: lease_of(&first), reason: " ".into() })
+        .reject(pb::RejectRequest {
+            lease: lease_of(&first),
+            reason: " ".into(),
+        })
         .await
         .expect_err("reject without a reason");
     assert_eq!(err.code(), Code::InvalidArgument);
 
     let released_at = std::time::Instant::now();
     security
-        .release(pb::ReleaseRequest { lease: lease_of(&first), delay_ms: 300 })
+        .release(pb::ReleaseRequest {
+            lease: lease_of(&first),
+            delay_ms: 300,
+        })
         .await
         .expect("release");
     let again = next(&mut stream, 10 * SECOND).await;
     assert!(released_at.elapsed() >= Duration::from_millis(300));
     assert_eq!((again.message_id.as_str(), again.attempt), ("rel-1", 2));
-    security.ack(pb::AckRequest { lease: lease_of(&again) }).await.expect("ack");
-    wait_state(&mut discipline, "rel-1", SentState::Acknowledged, 10 * SECOND).await;
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&again),
+        })
+        .await
+        .expect("ack");
+    wait_state(
+        &mut discipline,
+        "rel-1",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
 
     let err = security
         .ack(pb::AckRequest {
-            lease: Some(pb::LeaseRef { sender_node: DISCIPLINE.into(), message_id: "unknown".into(), lease_id: 1 }),
+            lease: Some(pb::LeaseRef {
+                sender_node: DISCIPLINE.into(),
+                message_id: "unknown".into(),
+                lease_id: 1,
+            }),
         })
         .await
         .expect_err("unknown id");
@@ -90,28 +140,64 @@ async fn a_released_message_comes_back_after_its_delay() {
 async fn messages_wait_for_a_peer_that_is_down_and_expire_if_their_ttl_passes() {
     let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
     let mut discipline = fed.client(DISCIPLINE);
-    submit(&mut discipline, submit_request("before", MessageKind::ClueTransfer, SECURITY, b"x")).await;
+    submit(
+        &mut discipline,
+        submit_request("before", MessageKind::ClueTransfer, SECURITY, b"x"),
+    )
+    .await;
     wait_state(&mut discipline, "before", SentState::Delivered, 10 * SECOND).await;
     fed.stop(SECURITY).await;
     for i in 0..5 {
-        submit(&mut discipline, submit_request(&format!("wait-{i}"), MessageKind::ClueTransfer, SECURITY, b"x")).await;
+        submit(
+            &mut discipline,
+            submit_request(
+                &format!("wait-{i}"),
+                MessageKind::ClueTransfer,
+                SECURITY,
+                b"x",
+            ),
+        )
+        .await;
     }
     let mut short = submit_request("short-ttl", MessageKind::ClueTransfer, SECURITY, b"x");
     short.ttl_seconds = 1;
     submit(&mut discipline, short).await;
 
     // The TTL passes while the peer is down: the sender node expires it.
-    let expired = wait_state(&mut discipline, "short-ttl", SentState::Expired, 10 * SECOND).await;
-    let r = SignedReceipt::from_wire(expired.receipts.last().expect("receipt").clone()).open().expect("r");
-    assert_eq!((r.kind, r.issuer_node.as_str()), (ReceiptKind::Expired, DISCIPLINE));
-    assert_eq!(fed.node(DISCIPLINE).broker.store().outbox_depth(SECURITY), 5);
+    let expired = wait_state(
+        &mut discipline,
+        "short-ttl",
+        SentState::Expired,
+        10 * SECOND,
+    )
+    .await;
+    let r = SignedReceipt::from_wire(expired.receipts.last().expect("receipt").clone())
+        .open()
+        .expect("r");
+    assert_eq!(
+        (r.kind, r.issuer_node.as_str()),
+        (ReceiptKind::Expired, DISCIPLINE)
+    );
+    assert_eq!(
+        fed.node(DISCIPLINE).broker.store().outbox_depth(SECURITY),
+        5
+    );
 
     fed.restart(SECURITY).await;
     for i in 0..5 {
-        wait_state(&mut discipline, &format!("wait-{i}"), SentState::Delivered, 15 * SECOND).await;
+        wait_state(
+            &mut discipline,
+            &format!("wait-{i}"),
+            SentState::Delivered,
+            15 * SECOND,
+        )
+        .await;
     }
     let counts = fed.node(SECURITY).broker.store().counts();
-    assert_eq!(counts.inbound, 6, "each message once in custody; the expired one never");
+    assert_eq!(
+        counts.inbound, 6,
+        "each message once in custody; the expired one never"
+    );
 
     let mut security = fed.client(SECURITY);
     let mut stream = receiver(&mut security, 8, 30).await;
@@ -119,16 +205,30 @@ async fn messages_wait_for_a_peer_that_is_down_and_expire_if_their_ttl_passes() 
     for _ in 0..6 {
         let d = next(&mut stream, 10 * SECOND).await;
         ids.push(d.message_id.clone());
-        security.ack(pb::AckRequest { lease: lease_of(&d) }).await.expect("ack");
+        security
+            .ack(pb::AckRequest {
+                lease: lease_of(&d),
+            })
+            .await
+            .expect("ack");
     }
     ids.sort();
     let mut expected: Vec<_> = (0..5).map(|i| format!("wait-{i}")).collect();
     expected.insert(0, "before".into());
     assert_eq!(ids, expected);
     for i in 0..5 {
-        wait_state(&mut discipline, &format!("wait-{i}"), SentState::Acknowledged, 10 * SECOND).await;
+        wait_state(
+            &mut discipline,
+            &format!("wait-{i}"),
+            SentState::Acknowledged,
+            10 * SECOND,
+        )
+        .await;
     }
-    assert_eq!(fed.node(DISCIPLINE).broker.store().outbox_depth(SECURITY), 0);
+    assert_eq!(
+        fed.node(DISCIPLINE).broker.store().outbox_depth(SECURITY),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,8 +238,25 @@ async fn a_message_in_custody_expires_back_to_its_sender() {
     let mut request = submit_request("ttl-custody", MessageKind::ClueTransfer, SECURITY, b"x");
     request.ttl_seconds = 2;
     submit(&mut discipline, request).await;
-    wait_state(&mut discipline, "ttl-custody", SentState::Delivered, 10 * SECOND).await;
-    let status = wait_state(&mut discipline, "ttl-custody", SentState::Expired, 10 * SECOND).await;
-    let r = SignedReceipt::from_wire(status.receipts.last().expect("receipt").clone()).open().expect("r");
-    assert_eq!((r.kind, r.issuer_node.as_str()), (ReceiptKind::Expired, SECURITY));
+    wait_state(
+        &mut discipline,
+        "ttl-custody",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+    let status = wait_state(
+        &mut discipline,
+        "ttl-custody",
+        SentState::Expired,
+        10 * SECOND,
+    )
+    .await;
+    let r = SignedReceipt::from_wire(status.receipts.last().expect("receipt").clone())
+        .open()
+        .expect("r");
+    assert_eq!(
+        (r.kind, r.issuer_node.as_str()),
+        (ReceiptKind::Expired, SECURITY)
+    );
 }

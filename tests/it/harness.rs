@@ -48,8 +48,13 @@ impl TestFederation {
         let mut listeners = Vec::new();
         let mut ports = BTreeMap::new();
         for kind in NODES {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            ports.insert(kind.as_str().to_string(), l.local_addr().expect("addr").port());
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            ports.insert(
+                kind.as_str().to_string(),
+                l.local_addr().expect("addr").port(),
+            );
             listeners.push((kind.as_str(), l));
         }
         let port_list = NODES.map(|k| ports[k.as_str()]);
@@ -83,7 +88,9 @@ impl TestFederation {
     }
 
     pub fn node(&self, id: &str) -> &RunningNode {
-        self.nodes.get(id).unwrap_or_else(|| panic!("node {id} is not running"))
+        self.nodes
+            .get(id)
+            .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     /// Stops a node (its data stays).
@@ -179,7 +186,9 @@ pub async fn wait_state(
     let deadline = Instant::now() + within;
     loop {
         let s = client
-            .get_status(pb::GetStatusRequest { message_id: id.into() })
+            .get_status(pb::GetStatusRequest {
+                message_id: id.into(),
+            })
             .await
             .expect("status")
             .into_inner();
@@ -187,7 +196,10 @@ pub async fn wait_state(
             return s;
         }
         if Instant::now() > deadline {
-            panic!("{id} is in state {} after {within:?}, expected {state}", s.state);
+            panic!(
+                "{id} is in state {} after {within:?}, expected {state}",
+                s.state
+            );
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -200,7 +212,10 @@ pub async fn receiver(
     lease_seconds: u32,
 ) -> tonic::Streaming<pb::Delivery> {
     client
-        .receive(pb::ReceiveRequest { max_outstanding, lease_seconds })
+        .receive(pb::ReceiveRequest {
+            max_outstanding,
+            lease_seconds,
+        })
         .await
         .expect("receive")
         .into_inner()

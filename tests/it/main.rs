@@ -3,6 +3,7 @@
 
 mod crash;
 mod custody;
+mod config_files;
 mod harness;
 mod message_path;
 mod refusals;

@@ -2,13 +2,20 @@
 //! feedback, and every hand-over verifiable with public keys alone.
 
 use crate::harness::*;
-use cluebridge::model::{MessageKind, ReceiptKind, SentState, SignedEnvelope, SignedReceipt, sha256};
+use cluebridge::model::{
+    MessageKind, ReceiptKind, SentState, SignedEnvelope, SignedReceipt, sha256,
+};
 use cluebridge::pb;
 
 fn kinds(s: &pb::GetStatusResponse) -> Vec<ReceiptKind> {
     s.receipts
         .iter()
-        .map(|r| SignedReceipt::from_wire(r.clone()).open().expect("receipt").kind)
+        .map(|r| {
+            SignedReceipt::from_wire(r.clone())
+                .open()
+                .expect("receipt")
+                .kind
+        })
         .collect()
 }
 
@@ -20,10 +27,24 @@ async fn both_kinds_travel_and_every_hand_over_verifies() {
     let mut security = fed.client(SECURITY);
     let mut personnel = fed.client(PERSONNEL);
 
-    submit(&mut discipline, submit_request("clue-1", MessageKind::ClueTransfer, SECURITY, b"clue evidence")).await;
     submit(
         &mut discipline,
-        submit_request("rect-1", MessageKind::RectificationSuggestion, PERSONNEL, b"restore rank"),
+        submit_request(
+            "clue-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            b"clue evidence",
+        ),
+    )
+    .await;
+    submit(
+        &mut discipline,
+        submit_request(
+            "rect-1",
+            MessageKind::RectificationSuggestion,
+            PERSONNEL,
+            b"restore rank",
+        ),
     )
     .await;
 
@@ -31,29 +52,53 @@ async fn both_kinds_travel_and_every_hand_over_verifies() {
     let clue = next(&mut stream, 10 * SECOND).await;
     assert_eq!((clue.message_id.as_str(), clue.attempt), ("clue-1", 1));
     let envelope = SignedEnvelope::from_wire(clue.envelope.clone().expect("envelope"));
-    let header = keyring.verify_envelope(&envelope).expect("envelope verifies with public keys");
+    let header = keyring
+        .verify_envelope(&envelope)
+        .expect("envelope verifies with public keys");
     assert_eq!(header.sender_node, DISCIPLINE);
     assert_eq!(header.sender_principal, "backoffice");
     assert_eq!(envelope.payload, b"clue evidence");
-    security.ack(pb::AckRequest { lease: lease_of(&clue) }).await.expect("ack");
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&clue),
+        })
+        .await
+        .expect("ack");
 
     let mut stream = receiver(&mut personnel, 4, 30).await;
     let rect = next(&mut stream, 10 * SECOND).await;
     assert_eq!(rect.message_id, "rect-1");
     personnel
-        .reject(pb::RejectRequest { lease: lease_of(&rect), reason: "position already restored".into() })
+        .reject(pb::RejectRequest {
+            lease: lease_of(&rect),
+            reason: "position already restored".into(),
+        })
         .await
         .expect("reject");
 
-    let acked = wait_state(&mut discipline, "clue-1", SentState::Acknowledged, 10 * SECOND).await;
+    let acked = wait_state(
+        &mut discipline,
+        "clue-1",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
     assert_eq!(
         kinds(&acked),
-        [ReceiptKind::Accepted, ReceiptKind::Delivered, ReceiptKind::Acknowledged]
+        [
+            ReceiptKind::Accepted,
+            ReceiptKind::Delivered,
+            ReceiptKind::Acknowledged
+        ]
     );
     let rejected = wait_state(&mut discipline, "rect-1", SentState::Rejected, 10 * SECOND).await;
     assert_eq!(
         kinds(&rejected),
-        [ReceiptKind::Accepted, ReceiptKind::Delivered, ReceiptKind::Rejected]
+        [
+            ReceiptKind::Accepted,
+            ReceiptKind::Delivered,
+            ReceiptKind::Rejected
+        ]
     );
 
     // Every receipt verifies with the trust list alone and is bound to the
@@ -64,11 +109,17 @@ async fn both_kinds_travel_and_every_hand_over_verifies() {
             let signed = SignedReceipt::from_wire(r.clone());
             let receipt = keyring.verify_receipt(&signed).expect("receipt verifies");
             assert_eq!(receipt.header_sha256, header_digest);
-            let expected_issuer = if i == 0 { DISCIPLINE } else { status.recipient_node.as_str() };
+            let expected_issuer = if i == 0 {
+                DISCIPLINE
+            } else {
+                status.recipient_node.as_str()
+            };
             assert_eq!(receipt.issuer_node, expected_issuer);
         }
     }
-    let rejection = SignedReceipt::from_wire(rejected.receipts[2].clone()).open().expect("receipt");
+    let rejection = SignedReceipt::from_wire(rejected.receipts[2].clone())
+        .open()
+        .expect("receipt");
     assert_eq!(rejection.reason, "position already restored");
 
     // Personnel answers the suggestion with feedback, which goes back only
@@ -78,8 +129,16 @@ async fn both_kinds_travel_and_every_hand_over_verifies() {
     submit(&mut personnel, feedback).await;
     let mut stream = receiver(&mut discipline, 4, 30).await;
     let fb = next(&mut stream, 10 * SECOND).await;
-    assert_eq!((fb.sender_node.as_str(), fb.message_id.as_str()), (PERSONNEL, "fb-1"));
-    discipline.ack(pb::AckRequest { lease: lease_of(&fb) }).await.expect("ack feedback");
+    assert_eq!(
+        (fb.sender_node.as_str(), fb.message_id.as_str()),
+        (PERSONNEL, "fb-1")
+    );
+    discipline
+        .ack(pb::AckRequest {
+            lease: lease_of(&fb),
+        })
+        .await
+        .expect("ack feedback");
     wait_state(&mut personnel, "fb-1", SentState::Acknowledged, 10 * SECOND).await;
 }
 
@@ -88,7 +147,11 @@ async fn watch_receipts_resumes_after_its_cursor() {
     use tokio_stream::StreamExt;
     let fed = TestFederation::start().await;
     let mut discipline = fed.client(DISCIPLINE);
-    submit(&mut discipline, submit_request("w-1", MessageKind::ClueTransfer, SECURITY, b"a")).await;
+    submit(
+        &mut discipline,
+        submit_request("w-1", MessageKind::ClueTransfer, SECURITY, b"a"),
+    )
+    .await;
     wait_state(&mut discipline, "w-1", SentState::Delivered, 10 * SECOND).await;
 
     let mut watch = discipline
@@ -99,7 +162,9 @@ async fn watch_receipts_resumes_after_its_cursor() {
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let e = watch.next().await.expect("event").expect("ok");
-        let r = SignedReceipt::from_wire(e.receipt.expect("receipt")).open().expect("receipt");
+        let r = SignedReceipt::from_wire(e.receipt.expect("receipt"))
+            .open()
+            .expect("receipt");
         seen.push((e.cursor, r.kind));
     }
     assert_eq!(seen[0].1, ReceiptKind::Accepted);
@@ -115,9 +180,18 @@ async fn watch_receipts_resumes_after_its_cursor() {
         .await
         .expect("watch")
         .into_inner();
-    submit(&mut discipline, submit_request("w-2", MessageKind::ClueTransfer, SECURITY, b"b")).await;
+    submit(
+        &mut discipline,
+        submit_request("w-2", MessageKind::ClueTransfer, SECURITY, b"b"),
+    )
+    .await;
     let e = watch.next().await.expect("event").expect("ok");
     assert!(e.cursor > last);
-    let r = SignedReceipt::from_wire(e.receipt.expect("receipt")).open().expect("receipt");
-    assert_eq!((r.message_id.as_str(), r.kind), ("w-2", ReceiptKind::Accepted));
+    let r = SignedReceipt::from_wire(e.receipt.expect("receipt"))
+        .open()
+        .expect("receipt");
+    assert_eq!(
+        (r.message_id.as_str(), r.kind),
+        ("w-2", ReceiptKind::Accepted)
+    );
 }

@@ -33,7 +33,12 @@ fn sealed(signer: &NodeSigner, h: &EnvelopeHeader, payload: &[u8]) -> pb::Signed
 }
 
 /// Delivers one envelope to `target` as node `as_node`; returns the refusal.
-async fn refusal(fed: &TestFederation, as_node: &str, target: &str, e: pb::SignedEnvelope) -> pb::Refusal {
+async fn refusal(
+    fed: &TestFederation,
+    as_node: &str,
+    target: &str,
+    e: pb::SignedEnvelope,
+) -> pb::Refusal {
     let response = fed
         .peer_as(as_node, target)
         .deliver(pb::DeliverRequest { envelopes: vec![e] })
@@ -52,11 +57,22 @@ async fn a_forbidden_route_is_refused_at_submit_and_nothing_is_stored() {
     let mut personnel = fed.client(PERSONNEL);
     let before = fed.node(PERSONNEL).broker.store().counts();
     let err = personnel
-        .submit(submit_request("p-1", MessageKind::ClueTransfer, SECURITY, b"x"))
+        .submit(submit_request(
+            "p-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            b"x",
+        ))
         .await
         .expect_err("personnel may not send clue transfers to public security");
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("route policy forbids clue_transfer from a personnel agency to a public_security agency"), "{}", err.message());
+    assert!(
+        err.message().contains(
+            "route policy forbids clue_transfer from a personnel agency to a public_security agency"
+        ),
+        "{}",
+        err.message()
+    );
     assert_eq!(fed.node(PERSONNEL).broker.store().counts(), before);
 }
 
@@ -66,11 +82,28 @@ async fn submit_refusals_say_what_was_wrong() {
     let mut discipline = fed.client(DISCIPLINE);
     let before = fed.node(DISCIPLINE).broker.store().counts();
     let cases = [
-        (submit_request("u-1", MessageKind::ClueTransfer, "nowhere", b"x"), Code::NotFound, "not in the federation"),
-        (submit_request("u-2", MessageKind::ClueTransfer, DISCIPLINE, b"x"), Code::InvalidArgument, "is this node"),
-        (submit_request("bad id", MessageKind::ClueTransfer, SECURITY, b"x"), Code::InvalidArgument, "message_id"),
         (
-            submit_request("u-3", MessageKind::ClueTransfer, SECURITY, &vec![0; 1024 * 1024 + 1]),
+            submit_request("u-1", MessageKind::ClueTransfer, "nowhere", b"x"),
+            Code::NotFound,
+            "not in the federation",
+        ),
+        (
+            submit_request("u-2", MessageKind::ClueTransfer, DISCIPLINE, b"x"),
+            Code::InvalidArgument,
+            "is this node",
+        ),
+        (
+            submit_request("bad id", MessageKind::ClueTransfer, SECURITY, b"x"),
+            Code::InvalidArgument,
+            "message_id",
+        ),
+        (
+            submit_request(
+                "u-3",
+                MessageKind::ClueTransfer,
+                SECURITY,
+                &vec![0; 1024 * 1024 + 1],
+            ),
             Code::ResourceExhausted,
             "payload is 1048577 bytes",
         ),
@@ -107,13 +140,24 @@ async fn submit_is_idempotent_on_message_id() {
     let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
     let mut discipline = fed.client(DISCIPLINE);
     let request = submit_request("same-1", MessageKind::ClueTransfer, SECURITY, b"content");
-    let first = discipline.submit(request.clone()).await.expect("first").into_inner();
+    let first = discipline
+        .submit(request.clone())
+        .await
+        .expect("first")
+        .into_inner();
     assert!(!first.duplicate);
     let counts = fed.node(DISCIPLINE).broker.store().counts();
 
-    let again = discipline.submit(request.clone()).await.expect("retry").into_inner();
+    let again = discipline
+        .submit(request.clone())
+        .await
+        .expect("retry")
+        .into_inner();
     assert!(again.duplicate);
-    assert_eq!(again.accepted, first.accepted, "the original accepted receipt");
+    assert_eq!(
+        again.accepted, first.accepted,
+        "the original accepted receipt"
+    );
     assert_eq!(again.envelope_header, first.envelope_header);
     assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), counts);
 
@@ -136,27 +180,71 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
 
     // Forbidden route: personnel may not send clue transfers to public
     // security, even with a valid signature and its own certificate.
-    let h = header("r-1", MessageKind::ClueTransfer, PERSONNEL, SECURITY, payload);
-    let r = refusal(&fed, PERSONNEL, SECURITY, sealed(&fed.signer(PERSONNEL), &h, payload)).await;
+    let h = header(
+        "r-1",
+        MessageKind::ClueTransfer,
+        PERSONNEL,
+        SECURITY,
+        payload,
+    );
+    let r = refusal(
+        &fed,
+        PERSONNEL,
+        SECURITY,
+        sealed(&fed.signer(PERSONNEL), &h, payload),
+    )
+    .await;
     assert_eq!(r.code, Code::PermissionDenied as i32);
     assert!(r.message.contains("route policy forbids"), "{}", r.message);
 
     // Bad signature: one flipped bit.
-    let h = header("r-2", MessageKind::ClueTransfer, DISCIPLINE, SECURITY, payload);
+    let h = header(
+        "r-2",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
     let mut e = sealed(&fed.signer(DISCIPLINE), &h, payload);
     e.signature[10] ^= 0x01;
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
     assert_eq!(r.code, Code::PermissionDenied as i32);
-    assert!(r.message.contains("signature does not verify"), "{}", r.message);
+    assert!(
+        r.message.contains("signature does not verify"),
+        "{}",
+        r.message
+    );
 
     // The envelope says discipline but judicial's certificate delivers it.
-    let h = header("r-3", MessageKind::ClueTransfer, DISCIPLINE, SECURITY, payload);
-    let r = refusal(&fed, JUDICIAL, SECURITY, sealed(&fed.signer(DISCIPLINE), &h, payload)).await;
+    let h = header(
+        "r-3",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
+    let r = refusal(
+        &fed,
+        JUDICIAL,
+        SECURITY,
+        sealed(&fed.signer(DISCIPLINE), &h, payload),
+    )
+    .await;
     assert_eq!(r.code, Code::PermissionDenied as i32);
-    assert!(r.message.contains("delivered by node \"judicial\""), "{}", r.message);
+    assert!(
+        r.message.contains("delivered by node \"judicial\""),
+        "{}",
+        r.message
+    );
 
     // Signed by the wrong node's key under the right name.
-    let h = header("r-4", MessageKind::ClueTransfer, DISCIPLINE, SECURITY, payload);
+    let h = header(
+        "r-4",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
     let forged = NodeSigner::from_text(
         DISCIPLINE,
         "discipline-k1",
@@ -167,7 +255,13 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
     assert_eq!(r.code, Code::PermissionDenied as i32);
 
     // Payload that does not match the signed digest.
-    let h = header("r-5", MessageKind::ClueTransfer, DISCIPLINE, SECURITY, payload);
+    let h = header(
+        "r-5",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
     let mut e = sealed(&fed.signer(DISCIPLINE), &h, payload);
     e.payload = b"evidencf".to_vec();
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
@@ -175,7 +269,11 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
     assert!(r.message.contains("SHA-256"), "{}", r.message);
 
     // Garbage header bytes.
-    let e = pb::SignedEnvelope { header: vec![0xff; 7], signature: vec![0; 64], payload: vec![] };
+    let e = pb::SignedEnvelope {
+        header: vec![0xff; 7],
+        signature: vec![0; 64],
+        payload: vec![],
+    };
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
     assert_eq!(r.code, Code::InvalidArgument as i32);
 
@@ -190,7 +288,11 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         .await
         .expect_err("client certificate on Peer");
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert!(err.message().contains("client certificate"), "{}", err.message());
+    assert!(
+        err.message().contains("client certificate"),
+        "{}",
+        err.message()
+    );
 
     // A node certificate may not call Broker.
     let node_as_client = cluebridge::client::Connection {
@@ -198,25 +300,52 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         server_name: SECURITY.into(),
         ca_pem: std::fs::read_to_string(fed.dev.dir.join("ca.pem")).expect("ca"),
         cert_pem: std::fs::read_to_string(fed.dev.dir.join("certs/discipline.pem")).expect("cert"),
-        key_pem: std::fs::read_to_string(fed.dev.dir.join("certs/discipline-key.pem")).expect("key"),
+        key_pem: std::fs::read_to_string(fed.dev.dir.join("certs/discipline-key.pem"))
+            .expect("key"),
     };
     let err = node_as_client
         .broker()
         .expect("client")
-        .get_status(pb::GetStatusRequest { message_id: "x".into() })
+        .get_status(pb::GetStatusRequest {
+            message_id: "x".into(),
+        })
         .await
         .expect_err("node certificate on Broker");
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // A valid envelope is taken, and delivering it again yields the same
     // receipt and one copy in custody.
-    let h = header("r-ok", MessageKind::ClueTransfer, DISCIPLINE, SECURITY, payload);
+    let h = header(
+        "r-ok",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
     let e = sealed(&fed.signer(DISCIPLINE), &h, payload);
     let mut peer = fed.peer_as(DISCIPLINE, SECURITY);
-    let first = peer.deliver(pb::DeliverRequest { envelopes: vec![e.clone()] }).await.expect("deliver").into_inner();
-    let second = peer.deliver(pb::DeliverRequest { envelopes: vec![e.clone()] }).await.expect("deliver").into_inner();
-    assert!(matches!(first.outcomes[0].outcome, Some(pb::deliver_outcome::Outcome::Delivered(_))));
-    assert_eq!(first.outcomes, second.outcomes, "the same delivered receipt");
+    let first = peer
+        .deliver(pb::DeliverRequest {
+            envelopes: vec![e.clone()],
+        })
+        .await
+        .expect("deliver")
+        .into_inner();
+    let second = peer
+        .deliver(pb::DeliverRequest {
+            envelopes: vec![e.clone()],
+        })
+        .await
+        .expect("deliver")
+        .into_inner();
+    assert!(matches!(
+        first.outcomes[0].outcome,
+        Some(pb::deliver_outcome::Outcome::Delivered(_))
+    ));
+    assert_eq!(
+        first.outcomes, second.outcomes,
+        "the same delivered receipt"
+    );
     assert_eq!(store().inbound, before.inbound + 1);
     let _ = SignedEnvelope::from_wire(e);
 }

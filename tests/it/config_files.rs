@@ -1,0 +1,55 @@
+//! The configuration files in `config/` parse, document the real defaults,
+//! and mistakes are reported with the file and field.
+
+use cluebridge::config::{
+    DeliverySettings, Federation, FederationFile, Limits, NodeConfig, NodeFile,
+};
+use std::path::Path;
+
+fn repo(path: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+#[test]
+fn example_files_parse_and_show_the_real_defaults() {
+    let text = std::fs::read_to_string(repo("config/federation.toml")).expect("federation.toml");
+    let file: FederationFile = toml::from_str(&text).expect("federation.toml parses");
+    // Validate it fully against a stand-in CA file.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ca = cluebridge::crypto::certs::Ca::generate("t", 1).expect("ca");
+    std::fs::write(tmp.path().join("ca.pem"), &ca.cert.cert_pem).expect("write");
+    let mut file = file;
+    file.ca_cert = "ca.pem".into();
+    let fed = Federation::from_file(&tmp.path().join("federation.toml"), file).expect("valid");
+    assert_eq!(fed.nodes.len(), 4);
+
+    for agency in ["discipline", "personnel", "public_security", "judicial"] {
+        let text = std::fs::read_to_string(repo(&format!("config/{agency}.toml"))).expect("node file");
+        let node: NodeFile = toml::from_str(&text).expect("node file parses");
+        assert_eq!(node.node_id, agency);
+        assert!(fed.node(agency).is_some());
+        // The documented values are the defaults the code uses.
+        assert_eq!(node.delivery, DeliverySettings::default());
+        assert_eq!(node.limits, Limits::default());
+    }
+}
+
+#[test]
+fn a_mistake_names_its_file_and_field() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |_| {}).expect("dev");
+    let fed_path = tmp.path().join("federation.toml");
+    let text = std::fs::read_to_string(&fed_path).expect("read");
+    std::fs::write(&fed_path, text.replacen("kind = \"personnel\"", "kind = \"personel\"", 1)).expect("write");
+    let err = NodeConfig::load(&dev.node_file("discipline")).expect_err("typo").to_string();
+    assert!(err.contains("federation.toml"), "{err}");
+    assert!(err.contains("node[1].kind"), "{err}");
+    assert!(err.contains("\"personel\""), "{err}");
+
+    std::fs::write(&fed_path, text).expect("restore");
+    let node_path = dev.node_file("discipline");
+    let node = std::fs::read_to_string(&node_path).expect("read");
+    std::fs::write(&node_path, node.replace("listen = \"127.0.0.1:1\"", "listen = \"nowhere\"")).expect("write");
+    let err = NodeConfig::load(&node_path).expect_err("bad listen").to_string();
+    assert!(err.contains("discipline.toml") && err.contains("listen"), "{err}");
+}
