@@ -24,7 +24,8 @@ fn example_files_parse_and_show_the_real_defaults() {
     assert_eq!(fed.nodes.len(), 4);
 
     for agency in ["discipline", "personnel", "public_security", "judicial"] {
-        let text = std::fs::read_to_string(repo(&format!("config/{agency}.toml"))).expect("node file");
+        let text =
+            std::fs::read_to_string(repo(&format!("config/{agency}.toml"))).expect("node file");
         let node: NodeFile = toml::from_str(&text).expect("node file parses");
         assert_eq!(node.node_id, agency);
         assert!(fed.node(agency).is_some());
@@ -37,11 +38,18 @@ fn example_files_parse_and_show_the_real_defaults() {
 #[test]
 fn a_mistake_names_its_file_and_field() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let dev = cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |_| {}).expect("dev");
+    let dev =
+        cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |_| {}).expect("dev");
     let fed_path = tmp.path().join("federation.toml");
     let text = std::fs::read_to_string(&fed_path).expect("read");
-    std::fs::write(&fed_path, text.replacen("kind = \"personnel\"", "kind = \"personel\"", 1)).expect("write");
-    let err = NodeConfig::load(&dev.node_file("discipline")).expect_err("typo").to_string();
+    std::fs::write(
+        &fed_path,
+        text.replacen("kind = \"personnel\"", "kind = \"personel\"", 1),
+    )
+    .expect("write");
+    let err = NodeConfig::load(&dev.node_file("discipline"))
+        .expect_err("typo")
+        .to_string();
     assert!(err.contains("federation.toml"), "{err}");
     assert!(err.contains("node[1].kind"), "{err}");
     assert!(err.contains("\"personel\""), "{err}");
@@ -49,7 +57,16 @@ fn a_mistake_names_its_file_and_field() {
     std::fs::write(&fed_path, text).expect("restore");
     let node_path = dev.node_file("discipline");
     let node = std::fs::read_to_string(&node_path).expect("read");
-    std::fs::write(&node_path, node.replace("listen = \"127.0.0.1:1\"", "listen = \"nowhere\"")).expect("write");
-    let err = NodeConfig::load(&node_path).expect_err("bad listen").to_string();
-    assert!(err.contains("discipline.toml") && err.contains("listen"), "{err}");
+    std::fs::write(
+        &node_path,
+        node.replace("listen = \"127.0.0.1:1\"", "listen = \"nowhere\""),
+    )
+    .expect("write");
+    let err = NodeConfig::load(&node_path)
+        .expect_err("bad listen")
+        .to_string();
+    assert!(
+        err.contains("discipline.toml") && err.contains("listen"),
+        "{err}"
+    );
 }

@@ -1,9 +1,9 @@
 //! Integration tests: real nodes on 127.0.0.1:0 with real certificates in
 //! a temporary directory. One test binary; `harness` holds the federation.
 
+mod config_files;
 mod crash;
 mod custody;
-mod config_files;
 mod harness;
 mod message_path;
 mod refusals;
