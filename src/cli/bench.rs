@@ -139,7 +139,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         .into_inner();
     let (ack_tx, ack_rx) = async_channel(4096);
     let mut ackers = Vec::new();
-    for _ in 0..4 {
+    // Acknowledgements wait for the receiving node's flush; enough of them
+    // in flight lets one flush serve many.
+    for _ in 0..32 {
         let mut client = receiver.broker()?;
         let rx = ack_rx.clone();
         ackers.push(tokio::spawn(async move {
