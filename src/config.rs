@@ -4,9 +4,11 @@
 //! paths in a file are resolved against the directory of that file.
 
 use crate::crypto::{Keyring, NodeSigner, PublicKeyEntry};
-use crate::model::{AgencyKind, MessageKind, Route, RoutePolicy, validate_id};
+use crate::format_time;
+use crate::model::{AgencyKind, MessageKind, Principal, Role, Route, RoutePolicy, validate_id};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -111,6 +113,24 @@ pub struct NodeFile {
     pub delivery: DeliverySettings,
     #[serde(default)]
     pub limits: Limits,
+    /// The agency's client systems and what each may do.
+    #[serde(rename = "principal", default)]
+    pub principals: Vec<PrincipalFile>,
+}
+
+/// One `[[principal]]` of a node file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalFile {
+    /// The client name in its certificate
+    /// (`cluebridge://node/<node-id>/client/<name>`).
+    pub name: String,
+    /// Any of `submit`, `receive`, `operate`, `audit`.
+    pub roles: Vec<String>,
+    /// For `receive`: the message kinds this principal is given (all when
+    /// absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_kinds: Option<Vec<String>>,
 }
 
 /// How and when messages move. Every field has a default.
@@ -182,6 +202,9 @@ pub struct Limits {
     pub max_clock_skew_ms: u64,
     /// Envelopes or receipts accepted in one `Peer` call.
     pub max_peer_batch: usize,
+    /// Submits per second one principal may make (sustained; bursts of up
+    /// to one second's worth pass). 0 turns the limit off.
+    pub submit_rate_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -196,6 +219,7 @@ impl Default for Limits {
             max_release_delay_ms: 3_600_000,
             max_clock_skew_ms: 5 * 60 * 1000,
             max_peer_batch: 1024,
+            submit_rate_per_sec: 2000,
         }
     }
 }
@@ -318,7 +342,8 @@ impl Federation {
     }
 }
 
-fn parse_endpoint(endpoint: &str) -> Result<String, String> {
+/// The host of an `https://host:port` endpoint, checked.
+pub(crate) fn parse_endpoint(endpoint: &str) -> Result<String, String> {
     let rest = endpoint
         .strip_prefix("https://")
         .ok_or_else(|| format!("{endpoint:?} must start with https:// (peers talk mTLS)"))?;
@@ -342,6 +367,122 @@ fn parse_time(t: Option<&str>) -> Result<Option<u64>, String> {
     let dt = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
         .map_err(|e| format!("{t:?} is not an RFC 3339 time: {e}"))?;
     Ok(Some((dt.unix_timestamp_nanos() / 1_000_000).max(0) as u64))
+}
+
+fn load_principals(
+    files: &[PrincipalFile],
+) -> Result<BTreeMap<String, Principal>, (usize, String)> {
+    let mut principals = BTreeMap::new();
+    for (i, p) in files.iter().enumerate() {
+        validate_id("client name", &p.name).map_err(|e| (i, format!("name: {e}")))?;
+        if p.roles.is_empty() {
+            return Err((
+                i,
+                format!(
+                    "roles: principal {:?} has no role; give it some of submit, receive, operate, audit",
+                    p.name
+                ),
+            ));
+        }
+        let roles = p
+            .roles
+            .iter()
+            .map(|r| r.parse::<Role>())
+            .collect::<Result<BTreeSet<_>, _>>()
+            .map_err(|e| (i, format!("roles: {e}")))?;
+        let receive_kinds = match &p.receive_kinds {
+            None => None,
+            Some(kinds) => {
+                if !roles.contains(&Role::Receive) {
+                    return Err((
+                        i,
+                        format!(
+                            "receive_kinds: principal {:?} lacks the receive role",
+                            p.name
+                        ),
+                    ));
+                }
+                Some(
+                    kinds
+                        .iter()
+                        .map(|k| k.parse::<MessageKind>())
+                        .collect::<Result<BTreeSet<_>, _>>()
+                        .map_err(|e| (i, format!("receive_kinds: {e}")))?,
+                )
+            }
+        };
+        let principal = Principal {
+            name: p.name.clone(),
+            roles,
+            receive_kinds,
+        };
+        if principals.insert(p.name.clone(), principal).is_some() {
+            return Err((i, format!("name: principal {:?} is listed twice", p.name)));
+        }
+    }
+    Ok(principals)
+}
+
+/// Checks that a node's TLS certificate is valid now and names the node;
+/// returns its expiry (Unix ms).
+fn check_tls_cert(cert_pem: &str, node_id: &str, now_ms: u64) -> Result<u64, String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+        .map_err(|e| format!("not a PEM certificate: {e}"))?;
+    let der = pem.contents;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|e| format!("certificate does not parse: {e}"))?;
+    let validity = cert.validity();
+    let to_ms = |t: &x509_parser::time::ASN1Time| (t.timestamp().max(0) as u64) * 1000;
+    let (not_before, not_after) = (to_ms(&validity.not_before), to_ms(&validity.not_after));
+    if now_ms < not_before {
+        return Err(format!(
+            "the certificate is not valid before {}; check the clock or reissue it",
+            format_time(not_before)
+        ));
+    }
+    if now_ms > not_after {
+        return Err(format!(
+            "the certificate expired at {}; issue a new one with `cluebridge gen-certs`",
+            format_time(not_after)
+        ));
+    }
+    match crate::crypto::tls::identity_of(&der) {
+        Ok(crate::crypto::PeerIdentity::Node(id)) if id == node_id => Ok(not_after),
+        Ok(other) => Err(format!(
+            "the certificate names {other}, not node {node_id:?}"
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Checks that the node's own signing key may sign now.
+fn check_key_window(
+    federation: &Federation,
+    node_id: &str,
+    key_id: &str,
+    now_ms: u64,
+) -> Result<(), String> {
+    let entry = federation
+        .keyring
+        .entry(node_id, key_id)
+        .map_err(|e| e.to_string())?;
+    if let Some(nb) = entry.not_before_ms
+        && now_ms < nb
+    {
+        return Err(format!(
+            "key {key_id:?} may sign only from {} on; keep signing with the previous key until then",
+            format_time(nb)
+        ));
+    }
+    if let Some(na) = entry.not_after_ms
+        && now_ms > na
+    {
+        return Err(format!(
+            "key {key_id:?} stopped being valid at {}; switch to a newer key of the trust list",
+            format_time(na)
+        ));
+    }
+    Ok(())
 }
 
 /// TLS material of a node, read from its files.
@@ -369,6 +510,10 @@ pub struct NodeConfig {
     pub tls: TlsMaterial,
     pub delivery: DeliverySettings,
     pub limits: Limits,
+    /// The agency's client systems by name.
+    pub principals: BTreeMap<String, Principal>,
+    /// When the node's TLS certificate stops being valid (Unix ms).
+    pub tls_not_after_ms: u64,
     pub federation: Arc<Federation>,
 }
 
@@ -426,6 +571,13 @@ impl NodeConfig {
             .map_err(|e| err(path, format!("tls_cert: {e}")))?;
         let key_pem =
             read(&resolve(path, &file.tls_key)).map_err(|e| err(path, format!("tls_key: {e}")))?;
+        let now = crate::now_ms();
+        let tls_not_after_ms = check_tls_cert(&cert_pem, &file.node_id, now)
+            .map_err(|e| err(path, format!("tls_cert: {e}")))?;
+        check_key_window(&federation, &file.node_id, &file.signing_key_id, now)
+            .map_err(|e| err(path, format!("signing_key_id: {e}")))?;
+        let principals = load_principals(&file.principals)
+            .map_err(|(i, e)| err(path, format!("principal[{i}].{e}")))?;
         let d = &file.delivery;
         if d.max_deliveries == 0 {
             return Err(err(path, "delivery.max_deliveries: must be at least 1"));
@@ -467,6 +619,8 @@ impl NodeConfig {
             },
             delivery: file.delivery,
             limits: file.limits,
+            principals,
+            tls_not_after_ms,
             federation: Arc::new(federation),
         })
     }

@@ -3,19 +3,21 @@
 //! client certificate per node, `federation.toml` and four node files.
 //! Used by `up`, `bench` and the integration tests.
 
-use crate::config::{FederationFile, KeyFile, NodeEntryFile, NodeFile, RouteFile};
-use crate::crypto::NodeSigner;
-use crate::crypto::certs::Ca;
+use crate::config::{FederationFile, KeyFile, NodeEntryFile, NodeFile, PrincipalFile, RouteFile};
 use crate::model::AgencyKind;
+use crate::provision::{self, write_file};
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The dev federation's nodes, one per agency kind, named after it.
 pub const NODES: [AgencyKind; 4] = AgencyKind::ALL;
 
-/// The client system name whose certificate each node gets.
+/// The back-office principal of each node: roles `submit` and `receive`.
 pub const CLIENT_NAME: &str = "backoffice";
+/// The operators' principal of each node: role `operate`.
+pub const OPERATOR_NAME: &str = "operator";
+/// The compliance staff's principal of each node: role `audit`.
+pub const AUDITOR_NAME: &str = "auditor";
 
 /// The routes of the development federation: discipline transfers clues to
 /// public security and judicial organs and receives theirs; it sends
@@ -54,28 +56,6 @@ pub struct ClientFiles {
     pub key: PathBuf,
 }
 
-fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if private { 0o600 } else { 0o644 });
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.sync_all()
-        .with_context(|| format!("syncing {}", path.display()))?;
-    Ok(())
-}
-
 impl DevFederation {
     /// Opens an existing development federation, if `dir` holds one.
     pub fn open(dir: &Path) -> Option<DevFederation> {
@@ -93,44 +73,28 @@ impl DevFederation {
         tune: impl Fn(&mut NodeFile),
     ) -> Result<DevFederation> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let ca = Ca::generate("cluebridge-dev", 365)?;
-        write_file(&dir.join("ca.pem"), &ca.cert.cert_pem, false)?;
-        write_file(&dir.join("ca-key.pem"), &ca.cert.key_pem, true)?;
         let mut entries = Vec::new();
+        let mut node_files = Vec::new();
         for (kind, port) in NODES.iter().zip(ports) {
             let id = kind.as_str();
             let key_id = format!("{id}-k1");
-            let signer = NodeSigner::generate(id, &key_id);
-            write_file(
-                &dir.join(format!("keys/{id}.ed25519")),
-                &signer.to_text(),
-                true,
-            )?;
-            let tls = ca.issue_node(id, &["127.0.0.1".into(), "localhost".into()])?;
-            write_file(&dir.join(format!("certs/{id}.pem")), &tls.cert_pem, false)?;
-            write_file(&dir.join(format!("certs/{id}-key.pem")), &tls.key_pem, true)?;
-            let client = ca.issue_client(id, CLIENT_NAME)?;
-            write_file(
-                &dir.join(format!("clients/{id}/{CLIENT_NAME}.pem")),
-                &client.cert_pem,
-                false,
-            )?;
-            write_file(
-                &dir.join(format!("clients/{id}/{CLIENT_NAME}-key.pem")),
-                &client.key_pem,
-                true,
-            )?;
             entries.push(NodeEntryFile {
                 id: id.into(),
                 kind: id.into(),
                 endpoint: format!("https://127.0.0.1:{port}"),
+                // Filled in by gen-certs below.
                 keys: vec![KeyFile {
                     id: key_id.clone(),
-                    public_key: signer.public_key_base64(),
+                    public_key: String::new(),
                     not_before: None,
                     not_after: None,
                 }],
             });
+            let principal = |name: &str, roles: &[&str]| PrincipalFile {
+                name: name.into(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+                receive_kinds: None,
+            };
             let mut node = NodeFile {
                 node_id: id.into(),
                 federation: "federation.toml".into(),
@@ -142,16 +106,23 @@ impl DevFederation {
                 tls_key: format!("certs/{id}-key.pem").into(),
                 delivery: Default::default(),
                 limits: Default::default(),
+                principals: vec![
+                    principal(CLIENT_NAME, &["submit", "receive"]),
+                    principal(OPERATOR_NAME, &["operate"]),
+                    principal(AUDITOR_NAME, &["audit"]),
+                ],
             };
             tune(&mut node);
             let text = toml::to_string_pretty(&node).context("encoding a node file")?;
+            let path = dir.join(format!("{id}.toml"));
             write_file(
-                &dir.join(format!("{id}.toml")),
+                &path,
                 &format!(
                     "# Development node file of the {id} agency, made by `cluebridge up`.\n{text}"
                 ),
                 false,
             )?;
+            node_files.push(path);
         }
         let federation = FederationFile {
             name: "cluebridge-dev".into(),
@@ -160,13 +131,20 @@ impl DevFederation {
             routes: dev_routes(),
         };
         let text = toml::to_string_pretty(&federation).context("encoding federation.toml")?;
+        let federation_path = dir.join("federation.toml");
         write_file(
-            &dir.join("federation.toml"),
+            &federation_path,
             &format!(
                 "# Development trust list, made by `cluebridge up`. Not for production.\n{text}"
             ),
             false,
         )?;
+        let options = provision::Options {
+            existing: provision::Existing::Refuse,
+            ca_days: 365,
+            cert_days: 365,
+        };
+        provision::gen_certs(&federation_path, &node_files, &options)?;
         Ok(DevFederation {
             dir: dir.to_path_buf(),
         })
@@ -176,8 +154,13 @@ impl DevFederation {
         self.dir.join(format!("{node_id}.toml"))
     }
 
-    /// The files a client system of `node_id`'s agency uses.
+    /// The files the back-office system of `node_id`'s agency uses.
     pub fn client(&self, node_id: &str) -> Result<ClientFiles> {
+        self.client_as(node_id, CLIENT_NAME)
+    }
+
+    /// The files principal `name` of `node_id`'s agency uses.
+    pub fn client_as(&self, node_id: &str, name: &str) -> Result<ClientFiles> {
         let config = crate::config::NodeConfig::load(&self.node_file(node_id))?;
         let entry = config
             .federation
@@ -187,12 +170,8 @@ impl DevFederation {
             endpoint: entry.endpoint.clone(),
             server_name: node_id.to_string(),
             ca: self.dir.join("ca.pem"),
-            cert: self
-                .dir
-                .join(format!("clients/{node_id}/{CLIENT_NAME}.pem")),
-            key: self
-                .dir
-                .join(format!("clients/{node_id}/{CLIENT_NAME}-key.pem")),
+            cert: self.dir.join(format!("clients/{node_id}/{name}.pem")),
+            key: self.dir.join(format!("clients/{node_id}/{name}-key.pem")),
         })
     }
 }

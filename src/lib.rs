@@ -9,6 +9,7 @@
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
 //! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
 //! - [`node`]: wires one node together and runs it until shutdown;
+//! - [`provision`]: keys and certificates from a federation's files;
 //! - [`devfed`]: generates a development federation (used by `up`);
 //! - [`client`]: a typed client used by the CLI, `bench` and tests;
 //! - [`cli`]: the command-line subcommands.
@@ -24,6 +25,7 @@ pub mod devfed;
 pub mod error;
 pub mod model;
 pub mod node;
+pub mod provision;
 pub mod store;
 
 /// Generated protobuf and gRPC code for `proto/cluebridge/v1`.
@@ -42,4 +44,20 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A Unix-ms instant as `YYYY-MM-DD hh:mm:ss.mmmZ` (UTC), for people.
+pub fn format_time(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }

@@ -56,6 +56,13 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
+    warn_of_expiry(&config);
+    if config.principals.is_empty() {
+        tracing::warn!(
+            node = %config.node_id,
+            "the node file lists no [[principal]]: no client system can call this node"
+        );
+    }
     tracing::info!(node = %config.node_id, %addr, "node serving");
     let stop_on_signal = stop.clone();
     let grace = Duration::from_millis(config.delivery.shutdown_grace_ms);
@@ -94,6 +101,34 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
+}
+
+/// Certificates and keys should be renewed this long before they expire.
+const EXPIRY_WARNING_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Logs a warning when the node's TLS certificate or signing key stops
+/// being valid within 30 days.
+fn warn_of_expiry(config: &NodeConfig) {
+    let now = crate::now_ms();
+    if config.tls_not_after_ms.saturating_sub(now) < EXPIRY_WARNING_MS {
+        tracing::warn!(
+            node = %config.node_id,
+            expires = %crate::format_time(config.tls_not_after_ms),
+            "the node's TLS certificate expires within 30 days; issue a new one"
+        );
+    }
+    let key_id = config.signer.key_id();
+    if let Ok(entry) = config.federation.keyring.entry(&config.node_id, key_id)
+        && let Some(not_after) = entry.not_after_ms
+        && not_after.saturating_sub(now) < EXPIRY_WARNING_MS
+    {
+        tracing::warn!(
+            node = %config.node_id,
+            key_id,
+            expires = %crate::format_time(not_after),
+            "the node's signing key stops being valid within 30 days; rotate it"
+        );
+    }
 }
 
 /// A node running in this process (for `up`, `bench` and tests).

@@ -1,9 +1,8 @@
 //! `cluebridge.v1.Broker`: the client API for agency back-office systems.
 
-use super::{caller, missing};
+use super::{authorize, missing};
 use crate::broker::{Broker, SubmitInput};
-use crate::crypto::PeerIdentity;
-use crate::model::{MessageRef, validate_id};
+use crate::model::{MessageRef, Principal, Role, validate_id};
 use crate::now_ms;
 use crate::pb;
 use std::pin::Pin;
@@ -28,18 +27,8 @@ impl BrokerService {
         BrokerService { broker, stop }
     }
 
-    /// The calling client system: a client certificate of this node.
-    fn principal<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match caller(request)? {
-            PeerIdentity::Client { node, name } if node == self.broker.node_id() => Ok(name),
-            PeerIdentity::Client { node, name } => Err(Status::permission_denied(format!(
-                "client {name} belongs to node {node:?}; this is node {:?}",
-                self.broker.node_id()
-            ))),
-            PeerIdentity::Node(id) => Err(Status::permission_denied(format!(
-                "node {id} presented a node certificate; the Broker service is for client systems"
-            ))),
-        }
+    fn authorize<T>(&self, request: &Request<T>, role: Role) -> Result<Principal, Status> {
+        authorize(self.broker.config(), request, role)
     }
 }
 
@@ -65,12 +54,13 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let principal = self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Submit)?;
+        self.broker.take_submit_token(&principal.name)?;
         let r = request.into_inner();
         let submitted = self
             .broker
             .submit(
-                &principal,
+                &principal.name,
                 SubmitInput {
                     message_id: r.message_id,
                     kind: r.kind,
@@ -99,7 +89,7 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::ReceiveRequest>,
     ) -> Result<Response<Self::ReceiveStream>, Status> {
-        let principal = self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Receive)?;
         let r = request.into_inner();
         let permits = self.broker.stream_permits(r.max_outstanding)?;
         let lease_ms = self.broker.lease_length_ms(r.lease_seconds)?;
@@ -107,7 +97,7 @@ impl pb::broker_server::Broker for BrokerService {
         let broker = self.broker.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
-            tracing::debug!(%principal, "receive stream opened");
+            tracing::debug!(principal = %principal.name, "receive stream opened");
             loop {
                 let mut permit = tokio::select! {
                     p = permits.clone().acquire_owned() => match p {
@@ -122,7 +112,7 @@ impl pb::broker_server::Broker for BrokerService {
                     let wake = broker.inbox_wake().notified();
                     tokio::pin!(wake);
                     wake.as_mut().enable();
-                    match broker.lease_next(lease_ms, permit) {
+                    match broker.lease_next(&principal, lease_ms, permit) {
                         Ok(Ok(leased)) => {
                             let message = leased.header.message_ref();
                             let delivery = pb::Delivery {
@@ -168,9 +158,12 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::SettleResponse>, Status> {
-        self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Receive)?;
         let (message, lease_id) = lease_ref(request.into_inner().lease)?;
-        let receipt = self.broker.settle(&message, lease_id, None).await?;
+        let receipt = self
+            .broker
+            .settle(&principal, &message, lease_id, None)
+            .await?;
         Ok(Response::new(pb::SettleResponse {
             receipt: Some(receipt.to_wire()),
         }))
@@ -180,12 +173,12 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::RejectRequest>,
     ) -> Result<Response<pb::SettleResponse>, Status> {
-        self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Receive)?;
         let r = request.into_inner();
         let (message, lease_id) = lease_ref(r.lease)?;
         let receipt = self
             .broker
-            .settle(&message, lease_id, Some(&r.reason))
+            .settle(&principal, &message, lease_id, Some(&r.reason))
             .await?;
         Ok(Response::new(pb::SettleResponse {
             receipt: Some(receipt.to_wire()),
@@ -196,10 +189,12 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Receive)?;
         let r = request.into_inner();
         let (message, lease_id) = lease_ref(r.lease)?;
-        self.broker.release(&message, lease_id, r.delay_ms).await?;
+        self.broker
+            .release(&principal, &message, lease_id, r.delay_ms)
+            .await?;
         Ok(Response::new(pb::ReleaseResponse {}))
     }
 
@@ -207,12 +202,12 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::ExtendLeaseRequest>,
     ) -> Result<Response<pb::ExtendLeaseResponse>, Status> {
-        self.principal(&request)?;
+        let principal = self.authorize(&request, Role::Receive)?;
         let r = request.into_inner();
         let (message, lease_id) = lease_ref(r.lease)?;
         let deadline = self
             .broker
-            .extend(&message, lease_id, r.lease_seconds)
+            .extend(&principal, &message, lease_id, r.lease_seconds)
             .await?;
         Ok(Response::new(pb::ExtendLeaseResponse {
             lease_expires_at_ms: deadline,
@@ -223,7 +218,7 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
-        self.principal(&request)?;
+        self.authorize(&request, Role::Submit)?;
         let status = self.broker.status(&request.into_inner().message_id)?;
         Ok(Response::new(pb::GetStatusResponse {
             message_id: status.message.message_id,
@@ -241,7 +236,7 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::WatchReceiptsRequest>,
     ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
-        self.principal(&request)?;
+        self.authorize(&request, Role::Submit)?;
         let mut cursor = request.into_inner().after_cursor;
         let (tx, rx) = mpsc::channel(64);
         let broker = self.broker.clone();

@@ -7,8 +7,10 @@ mod peer;
 pub use broker::BrokerService;
 pub use peer::PeerService;
 
+use crate::config::NodeConfig;
 use crate::crypto::{PeerIdentity, tls};
 use crate::error::Error;
+use crate::model::{Principal, Role};
 use tonic::{Request, Status};
 
 /// The one conversion from library errors to gRPC statuses.
@@ -48,6 +50,40 @@ fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
         )
     })?;
     Ok(tls::identity_of(leaf.as_ref())?)
+}
+
+/// The calling principal, if it is a client of this node holding `role`.
+/// Refuses node certificates, other nodes' clients, unlisted clients and
+/// missing roles, each with a message naming who and what.
+pub(crate) fn authorize<T>(
+    config: &NodeConfig,
+    request: &Request<T>,
+    role: Role,
+) -> Result<Principal, Status> {
+    let node = &config.node_id;
+    match caller(request)? {
+        PeerIdentity::Client { node: of, name } if &of == node => {
+            let principal = config.principals.get(&name).ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "client {name} is not a principal of node {node:?}: it is not listed in the node file"
+                ))
+            })?;
+            if !principal.has(role) {
+                let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+                return Err(Status::permission_denied(format!(
+                    "principal {name} lacks the {role} role needed for this call (it has: {})",
+                    roles.join(", ")
+                )));
+            }
+            Ok(principal.clone())
+        }
+        PeerIdentity::Client { node: of, name } => Err(Status::permission_denied(format!(
+            "client {name} is a principal of node {of:?}; this is node {node:?}"
+        ))),
+        PeerIdentity::Node(id) => Err(Status::permission_denied(format!(
+            "node {id} presented a node certificate; this service is for client systems"
+        ))),
+    }
 }
 
 fn missing(field: &str) -> Status {

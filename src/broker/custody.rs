@@ -4,7 +4,7 @@
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::model::{
-    EnvelopeHeader, InboundState, MessageKind, MessageRef, ReceiptKind, SignedEnvelope,
+    EnvelopeHeader, InboundState, MessageKind, MessageRef, Principal, ReceiptKind, SignedEnvelope,
     SignedReceipt,
 };
 use crate::now_ms;
@@ -178,6 +178,7 @@ impl Broker {
     /// becomes ready, if any.
     pub fn lease_next(
         &self,
+        receiver: &Principal,
         lease_ms: u64,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<std::result::Result<Leased, (tokio::sync::OwnedSemaphorePermit, Option<u64>)>> {
@@ -190,7 +191,8 @@ impl Broker {
                 .lease_lock
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            self.store().lease_next(now, lease_id, deadline)?
+            self.store()
+                .lease_next(now, lease_id, deadline, receiver.receive_kinds.as_ref())?
         };
         let lease = match leased {
             Ok(lease) => lease,
@@ -244,10 +246,28 @@ impl Broker {
             .ok_or_else(|| Error::NotFound(format!("no message {message} in this node's custody")))
     }
 
+    /// The custody record of a message that `receiver` acts on, if it may
+    /// receive messages of that kind.
+    fn receivers_record(
+        &self,
+        receiver: &Principal,
+        message: &MessageRef,
+    ) -> Result<InboundRecord> {
+        let record = self.custody_record(message)?;
+        if !receiver.may_receive(record.kind) {
+            return Err(Error::PermissionDenied(format!(
+                "principal {} may not receive {} messages such as {message}",
+                receiver.name, record.kind
+            )));
+        }
+        Ok(record)
+    }
+
     /// Acknowledges (or, with a reason, rejects) a leased message; the
     /// signed receipt goes back to the sender node.
     pub async fn settle(
         &self,
+        receiver: &Principal,
         message: &MessageRef,
         lease_id: u64,
         rejection: Option<&str>,
@@ -270,7 +290,7 @@ impl Broker {
                 (ReceiptKind::Rejected, InboundState::Rejected, reason)
             }
         };
-        let record = self.custody_record(message)?;
+        let record = self.receivers_record(receiver, message)?;
         let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
         {
             let (message, receipt) = (message.clone(), receipt.clone());
@@ -285,13 +305,20 @@ impl Broker {
 
     /// Gives a leased message back, to be offered again after `delay_ms`
     /// (or dead-lettered if it has used its attempts).
-    pub async fn release(&self, message: &MessageRef, lease_id: u64, delay_ms: u64) -> Result<()> {
+    pub async fn release(
+        &self,
+        receiver: &Principal,
+        message: &MessageRef,
+        lease_id: u64,
+        delay_ms: u64,
+    ) -> Result<()> {
         let max = self.config().limits.max_release_delay_ms;
         if delay_ms > max {
             return Err(Error::invalid(format!(
                 "release delay {delay_ms} ms exceeds the maximum of {max} ms"
             )));
         }
+        self.receivers_record(receiver, message)?;
         self.end_lease_attempt(message, lease_id, delay_ms, "released")?;
         self.store().flush().await?;
         Ok(())
@@ -300,6 +327,7 @@ impl Broker {
     /// Moves a lease's deadline to `lease_seconds` from now.
     pub async fn extend(
         &self,
+        receiver: &Principal,
         message: &MessageRef,
         lease_id: u64,
         lease_seconds: u32,
@@ -307,6 +335,7 @@ impl Broker {
         if lease_seconds == 0 {
             return Err(Error::invalid("lease_seconds must be at least 1"));
         }
+        self.receivers_record(receiver, message)?;
         let lease_ms = self.lease_length_ms(lease_seconds)?;
         let deadline = now_ms() + lease_ms;
         self.store().extend(message, lease_id, deadline)?;

@@ -16,6 +16,7 @@ use crate::now_ms;
 use crate::store::Store;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 /// One cheap-clone handle to a node's broker state.
@@ -43,6 +44,16 @@ struct Shared {
     /// (the store transaction would also catch it, at the cost of retries).
     /// A std Mutex: leasing is a short synchronous store call.
     lease_lock: Mutex<()>,
+    /// Submit token buckets by principal name.
+    submit_buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+/// A token bucket: `tokens` left at `at`, refilled at the configured rate
+/// up to one second's worth.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 impl Broker {
@@ -60,6 +71,7 @@ impl Broker {
                 feed_wake: Notify::new(),
                 permits: Mutex::new(HashMap::new()),
                 lease_lock: Mutex::new(()),
+                submit_buckets: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -129,6 +141,39 @@ impl Broker {
             .permits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes one submit from `principal`'s allowance of
+    /// `limits.submit_rate_per_sec`; refuses with `ResourceExhausted` when
+    /// it is used up.
+    pub fn take_submit_token(&self, principal: &str) -> crate::error::Result<()> {
+        let rate = self.config().limits.submit_rate_per_sec;
+        if rate == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(rate);
+        let now = Instant::now();
+        let mut buckets = self
+            .shared
+            .submit_buckets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let bucket = buckets.entry(principal.to_string()).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        let elapsed = now.duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.at = now;
+        if bucket.tokens < 1.0 {
+            let wait_ms = ((1.0 - bucket.tokens) / rate * 1000.0).ceil() as u64;
+            return Err(crate::error::Error::ResourceExhausted(format!(
+                "principal {principal} exceeded its submit rate of {rate} per second; \
+                 retry in {wait_ms} ms"
+            )));
+        }
+        bucket.tokens -= 1.0;
+        Ok(())
     }
 
     /// Gives a stream's flow-control slot back when its lease ends.

@@ -102,6 +102,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             }
             let dev = DevFederation::create(tmp.path(), ports, |n| {
                 n.delivery.batch_size = 512;
+                // The bench measures the node, not the per-principal limit.
+                n.limits.submit_rate_per_sec = 0;
             })?;
             for (id, listener) in listeners {
                 // Only the two nodes under test run; the others' ports are

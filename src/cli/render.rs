@@ -3,20 +3,7 @@
 use crate::crypto::Keyring;
 use crate::model::SignedReceipt;
 
-fn format_time(ms: u64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    format!(
-        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
-}
+use crate::format_time;
 
 /// One line per receipt: time, state, issuer, attempt and reason; with a
 /// keyring, whether the signature verifies.

@@ -78,6 +78,23 @@ impl Ca {
         })
     }
 
+    /// An existing CA from its certificate and private key (PEM), issuing
+    /// certificates valid for `validity_days`.
+    pub fn load(cert_pem: &str, key_pem: &str, validity_days: i64) -> Result<Ca> {
+        let key = KeyPair::from_pem(key_pem)
+            .map_err(|e| Error::invalid(format!("CA private key does not parse: {e}")))?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+            .map_err(|e| Error::invalid(format!("CA certificate does not parse: {e}")))?;
+        Ok(Ca {
+            issuer,
+            cert: IssuedCert {
+                cert_pem: cert_pem.to_string(),
+                key_pem: key_pem.to_string(),
+            },
+            validity_days,
+        })
+    }
+
     fn issue(&self, params: &mut CertificateParams) -> Result<IssuedCert> {
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,

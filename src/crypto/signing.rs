@@ -176,7 +176,8 @@ impl Keyring {
             .push(entry);
     }
 
-    fn key(&self, node_id: &str, key_id: &str) -> Result<&PublicKeyEntry> {
+    /// The trust list's entry for key `key_id` of `node_id`.
+    pub fn entry(&self, node_id: &str, key_id: &str) -> Result<&PublicKeyEntry> {
         let keys = self.nodes.get(node_id).ok_or_else(|| {
             Error::PermissionDenied(format!(
                 "node {node_id:?} is not in the federation trust list"
@@ -197,7 +198,7 @@ impl Keyring {
             bytes,
             signature,
         } = signed;
-        let entry = self.key(node_id, key_id)?;
+        let entry = self.entry(node_id, key_id)?;
         if !entry.valid_at(at_ms) {
             return Err(Error::PermissionDenied(format!(
                 "{what} was signed with key {key_id:?} of {node_id:?} outside that key's validity window"
@@ -252,6 +253,6 @@ impl Keyring {
 impl Keyring {
     /// The public key `key_id` of `node_id`, if the trust list has it.
     pub fn public_key(&self, node_id: &str, key_id: &str) -> Option<VerifyingKey> {
-        self.key(node_id, key_id).ok().map(|k| k.key)
+        self.entry(node_id, key_id).ok().map(|k| k.key)
     }
 }

@@ -155,6 +155,75 @@ impl FromStr for AgencyKind {
     }
 }
 
+/// What a principal (a client system of an agency) may do on its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// `Submit`, and `GetStatus` / `WatchReceipts` of the agency's own sent
+    /// messages.
+    Submit,
+    /// `Receive`, `Ack`, `Reject`, `Release`, `ExtendLease`.
+    Receive,
+    /// The `Admin` service: queues, peers, dead letters. Never payloads.
+    Operate,
+    /// The `Audit` service: receipt bundles, the audit log, checkpoints.
+    Audit,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Submit, Role::Receive, Role::Operate, Role::Audit];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Submit => "submit",
+            Role::Receive => "receive",
+            Role::Operate => "operate",
+            Role::Audit => "audit",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown role {s:?}; expected submit, receive, operate or audit"
+                ))
+            })
+    }
+}
+
+/// A client system of this node's agency, as its node file lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub roles: std::collections::BTreeSet<Role>,
+    /// The message kinds a `receive` principal is given; `None` means all.
+    pub receive_kinds: Option<std::collections::BTreeSet<MessageKind>>,
+}
+
+impl Principal {
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    pub fn may_receive(&self, kind: MessageKind) -> bool {
+        self.receive_kinds
+            .as_ref()
+            .is_none_or(|k| k.contains(&kind))
+    }
+}
+
 /// Sender-side state of a message. Terminal states never change, except
 /// that an operator may requeue a dead letter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,12 +24,17 @@ mod records;
 pub use records::{InboundRecord, SentRecord};
 
 use crate::error::{Error, Result};
-use crate::model::{InboundState, MessageRef, SentState, SignedReceipt, sha256};
+use crate::model::{InboundState, MessageKind, MessageRef, SentState, SignedReceipt, sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{Transactional, Tree};
+use sled::{IVec, Transactional, Tree};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+
+/// How many inbox entries a receiver limited to some message kinds looks
+/// past to find one of its kinds.
+pub const MAX_KIND_SCAN: usize = 10_000;
 
 /// A failure of the storage engine.
 #[derive(Debug, thiserror::Error)]
@@ -500,17 +505,20 @@ impl Store {
 
     /// Leases the oldest ready inbox message, if one is ready at `now_ms`.
     /// Otherwise returns when the next delayed one becomes ready (if any).
+    ///
+    /// With `kinds`, only messages of those kinds are considered; the scan
+    /// past other kinds is bounded by [`MAX_KIND_SCAN`] entries.
     pub fn lease_next(
         &self,
         now_ms: u64,
         lease_id: u64,
         deadline_ms: u64,
+        kinds: Option<&BTreeSet<MessageKind>>,
     ) -> Result<std::result::Result<Lease, Option<u64>>> {
         loop {
-            let Some(first) = self.tree(INBOX).first()? else {
+            let Some((inbox_key, msg_key)) = self.first_ready(now_ms, kinds)? else {
                 return Ok(Err(None));
             };
-            let (inbox_key, msg_key) = first;
             let ready_at = keys::first_u64(&inbox_key);
             if ready_at > now_ms {
                 return Ok(Err(Some(ready_at)));
@@ -548,6 +556,32 @@ impl Store {
                 }));
             }
         }
+    }
+
+    /// The first inbox entry (ready or not) of one of `kinds` (any kind
+    /// when `None`).
+    fn first_ready(
+        &self,
+        now_ms: u64,
+        kinds: Option<&BTreeSet<MessageKind>>,
+    ) -> Result<Option<(IVec, IVec)>> {
+        let Some(kinds) = kinds else {
+            return Ok(self.tree(INBOX).first()?);
+        };
+        for entry in self.tree(INBOX).iter().take(MAX_KIND_SCAN) {
+            let (inbox_key, msg_key) = entry?;
+            if keys::first_u64(&inbox_key) > now_ms {
+                return Ok(Some((inbox_key, msg_key)));
+            }
+            let Some(raw) = self.tree(INBOUND).get(&msg_key)? else {
+                continue;
+            };
+            let record: InboundRecord = records::decode("inbound", &raw)?;
+            if kinds.contains(&record.kind) {
+                return Ok(Some((inbox_key, msg_key)));
+            }
+        }
+        Ok(None)
     }
 
     /// Runs `change` on a leased message's record if `lease_id` is its

@@ -32,6 +32,11 @@ fn example_files_parse_and_show_the_real_defaults() {
         // The documented values are the defaults the code uses.
         assert_eq!(node.delivery, DeliverySettings::default());
         assert_eq!(node.limits, Limits::default());
+        let names: Vec<&str> = node.principals.iter().map(|p| p.name.as_str()).collect();
+        assert!(
+            names.contains(&"operator") && names.contains(&"auditor"),
+            "{agency}: {names:?}"
+        );
     }
 }
 
