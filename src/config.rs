@@ -3,6 +3,7 @@
 //! Every mistake is reported with the file and the field it is in. Relative
 //! paths in a file are resolved against the directory of that file.
 
+use crate::crypto::tls::FederationCa;
 use crate::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use crate::format_time;
 use crate::model::{AgencyKind, MessageKind, Principal, Role, Route, RoutePolicy, validate_id};
@@ -241,6 +242,8 @@ pub struct NodeEntry {
 pub struct Federation {
     pub name: String,
     pub ca_pem: String,
+    /// The CA, parsed for checking callers' certificates.
+    pub ca: FederationCa,
     pub nodes: BTreeMap<String, NodeEntry>,
     pub policy: RoutePolicy,
     pub keyring: Keyring,
@@ -263,6 +266,8 @@ impl Federation {
                 format!("ca_cert: {} holds no PEM certificate", ca_path.display()),
             ));
         }
+        let ca = FederationCa::from_pem(&ca_pem)
+            .map_err(|e| err(path, format!("ca_cert: {}: {e}", ca_path.display())))?;
         let mut nodes = BTreeMap::new();
         let mut keyring = Keyring::default();
         if file.nodes.is_empty() {
@@ -331,6 +336,7 @@ impl Federation {
         Ok(Federation {
             name: file.name,
             ca_pem,
+            ca,
             nodes,
             policy,
             keyring,

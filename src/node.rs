@@ -13,10 +13,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 /// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -41,11 +44,11 @@ async fn serve(
     let config = broker.config().clone();
     let stop = CancellationToken::new();
     let tasks = delivery::spawn(&broker, &stop)?;
-    let tls = tls::server_config(
+    let acceptor = tls::server_acceptor(
         &config.tls.ca_pem,
         &config.tls.cert_pem,
         &config.tls.key_pem,
-    );
+    )?;
     let broker_service =
         pb::broker_server::BrokerServer::new(BrokerService::new(broker.clone(), stop.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -67,23 +70,15 @@ async fn serve(
     let stop_on_signal = stop.clone();
     let grace = Duration::from_millis(config.delivery.shutdown_grace_ms);
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| Error::invalid(format!("TLS configuration of {}: {e}", config.node_id)))?
-        .tcp_nodelay(true)
         .add_service(broker_service)
         .add_service(peer_service)
-        // Without TCP_NODELAY on accepted sockets, small answers wait for
-        // the peer's delayed ACK (tens of milliseconds per call).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new calls, draining");
-                // Streams and background tasks end now; unary calls in flight
-                // finish (their flush included) before the server returns.
-                stop_on_signal.cancel();
-            },
-        );
+        .serve_with_incoming_shutdown(tls_incoming(listener, acceptor, stop.clone()), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls, draining");
+            // Streams and background tasks end now; unary calls in flight
+            // finish (their flush included) before the server returns.
+            stop_on_signal.cancel();
+        });
     let result = server
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")));
@@ -101,6 +96,50 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
+}
+
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepted connections after their TLS handshake. Each handshake runs in
+/// its own task under a deadline, so a slow or silent caller holds up no
+/// one else; failed handshakes are logged and dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stop: CancellationToken,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+            };
+            // Without TCP_NODELAY, small answers wait for the caller's
+            // delayed ACK (tens of milliseconds per call).
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Certificates and keys should be renewed this long before they expire.
