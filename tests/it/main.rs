@@ -7,4 +7,5 @@ mod crash;
 mod custody;
 mod harness;
 mod message_path;
+mod properties;
 mod refusals;
