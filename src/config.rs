@@ -631,6 +631,30 @@ impl NodeConfig {
         })
     }
 
+    /// Warnings about the node's TLS certificate or signing key running out
+    /// within 30 days of `now_ms`.
+    pub fn expiry_warnings(&self, now_ms: u64) -> Vec<String> {
+        const SOON_MS: u64 = 30 * 24 * 3600 * 1000;
+        let mut warnings = Vec::new();
+        if self.tls_not_after_ms.saturating_sub(now_ms) < SOON_MS {
+            warnings.push(format!(
+                "the node's TLS certificate expires within 30 days, at {}; issue a new one",
+                format_time(self.tls_not_after_ms)
+            ));
+        }
+        let key_id = self.signer.key_id();
+        if let Ok(entry) = self.federation.keyring.entry(&self.node_id, key_id)
+            && let Some(not_after) = entry.not_after_ms
+            && not_after.saturating_sub(now_ms) < SOON_MS
+        {
+            warnings.push(format!(
+                "the node's signing key {key_id} stops being valid within 30 days, at {}; rotate it",
+                format_time(not_after)
+            ));
+        }
+        warnings
+    }
+
     /// The other nodes of the federation.
     pub fn peers(&self) -> impl Iterator<Item = &NodeEntry> {
         self.federation

@@ -59,7 +59,9 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
-    warn_of_expiry(&config);
+    for warning in config.expiry_warnings(crate::now_ms()) {
+        tracing::warn!(node = %config.node_id, "{warning}");
+    }
     if config.principals.is_empty() {
         tracing::warn!(
             node = %config.node_id,
@@ -140,34 +142,6 @@ fn tls_incoming(
         }
     });
     ReceiverStream::new(rx)
-}
-
-/// Certificates and keys should be renewed this long before they expire.
-const EXPIRY_WARNING_MS: u64 = 30 * 24 * 3600 * 1000;
-
-/// Logs a warning when the node's TLS certificate or signing key stops
-/// being valid within 30 days.
-fn warn_of_expiry(config: &NodeConfig) {
-    let now = crate::now_ms();
-    if config.tls_not_after_ms.saturating_sub(now) < EXPIRY_WARNING_MS {
-        tracing::warn!(
-            node = %config.node_id,
-            expires = %crate::format_time(config.tls_not_after_ms),
-            "the node's TLS certificate expires within 30 days; issue a new one"
-        );
-    }
-    let key_id = config.signer.key_id();
-    if let Ok(entry) = config.federation.keyring.entry(&config.node_id, key_id)
-        && let Some(not_after) = entry.not_after_ms
-        && not_after.saturating_sub(now) < EXPIRY_WARNING_MS
-    {
-        tracing::warn!(
-            node = %config.node_id,
-            key_id,
-            expires = %crate::format_time(not_after),
-            "the node's signing key stops being valid within 30 days; rotate it"
-        );
-    }
 }
 
 /// A node running in this process (for `up`, `bench` and tests).

@@ -6,6 +6,7 @@ mod config_files;
 mod crash;
 mod custody;
 mod harness;
+mod identities;
 mod message_path;
 mod properties;
 mod refusals;

@@ -32,10 +32,18 @@ fn receipt_kind() -> impl Strategy<Value = ReceiptKind> {
 }
 
 /// A header from `node`, signed with key `node-k1`, over `payload`.
-fn header(node: &'static str, payload: Vec<u8>) -> impl Strategy<Value = (EnvelopeHeader, Vec<u8>)> {
+fn header(
+    node: &'static str,
+    payload: Vec<u8>,
+) -> impl Strategy<Value = (EnvelopeHeader, Vec<u8>)> {
     (
         (ID, kind(), ID, ID, "\\PC{0,40}", ID),
-        ("\\PC{0,120}", "[a-z/+.-]{0,40}", 0u64..=4_000_000_000_000, 0u64..=1_000_000_000),
+        (
+            "\\PC{0,120}",
+            "[a-z/+.-]{0,40}",
+            0u64..=4_000_000_000_000,
+            0u64..=1_000_000_000,
+        ),
     )
         .prop_map(
             move |((id, kind, principal, to, case, corr), (subject, ct, created, ttl))| {
@@ -66,7 +74,15 @@ fn envelope() -> impl Strategy<Value = (EnvelopeHeader, Vec<u8>)> {
 }
 
 fn receipt() -> impl Strategy<Value = Receipt> {
-    (ID, ID, receipt_kind(), 0u64..=4_000_000_000_000, "\\PC{0,80}", any::<[u8; 32]>(), 0u32..10)
+    (
+        ID,
+        ID,
+        receipt_kind(),
+        0u64..=4_000_000_000_000,
+        "\\PC{0,80}",
+        any::<[u8; 32]>(),
+        0u32..10,
+    )
         .prop_map(|(id, sender, kind, at, reason, digest, attempt)| Receipt {
             message_id: id,
             sender_node: sender,
