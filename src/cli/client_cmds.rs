@@ -22,6 +22,10 @@ pub struct ClientArgs {
     /// Development federation directory made by `cluebridge up`.
     #[arg(long, default_value = ".cluebridge-dev", env = "CLUEBRIDGE_DIR")]
     pub dir: PathBuf,
+    /// Which principal's certificate to use from --dir: backoffice (submit,
+    /// receive), operator (operate) or auditor (audit).
+    #[arg(long = "as", value_name = "PRINCIPAL", default_value = crate::devfed::CLIENT_NAME)]
+    pub principal: String,
     /// Node endpoint, e.g. https://127.0.0.1:7401 (overrides --dir).
     #[arg(long, env = "CLUEBRIDGE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -44,7 +48,7 @@ impl ClientArgs {
     fn connection(&self) -> Result<Connection> {
         let dev = DevFederation::open(&self.dir);
         let dev_files = match (&self.node, &dev) {
-            (Some(node), Some(dev)) => Some(dev.client(node)?),
+            (Some(node), Some(dev)) => Some(dev.client_as(node, &self.principal)?),
             _ => None,
         };
         let pick = |flag: &Option<PathBuf>, dev: Option<PathBuf>, name: &str| -> Result<PathBuf> {
