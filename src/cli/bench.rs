@@ -37,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Use the running development federation in this directory instead of
-    /// starting two nodes in-process.
+    /// starting two nodes.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Sending node (its agency must be allowed to send clue transfers to --to).
@@ -46,6 +46,122 @@ pub struct BenchArgs {
     /// Receiving node.
     #[arg(long, default_value = "public_security")]
     pub to: String,
+    /// Run the two nodes inside the bench process instead of as two
+    /// `cluebridge serve` processes (as agencies deploy them).
+    #[arg(long, conflicts_with = "dir")]
+    pub in_process: bool,
+}
+
+/// The two nodes under test, when the bench started them.
+enum Nodes {
+    None,
+    InProcess(Vec<RunningNode>),
+    Processes(Vec<tokio::process::Child>),
+}
+
+impl Nodes {
+    async fn stop(self) -> Result<()> {
+        match self {
+            Nodes::None => {}
+            Nodes::InProcess(nodes) => {
+                for node in nodes {
+                    node.stop().await?;
+                }
+            }
+            Nodes::Processes(children) => {
+                for mut child in children {
+                    if let Some(pid) = child.id() {
+                        // SIGTERM: the node drains and flushes.
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-TERM", &pid.to_string()])
+                            .status()
+                            .await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+                    let _ = child.start_kill();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates a development federation in `dir` and starts the nodes `from`
+/// and `to`: in this process, or as `cluebridge serve` child processes.
+async fn start_nodes(args: &BenchArgs, dir: &std::path::Path) -> Result<(DevFederation, Nodes)> {
+    let mut ports = [0u16; 4];
+    let mut listeners = Vec::new();
+    for (i, kind) in NODES.iter().enumerate() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        ports[i] = l.local_addr()?.port();
+        listeners.push((kind.as_str(), l));
+    }
+    let dev = DevFederation::create(dir, ports, |n| {
+        n.delivery.batch_size = 512;
+        // The bench measures the node, not the per-principal limit.
+        n.limits.submit_rate_per_sec = 0;
+    })?;
+    let ids: Vec<&str> = NODES
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|id| *id == args.from || *id == args.to)
+        .collect();
+    if ids.len() != 2 || args.from == args.to {
+        bail!("--from and --to must be two different nodes of the federation");
+    }
+    // Only the two nodes under test run; the others' ports are closed, so
+    // their forwarders back off quietly.
+    if args.in_process {
+        let mut nodes = Vec::new();
+        for (id, listener) in listeners {
+            if ids.contains(&id) {
+                let config = NodeConfig::load(&dev.node_file(id))?;
+                nodes.push(RunningNode::start(config, listener)?);
+            }
+        }
+        return Ok((dev, Nodes::InProcess(nodes)));
+    }
+    drop(listeners);
+    let exe = std::env::current_exe().context("finding the cluebridge binary")?;
+    let mut children = Vec::new();
+    for id in &ids {
+        let child = tokio::process::Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(dev.node_file(id))
+            .env("CLUEBRIDGE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(child);
+    }
+    for id in &ids {
+        wait_until_serving(&dev, id).await?;
+    }
+    Ok((dev, Nodes::Processes(children)))
+}
+
+/// Waits until node `id` answers a call (any answer but "unavailable").
+async fn wait_until_serving(dev: &DevFederation, id: &str) -> Result<()> {
+    let connection = Connection::from_files(&dev.client(id)?)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = connection
+            .broker()?
+            .get_status(pb::GetStatusRequest {
+                message_id: "probe".into(),
+            })
+            .await;
+        match result {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                if Instant::now() > deadline {
+                    bail!("node {id} did not start within 30 s: {}", s.message());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -86,38 +202,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.payload_size < 8 {
         bail!("--payload-size must be at least 8 (the send time travels in the payload)");
     }
-    let mut nodes = Vec::new();
     let _tmp;
-    let dev = match &args.dir {
-        Some(dir) => DevFederation::open(dir)
-            .with_context(|| format!("{} holds no development federation", dir.display()))?,
+    let (dev, nodes) = match &args.dir {
+        Some(dir) => (
+            DevFederation::open(dir)
+                .with_context(|| format!("{} holds no development federation", dir.display()))?,
+            Nodes::None,
+        ),
         None => {
             let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            let mut ports = [0u16; 4];
-            let mut listeners = Vec::new();
-            for (i, kind) in NODES.iter().enumerate() {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                ports[i] = l.local_addr()?.port();
-                listeners.push((kind.as_str(), l));
-            }
-            let dev = DevFederation::create(tmp.path(), ports, |n| {
-                n.delivery.batch_size = 512;
-                // The bench measures the node, not the per-principal limit.
-                n.limits.submit_rate_per_sec = 0;
-            })?;
-            for (id, listener) in listeners {
-                // Only the two nodes under test run; the others' ports are
-                // closed, so their forwarders back off quietly.
-                if id == args.from || id == args.to {
-                    let config = NodeConfig::load(&dev.node_file(id))?;
-                    nodes.push(RunningNode::start(config, listener)?);
-                }
-            }
-            if nodes.len() != 2 {
-                bail!("--from and --to must be two different nodes of the federation");
-            }
+            let started = start_nodes(&args, tmp.path()).await?;
             _tmp = tmp;
-            dev
+            started
         }
     };
     let sender = Connection::from_files(&dev.client(&args.from)?)?;
@@ -283,10 +379,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         std::fs::write(path, serde_json::to_string_pretty(&figures)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    for node in nodes {
-        node.stop().await?;
-    }
-    Ok(())
+    nodes.stop().await
 }
 
 /// A small multi-consumer queue over a tokio mutex: the acknowledging
