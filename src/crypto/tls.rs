@@ -6,6 +6,7 @@
 //! node's agency.
 
 use crate::error::{Error, Result};
+use std::collections::HashMap;
 use std::sync::Arc;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -179,14 +180,29 @@ impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
     }
 }
 
-/// The federation CA as the chain check needs it.
+/// The federation CA as the chain check needs it, with the certificates it
+/// has already checked.
 #[derive(Clone, Debug)]
 pub struct FederationCa {
     /// The CA's subject name (DER), which issued certificates name as issuer.
     subject: Vec<u8>,
     /// The CA's certificate (DER).
     der: Vec<u8>,
+    /// Certificates whose CA signature was verified (DER → identity and
+    /// validity window in Unix seconds), so a connection's calls after the
+    /// first cost a lookup, not an ECDSA verification.
+    verified: Arc<std::sync::Mutex<HashMap<Vec<u8>, Verified>>>,
 }
+
+#[derive(Clone, Debug)]
+struct Verified {
+    identity: PeerIdentity,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Checked certificates remembered at most; the map is emptied when full.
+const VERIFIED_CACHE: usize = 4096;
 
 impl FederationCa {
     pub fn from_pem(ca_pem: &str) -> Result<FederationCa> {
@@ -197,6 +213,7 @@ impl FederationCa {
         Ok(FederationCa {
             subject: cert.subject().as_raw().to_vec(),
             der: pem.contents.clone(),
+            verified: Arc::default(),
         })
     }
 }
@@ -204,6 +221,38 @@ impl FederationCa {
 /// Checks a caller's certificate: issued (signed) by the federation CA and
 /// valid at `now_ms`. Returns the identity it names.
 pub fn verify_client(ca: &FederationCa, der: &[u8], now_ms: u64) -> Result<PeerIdentity> {
+    let lock = || ca.verified.lock().unwrap_or_else(|e| e.into_inner());
+    let known = lock().get(der).cloned();
+    let verified = match known {
+        Some(v) => v,
+        None => {
+            let v = verify_chain(ca, der)?;
+            let mut cache = lock();
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(der.to_vec(), v.clone());
+            v
+        }
+    };
+    let secs = (now_ms / 1000) as i64;
+    if secs < verified.not_before {
+        return Err(Error::Unauthenticated(format!(
+            "the certificate is not valid before {}",
+            crate::format_time(verified.not_before as u64 * 1000)
+        )));
+    }
+    if secs > verified.not_after {
+        return Err(Error::Unauthenticated(format!(
+            "the certificate expired at {}; ask for a new one",
+            crate::format_time(verified.not_after as u64 * 1000)
+        )));
+    }
+    Ok(verified.identity)
+}
+
+/// The CA signature and identity of a certificate, without the clock.
+fn verify_chain(ca: &FederationCa, der: &[u8]) -> Result<Verified> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| Error::Unauthenticated(format!("client certificate does not parse: {e}")))?;
     let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.der)
@@ -222,20 +271,11 @@ pub fn verify_client(ca: &FederationCa, der: &[u8], now_ms: u64) -> Result<PeerI
     cert.verify_signature(Some(ca_cert.public_key()))
         .map_err(|_| foreign())?;
     let validity = cert.validity();
-    let secs = (now_ms / 1000) as i64;
-    if secs < validity.not_before.timestamp() {
-        return Err(Error::Unauthenticated(format!(
-            "the certificate is not valid before {}",
-            validity.not_before
-        )));
-    }
-    if secs > validity.not_after.timestamp() {
-        return Err(Error::Unauthenticated(format!(
-            "the certificate expired at {}; ask for a new one",
-            validity.not_after
-        )));
-    }
-    identity_of(der)
+    Ok(Verified {
+        identity: identity_of(der)?,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
 }
 
 /// Client side: trust only the federation CA, present `cert`, and expect
