@@ -1,7 +1,7 @@
 //! Wires one node together — store, broker, background tasks, gRPC server
 //! with mTLS — and runs it until shutdown, then drains under a deadline.
 
-use crate::api::{BrokerService, PeerService};
+use crate::api::{AdminService, BrokerService, PeerService};
 use crate::broker::Broker;
 use crate::config::NodeConfig;
 use crate::crypto::tls;
@@ -28,19 +28,64 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let store = Store::open(&config.data_dir)?;
-    let broker = Broker::new(config, store);
-    serve(broker, listener, shutdown).await
+    let broker = Broker::new(config, store)?;
+    serve(broker, listener, metrics, shutdown).await
+}
+
+/// Binds the metrics listener from inside a runtime but outside `async`.
+fn bind_metrics(config: &NodeConfig) -> Result<Option<TcpListener>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let fail =
+        |e: std::io::Error| Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"));
+    let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    Ok(Some(TcpListener::from_std(std_listener).map_err(fail)?))
 }
 
 async fn serve(
     broker: Broker,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = broker.config().clone();
     let stop = CancellationToken::new();
-    let tasks = delivery::spawn(&broker, &stop)?;
+    let mut tasks = delivery::spawn(&broker, &stop)?;
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        let b = broker.clone();
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            l,
+            move || b.render_metrics(),
+            stop.clone(),
+        )));
+    }
+    // Health: SERVING for the whole server and each service while the store
+    // is open, NOT_SERVING from the moment shutdown begins.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, tonic_health::ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::invalid(format!("reflection descriptors: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::invalid(format!("reflection descriptors: {e}")))?;
+    let admin_service = pb::admin_server::AdminServer::new(AdminService::new(broker.clone()));
     let tls = tls::server_config(
         &config.tls.ca_pem,
         &config.tls.cert_pem,
@@ -72,6 +117,10 @@ async fn serve(
         .tcp_nodelay(true)
         .add_service(broker_service)
         .add_service(peer_service)
+        .add_service(admin_service)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         // Without TCP_NODELAY on accepted sockets, small answers wait for
         // the peer's delayed ACK (tens of milliseconds per call).
         .serve_with_incoming_shutdown(
@@ -79,6 +128,7 @@ async fn serve(
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: no new calls, draining");
+                set_health(&health, tonic_health::ServingStatus::NotServing).await;
                 // Streams and background tasks end now; unary calls in flight
                 // finish (their flush included) before the server returns.
                 stop_on_signal.cancel();
@@ -101,6 +151,21 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
+}
+
+/// Sets the health of the server as a whole ("") and of each service.
+async fn set_health(
+    health: &tonic_health::server::HealthReporter,
+    status: tonic_health::ServingStatus,
+) {
+    for service in [
+        "",
+        "cluebridge.v1.Broker",
+        "cluebridge.v1.Peer",
+        "cluebridge.v1.Admin",
+    ] {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Certificates and keys should be renewed this long before they expire.
@@ -135,6 +200,8 @@ fn warn_of_expiry(config: &NodeConfig) {
 #[derive(Debug)]
 pub struct RunningNode {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if the node file asks for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub broker: Broker,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
@@ -146,14 +213,17 @@ impl RunningNode {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
+        let metrics = bind_metrics(&config)?;
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let store = Store::open(&config.data_dir)?;
-        let broker = Broker::new(config, store);
+        let broker = Broker::new(config, store)?;
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(serve(broker.clone(), listener, async move {
+        let task = tokio::spawn(serve(broker.clone(), listener, metrics, async move {
             let _ = rx.await;
         }));
         Ok(RunningNode {
             addr,
+            metrics_addr,
             broker,
             shutdown: Some(tx),
             task,

@@ -1,9 +1,11 @@
 //! The gRPC services. The only place that converts between the services'
 //! request/response messages and domain types, and errors to `Status`.
 
+mod admin;
 mod broker;
 mod peer;
 
+pub use admin::AdminService;
 pub use broker::BrokerService;
 pub use peer::PeerService;
 

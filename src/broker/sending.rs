@@ -467,6 +467,7 @@ impl Broker {
             "time to live passed before the recipient node took custody",
         );
         self.store().expire_sent(index_key, message, &receipt)?;
+        self.metrics().expired.add("sent", 1);
         self.feed_wake().notify_waiters();
         Ok(())
     }
