@@ -6,4 +6,5 @@ mod crash;
 mod custody;
 mod harness;
 mod message_path;
+mod operations;
 mod refusals;
