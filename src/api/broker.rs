@@ -83,8 +83,9 @@ impl pb::broker_server::Broker for BrokerService {
         let (tx, rx) = mpsc::channel(8);
         let broker = self.broker.clone();
         let stop = self.stop.clone();
+        let span = tracing::info_span!("receive", principal = %principal.name);
         tokio::spawn(async move {
-            tracing::debug!(principal = %principal.name, "receive stream opened");
+            tracing::debug!("receive stream opened");
             loop {
                 let mut permit = tokio::select! {
                     p = permits.clone().acquire_owned() => match p {
@@ -111,6 +112,7 @@ impl pb::broker_server::Broker for BrokerService {
                                 attempt: leased.attempt,
                                 lease_expires_at_ms: leased.lease_expires_at_ms,
                             };
+                            tracing::debug!(%message, attempt = leased.attempt, lease_id = leased.lease_id, "leased");
                             if tx.send(Ok(delivery)).await.is_err() {
                                 broker.return_unsent(&message, leased.lease_id);
                                 return;
@@ -137,7 +139,7 @@ impl pb::broker_server::Broker for BrokerService {
                     }
                 }
             }
-        });
+        }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

@@ -212,6 +212,7 @@ impl Broker {
         };
         match outcome {
             SubmitOutcome::Stored => {
+                tracing::debug!(%message, peer = %recipient.id, "accepted");
                 self.wake_peer(&recipient.id);
                 self.feed_wake().notify_waiters();
                 Ok(Submitted {

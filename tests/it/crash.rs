@@ -183,3 +183,75 @@ async fn sigterm_drains_and_keeps_every_accepted_submit() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+/// JSON logs of the real binary at debug level: one object per line, spans
+/// carry the principal, message id and peer, and no payload byte appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_ids_and_never_payloads() {
+    const SECRET: &str = "PAYLOAD-SECRET-7d1f";
+    let fed = TestFederation::start_with(|_| {}, &[SECURITY]).await;
+    let log_path = fed.dev.dir.join("discipline-log.jsonl");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args([
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+            "serve",
+            "--config",
+        ])
+        .arg(fed.dev.node_file(DISCIPLINE))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cluebridge serve");
+    wait_serving(&fed, DISCIPLINE).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    submit(
+        &mut discipline,
+        submit_request(
+            "log-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            SECRET.as_bytes(),
+        ),
+    )
+    .await;
+    wait_state(&mut discipline, "log-1", SentState::Delivered, 10 * SECOND).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(kill.success());
+    assert!(child.wait().expect("exit").success());
+
+    let text = std::fs::read_to_string(&log_path).expect("read log");
+    let secrets = [
+        SECRET.to_string(),
+        hex::encode(SECRET),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET),
+    ];
+    let mut submit_span = false;
+    let mut forwarder_span = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for s in &secrets {
+            assert!(!line.contains(s.as_str()), "payload in a log line: {line}");
+        }
+        let span = &value["span"];
+        submit_span |= span["name"] == "submit"
+            && span["principal"] == "backoffice"
+            && span["message_id"] == "log-1";
+        forwarder_span |= span["name"] == "forwarder" && span["peer"] == SECURITY;
+    }
+    assert!(
+        submit_span,
+        "a line in the submit span names principal and message:\n{text}"
+    );
+    assert!(
+        forwarder_span,
+        "a line in the forwarder span names the peer:\n{text}"
+    );
+}
