@@ -4,6 +4,7 @@
 mod config_files;
 mod crash;
 mod custody;
+mod deploy_files;
 mod harness;
 mod message_path;
 mod operations;
