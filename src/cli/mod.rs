@@ -53,7 +53,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Operators: every queue of a node (outboxes, inbox, dead letters).
     Queues(ops::QueuesArgs),
-    /// Operators: the state of each peer (up, backing off, down, paused).
+    /// Operators: the state of each peer (up, backing off, down, paused);
+    /// --pause / --resume PEER stop and restart forwarding to one.
     Peers(ops::PeersArgs),
     /// Operators: list, requeue or discard dead letters.
     Dlq(ops::DlqArgs),

@@ -40,6 +40,13 @@ pub struct PeersArgs {
     pub client: ClientArgs,
     #[command(flatten)]
     pub output: OutputArgs,
+    /// First stop forwarding to this peer (envelopes and receipts wait
+    /// durably; the pause survives a restart of the node).
+    #[arg(long, value_name = "PEER", conflicts_with = "resume")]
+    pub pause: Option<String>,
+    /// First let forwarding to this peer run again.
+    #[arg(long, value_name = "PEER")]
+    pub resume: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -286,7 +293,21 @@ pub async fn queues(args: QueuesArgs) -> Result<()> {
 }
 
 pub async fn peers(args: PeersArgs) -> Result<()> {
-    let client = admin(&args.client)?;
+    let mut client = admin(&args.client)?;
+    if let Some(peer) = &args.pause {
+        client
+            .pause_peer(pb::PausePeerRequest { peer: peer.clone() })
+            .await
+            .map_err(explain)?;
+        eprintln!("paused forwarding to {peer}");
+    }
+    if let Some(peer) = &args.resume {
+        client
+            .resume_peer(pb::ResumePeerRequest { peer: peer.clone() })
+            .await
+            .map_err(explain)?;
+        eprintln!("resumed forwarding to {peer}");
+    }
     let json = args.output.json;
     repeat(&args.output, || {
         let mut client = client.clone();
