@@ -106,6 +106,9 @@ struct Shared {
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// The writer thread, joined by `close` so that its handle on the
+    /// database is gone when `close` returns.
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     /// State changes per group commit, and how long each flush took.
     flush_batch: Histogram,
     flush_seconds: Histogram,
@@ -177,15 +180,21 @@ impl Store {
                 db,
                 trees,
                 jobs: std::sync::Mutex::new(Some(tx)),
+                writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
             }),
         };
         let writer_store = store.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(writer_store, rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the store writer: {e}")))?;
+        *store
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
     }
 
@@ -243,8 +252,24 @@ impl Store {
     /// Stops the writer thread after the changes already queued; later
     /// writes fail with `Unavailable`. Called at shutdown so the database
     /// closes when the last handle goes.
+    ///
+    /// Waits for the writer thread to end (it finishes the changes already
+    /// queued, one flush), so that a node restarted right after its stop
+    /// finds the database unlocked.
     pub fn close(&self) {
         self.lock_jobs().take();
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+            && handle.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
+        }
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Option<std::sync::mpsc::Sender<Job>>> {
