@@ -1,7 +1,7 @@
 //! Wires one node together — store, broker, background tasks, gRPC server
 //! with mTLS — and runs it until shutdown, then drains under a deadline.
 
-use crate::api::{AdminService, BrokerService, PeerService};
+use crate::api::{AdminService, BrokerService, HealthService, PeerService};
 use crate::broker::Broker;
 use crate::config::NodeConfig;
 use crate::crypto::tls;
@@ -11,7 +11,7 @@ use crate::pb;
 use crate::store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -73,8 +73,7 @@ async fn serve(
     }
     // Health: SERVING for the whole server and each service while the store
     // is open, NOT_SERVING from the moment shutdown begins.
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, tonic_health::ServingStatus::Serving).await;
+    let (health, health_service) = HealthService::new(stop.clone());
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -111,6 +110,9 @@ async fn serve(
     tracing::info!(node = %config.node_id, %addr, "node serving");
     let stop_on_signal = stop.clone();
     let grace = Duration::from_millis(config.delivery.shutdown_grace_ms);
+    // When shutdown began: the grace period counts from there.
+    let began = std::sync::Arc::new(std::sync::OnceLock::new());
+    let began_on_signal = began.clone();
     let server = tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|e| Error::invalid(format!("TLS configuration of {}: {e}", config.node_id)))?
@@ -127,18 +129,32 @@ async fn serve(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             async move {
                 shutdown.await;
+                let _ = began_on_signal.set(Instant::now());
                 tracing::info!("shutting down: no new calls, draining");
-                set_health(&health, tonic_health::ServingStatus::NotServing).await;
+                health.not_serving();
                 // Streams and background tasks end now; unary calls in flight
                 // finish (their flush included) before the server returns.
                 stop_on_signal.cancel();
             },
         );
-    let result = server
-        .await
-        .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")));
+    // The drain has the grace period; a call still open then (a client
+    // holding a reflection stream, say) is cut off by the process exit.
+    let result = tokio::select! {
+        r = server => r.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}"))),
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "calls still open at the end of the grace period; stopping without them"
+            );
+            Ok(())
+        }
+    };
     stop.cancel();
-    if tokio::time::timeout(grace, futures::future::join_all(tasks))
+    let left = grace.saturating_sub(began.get().map_or(Duration::ZERO, |t| t.elapsed()));
+    if tokio::time::timeout(left, futures::future::join_all(tasks))
         .await
         .is_err()
     {
@@ -151,21 +167,6 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
-}
-
-/// Sets the health of the server as a whole ("") and of each service.
-async fn set_health(
-    health: &tonic_health::server::HealthReporter,
-    status: tonic_health::ServingStatus,
-) {
-    for service in [
-        "",
-        "cluebridge.v1.Broker",
-        "cluebridge.v1.Peer",
-        "cluebridge.v1.Admin",
-    ] {
-        health.set_service_status(service, status).await;
-    }
 }
 
 /// Certificates and keys should be renewed this long before they expire.

@@ -3,10 +3,12 @@
 
 mod admin;
 mod broker;
+mod health;
 mod peer;
 
 pub use admin::AdminService;
 pub use broker::BrokerService;
+pub use health::{HealthService, HealthSwitch};
 pub use peer::PeerService;
 
 use crate::config::NodeConfig;

@@ -630,3 +630,42 @@ async fn health_and_reflection_answer() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_reports_not_serving_and_ends_open_streams_within_the_grace_period() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
+    let grace = Duration::from_millis(fed.config(DISCIPLINE).delivery.shutdown_grace_ms);
+    let channel = fed.connection(DISCIPLINE).channel().expect("channel");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: "cluebridge.v1.Broker".into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.next().await.expect("status").expect("status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+    // A client holding a stream open must not keep the node from stopping.
+    let started = Instant::now();
+    let stop = tokio::spawn(async move {
+        fed.stop(DISCIPLINE).await;
+    });
+    let change = tokio::time::timeout(grace, watch.next())
+        .await
+        .expect("a status change within the grace period")
+        .expect("the stream says NOT_SERVING before it ends")
+        .expect("a status");
+    assert_eq!(change.status, ServingStatus::NotServing as i32);
+    // Then the stream ends, so the server can drain.
+    let end = tokio::time::timeout(grace, watch.next())
+        .await
+        .expect("the stream ends within the grace period");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+    tokio::time::timeout(grace + Duration::from_secs(1), stop)
+        .await
+        .expect("the node stopped although a stream was open")
+        .expect("stop task");
+    assert!(started.elapsed() <= grace + Duration::from_millis(500));
+}
