@@ -250,27 +250,33 @@ impl Broker {
 
     /// Every peer, in id order.
     pub fn peers(&self) -> Result<Vec<PeerView>> {
-        let mut ids: Vec<String> = self.config().peers().map(|p| p.id.clone()).collect();
-        ids.sort();
-        ids.iter().map(|p| self.peer_view(p)).collect()
+        self.peer_ids().iter().map(|p| self.peer_view(p)).collect()
     }
 
     // ---------------------------------------------------------- queues
 
-    /// Every queue's figures, read from the store now.
-    pub fn queues(&self) -> Result<QueuesView> {
+    /// Peer ids in order.
+    fn peer_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.config().peers().map(|p| p.id.clone()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Every queue's figures, read from the store now; outbox sizes in
+    /// bytes only `with_bytes` (it reads every waiting envelope).
+    pub fn queues(&self, with_bytes: bool) -> Result<QueuesView> {
         let now = now_ms();
         let age = |t: Option<u64>| t.map_or(0, |t| now.saturating_sub(t));
         let mut outboxes = Vec::new();
-        for peer in self.peers()? {
-            let (depth, bytes, oldest) = self.store().outbox_stats(&peer.peer)?;
+        for peer in self.peer_ids() {
+            let (depth, bytes, oldest) = self.store().outbox_stats(&peer, with_bytes)?;
             outboxes.push(OutboxView {
                 depth: depth as u64,
                 bytes,
                 oldest_age_ms: age(oldest),
-                paused: peer.status.paused.is_some(),
-                receipts_waiting: self.store().receipt_outbox_depth(&peer.peer) as u64,
-                peer: peer.peer,
+                paused: self.peer_paused(&peer),
+                receipts_waiting: self.store().receipt_outbox_depth(&peer) as u64,
+                peer,
             });
         }
         let (ready, delayed, earliest_ready, leased) = self.store().inbox_stats(now)?;
@@ -505,11 +511,7 @@ impl Broker {
             &m.refused,
             &[],
         );
-        let peers: Vec<String> = {
-            let mut p: Vec<String> = self.config().peers().map(|p| p.id.clone()).collect();
-            p.sort();
-            p
-        };
+        let peers = self.peer_ids();
         let peer_refs: Vec<&str> = peers.iter().map(String::as_str).collect();
         e.labeled_counter(
             "cluebridge_messages_forwarded_total",
@@ -551,7 +553,9 @@ impl Broker {
             &["custody", "sent"],
         );
 
-        match self.queues() {
+        // One walk over each queue per scrape; envelope sizes are left to
+        // ListQueues (reading every envelope is too much for a scrape).
+        match self.queues(false) {
             Ok(q) => {
                 let per_peer = |f: &dyn Fn(&OutboxView) -> f64| -> Vec<(&str, f64)> {
                     q.outboxes.iter().map(|o| (o.peer.as_str(), f(o))).collect()
@@ -561,12 +565,6 @@ impl Broker {
                     "Envelopes waiting in a peer's outbox.",
                     "peer",
                     &per_peer(&|o| o.depth as f64),
-                );
-                e.labeled_gauge(
-                    "cluebridge_outbox_bytes",
-                    "Encoded size of the envelopes waiting in a peer's outbox.",
-                    "peer",
-                    &per_peer(&|o| o.bytes as f64),
                 );
                 e.labeled_gauge(
                     "cluebridge_outbox_oldest_age_seconds",
@@ -613,33 +611,40 @@ impl Broker {
             }
             Err(err) => tracing::error!(error = %err, "cannot read queue figures for metrics"),
         }
-        if let Ok(peers) = self.peers() {
-            let gauge = |f: &dyn Fn(&PeerView) -> f64| -> Vec<(&str, f64)> {
-                peers.iter().map(|p| (p.peer.as_str(), f(p))).collect()
+        {
+            let statuses: Vec<(String, PeerStatus)> = {
+                let known = self.lock_peers();
+                peers
+                    .iter()
+                    .map(|p| (p.clone(), known.get(p).cloned().unwrap_or_default()))
+                    .collect()
+            };
+            let gauge = |f: &dyn Fn(&PeerStatus) -> f64| -> Vec<(&str, f64)> {
+                statuses.iter().map(|(p, s)| (p.as_str(), f(s))).collect()
             };
             e.labeled_gauge(
                 "cluebridge_peer_up",
                 "1 when no call to the peer failed since the last success, else 0.",
                 "peer",
-                &gauge(&|p| f64::from(u8::from(p.status.consecutive_failures == 0))),
+                &gauge(&|s| f64::from(u8::from(s.consecutive_failures == 0))),
             );
             e.labeled_gauge(
                 "cluebridge_peer_paused",
                 "1 when an operator paused forwarding to the peer.",
                 "peer",
-                &gauge(&|p| f64::from(u8::from(p.status.paused.is_some()))),
+                &gauge(&|s| f64::from(u8::from(s.paused.is_some()))),
             );
             e.labeled_gauge(
                 "cluebridge_peer_consecutive_failures",
                 "Calls to the peer that failed in a row.",
                 "peer",
-                &gauge(&|p| f64::from(p.status.consecutive_failures)),
+                &gauge(&|s| f64::from(s.consecutive_failures)),
             );
             e.labeled_gauge(
                 "cluebridge_peer_rtt_seconds",
                 "Round-trip time of the last successful call to the peer.",
                 "peer",
-                &gauge(&|p| p.status.rtt_us as f64 / 1e6),
+                &gauge(&|s| s.rtt_us as f64 / 1e6),
             );
         }
         e.histogram(

@@ -1010,17 +1010,18 @@ impl Store {
             .collect()
     }
 
-    /// A peer's outbox: depth, encoded bytes, and the creation time of
-    /// its oldest envelope. Walks the whole queue: for operators and
-    /// metrics scrapes, not for hot paths.
-    pub fn outbox_stats(&self, peer: &str) -> Result<(usize, u64, Option<u64>)> {
+    /// A peer's outbox: depth, encoded bytes (only `with_bytes`: that
+    /// reads every envelope), and the creation time of its oldest envelope.
+    /// Walks the whole queue: for operators and metrics scrapes, not for
+    /// hot paths.
+    pub fn outbox_stats(&self, peer: &str, with_bytes: bool) -> Result<(usize, u64, Option<u64>)> {
         let mut depth = 0;
         let mut bytes = 0u64;
         let mut oldest = None;
         for kv in self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)) {
             let (_, msg_key) = kv?;
             depth += 1;
-            if let Some(env) = self.tree(ENVELOPES).get(&msg_key)? {
+            if with_bytes && let Some(env) = self.tree(ENVELOPES).get(&msg_key)? {
                 bytes += env.len() as u64;
             }
             if oldest.is_none()
