@@ -124,3 +124,47 @@ async fn operator_commands_explain_refusals() {
     assert!(out.contains("NOT discarded public_security/none"), "{out}");
     assert!(err.contains("not discarded"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_refreshes_until_interrupted() {
+    use tokio::io::AsyncReadExt;
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args([
+            "queues", "--node", DISCIPLINE, "--json", "--watch", "1", "--dir",
+        ])
+        .arg(&fed.dev.dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut text = String::new();
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while text.matches("\"at_ms\"").count() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "one refresh only:\n{text}"
+        );
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(5 * SECOND, stdout.read(&mut buf))
+            .await
+            .expect("output in time")
+            .expect("read");
+        assert!(n > 0, "watch ended by itself:\n{text}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // SIGINT ends the watch cleanly.
+    let pid = child.id().expect("pid").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(kill.success());
+    let status = tokio::time::timeout(5 * SECOND, child.wait())
+        .await
+        .expect("exits after SIGINT")
+        .expect("status");
+    assert!(status.success(), "{status:?}");
+}
