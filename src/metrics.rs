@@ -114,7 +114,8 @@ pub struct Metrics {
     pub delivered: Counter,
     pub acknowledged: Counter,
     pub rejected: Counter,
-    /// Messages offered to a receiver again after a lapsed or released lease.
+    /// Messages offered to a receiver again: after a lapsed or released
+    /// lease, or after an operator requeued the dead letter.
     pub redelivered: Counter,
     pub dead_lettered: Counter,
     /// Expired messages by side: `sent` (never left the outbox) or

@@ -209,7 +209,9 @@ impl Broker {
             SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let header =
             EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))?;
-        if lease.record.attempts == 1 {
+        // A requeued dead letter starts again at attempt 1; it counts as a
+        // redelivery, not as a new end-to-end time.
+        if lease.record.attempts == 1 && !self.store().has_operator_events(&header.message_ref())? {
             let waited = now.saturating_sub(header.created_at_ms);
             self.metrics()
                 .end_to_end_seconds

@@ -537,7 +537,7 @@ impl Broker {
         );
         e.counter(
             "cluebridge_messages_redelivered_total",
-            "Messages offered to a receiver again after a lapsed or released lease.",
+            "Messages offered to a receiver again (lapsed or released lease, requeued dead letter).",
             m.redelivered.get(),
         );
         e.counter(

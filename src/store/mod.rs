@@ -973,6 +973,16 @@ impl Store {
         })
     }
 
+    /// Whether an operator ever requeued or discarded the message.
+    pub fn has_operator_events(&self, message: &MessageRef) -> Result<bool> {
+        Ok(self
+            .tree(OPERATOR_EVENTS)
+            .scan_prefix(keys::receipts_prefix(&keys::message(message)))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
     /// Operators' actions on a message, oldest first.
     pub fn operator_events(&self, message: &MessageRef) -> Result<Vec<OperatorEvent>> {
         self.tree(OPERATOR_EVENTS)

@@ -338,6 +338,14 @@ async fn dead_letters_are_listed_requeued_delivered_and_discarded() {
         10 * SECOND,
     )
     .await;
+    let m = fed.metrics(SECURITY).await;
+    // Two first leases, then the requeued one as a redelivery.
+    assert_eq!(
+        metric(&m, "cluebridge_end_to_end_latency_seconds_count"),
+        2.0
+    );
+    assert_eq!(metric(&m, "cluebridge_messages_redelivered_total"), 1.0);
+    assert_eq!(metric(&m, "cluebridge_messages_acknowledged_total"), 1.0);
     let info = admin
         .get_message(pb::GetMessageRequest {
             sender_node: DISCIPLINE.into(),
