@@ -677,3 +677,78 @@ async fn shutdown_reports_not_serving_and_ends_open_streams_within_the_grace_per
         .expect("stop task");
     assert!(started.elapsed() <= grace + Duration::from_millis(500));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refusals_say_what_was_wrong() {
+    let fed = TestFederation::start_with(
+        |n| {
+            n.delivery.max_deliveries = 1;
+        },
+        &[DISCIPLINE, SECURITY],
+    )
+    .await;
+    let mut admin = fed.admin(SECURITY);
+    let status = admin
+        .requeue(pb::RequeueRequest {
+            messages: vec![address(DISCIPLINE, "x")],
+            all: true,
+        })
+        .await
+        .expect_err("both");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(status.message().contains("not both"), "{status:?}");
+    let status = admin
+        .discard(pb::DiscardRequest {
+            messages: vec![address(DISCIPLINE, "a b")],
+            reason: "r".into(),
+        })
+        .await
+        .expect_err("bad id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let status = admin
+        .resume_peer(pb::ResumePeerRequest {
+            peer: SECURITY.into(),
+        })
+        .await
+        .expect_err("a node is not its own peer");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let status = admin
+        .get_message(pb::GetMessageRequest {
+            sender_node: String::new(),
+            message_id: String::new(),
+        })
+        .await
+        .expect_err("no id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // A dead letter whose time to live has passed cannot be requeued.
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut request = submit_request("short", MessageKind::ClueTransfer, SECURITY, b"x");
+    request.ttl_seconds = 2;
+    submit(&mut discipline, request).await;
+    let mut security = fed.client(SECURITY);
+    {
+        let mut stream = receiver(&mut security, 1, 1).await;
+        next(&mut stream, 10 * SECOND).await;
+    }
+    let deadline = Instant::now() + 10 * SECOND;
+    while dead_letter_count(&fed, SECURITY).await == 0 {
+        assert!(Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = admin
+        .requeue(pb::RequeueRequest {
+            messages: vec![],
+            all: true,
+        })
+        .await
+        .expect("requeue all")
+        .into_inner();
+    assert_eq!(r.done, 0, "{r:?}");
+    assert_eq!(r.outcomes.len(), 1);
+    assert_eq!(r.outcomes[0].code, tonic::Code::FailedPrecondition as i32);
+    assert!(r.outcomes[0].error.contains("expired"), "{r:?}");
+    // Still a dead letter: the refusal changed nothing.
+    assert_eq!(dead_letter_count(&fed, SECURITY).await, 1);
+}
