@@ -3,6 +3,7 @@
 
 use crate::crypto::tls;
 use crate::devfed::ClientFiles;
+use crate::pb::admin_client::AdminClient;
 use crate::pb::broker_client::BrokerClient;
 use crate::pb::peer_client::PeerClient;
 use anyhow::{Context, Result};
@@ -60,5 +61,9 @@ impl Connection {
         Ok(PeerClient::new(self.channel()?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    pub fn admin(&self) -> Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.channel()?))
     }
 }

@@ -101,6 +101,10 @@ pub struct NodeFile {
     pub federation: PathBuf,
     /// Address the gRPC service binds, e.g. `0.0.0.0:7401`.
     pub listen: String,
+    /// Address of the Prometheus `/metrics` HTTP listener, e.g.
+    /// `127.0.0.1:9401`; no metrics listener when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
     /// Directory of the node's sled database.
     pub data_dir: PathBuf,
     /// File holding the base64 Ed25519 signing key seed (mode 0600).
@@ -511,6 +515,8 @@ pub struct NodeConfig {
     pub node_id: String,
     pub kind: AgencyKind,
     pub listen: SocketAddr,
+    /// Where `/metrics` is served (plain HTTP), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub signer: Arc<NodeSigner>,
     pub tls: TlsMaterial,
@@ -547,6 +553,14 @@ impl NodeConfig {
                 format!("listen: {:?} is not host:port: {e}", file.listen),
             )
         })?;
+        let metrics_listen = file
+            .metrics_listen
+            .as_deref()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|e| err(path, format!("metrics_listen: {a:?} is not host:port: {e}")))
+            })
+            .transpose()?;
         let key_path = resolve(path, &file.signing_key);
         let key_text = read(&key_path).map_err(|e| err(path, format!("signing_key: {e}")))?;
         let signer = NodeSigner::from_text(&file.node_id, &file.signing_key_id, &key_text)
@@ -616,6 +630,7 @@ impl NodeConfig {
             node_id: file.node_id.clone(),
             kind: entry.kind,
             listen,
+            metrics_listen,
             data_dir: resolve(path, &file.data_dir),
             signer: Arc::new(signer),
             tls: TlsMaterial {

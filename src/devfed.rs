@@ -99,6 +99,8 @@ impl DevFederation {
                 node_id: id.into(),
                 federation: "federation.toml".into(),
                 listen: format!("127.0.0.1:{port}"),
+                // Metrics 2000 ports above the gRPC port (9401.. for `up`).
+                metrics_listen: port.checked_add(2000).map(|p| format!("127.0.0.1:{p}")),
                 data_dir: format!("data/{id}").into(),
                 signing_key: format!("keys/{id}.ed25519").into(),
                 signing_key_id: key_id,

@@ -8,6 +8,7 @@
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
 //! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
+//! - [`metrics`]: counters, histograms and the Prometheus `/metrics` listener;
 //! - [`node`]: wires one node together and runs it until shutdown;
 //! - [`provision`]: keys and certificates from a federation's files;
 //! - [`devfed`]: generates a development federation (used by `up`);
@@ -23,6 +24,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod devfed;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod node;
 pub mod provision;

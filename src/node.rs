@@ -1,7 +1,7 @@
 //! Wires one node together — store, broker, background tasks, gRPC server
 //! with mTLS — and runs it until shutdown, then drains under a deadline.
 
-use crate::api::{BrokerService, PeerService};
+use crate::api::{self, AdminService, BrokerService, HealthService, PeerService};
 use crate::broker::Broker;
 use crate::config::NodeConfig;
 use crate::crypto::tls;
@@ -11,7 +11,7 @@ use crate::pb;
 use crate::store::Store;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 /// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -31,19 +32,66 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let store = Store::open(&config.data_dir)?;
-    let broker = Broker::new(config, store);
-    serve(broker, listener, shutdown).await
+    let broker = Broker::new(config, store)?;
+    serve(broker, listener, metrics, shutdown).await
+}
+
+/// Binds the metrics listener from inside a runtime but outside `async`.
+fn bind_metrics(config: &NodeConfig) -> Result<Option<TcpListener>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let fail =
+        |e: std::io::Error| Error::Unavailable(format!("cannot listen for metrics on {addr}: {e}"));
+    let std_listener = std::net::TcpListener::bind(addr).map_err(fail)?;
+    std_listener.set_nonblocking(true).map_err(fail)?;
+    Ok(Some(TcpListener::from_std(std_listener).map_err(fail)?))
 }
 
 async fn serve(
     broker: Broker,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let config = broker.config().clone();
     let stop = CancellationToken::new();
-    let tasks = delivery::spawn(&broker, &stop)?;
+    let mut tasks = delivery::spawn(&broker, &stop)?;
+    if let Some(l) = metrics_listener {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics");
+        }
+        let b = broker.clone();
+        tasks.push(tokio::spawn(crate::metrics::serve(
+            l,
+            move || b.render_metrics(),
+            stop.clone(),
+        )));
+    }
+    // Health: SERVING for the whole server and each service while the store
+    // is open, NOT_SERVING from the moment shutdown begins.
+    let (health, health_service) = HealthService::new(stop.clone());
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::invalid(format!("reflection descriptors: {e}")))?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::invalid(format!("reflection descriptors: {e}")))?;
+    let admin_service = pb::admin_server::AdminServer::new(AdminService::new(broker.clone()));
+    // Health and reflection have no roles, but only holders of a valid
+    // federation certificate may call them.
+    let members = || api::federation_members_only(config.federation.ca.clone());
     let acceptor = tls::server_acceptor(
         &config.tls.ca_pem,
         &config.tls.cert_pem,
@@ -71,21 +119,43 @@ async fn serve(
     tracing::info!(node = %config.node_id, %addr, "node serving");
     let stop_on_signal = stop.clone();
     let grace = Duration::from_millis(config.delivery.shutdown_grace_ms);
+    // When shutdown began: the grace period counts from there.
+    let began = std::sync::Arc::new(std::sync::OnceLock::new());
+    let began_on_signal = began.clone();
     let server = tonic::transport::Server::builder()
         .add_service(broker_service)
         .add_service(peer_service)
+        .add_service(admin_service)
+        .add_service(InterceptedService::new(health_service, members()))
+        .add_service(InterceptedService::new(reflection, members()))
+        .add_service(InterceptedService::new(reflection_alpha, members()))
         .serve_with_incoming_shutdown(tls_incoming(listener, acceptor, stop.clone()), async move {
             shutdown.await;
+            let _ = began_on_signal.set(Instant::now());
             tracing::info!("shutting down: no new calls, draining");
+            health.not_serving();
             // Streams and background tasks end now; unary calls in flight
             // finish (their flush included) before the server returns.
             stop_on_signal.cancel();
         });
-    let result = server
-        .await
-        .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")));
+    // The drain has the grace period; a call still open then (a client
+    // holding a reflection stream, say) is cut off by the process exit.
+    let result = tokio::select! {
+        r = server => r.map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}"))),
+        _ = async {
+            stop.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "calls still open at the end of the grace period; stopping without them"
+            );
+            Ok(())
+        }
+    };
     stop.cancel();
-    if tokio::time::timeout(grace, futures::future::join_all(tasks))
+    let left = grace.saturating_sub(began.get().map_or(Duration::ZERO, |t| t.elapsed()));
+    if tokio::time::timeout(left, futures::future::join_all(tasks))
         .await
         .is_err()
     {
@@ -148,6 +218,8 @@ fn tls_incoming(
 #[derive(Debug)]
 pub struct RunningNode {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, if the node file asks for it.
+    pub metrics_addr: Option<SocketAddr>,
     pub broker: Broker,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
@@ -159,14 +231,17 @@ impl RunningNode {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
+        let metrics = bind_metrics(&config)?;
+        let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
         let store = Store::open(&config.data_dir)?;
-        let broker = Broker::new(config, store);
+        let broker = Broker::new(config, store)?;
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(serve(broker.clone(), listener, async move {
+        let task = tokio::spawn(serve(broker.clone(), listener, metrics, async move {
             let _ = rx.await;
         }));
         Ok(RunningNode {
             addr,
+            metrics_addr,
             broker,
             shutdown: Some(tx),
             task,

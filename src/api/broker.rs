@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct BrokerService {
@@ -54,35 +55,21 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         request: Request<pb::SubmitRequest>,
     ) -> Result<Response<pb::SubmitResponse>, Status> {
-        let principal = self.authorize(&request, Role::Submit)?;
-        self.broker.take_submit_token(&principal.name)?;
-        let r = request.into_inner();
-        let submitted = self
-            .broker
-            .submit(
-                &principal.name,
-                SubmitInput {
-                    message_id: r.message_id,
-                    kind: r.kind,
-                    recipient_node: r.recipient_node,
-                    case_reference: r.case_reference,
-                    correlation_id: r.correlation_id,
-                    subject: r.subject,
-                    content_type: r.content_type,
-                    payload: r.payload,
-                    ttl_seconds: r.ttl_seconds,
-                    reply_by_ms: r.reply_by_ms,
-                },
-            )
-            .await?;
-        Ok(Response::new(pb::SubmitResponse {
-            accepted: Some(submitted.accepted.to_wire()),
-            envelope_header: submitted.header,
-            envelope_signature: submitted.signature,
-            duplicate: submitted.duplicate,
-        }))
+        let metrics = self.broker.metrics();
+        metrics.submitted.inc();
+        let started = std::time::Instant::now();
+        let answer = self.submit_inner(request).await;
+        match &answer {
+            Ok(r) => {
+                if !r.get_ref().duplicate {
+                    metrics.accepted.inc();
+                }
+                metrics.submit_seconds.observe_duration(started.elapsed());
+            }
+            Err(status) => metrics.refused.add(code_name(status.code()), 1),
+        }
+        answer
     }
-
     type ReceiveStream = BoxStream<pb::Delivery>;
 
     async fn receive(
@@ -96,8 +83,9 @@ impl pb::broker_server::Broker for BrokerService {
         let (tx, rx) = mpsc::channel(8);
         let broker = self.broker.clone();
         let stop = self.stop.clone();
+        let span = tracing::info_span!("receive", principal = %principal.name);
         tokio::spawn(async move {
-            tracing::debug!(principal = %principal.name, "receive stream opened");
+            tracing::debug!("receive stream opened");
             loop {
                 let mut permit = tokio::select! {
                     p = permits.clone().acquire_owned() => match p {
@@ -124,6 +112,7 @@ impl pb::broker_server::Broker for BrokerService {
                                 attempt: leased.attempt,
                                 lease_expires_at_ms: leased.lease_expires_at_ms,
                             };
+                            tracing::debug!(%message, attempt = leased.attempt, lease_id = leased.lease_id, "leased");
                             if tx.send(Ok(delivery)).await.is_err() {
                                 broker.return_unsent(&message, leased.lease_id);
                                 return;
@@ -150,7 +139,7 @@ impl pb::broker_server::Broker for BrokerService {
                     }
                 }
             }
-        });
+        }.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -276,5 +265,70 @@ impl pb::broker_server::Broker for BrokerService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+impl BrokerService {
+    async fn submit_inner(
+        &self,
+        request: Request<pb::SubmitRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        let principal = self.authorize(&request, Role::Submit)?;
+        let span = tracing::info_span!(
+            "submit",
+            principal = %principal.name,
+            message_id = %request.get_ref().message_id
+        );
+        self.broker.take_submit_token(&principal.name)?;
+        let r = request.into_inner();
+        let submitted = self
+            .broker
+            .submit(
+                &principal.name,
+                SubmitInput {
+                    message_id: r.message_id,
+                    kind: r.kind,
+                    recipient_node: r.recipient_node,
+                    case_reference: r.case_reference,
+                    correlation_id: r.correlation_id,
+                    subject: r.subject,
+                    content_type: r.content_type,
+                    payload: r.payload,
+                    ttl_seconds: r.ttl_seconds,
+                    reply_by_ms: r.reply_by_ms,
+                },
+            )
+            .instrument(span)
+            .await?;
+        Ok(Response::new(pb::SubmitResponse {
+            accepted: Some(submitted.accepted.to_wire()),
+            envelope_header: submitted.header,
+            envelope_signature: submitted.signature,
+            duplicate: submitted.duplicate,
+        }))
+    }
+}
+
+/// A status code as a metric label: `invalid_argument`, `not_found`, ...
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "ok",
+        Cancelled => "cancelled",
+        Unknown => "unknown",
+        InvalidArgument => "invalid_argument",
+        DeadlineExceeded => "deadline_exceeded",
+        NotFound => "not_found",
+        AlreadyExists => "already_exists",
+        PermissionDenied => "permission_denied",
+        ResourceExhausted => "resource_exhausted",
+        FailedPrecondition => "failed_precondition",
+        Aborted => "aborted",
+        OutOfRange => "out_of_range",
+        Unimplemented => "unimplemented",
+        Internal => "internal",
+        Unavailable => "unavailable",
+        DataLoss => "data_loss",
+        Unauthenticated => "unauthenticated",
     }
 }

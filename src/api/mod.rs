@@ -1,13 +1,18 @@
 //! The gRPC services. The only place that converts between the services'
 //! request/response messages and domain types, and errors to `Status`.
 
+mod admin;
 mod broker;
+mod health;
 mod peer;
 
+pub use admin::AdminService;
 pub use broker::BrokerService;
+pub use health::{HealthService, HealthSwitch};
 pub use peer::PeerService;
 
 use crate::config::NodeConfig;
+use crate::crypto::tls::FederationCa;
 use crate::crypto::{PeerIdentity, tls};
 use crate::error::Error;
 use crate::model::{Principal, Role};
@@ -40,6 +45,10 @@ impl From<Error> for Status {
 /// Who is calling: the identity in the caller's certificate, once it is
 /// shown to come from the federation CA and to be valid now.
 fn caller<T>(config: &NodeConfig, request: &Request<T>) -> Result<PeerIdentity, Status> {
+    certified(&config.federation.ca, request)
+}
+
+fn certified<T>(ca: &FederationCa, request: &Request<T>) -> Result<PeerIdentity, Status> {
     let no_cert = || {
         Status::unauthenticated(
             "no client certificate: connect with mTLS and a certificate from the federation CA",
@@ -47,11 +56,18 @@ fn caller<T>(config: &NodeConfig, request: &Request<T>) -> Result<PeerIdentity, 
     };
     let certs = request.peer_certs().ok_or_else(no_cert)?;
     let leaf = certs.first().ok_or_else(no_cert)?;
-    Ok(tls::verify_client(
-        &config.federation.ca,
-        leaf.as_ref(),
-        crate::now_ms(),
-    )?)
+    Ok(tls::verify_client(ca, leaf.as_ref(), crate::now_ms())?)
+}
+
+/// An interceptor for services without roles (health, reflection): any
+/// node or principal with a valid federation certificate may call them.
+pub fn federation_members_only(
+    ca: FederationCa,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request| {
+        certified(&ca, &request)?;
+        Ok(request)
+    }
 }
 
 /// The calling principal, if it is a client of this node holding `role`.

@@ -6,6 +6,7 @@ use crate::crypto::PeerIdentity;
 use crate::model::{SignedEnvelope, SignedReceipt};
 use crate::pb;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 #[derive(Clone, Debug)]
 pub struct PeerService {
@@ -58,7 +59,16 @@ impl pb::peer_server::Peer for PeerService {
             .into_iter()
             .map(SignedEnvelope::from_wire)
             .collect();
-        let outcomes = self.broker.deliver(&peer, envelopes).await?;
+        let outcomes = self
+            .broker
+            .deliver(&peer, envelopes)
+            .instrument(tracing::info_span!("deliver", %peer))
+            .await?;
+        for (message_id, outcome) in &outcomes {
+            if outcome.is_ok() {
+                tracing::debug!(%peer, message_id, "took custody");
+            }
+        }
         Ok(Response::new(pb::DeliverResponse {
             outcomes: outcomes
                 .into_iter()
@@ -84,7 +94,11 @@ impl pb::peer_server::Peer for PeerService {
             .into_iter()
             .map(SignedReceipt::from_wire)
             .collect();
-        let outcomes = self.broker.return_receipts(&peer, receipts).await?;
+        let outcomes = self
+            .broker
+            .return_receipts(&peer, receipts)
+            .instrument(tracing::info_span!("return_receipts", %peer))
+            .await?;
         Ok(Response::new(pb::ReturnReceiptsResponse {
             outcomes: outcomes
                 .into_iter()

@@ -62,10 +62,11 @@ impl Broker {
                 (id, custody)
             })
             .collect();
-        let outcomes = self
+        let (outcomes, stored) = self
             .store()
             .write(move |s| {
-                Ok(checked
+                let mut stored = 0;
+                let outcomes = checked
                     .into_iter()
                     .map(|(id, custody)| {
                         let outcome = custody.and_then(|c| {
@@ -76,15 +77,20 @@ impl Broker {
                                 &c.delivered,
                                 now,
                             )? {
-                                InboundOutcome::Stored => Ok(c.delivered),
+                                InboundOutcome::Stored => {
+                                    stored += 1;
+                                    Ok(c.delivered)
+                                }
                                 InboundOutcome::AlreadyHeld(original) => Ok(original),
                             }
                         });
                         (id, outcome)
                     })
-                    .collect::<Vec<_>>())
+                    .collect::<Vec<_>>();
+                Ok((outcomes, stored))
             })
             .await?;
+        self.metrics().delivered.add(stored);
         if outcomes.iter().any(|(_, o)| o.is_ok()) {
             self.inbox_wake().notify_waiters();
         }
@@ -203,6 +209,16 @@ impl Broker {
             SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let header =
             EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))?;
+        // A requeued dead letter starts again at attempt 1; it counts as a
+        // redelivery, not as a new end-to-end time.
+        if lease.record.attempts == 1 && !self.store().has_operator_events(&header.message_ref())? {
+            let waited = now.saturating_sub(header.created_at_ms);
+            self.metrics()
+                .end_to_end_seconds
+                .observe(waited as f64 / 1000.0);
+        } else {
+            self.metrics().redelivered.inc();
+        }
         Ok(Ok(Leased {
             envelope,
             header,
@@ -300,6 +316,11 @@ impl Broker {
         }
         self.end_lease(lease_id);
         self.wake_peer(&message.sender_node);
+        match state {
+            InboundState::Acknowledged => self.metrics().acknowledged.inc(),
+            _ => self.metrics().rejected.inc(),
+        }
+        tracing::debug!(%message, principal = %receiver.name, state = state.as_str(), "settled");
         Ok(receipt)
     }
 
@@ -368,6 +389,7 @@ impl Broker {
             self.store()
                 .settle(message, lease_id, InboundState::DeadLetter, &receipt)?;
             tracing::warn!(%message, attempts = record.attempts, "dead-lettered");
+            self.metrics().dead_lettered.inc();
             self.wake_peer(&message.sender_node);
         } else {
             self.store()
@@ -421,6 +443,7 @@ impl Broker {
                 "time to live passed before a receiver settled the message",
             );
             self.store().expire_inbound(index_key, message, &receipt)?;
+            self.metrics().expired.add("custody", 1);
             if record.state == InboundState::Leased {
                 self.end_lease(record.lease_id);
             }

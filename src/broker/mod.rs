@@ -4,17 +4,23 @@
 //! store makes each step atomic and durable.
 
 mod custody;
+mod operations;
 mod sending;
 
 pub use custody::Leased;
+pub use operations::{
+    DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,
+    PeerStatus, PeerView, QueuesView, Side,
+};
 pub use sending::{Status, SubmitInput, Submitted};
 
 use crate::config::NodeConfig;
 use crate::crypto::NodeSigner;
+use crate::metrics::Metrics;
 use crate::model::{MessageRef, Receipt, ReceiptKind, SignedReceipt};
 use crate::now_ms;
 use crate::store::Store;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::{Notify, OwnedSemaphorePermit};
@@ -46,6 +52,11 @@ struct Shared {
     lease_lock: Mutex<()>,
     /// Submit token buckets by principal name.
     submit_buckets: Mutex<HashMap<String, Bucket>>,
+    /// Counters and histograms for `/metrics`.
+    metrics: Metrics,
+    /// What each peer's forwarder last saw, and pauses. A std Mutex: held
+    /// only to read or bump a few figures, never across an `.await`.
+    peers: Mutex<BTreeMap<String, PeerStatus>>,
 }
 
 /// A token bucket: `tokens` left at `at`, refilled at the configured rate
@@ -57,12 +68,14 @@ struct Bucket {
 }
 
 impl Broker {
-    pub fn new(config: NodeConfig, store: Store) -> Broker {
+    /// The broker of a node over its opened store; restores the peer
+    /// pauses stored by earlier runs.
+    pub fn new(config: NodeConfig, store: Store) -> crate::error::Result<Broker> {
         let peer_wake = config
             .peers()
             .map(|p| (p.id.clone(), Arc::new(Notify::new())))
             .collect();
-        Broker {
+        let broker = Broker {
             shared: Arc::new(Shared {
                 config,
                 store,
@@ -72,8 +85,16 @@ impl Broker {
                 permits: Mutex::new(HashMap::new()),
                 lease_lock: Mutex::new(()),
                 submit_buckets: Mutex::new(HashMap::new()),
+                metrics: Metrics::default(),
+                peers: Mutex::new(BTreeMap::new()),
             }),
-        }
+        };
+        broker.load_pauses()?;
+        Ok(broker)
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     pub fn config(&self) -> &NodeConfig {

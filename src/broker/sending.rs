@@ -212,6 +212,7 @@ impl Broker {
         };
         match outcome {
             SubmitOutcome::Stored => {
+                tracing::debug!(%message, peer = %recipient.id, "accepted");
                 self.wake_peer(&recipient.id);
                 self.feed_wake().notify_waiters();
                 Ok(Submitted {
@@ -467,6 +468,7 @@ impl Broker {
             "time to live passed before the recipient node took custody",
         );
         self.store().expire_sent(index_key, message, &receipt)?;
+        self.metrics().expired.add("sent", 1);
         self.feed_wake().notify_waiters();
         Ok(())
     }

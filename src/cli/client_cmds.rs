@@ -22,10 +22,6 @@ pub struct ClientArgs {
     /// Development federation directory made by `cluebridge up`.
     #[arg(long, default_value = ".cluebridge-dev", env = "CLUEBRIDGE_DIR")]
     pub dir: PathBuf,
-    /// Which principal's certificate to use from --dir: backoffice (submit,
-    /// receive), operator (operate) or auditor (audit).
-    #[arg(long = "as", value_name = "PRINCIPAL", default_value = crate::devfed::CLIENT_NAME)]
-    pub principal: String,
     /// Node endpoint, e.g. https://127.0.0.1:7401 (overrides --dir).
     #[arg(long, env = "CLUEBRIDGE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -42,13 +38,25 @@ pub struct ClientArgs {
     /// (default: federation.toml in --dir when present).
     #[arg(long)]
     pub trust: Option<PathBuf>,
+    /// With --dir: the principal whose certificate to use (default:
+    /// backoffice for send/receive/status/watch, operator for
+    /// queues/peers/dlq/message).
+    #[arg(long = "as", value_name = "PRINCIPAL")]
+    pub principal: Option<String>,
 }
 
 impl ClientArgs {
     fn connection(&self) -> Result<Connection> {
+        self.connection_as(crate::devfed::CLIENT_NAME)
+    }
+
+    /// The connection, using principal `default` of the development
+    /// federation unless `--as` names another.
+    pub(super) fn connection_as(&self, default: &str) -> Result<Connection> {
         let dev = DevFederation::open(&self.dir);
+        let name = self.principal.as_deref().unwrap_or(default);
         let dev_files = match (&self.node, &dev) {
-            (Some(node), Some(dev)) => Some(dev.client_as(node, &self.principal)?),
+            (Some(node), Some(dev)) => Some(dev.client_as(node, name)?),
             _ => None,
         };
         let pick = |flag: &Option<PathBuf>, dev: Option<PathBuf>, name: &str| -> Result<PathBuf> {
@@ -98,10 +106,14 @@ impl ClientArgs {
 }
 
 /// Turns a refusal into a message a person can act on.
-fn explain(status: tonic::Status) -> anyhow::Error {
+pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "node unavailable: {} (is it running, and is the endpoint right?)",
+            status.message()
+        ),
+        tonic::Code::PermissionDenied => anyhow::anyhow!(
+            "permission denied: {} (use the certificate of a principal that holds the role)",
             status.message()
         ),
         code => anyhow::anyhow!("refused ({code:?}): {}", status.message()),

@@ -3,6 +3,7 @@
 mod bench;
 mod client_cmds;
 mod gen_certs;
+mod ops;
 mod render;
 mod serve;
 mod up;
@@ -21,6 +22,16 @@ pub struct Cli {
     /// Defaults to `info` for serve/up/bench and `warn` otherwise; RUST_LOG also works.
     #[arg(long, global = true, env = "CLUEBRIDGE_LOG")]
     pub log: Option<String>,
+    /// Log line format on stderr: `pretty` for people, `json` (one object
+    /// per line, with span fields) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "CLUEBRIDGE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Pretty
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -44,6 +55,22 @@ pub enum Command {
     Watch(client_cmds::WatchArgs),
     /// Measure durable submit throughput and end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Operators: every queue of a node (outboxes, inbox, dead letters).
+    Queues(ops::QueuesArgs),
+    /// Operators: the state of each peer (up, backing off, down, paused);
+    /// --pause / --resume PEER stop and restart forwarding to one.
+    Peers(ops::PeersArgs),
+    /// Operators: list, requeue or discard dead letters.
+    Dlq(ops::DlqArgs),
+    /// Operators: one message's metadata and history (never its payload).
+    Message(ops::MessageArgs),
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
 /// Sets up logging on stderr.
@@ -59,10 +86,13 @@ pub fn init_logging(cli: &Cli) {
         .unwrap_or_else(|| default.to_string());
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -75,6 +105,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => client_cmds::status(a).await,
         Command::Watch(a) => client_cmds::watch(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Queues(a) => ops::queues(a).await,
+        Command::Peers(a) => ops::peers(a).await,
+        Command::Dlq(a) => ops::dlq(a).await,
+        Command::Message(a) => ops::message(a).await,
     }
 }
 

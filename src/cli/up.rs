@@ -55,13 +55,22 @@ pub async fn run(args: UpArgs) -> Result<()> {
             dev.node_file(id).display()
         );
     }
+    for (id, node) in &nodes {
+        if let Some(addr) = node.metrics_addr {
+            println!("  metrics {id:<13} http://{addr}/metrics");
+        }
+    }
     let dir = shell_path(&args.dir);
     println!(
         "\nTry, in another terminal:\n\
          \x20 cargo run --release -- send --dir {dir} --node discipline --to public_security --kind clue_transfer --subject \"Clue on case 12\" --payload \"report text\"\n\
          \x20 cargo run --release -- receive --dir {dir} --node public_security --ack\n\
          \x20 cargo run --release -- status --dir {dir} --node discipline <MESSAGE-ID>\n\
-         \x20 cargo run --release -- watch --dir {dir} --node discipline\n"
+         \x20 cargo run --release -- watch --dir {dir} --node discipline\n\
+         Operators (certificate of the `operator` principal):\n\
+         \x20 cargo run --release -- queues --dir {dir} --node discipline\n\
+         \x20 cargo run --release -- peers --dir {dir} --node discipline\n\
+         \x20 cargo run --release -- dlq list --dir {dir} --node public_security\n"
     );
     let result = if args.demo {
         demo(&dev).await

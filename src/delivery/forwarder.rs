@@ -74,6 +74,16 @@ impl Forwarder {
             if self.stop.is_cancelled() {
                 return;
             }
+            if self.broker.peer_paused(&self.peer) {
+                // Paused by an operator: envelopes and receipts wait in the
+                // store; ResumePeer wakes this task.
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                }
+                continue;
+            }
             match self.round().await {
                 Ok(true) => {
                     self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
@@ -123,7 +133,12 @@ impl Forwarder {
         let request = pb::DeliverRequest {
             envelopes: envelopes.iter().map(|(_, e)| e.to_wire()).collect(),
         };
+        let started = std::time::Instant::now();
         let response = self.call(self.client.clone().deliver(request)).await?;
+        self.broker
+            .metrics()
+            .forward_seconds
+            .observe_duration(started.elapsed());
         if response.outcomes.len() != envelopes.len() {
             return Err(Error::Unavailable(format!(
                 "peer answered {} outcomes for {} envelopes",
@@ -152,6 +167,10 @@ impl Forwarder {
             }
         }
         let moved = !delivered.is_empty() || !refused.is_empty();
+        self.broker
+            .metrics()
+            .forwarded
+            .add(&self.peer, delivered.len() as u64);
         self.broker
             .on_forwarded(&self.peer, delivered, refused)
             .await?;
@@ -208,7 +227,8 @@ impl Forwarder {
         fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T> {
         let timeout = self.broker.config().delivery.peer_timeout();
-        match tokio::time::timeout(timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = match tokio::time::timeout(timeout, fut).await {
             Err(_) => Err(Error::Unavailable(format!(
                 "no answer from {} within {} ms",
                 self.peer,
@@ -221,6 +241,12 @@ impl Forwarder {
                 status.message()
             ))),
             Ok(Ok(r)) => Ok(r.into_inner()),
+        };
+        // The peer's state for operators (ListPeers, metrics).
+        match &result {
+            Ok(_) => self.broker.peer_succeeded(&self.peer, started.elapsed()),
+            Err(e) => self.broker.peer_failed(&self.peer, e),
         }
+        result
     }
 }

@@ -264,6 +264,9 @@ impl SentState {
             (Accepted, _) => Some(next),
             (Delivered, Delivered) => None,
             (Delivered, _) => Some(next),
+            // The recipient's operator requeued the dead letter and a
+            // receiver settled it (or its time ran out) after all.
+            (DeadLettered, Acknowledged | Rejected | Expired) => Some(next),
             _ => None,
         }
     }
@@ -308,11 +311,25 @@ pub enum InboundState {
     Rejected,
     DeadLetter,
     Expired,
+    /// An operator gave the dead letter up, with a recorded reason.
+    Discarded,
 }
 
 impl InboundState {
     pub fn is_terminal(self) -> bool {
         !matches!(self, InboundState::Inbox | InboundState::Leased)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundState::Inbox => "inbox",
+            InboundState::Leased => "leased",
+            InboundState::Acknowledged => "acknowledged",
+            InboundState::Rejected => "rejected",
+            InboundState::DeadLetter => "dead_letter",
+            InboundState::Expired => "expired",
+            InboundState::Discarded => "discarded",
+        }
     }
 }
 
@@ -363,5 +380,11 @@ mod tests {
         assert_eq!(SentState::Acknowledged.after(ReceiptKind::Rejected), None);
         assert_eq!(SentState::Expired.after(ReceiptKind::Delivered), None);
         assert_eq!(SentState::Delivered.after(ReceiptKind::Delivered), None);
+        // Only a requeued dead letter moves on, and only to an end state.
+        assert_eq!(
+            SentState::DeadLettered.after(ReceiptKind::Acknowledged),
+            Some(SentState::Acknowledged)
+        );
+        assert_eq!(SentState::DeadLettered.after(ReceiptKind::Delivered), None);
     }
 }

@@ -80,6 +80,13 @@ pub fn receipts_prefix(message_key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `message-key \0 seq`: one operator action on a message, in order.
+pub fn event(message_key: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = receipts_prefix(message_key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,12 @@
 //! - `receipt_outbox`: peer + seq → signed receipt bytes to return;
 //! - `feed`: seq → receipt key, the receipts about sent messages in the
 //!   order they were stored (the `WatchReceipts` cursor);
-//! - `expiry`: expires-at + message key → (), the TTL index.
+//! - `expiry`: expires-at + message key → (), the TTL index;
+//! - `dead_letters`: message key → dead-lettered-at, messages in custody
+//!   that used up their delivery attempts;
+//! - `operator_events`: message key + seq → [`OperatorEvent`], operators'
+//!   actions on a message (requeue, discard);
+//! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused.
 //!
 //! Every state change is one transaction over these trees. Durability is
 //! explicit: a caller that must not answer before its write is on disk
@@ -21,9 +26,10 @@
 pub mod keys;
 mod records;
 
-pub use records::{InboundRecord, SentRecord};
+pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
 
 use crate::error::{Error, Result};
+use crate::metrics::Histogram;
 use crate::model::{InboundState, MessageKind, MessageRef, SentState, SignedReceipt, sha256};
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{IVec, Transactional, Tree};
@@ -61,7 +67,10 @@ const LEASES: usize = 6;
 const RECEIPT_OUTBOX: usize = 7;
 const FEED: usize = 8;
 const EXPIRY: usize = 9;
-const TREE_NAMES: [&str; 10] = [
+const DEAD_LETTERS: usize = 10;
+const OPERATOR_EVENTS: usize = 11;
+const PAUSED_PEERS: usize = 12;
+const TREE_NAMES: [&str; 13] = [
     "envelopes",
     "sent",
     "inbound",
@@ -72,6 +81,9 @@ const TREE_NAMES: [&str; 10] = [
     "receipt_outbox",
     "feed",
     "expiry",
+    "dead_letters",
+    "operator_events",
+    "paused_peers",
 ];
 
 type Tx = [TransactionalTree];
@@ -94,6 +106,12 @@ struct Shared {
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// The writer thread, joined by `close` so that its handle on the
+    /// database is gone when `close` returns.
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// State changes per group commit, and how long each flush took.
+    flush_batch: Histogram,
+    flush_seconds: Histogram,
 }
 
 /// What `submit` found.
@@ -162,13 +180,21 @@ impl Store {
                 db,
                 trees,
                 jobs: std::sync::Mutex::new(Some(tx)),
+                writer: std::sync::Mutex::new(None),
+                flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
+                flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
             }),
         };
         let writer_store = store.clone();
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer(writer_store, rx))
             .map_err(|e| Error::Unavailable(format!("cannot start the store writer: {e}")))?;
+        *store
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
     }
 
@@ -226,8 +252,24 @@ impl Store {
     /// Stops the writer thread after the changes already queued; later
     /// writes fail with `Unavailable`. Called at shutdown so the database
     /// closes when the last handle goes.
+    ///
+    /// Waits for the writer thread to end (it finishes the changes already
+    /// queued, one flush), so that a node restarted right after its stop
+    /// finds the database unlocked.
     pub fn close(&self) {
         self.lock_jobs().take();
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle
+            && handle.thread().id() != std::thread::current().id()
+            && handle.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
+        }
     }
 
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Option<std::sync::mpsc::Sender<Job>>> {
@@ -239,6 +281,11 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<()> {
         self.shared.db.flush()?;
         Ok(())
+    }
+
+    /// Group-commit figures: changes per flush, and flush durations.
+    pub fn flush_histograms(&self) -> (&Histogram, &Histogram) {
+        (&self.shared.flush_batch, &self.shared.flush_seconds)
     }
 
     pub fn size_on_disk(&self) -> Result<u64> {
@@ -628,10 +675,14 @@ impl Store {
         receipt: &SignedReceipt,
     ) -> Result<()> {
         let queued = self.queue_receipt_parts(message, receipt)?;
-        self.with_lease(message, lease_id, |t, _key, record| {
+        let now = crate::now_ms().to_be_bytes();
+        self.with_lease(message, lease_id, |t, key, record| {
             record.state = state;
             record.queue_key.clear();
             queued.insert(t)?;
+            if state == InboundState::DeadLetter {
+                t[DEAD_LETTERS].insert(key, &now)?;
+            }
             Ok(())
         })
     }
@@ -837,6 +888,205 @@ impl Store {
         Ok(h.finalize().into())
     }
 
+    // -------------------------------------------------------- operators
+
+    /// Dead letters, oldest first: (message, dead-lettered at, record).
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(MessageRef, u64, InboundRecord)>> {
+        let mut out = Vec::new();
+        for kv in self.tree(DEAD_LETTERS).iter() {
+            let (key, at) = kv?;
+            let message = keys::parse_message(&key)
+                .ok_or_else(|| Error::corrupt("dead_letters", "bad message key"))?;
+            let record = self
+                .inbound(&message)?
+                .ok_or_else(|| Error::corrupt("dead_letters", "entry names no inbound record"))?;
+            out.push((message, keys::first_u64(&at), record));
+        }
+        out.sort_by_key(|(_, at, _)| *at);
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// How many dead letters there are and when the oldest was made one.
+    pub fn dead_letter_stats(&self) -> Result<(usize, Option<u64>)> {
+        let mut count = 0;
+        let mut oldest: Option<u64> = None;
+        for kv in self.tree(DEAD_LETTERS).iter() {
+            let (_, at) = kv?;
+            let at = keys::first_u64(&at);
+            count += 1;
+            oldest = Some(oldest.map_or(at, |o| o.min(at)));
+        }
+        Ok((count, oldest))
+    }
+
+    /// Puts a dead letter back in the inbox, ready at `ready_at_ms`, with
+    /// its attempts reset and its TTL index entry restored, and records the
+    /// operator's action: one transaction.
+    pub fn requeue_dead_letter(
+        &self,
+        message: &MessageRef,
+        ready_at_ms: u64,
+        event: &OperatorEvent,
+    ) -> Result<()> {
+        let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
+        let event_key = keys::event(&keys::message(message), self.next_seq()?);
+        let event_bytes = records::encode(event);
+        self.with_dead_letter(message, |t, key, record| {
+            if record.expires_at_ms <= ready_at_ms {
+                return abort(Error::FailedPrecondition(format!(
+                    "{message} expired at {}; it cannot be delivered any more (discard it)",
+                    crate::format_time(record.expires_at_ms)
+                )));
+            }
+            record.state = InboundState::Inbox;
+            record.attempts = 0;
+            record.queue_key = inbox_key.clone();
+            t[INBOX].insert(inbox_key.as_slice(), key)?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), &[])?;
+            t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Gives a dead letter up for good and records why. The envelope and
+    /// its receipts stay as evidence.
+    pub fn discard_dead_letter(&self, message: &MessageRef, event: &OperatorEvent) -> Result<()> {
+        let event_key = keys::event(&keys::message(message), self.next_seq()?);
+        let event_bytes = records::encode(event);
+        self.with_dead_letter(message, |t, _key, record| {
+            record.state = InboundState::Discarded;
+            t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// Runs `change` on a dead letter's record and takes it off the dead
+    /// letters, in one transaction; refuses if the message is not a dead
+    /// letter in this node's custody.
+    fn with_dead_letter(
+        &self,
+        message: &MessageRef,
+        change: impl Fn(&Tx, &[u8], &mut InboundRecord) -> TxResult<()>,
+    ) -> Result<()> {
+        let key = keys::message(message);
+        self.transact(|t| {
+            let Some(raw) = t[INBOUND].get(&key)? else {
+                return abort(Error::NotFound(format!(
+                    "no message {message} in this node's custody"
+                )));
+            };
+            let mut record: InboundRecord = match records::decode("inbound", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if record.state != InboundState::DeadLetter {
+                return abort(Error::FailedPrecondition(format!(
+                    "{message} is not a dead letter (it is {})",
+                    record.state.as_str()
+                )));
+            }
+            t[DEAD_LETTERS].remove(key.as_slice())?;
+            change(t, &key, &mut record)?;
+            t[INBOUND].insert(key.as_slice(), records::encode(&record))?;
+            Ok(())
+        })
+    }
+
+    /// Whether an operator ever requeued or discarded the message.
+    pub fn has_operator_events(&self, message: &MessageRef) -> Result<bool> {
+        Ok(self
+            .tree(OPERATOR_EVENTS)
+            .scan_prefix(keys::receipts_prefix(&keys::message(message)))
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Operators' actions on a message, oldest first.
+    pub fn operator_events(&self, message: &MessageRef) -> Result<Vec<OperatorEvent>> {
+        self.tree(OPERATOR_EVENTS)
+            .scan_prefix(keys::receipts_prefix(&keys::message(message)))
+            .map(|kv| {
+                let (_, v) = kv?;
+                records::decode("operator_events", &v)
+            })
+            .collect()
+    }
+
+    /// Pauses (`Some`) or resumes (`None`) forwarding to `peer`.
+    pub fn set_paused(&self, peer: &str, pause: Option<&PauseRecord>) -> Result<()> {
+        let value = pause.map(records::encode);
+        self.transact(|t| {
+            match &value {
+                Some(v) => t[PAUSED_PEERS].insert(peer.as_bytes(), v.as_slice())?,
+                None => t[PAUSED_PEERS].remove(peer.as_bytes())?,
+            };
+            Ok(())
+        })
+    }
+
+    /// The peers an operator paused.
+    pub fn paused_peers(&self) -> Result<Vec<(String, PauseRecord)>> {
+        self.tree(PAUSED_PEERS)
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((
+                    String::from_utf8_lossy(&k).into_owned(),
+                    records::decode("paused_peers", &v)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A peer's outbox: depth, encoded bytes (only `with_bytes`: that
+    /// reads every envelope), and the creation time of its oldest envelope.
+    /// Walks the whole queue: for operators and metrics scrapes, not for
+    /// hot paths.
+    pub fn outbox_stats(&self, peer: &str, with_bytes: bool) -> Result<(usize, u64, Option<u64>)> {
+        let mut depth = 0;
+        let mut bytes = 0u64;
+        let mut oldest = None;
+        for kv in self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)) {
+            let (_, msg_key) = kv?;
+            depth += 1;
+            if with_bytes && let Some(env) = self.tree(ENVELOPES).get(&msg_key)? {
+                bytes += env.len() as u64;
+            }
+            if oldest.is_none()
+                && let Some(raw) = self.tree(SENT).get(&msg_key)?
+            {
+                let r: SentRecord = records::decode("sent", &raw)?;
+                oldest = Some(r.created_at_ms);
+            }
+        }
+        Ok((depth, bytes, oldest))
+    }
+
+    /// Receipts waiting to go back to `peer`.
+    pub fn receipt_outbox_depth(&self, peer: &str) -> usize {
+        self.tree(RECEIPT_OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .count()
+    }
+
+    /// The inbox at `now_ms`: ready entries, delayed entries, the earliest
+    /// ready time, and leases in flight.
+    pub fn inbox_stats(&self, now_ms: u64) -> Result<(usize, usize, Option<u64>, usize)> {
+        let mut ready = 0;
+        let mut earliest = None;
+        for kv in self.tree(INBOX).range(..keys::pair(now_ms, u64::MAX)) {
+            let (k, _) = kv?;
+            if earliest.is_none() {
+                earliest = Some(keys::first_u64(&k));
+            }
+            ready += 1;
+        }
+        let delayed = self.tree(INBOX).len().saturating_sub(ready);
+        Ok((ready, delayed, earliest, self.tree(LEASES).len()))
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             envelopes: self.tree(ENVELOPES).len(),
@@ -889,12 +1139,18 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = store
             .shared
             .db
             .flush()
             .map(|_| ())
             .map_err(|e| e.to_string());
+        store
+            .shared
+            .flush_seconds
+            .observe_duration(started.elapsed());
+        store.shared.flush_batch.observe(completions.len() as f64);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store flush failed");
         }

@@ -45,3 +45,37 @@ pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
 pub(super) fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
     postcard::from_bytes(bytes).map_err(|e| Error::corrupt(what, e))
 }
+
+/// An operator's action on one message, kept in its history.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OperatorEvent {
+    pub at_ms: u64,
+    pub action: OperatorAction,
+    /// The operator principal.
+    pub principal: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// A dead letter was put back in the inbox with fresh attempts.
+    Requeued,
+    /// A dead letter was given up for good.
+    Discarded,
+}
+
+impl OperatorAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OperatorAction::Requeued => "requeued",
+            OperatorAction::Discarded => "discarded",
+        }
+    }
+}
+
+/// Forwarding to a peer is paused (stored so that it survives a restart).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PauseRecord {
+    pub at_ms: u64,
+    pub principal: String,
+}

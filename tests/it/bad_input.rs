@@ -507,6 +507,27 @@ async fn attempt(w: &World, case: &str) -> Status {
                     .connect_lazy();
             err(BrokerClient::new(channel).submit(to_s("c-1")).await, case)
         }
+        "a health check without a certificate" => {
+            let tls = ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(
+                    std::fs::read_to_string(fed.dev.dir.join("ca.pem")).expect("ca"),
+                ))
+                .domain_name(SECURITY);
+            let channel =
+                Endpoint::from_shared(format!("https://127.0.0.1:{}", fed.ports[SECURITY]))
+                    .expect("endpoint")
+                    .tls_config(tls)
+                    .expect("tls")
+                    .connect_lazy();
+            err(
+                tonic_health::pb::health_client::HealthClient::new(channel)
+                    .check(tonic_health::pb::HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await,
+                case,
+            )
+        }
         "a certificate from a foreign CA" => {
             let foreign = Ca::generate("elsewhere", 1).expect("ca");
             let cert = foreign.issue_client(SECURITY, "backoffice").expect("cert");

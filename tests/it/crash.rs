@@ -103,3 +103,155 @@ async fn sigkill_after_accepting_loses_no_message() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+/// SIGTERM while submits are in flight: the node stops taking calls,
+/// answers or fails the ones in flight, flushes, and exits 0 within its
+/// grace period; every submit answered `accepted` is delivered after a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_keeps_every_accepted_submit() {
+    let mut fed = TestFederation::start_with(|_| {}, &[]).await;
+    let grace = Duration::from_millis(fed.config(DISCIPLINE).delivery.shutdown_grace_ms);
+    let mut child = spawn_serve(&fed, DISCIPLINE);
+    wait_serving(&fed, DISCIPLINE).await;
+
+    // Eight submitters that keep going until the node stops answering.
+    let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let mut client = fed.client(DISCIPLINE);
+        let accepted = accepted.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0.. {
+                let id = format!("term-{t}-{i}");
+                let request = submit_request(&id, MessageKind::ClueTransfer, SECURITY, b"x");
+                match client.submit(request).await {
+                    Ok(_) => accepted.lock().expect("lock").push(id),
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let signalled = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(kill.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < grace + Duration::from_secs(3),
+            "node still running {:?} after SIGTERM",
+            signalled.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let took = signalled.elapsed();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    assert!(took <= grace, "took {took:?}, grace is {grace:?}");
+    for t in tasks {
+        t.await.expect("submitter");
+    }
+    let accepted = accepted.lock().expect("lock").clone();
+    assert!(!accepted.is_empty(), "some submits were accepted");
+
+    let mut child = spawn_serve(&fed, DISCIPLINE);
+    wait_serving(&fed, DISCIPLINE).await;
+    fed.restart(SECURITY).await;
+    let mut security = fed.client(SECURITY);
+    let mut stream = receiver(&mut security, 64, 30).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let wanted: std::collections::BTreeSet<String> = accepted.iter().cloned().collect();
+    while !wanted.is_subset(&seen) {
+        let d = next(&mut stream, 20 * SECOND).await;
+        seen.insert(d.message_id.clone());
+        security
+            .ack(pb::AckRequest {
+                lease: lease_of(&d),
+            })
+            .await
+            .expect("ack");
+    }
+    eprintln!(
+        "{} submits accepted before or during SIGTERM; node exited 0 after {took:?}",
+        accepted.len()
+    );
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}
+
+/// JSON logs of the real binary at debug level: one object per line, spans
+/// carry the principal, message id and peer, and no payload byte appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_ids_and_never_payloads() {
+    const SECRET: &str = "PAYLOAD-SECRET-7d1f";
+    let fed = TestFederation::start_with(|_| {}, &[SECURITY]).await;
+    let log_path = fed.dev.dir.join("discipline-log.jsonl");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args([
+            "--log-format",
+            "json",
+            "--log",
+            "debug",
+            "serve",
+            "--config",
+        ])
+        .arg(fed.dev.node_file(DISCIPLINE))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cluebridge serve");
+    wait_serving(&fed, DISCIPLINE).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    submit(
+        &mut discipline,
+        submit_request(
+            "log-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            SECRET.as_bytes(),
+        ),
+    )
+    .await;
+    wait_state(&mut discipline, "log-1", SentState::Delivered, 10 * SECOND).await;
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(kill.success());
+    assert!(child.wait().expect("exit").success());
+
+    let text = std::fs::read_to_string(&log_path).expect("read log");
+    let secrets = [
+        SECRET.to_string(),
+        hex::encode(SECRET),
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, SECRET),
+    ];
+    let mut submit_span = false;
+    let mut forwarder_span = false;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for s in &secrets {
+            assert!(!line.contains(s.as_str()), "payload in a log line: {line}");
+        }
+        let span = &value["span"];
+        submit_span |= span["name"] == "submit"
+            && span["principal"] == "backoffice"
+            && span["message_id"] == "log-1";
+        forwarder_span |= span["name"] == "forwarder" && span["peer"] == SECURITY;
+    }
+    assert!(
+        submit_span,
+        "a line in the submit span names principal and message:\n{text}"
+    );
+    assert!(
+        forwarder_span,
+        "a line in the forwarder span names the peer:\n{text}"
+    );
+}

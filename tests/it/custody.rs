@@ -259,4 +259,13 @@ async fn a_message_in_custody_expires_back_to_its_sender() {
         (r.kind, r.issuer_node.as_str()),
         (ReceiptKind::Expired, SECURITY)
     );
+    let m = fed.metrics(SECURITY).await;
+    assert_eq!(
+        metric(&m, "cluebridge_messages_expired_total{side=\"custody\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "cluebridge_messages_expired_total{side=\"sent\"}"),
+        0.0
+    );
 }

@@ -4,11 +4,12 @@
 use cluebridge::client::Connection;
 use cluebridge::config::{NodeConfig, NodeFile};
 use cluebridge::crypto::{Keyring, NodeSigner};
-use cluebridge::devfed::{DevFederation, NODES};
+use cluebridge::devfed::{DevFederation, NODES, OPERATOR_NAME};
 use cluebridge::model::{EnvelopeHeader, MessageKind, SentState, SignedReceipt, sha256};
 use cluebridge::node::RunningNode;
 use cluebridge::now_ms;
 use cluebridge::pb;
+use cluebridge::pb::admin_client::AdminClient;
 use cluebridge::pb::broker_client::BrokerClient;
 use cluebridge::pb::peer_client::PeerClient;
 use std::collections::BTreeMap;
@@ -35,6 +36,8 @@ pub fn fast(node: &mut NodeFile) {
     node.delivery.redelivery_backoff_ms = 50;
     node.delivery.peer_timeout_ms = 3000;
     node.delivery.shutdown_grace_ms = 2000;
+    // Tests read each node's metrics on a port of its own.
+    node.metrics_listen = Some("127.0.0.1:0".into());
 }
 
 impl TestFederation {
@@ -150,6 +153,22 @@ impl TestFederation {
     /// A client system of `id`'s agency, connected to node `id`.
     pub fn client(&self, id: &str) -> BrokerClient<Channel> {
         self.connection(id).broker().expect("client")
+    }
+
+    /// Principal `name` of `id`'s agency, connected to node `id`.
+    pub fn connection_as(&self, id: &str, name: &str) -> Connection {
+        Connection::from_files(&self.dev.client_as(id, name).expect("client files"))
+            .expect("connection")
+    }
+
+    /// The operator of `id`'s agency, on the Admin service of node `id`.
+    pub fn admin(&self, id: &str) -> AdminClient<Channel> {
+        self.admin_as(id, OPERATOR_NAME)
+    }
+
+    /// Principal `name` of `id`'s agency, on the Admin service of node `id`.
+    pub fn admin_as(&self, id: &str, name: &str) -> AdminClient<Channel> {
+        self.connection_as(id, name).admin().expect("admin client")
     }
 
     /// Node `as_node`'s certificate, calling `Peer` on node `target`.
@@ -286,4 +305,43 @@ pub fn header(id: &str, kind: MessageKind, from: &str, to: &str, payload: &[u8])
 
 pub fn sealed(signer: &NodeSigner, h: &EnvelopeHeader, payload: &[u8]) -> pb::SignedEnvelope {
     signer.seal(h, payload.to_vec()).to_wire()
+}
+
+/// One HTTP GET on a metrics listener: (status line, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(10), socket.read_to_string(&mut text))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let (head, body) = text.split_once("\r\n\r\n").expect("http answer");
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+impl TestFederation {
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics(&self, id: &str) -> String {
+        let addr = self.node(id).metrics_addr.expect("metrics listener");
+        let (status, body) = http_get(addr, "/metrics").await;
+        assert!(status.contains("200"), "{status}");
+        body
+    }
+}
+
+/// The value of one series (name with labels, exactly as exposed).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .parse()
+        .expect("number")
 }

@@ -2,11 +2,14 @@
 //! a temporary directory. One test binary; `harness` holds the federation.
 
 mod bad_input;
+mod cli_ops;
 mod config_files;
 mod crash;
 mod custody;
+mod deploy_files;
 mod harness;
 mod identities;
 mod message_path;
+mod operations;
 mod properties;
 mod refusals;
