@@ -2,10 +2,15 @@
 //! the route policy. Pure: no I/O, no tokio, no sled. The signed header and
 //! receipt encodings are produced and parsed here and nowhere else.
 
+mod audit;
 mod envelope;
 mod policy;
 mod receipt;
 
+pub use audit::{
+    AuditEntry, AuditEvent, Checkpoint, ENTRY_DOMAIN, GENESIS_HASH, MAX_DETAIL_LEN,
+    SignedCheckpoint,
+};
 pub use envelope::{EnvelopeHeader, SignedEnvelope};
 pub use policy::{Route, RoutePolicy};
 pub use receipt::{Receipt, ReceiptKind, SignedReceipt};
@@ -313,6 +318,17 @@ pub enum InboundState {
 impl InboundState {
     pub fn is_terminal(self) -> bool {
         !matches!(self, InboundState::Inbox | InboundState::Leased)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundState::Inbox => "inbox",
+            InboundState::Leased => "leased",
+            InboundState::Acknowledged => "acknowledged",
+            InboundState::Rejected => "rejected",
+            InboundState::DeadLetter => "dead_letter",
+            InboundState::Expired => "expired",
+        }
     }
 }
 
