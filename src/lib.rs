@@ -7,6 +7,7 @@
 //! - [`store`]: the sled store, the only place that knows sled;
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
+//! - [`audit`]: receipt bundles, offline verification of bundles and stores;
 //! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
 //! - [`node`]: wires one node together and runs it until shutdown;
 //! - [`provision`]: keys and certificates from a federation's files;
@@ -15,6 +16,7 @@
 //! - [`cli`]: the command-line subcommands.
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;

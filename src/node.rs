@@ -1,7 +1,7 @@
 //! Wires one node together — store, broker, background tasks, gRPC server
 //! with mTLS — and runs it until shutdown, then drains under a deadline.
 
-use crate::api::{BrokerService, PeerService};
+use crate::api::{AuditService, BrokerService, PeerService};
 use crate::broker::Broker;
 use crate::config::NodeConfig;
 use crate::crypto::tls;
@@ -28,7 +28,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with(&config.data_dir, config.audit.log)?;
     let broker = Broker::new(config, store);
     serve(broker, listener, shutdown).await
 }
@@ -53,6 +53,8 @@ async fn serve(
     let peer_service = pb::peer_server::PeerServer::new(PeerService::new(broker.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit_service = pb::audit_server::AuditServer::new(AuditService::new(broker.clone()))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
@@ -72,6 +74,7 @@ async fn serve(
         .tcp_nodelay(true)
         .add_service(broker_service)
         .add_service(peer_service)
+        .add_service(audit_service)
         // Without TCP_NODELAY on accepted sockets, small answers wait for
         // the peer's delayed ACK (tens of milliseconds per call).
         .serve_with_incoming_shutdown(
@@ -146,7 +149,7 @@ impl RunningNode {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with(&config.data_dir, config.audit.log)?;
         let broker = Broker::new(config, store);
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(broker.clone(), listener, async move {

@@ -1,9 +1,12 @@
 //! The gRPC services. The only place that converts between the services'
 //! request/response messages and domain types, and errors to `Status`.
 
+mod audit;
 mod broker;
 mod peer;
 
+pub use audit::AuditService;
+pub(crate) use audit::{checkpoint_from_wire, checkpoint_to_wire};
 pub use broker::BrokerService;
 pub use peer::PeerService;
 

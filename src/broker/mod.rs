@@ -3,9 +3,11 @@
 //! the gRPC services (`api`) and the background tasks (`delivery`); the
 //! store makes each step atomic and durable.
 
+mod audit;
 mod custody;
 mod sending;
 
+pub use audit::{MessageFilter, MessageSummary};
 pub use custody::Leased;
 pub use sending::{Status, SubmitInput, Submitted};
 

@@ -250,6 +250,25 @@ impl Keyring {
         envelope.open()
     }
 
+    /// Checks the sender node's signature over header bytes as they are,
+    /// without the payload (a receipt bundle carries only its digest).
+    pub fn verify_envelope_header(
+        &self,
+        header: &[u8],
+        signature: &[u8],
+    ) -> Result<EnvelopeHeader> {
+        let h = EnvelopeHeader::decode(header)?;
+        let signed = Signed {
+            node_id: &h.sender_node,
+            key_id: &h.signing_key_id,
+            at_ms: h.created_at_ms,
+            bytes: header,
+            signature,
+        };
+        self.check("envelope header", signed, ENVELOPE_DOMAIN)?;
+        Ok(h)
+    }
+
     /// Checks the issuer's signature over the receipt bytes as they are.
     pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<Receipt> {
         let r = Receipt::decode(&receipt.receipt)?;

@@ -1,9 +1,9 @@
 //! Audit log entries and checkpoints, with their one canonical encoding.
 //!
 //! Every state change of a node appends one [`AuditEntry`] to the node's
-//! hash chain. An entry's hash is SHA-256 over [`AuditEntry::canonical`],
-//! which ends with the previous entry's hash, so changing, removing or
-//! inserting any entry changes every later hash. A [`Checkpoint`] is the
+//! hash chain. An entry's hash ([`AuditEntry::hash`]) covers its sequence
+//! number, its content and the previous entry's hash, so changing, removing
+//! or inserting any entry changes every later hash. A [`Checkpoint`] is the
 //! node's signed statement "my chain had `seq` entries with head `hash` at
 //! `time`"; peers keep copies, so a rewritten chain contradicts them.
 //!
@@ -176,21 +176,17 @@ impl<'a> Reader<'a> {
 }
 
 impl AuditEntry {
-    /// The canonical encoding, the input of the entry's hash:
+    /// The entry's content, everything but its place in the chain:
     ///
     /// ```text
-    /// "cluebridge/v1/audit-entry\n"
-    /// seq u64 | time_ms u64 | event str | sender_node str | message_id str
-    /// | state str | detail str | receipt_sha256 (u8 0, or u8 1 + 32 bytes)
-    /// | prev_hash 32 bytes
+    /// time_ms u64 | event str | sender_node str | message_id str | state str
+    /// | detail str | receipt_sha256 (u8 0, or u8 1 then 32 bytes)
     /// ```
     ///
     /// Numbers are big-endian; `str` is a big-endian u32 byte length then
     /// the UTF-8 bytes.
-    pub fn canonical(&self) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(160 + self.detail.len());
-        buf.extend_from_slice(ENTRY_DOMAIN);
-        buf.extend_from_slice(&self.seq.to_be_bytes());
+    pub fn content(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(128 + self.detail.len());
         buf.extend_from_slice(&self.time_ms.to_be_bytes());
         put_str(&mut buf, self.event.as_str().as_bytes());
         put_str(&mut buf, self.message.sender_node.as_bytes());
@@ -204,22 +200,48 @@ impl AuditEntry {
                 buf.extend_from_slice(d);
             }
         }
-        buf.extend_from_slice(&self.prev_hash);
         buf
     }
 
-    /// Parses canonical bytes back into an entry, checking every field.
-    pub fn from_canonical(bytes: &[u8]) -> Result<AuditEntry> {
+    /// The entry's hash: SHA-256 over
+    /// `"cluebridge/v1/audit-entry\n" | seq u64 | SHA-256(content) | prev_hash`.
+    ///
+    /// Hashing the content's digest rather than the content lets a bundle
+    /// show the entries about one message in full and only the digests of
+    /// the entries about other messages, and still prove the chain.
+    pub fn hash(&self) -> [u8; 32] {
+        Self::link(self.seq, &sha256(&self.content()), &self.prev_hash)
+    }
+
+    /// The hash of entry `seq` from its content digest and the previous
+    /// entry's hash.
+    pub fn link(seq: u64, content_sha256: &[u8; 32], prev_hash: &[u8; 32]) -> [u8; 32] {
+        let mut buf = Vec::with_capacity(ENTRY_DOMAIN.len() + 72);
+        buf.extend_from_slice(ENTRY_DOMAIN);
+        buf.extend_from_slice(&seq.to_be_bytes());
+        buf.extend_from_slice(content_sha256);
+        buf.extend_from_slice(prev_hash);
+        sha256(&buf)
+    }
+
+    /// The stored form: `seq u64 | prev_hash 32 | content`.
+    pub fn encode(&self) -> Vec<u8> {
+        let content = self.content();
+        let mut buf = Vec::with_capacity(40 + content.len());
+        buf.extend_from_slice(&self.seq.to_be_bytes());
+        buf.extend_from_slice(&self.prev_hash);
+        buf.extend_from_slice(&content);
+        buf
+    }
+
+    /// Parses the stored form, checking every field.
+    pub fn decode(bytes: &[u8]) -> Result<AuditEntry> {
         let mut r = Reader {
             what: "audit entry",
             bytes,
         };
-        if r.take(ENTRY_DOMAIN.len())? != ENTRY_DOMAIN {
-            return Err(Error::invalid(
-                "audit entry does not start with its domain prefix",
-            ));
-        }
         let seq = r.u64()?;
+        let prev_hash = r.digest()?;
         let time_ms = r.u64()?;
         let event = AuditEvent::parse(&r.string()?)?;
         let sender_node = r.string()?;
@@ -237,7 +259,6 @@ impl AuditEntry {
                 )));
             }
         };
-        let prev_hash = r.digest()?;
         r.end()?;
         Ok(AuditEntry {
             seq,
@@ -252,11 +273,6 @@ impl AuditEntry {
             receipt_sha256,
             prev_hash,
         })
-    }
-
-    /// SHA-256 over the canonical encoding.
-    pub fn hash(&self) -> [u8; 32] {
-        sha256(&self.canonical())
     }
 }
 
@@ -369,7 +385,7 @@ mod tests {
     #[test]
     fn entries_round_trip_and_every_field_is_hashed() {
         let e = entry();
-        assert_eq!(AuditEntry::from_canonical(&e.canonical()).unwrap(), e);
+        assert_eq!(AuditEntry::decode(&e.encode()).unwrap(), e);
         let mut other = e.clone();
         other.detail = "attempt 3".into();
         assert_ne!(other.hash(), e.hash());
@@ -379,9 +395,12 @@ mod tests {
         let mut other = e.clone();
         other.prev_hash[0] ^= 1;
         assert_ne!(other.hash(), e.hash());
-        let mut bytes = e.canonical();
+        let mut other = e.clone();
+        other.seq += 1;
+        assert_ne!(other.hash(), e.hash());
+        let mut bytes = e.encode();
         bytes.push(0);
-        assert!(AuditEntry::from_canonical(&bytes).is_err());
+        assert!(AuditEntry::decode(&bytes).is_err());
     }
 
     #[test]

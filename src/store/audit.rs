@@ -4,8 +4,8 @@
 //! `cluebridge audit verify`.
 //!
 //! Trees:
-//! - `audit`: seq → canonical entry bytes followed by the entry's 32-byte
-//!   hash;
+//! - `audit`: seq → the entry's stored form (`AuditEntry::encode`)
+//!   followed by its 32-byte hash;
 //! - `audit_index`: message key + seq → (), the entries about a message;
 //! - `audit_head`: `head` → seq + hash of the last entry. Every append
 //!   reads and writes it in its transaction; multi-tree transactions of
@@ -28,6 +28,7 @@ use crate::model::{
 };
 
 const HEAD_KEY: &[u8] = b"head";
+const NODE_KEY: &[u8] = b"node";
 
 /// What one state change says about itself in the log.
 #[derive(Clone, Debug)]
@@ -77,8 +78,8 @@ pub fn parse_record(value: &[u8]) -> Result<(AuditEntry, [u8; 32])> {
     if value.len() < 32 {
         return Err(Error::corrupt("audit", "entry record is too short"));
     }
-    let (canonical, hash) = value.split_at(value.len() - 32);
-    let entry = AuditEntry::from_canonical(canonical).map_err(|e| Error::corrupt("audit", e))?;
+    let (stored, hash) = value.split_at(value.len() - 32);
+    let entry = AuditEntry::decode(stored).map_err(|e| Error::corrupt("audit", e))?;
     Ok((entry, hash.try_into().unwrap_or(GENESIS_HASH)))
 }
 
@@ -111,8 +112,8 @@ impl Store {
             receipt_sha256: note.receipt_sha256,
             prev_hash,
         };
-        let mut value = entry.canonical();
-        let hash = crate::model::sha256(&value);
+        let mut value = entry.encode();
+        let hash = entry.hash();
         value.extend_from_slice(&hash);
         t[AUDIT].insert(&entry.seq.to_be_bytes(), value)?;
         t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), &[])?;
@@ -197,6 +198,37 @@ impl Store {
         }
         tree.insert(key, bytes)?;
         Ok(())
+    }
+
+    /// Stores a checkpoint this node signed of its own chain, and notes
+    /// the node's id for offline checks of the data directory.
+    /// If one is already held for the same entry (signed a moment earlier
+    /// by another task), that one is kept and returned.
+    pub fn put_own_checkpoint(
+        &self,
+        node: &str,
+        signed: &SignedCheckpoint,
+    ) -> Result<SignedCheckpoint> {
+        let seq = signed.open()?.seq;
+        self.tree(AUDIT_HEAD).insert(NODE_KEY, node.as_bytes())?;
+        let key = checkpoint_key(node, seq);
+        match self.tree(CHECKPOINTS).compare_and_swap(
+            &key,
+            None as Option<&[u8]>,
+            Some(signed.encode()),
+        )? {
+            Ok(()) => Ok(signed.clone()),
+            Err(held) => SignedCheckpoint::decode(held.current.as_deref().unwrap_or_default())
+                .map_err(|e| Error::corrupt("checkpoints", e)),
+        }
+    }
+
+    /// The id of the node whose store this is, once it signed a checkpoint.
+    pub fn own_node_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .tree(AUDIT_HEAD)
+            .get(NODE_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Checkpoints held, of `node` or of every node, with `seq >= from_seq`,
