@@ -218,7 +218,7 @@ impl Broker {
             let peer = message.sender_node.clone();
             consider(message, "received", peer, record.state.as_str())?;
         }
-        out.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        out.sort_by_key(|m| std::cmp::Reverse(m.created_at_ms));
         out.truncate(filter.limit);
         Ok(out)
     }

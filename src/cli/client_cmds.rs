@@ -42,9 +42,15 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn connection(&self) -> Result<Connection> {
+        self.connection_as(crate::devfed::CLIENT_NAME)
+    }
+
+    /// The connection, taking the development federation's certificate of
+    /// principal `name` when no --cert is given.
+    pub(super) fn connection_as(&self, name: &str) -> Result<Connection> {
         let dev = DevFederation::open(&self.dir);
         let dev_files = match (&self.node, &dev) {
-            (Some(node), Some(dev)) => Some(dev.client(node)?),
+            (Some(node), Some(dev)) => Some(dev.client_as(node, name)?),
             _ => None,
         };
         let pick = |flag: &Option<PathBuf>, dev: Option<PathBuf>, name: &str| -> Result<PathBuf> {
@@ -94,7 +100,7 @@ impl ClientArgs {
 }
 
 /// Turns a refusal into a message a person can act on.
-fn explain(status: tonic::Status) -> anyhow::Error {
+pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
             "node unavailable: {} (is it running, and is the endpoint right?)",

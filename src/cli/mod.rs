@@ -1,5 +1,6 @@
 //! The command line: one module per group of subcommands.
 
+mod audit;
 mod bench;
 mod client_cmds;
 mod render;
@@ -40,6 +41,13 @@ pub enum Command {
     Watch(client_cmds::WatchArgs),
     /// Measure durable submit throughput and end-to-end latency.
     Bench(bench::BenchArgs),
+    /// Fetch a message's receipt bundle from a node (as an auditor).
+    Export(audit::ExportArgs),
+    /// Verify a receipt bundle offline: signatures, digests, audit chain,
+    /// checkpoints. Exits 0 only if every check passes.
+    Verify(audit::VerifyArgs),
+    /// Audit log tools: check a stopped node's store, fetch checkpoints.
+    Audit(audit::AuditArgs),
 }
 
 /// Sets up logging on stderr.
@@ -70,6 +78,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => client_cmds::status(a).await,
         Command::Watch(a) => client_cmds::watch(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Export(a) => audit::export(a).await,
+        Command::Verify(a) => audit::verify(a),
+        Command::Audit(a) => audit::run(a).await,
     }
 }
 
