@@ -1,7 +1,8 @@
 //! `cluebridge bench`: concurrent durable submits between two nodes, with a
 //! receiving application that acknowledges; reports accepted/s,
 //! received/s and end-to-end latency (submit start → received by the
-//! application).
+//! application). `--compare-audit` measures twice, without and with the
+//! audit log, and reports what the log costs.
 
 use crate::client::Connection;
 use crate::config::NodeConfig;
@@ -46,10 +47,15 @@ pub struct BenchArgs {
     /// Receiving node.
     #[arg(long, default_value = "public_security")]
     pub to: String,
+    /// Run twice with in-process nodes, first without the audit log
+    /// (`[audit] log = false`), then with it, and report its cost.
+    #[arg(long, conflicts_with = "dir")]
+    pub compare_audit: bool,
 }
 
 #[derive(Debug, serde::Serialize)]
 struct Figures {
+    audit_log: bool,
     submitters: usize,
     payload_size: usize,
     duration_s: f64,
@@ -86,6 +92,41 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.payload_size < 8 {
         bail!("--payload-size must be at least 8 (the send time travels in the payload)");
     }
+    if !args.compare_audit {
+        let figures = measure(&args, true).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    println!("without the audit log:");
+    let without = measure(&args, false).await?;
+    println!("with the audit log:");
+    let with = measure(&args, true).await?;
+    let cost = if without.accepted_per_s > 0.0 {
+        (1.0 - with.accepted_per_s / without.accepted_per_s) * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "audit log cost on durable submit throughput: {cost:.1} % ({:.0} -> {:.0} msg/s)",
+        without.accepted_per_s, with.accepted_per_s
+    );
+    if let Some(path) = &args.json {
+        let both = serde_json::json!({
+            "without_audit_log": without,
+            "with_audit_log": with,
+            "audit_log_cost_percent": cost,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&both)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One measurement; prints its figures.
+async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let mut nodes = Vec::new();
     let _tmp;
     let dev = match &args.dir {
@@ -104,6 +145,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 n.delivery.batch_size = 512;
                 // The bench measures the node, not the per-principal limit.
                 n.limits.submit_rate_per_sec = 0;
+                n.audit.log = audit_log;
             })?;
             for (id, listener) in listeners {
                 // Only the two nodes under test run; the others' ports are
@@ -238,6 +280,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     latencies.sort_unstable();
     let figures = Figures {
+        audit_log,
         submitters: args.submitters,
         payload_size: args.payload_size,
         duration_s: elapsed,
@@ -279,14 +322,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         l.p50, l.p90, l.p99, l.p999, l.max
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
     for node in nodes {
         node.stop().await?;
     }
-    Ok(())
+    Ok(figures)
 }
 
 /// A small multi-consumer queue over a tokio mutex: the acknowledging
