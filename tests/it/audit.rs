@@ -21,6 +21,9 @@ use tonic::transport::Channel;
 fn audited(node: &mut NodeFile) {
     node.audit.checkpoint_every_entries = 2;
     node.audit.checkpoint_interval_secs = 1;
+    // Public security lets auditors take payloads in bundles; discipline
+    // keeps the default (it does not).
+    node.audit.allow_payload_export = node.node_id == SECURITY;
 }
 
 fn auditor(fed: &TestFederation, node: &str) -> AuditClient<Channel> {
@@ -112,6 +115,30 @@ async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
         assert!(lines.contains(expected), "{expected:?} missing in\n{lines}");
     }
 
+    // With the payload, where the node allows it.
+    let with_payload = auditor(&fed, SECURITY)
+        .get_bundle(pb::GetBundleRequest {
+            sender_node: DISCIPLINE.into(),
+            message_id: "audit-1".into(),
+            include_payload: true,
+        })
+        .await
+        .expect("bundle with payload")
+        .into_inner()
+        .bundle_json;
+    let report = bundle::verify(&with_payload, Some(&trust), &[]);
+    assert!(report.passed, "{}", report.render());
+    let digest = report
+        .checks
+        .iter()
+        .find(|c| c.name == "payload digest")
+        .expect("payload check");
+    assert!(
+        digest.detail.contains("payload included and matches"),
+        "{}",
+        digest.detail
+    );
+
     // The sender's bundle: accepted, then the receipts that came back.
     let text = bundle_of(&fed, DISCIPLINE, "", "audit-1").await;
     let report = bundle::verify(&text, Some(&trust), &[]);
@@ -126,7 +153,21 @@ async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
         assert!(lines.contains(expected), "{expected:?} missing in\n{lines}");
     }
 
-    // The real binary agrees, with and without the trust list.
+    // A checkpoint of entry 1 with another hash, as a peer would hold it
+    // had discipline signed a different history, contradicts the bundle.
+    let other_history = fed.signer(DISCIPLINE).sign_checkpoint(&Checkpoint {
+        node: DISCIPLINE.into(),
+        seq: 1,
+        head_hash: [7; 32],
+        time_ms: cluebridge::now_ms(),
+        signing_key_id: format!("{DISCIPLINE}-k1"),
+    });
+    let report = bundle::verify(&text, Some(&trust), &[other_history]);
+    let f = report.first_failure().expect("contradicted");
+    assert_eq!(f.name, "witnessed checkpoints");
+    assert!(f.detail.contains("entry #1"), "{}", f.detail);
+
+    // The real binary agrees.
     let file = fed.dev.dir.join("audit-1.json");
     std::fs::write(&file, &text).expect("write bundle");
     let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
@@ -285,7 +326,19 @@ fn edited(src: &Path, name: &str, edit: impl FnOnce(&sled::Db)) -> PathBuf {
 }
 
 fn check_store(dir: &Path, fed: &TestFederation, witnessed: &[SignedCheckpoint]) -> Report {
-    let store = Store::open(dir).expect("open store");
+    // A store closed a moment ago may still hold sled's lock until its
+    // writer and flusher threads have ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match Store::open(dir) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("open store: {e}"),
+        }
+    };
     let report = store_check::verify_store(&store, Some(&fed.keyring()), None, witnessed);
     store.close();
     report
@@ -309,15 +362,17 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
     let sender_dir = data_dir(&fed, DISCIPLINE);
     let recipient_dir = data_dir(&fed, SECURITY);
 
+    // Every check works on its own copy: the originals are only copied,
+    // and a copy is never copied once a store had it open.
     // Untouched, both stores pass.
-    for dir in [&sender_dir, &recipient_dir] {
-        let report = check_store(dir, &fed, &[]);
+    for (name, dir) in [("sender", &sender_dir), ("recipient", &recipient_dir)] {
+        let report = check_store(&edited(dir, name, |_| {}), &fed, &[]);
         assert!(report.passed, "{}", report.render());
     }
     // The binary says the same (exit 0).
     let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
         .args(["audit", "verify", "--data-dir"])
-        .arg(&recipient_dir)
+        .arg(edited(&recipient_dir, "binary", |_| {}))
         .arg("--trust")
         .arg(fed.dev.dir.join("federation.toml"))
         .output()
@@ -383,7 +438,7 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
     );
 
     // A stored receipt altered: its reason rewritten, signature kept.
-    let dir = edited(&sender_dir, "receipt", |db| {
+    let alter_receipt = |db: &sled::Db| {
         let receipts = db.open_tree("receipts").expect("tree");
         let (k, v) = receipts
             .scan_prefix(&key)
@@ -400,7 +455,8 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
         r.reason = "never received".into();
         signed.receipt = r.encode();
         receipts.insert(k, signed.encode()).expect("insert");
-    });
+    };
+    let dir = edited(&sender_dir, "receipt", alter_receipt);
     let f = check_store(&dir, &fed, &[])
         .first_failure()
         .expect("detected")
@@ -416,7 +472,7 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
     // The binary names it too, and exits non-zero.
     let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
         .args(["audit", "verify", "--data-dir"])
-        .arg(&dir)
+        .arg(edited(&sender_dir, "receipt-binary", alter_receipt))
         .output()
         .expect("run audit verify");
     assert!(!out.status.success());
@@ -474,7 +530,7 @@ async fn a_rewritten_and_re_signed_history_contradicts_a_witnessed_checkpoint() 
         CheckpointsFile::parse(&serde_json::to_string(&file).expect("json")).expect("parse");
     fed.stop(DISCIPLINE).await;
     let dir = data_dir(&fed, DISCIPLINE);
-    let report = check_store(&dir, &fed, &witnessed);
+    let report = check_store(&edited(&dir, "clean", |_| {}), &fed, &witnessed);
     assert!(report.passed, "{}", report.render());
 
     // The operator rewrites entry 1, recomputes every later hash and the
