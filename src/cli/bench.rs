@@ -1,8 +1,8 @@
 //! `cluebridge bench`: concurrent durable submits between two nodes, with a
 //! receiving application that acknowledges; reports accepted/s,
 //! received/s and end-to-end latency (submit start → received by the
-//! application). `--compare-audit` measures twice, without and with the
-//! audit log, and reports what the log costs.
+//! application). `--compare-audit` measures without and with the audit
+//! log (two runs each, alternating) and reports what the log costs.
 
 use crate::client::Connection;
 use crate::config::NodeConfig;
@@ -47,8 +47,8 @@ pub struct BenchArgs {
     /// Receiving node.
     #[arg(long, default_value = "public_security")]
     pub to: String,
-    /// Run twice with in-process nodes, first without the audit log
-    /// (`[audit] log = false`), then with it, and report its cost.
+    /// Run four times with in-process nodes, alternately without the audit
+    /// log (`[audit] log = false`) and with it, and report its cost.
     #[arg(long, conflicts_with = "dir")]
     pub compare_audit: bool,
 }
@@ -100,26 +100,42 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    println!("without the audit log:");
-    let without = measure(&args, false).await?;
-    println!("with the audit log:");
-    let with = measure(&args, true).await?;
-    let cost = if without.accepted_per_s > 0.0 {
-        (1.0 - with.accepted_per_s / without.accepted_per_s) * 100.0
+    // Four runs, without-with-with-without, so that warm-up and drift
+    // weigh on both sides alike.
+    let mut runs = Vec::new();
+    for audit_log in [false, true, true, false] {
+        println!(
+            "{} the audit log:",
+            if audit_log { "with" } else { "without" }
+        );
+        runs.push(measure(&args, audit_log).await?);
+    }
+    let mean = |log: bool| {
+        let rates: Vec<f64> = runs
+            .iter()
+            .filter(|f| f.audit_log == log)
+            .map(|f| f.accepted_per_s)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let (without, with) = (mean(false), mean(true));
+    let cost = if without > 0.0 {
+        (1.0 - with / without) * 100.0
     } else {
         0.0
     };
     println!(
-        "audit log cost on durable submit throughput: {cost:.1} % ({:.0} -> {:.0} msg/s)",
-        without.accepted_per_s, with.accepted_per_s
+        "audit log cost on durable submit throughput: {cost:.1} % \
+         (mean of two runs each: {without:.0} msg/s without, {with:.0} msg/s with)"
     );
     if let Some(path) = &args.json {
-        let both = serde_json::json!({
-            "without_audit_log": without,
-            "with_audit_log": with,
+        let all = serde_json::json!({
+            "runs": runs,
+            "accepted_per_s_without_audit_log": without,
+            "accepted_per_s_with_audit_log": with,
             "audit_log_cost_percent": cost,
         });
-        std::fs::write(path, serde_json::to_string_pretty(&both)?)
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())

@@ -716,6 +716,41 @@ async fn the_audit_service_refuses_principals_without_the_audit_role() {
         .await
         .expect_err("missing");
     assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Two different checkpoints for one entry: the first is kept as
+    // evidence, the second refused.
+    let at = |hash: u8| {
+        let c = fed.signer(DISCIPLINE).sign_checkpoint(&Checkpoint {
+            node: DISCIPLINE.into(),
+            seq: 1_000_000,
+            head_hash: [hash; 32],
+            time_ms: cluebridge::now_ms(),
+            signing_key_id: format!("{DISCIPLINE}-k1"),
+        });
+        pb::WitnessCheckpointRequest {
+            checkpoint: Some(pb::SignedCheckpoint {
+                checkpoint: c.checkpoint,
+                signature: c.signature,
+            }),
+        }
+    };
+    let mut peer = fed.peer_as(DISCIPLINE, SECURITY);
+    peer.witness_checkpoint(at(1)).await.expect("first kept");
+    let e = peer
+        .witness_checkpoint(at(2))
+        .await
+        .expect_err("second refused");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e.message().contains("two histories"), "{}", e.message());
+
+    let e = auditor
+        .list_messages(pb::ListMessagesRequest {
+            limit: 10_001,
+            ..Default::default()
+        })
+        .await
+        .expect_err("limit");
+    assert_eq!(e.code(), Code::InvalidArgument);
 }
 
 // ------------------------------------------------------------ concurrency
