@@ -817,3 +817,119 @@ fn concurrent_appends_form_one_gapless_chain() {
     }
     store.close();
 }
+
+// ------------------------------------------------------------ every path
+
+/// Rejection, dead letter, a lease extension, expiry at the sender (peer
+/// down) and in custody: every path's state change is in the log, so each
+/// stopped store still agrees with its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_state_change_is_logged() {
+    let mut fed = TestFederation::start_with(
+        |n| {
+            audited(n);
+            n.delivery.max_deliveries = 1;
+        },
+        &[DISCIPLINE, SECURITY],
+    )
+    .await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut security = fed.client(SECURITY);
+    let send = |id: &str, to: &str, ttl: u64| pb::SubmitRequest {
+        ttl_seconds: ttl,
+        ..submit_request(id, MessageKind::ClueTransfer, to, b"x")
+    };
+    submit(&mut discipline, send("p-reject", SECURITY, 0)).await;
+    submit(&mut discipline, send("p-dead", SECURITY, 0)).await;
+    submit(&mut discipline, send("p-extend", SECURITY, 0)).await;
+    // Judicial is down: this one expires in discipline's outbox.
+    submit(&mut discipline, send("p-outbox", JUDICIAL, 1)).await;
+
+    let mut stream = receiver(&mut security, 3, 1).await;
+    let mut leases = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let d = next(&mut stream, 10 * SECOND).await;
+        leases.insert(d.message_id.clone(), d);
+    }
+    security
+        .reject(pb::RejectRequest {
+            lease: lease_of(&leases["p-reject"]),
+            reason: "not our competence".into(),
+        })
+        .await
+        .expect("reject");
+    security
+        .extend_lease(pb::ExtendLeaseRequest {
+            lease: lease_of(&leases["p-extend"]),
+            lease_seconds: 30,
+        })
+        .await
+        .expect("extend");
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&leases["p-extend"]),
+        })
+        .await
+        .expect("ack");
+    drop(stream);
+    // p-dead's single lease lapses: dead letter.
+    wait_state(
+        &mut discipline,
+        "p-reject",
+        SentState::Rejected,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "p-dead",
+        SentState::DeadLettered,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "p-extend",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(&mut discipline, "p-outbox", SentState::Expired, 10 * SECOND).await;
+    // Nobody receives this one: it expires in public security's custody.
+    submit(&mut discipline, send("p-custody", SECURITY, 2)).await;
+    wait_state(
+        &mut discipline,
+        "p-custody",
+        SentState::Expired,
+        15 * SECOND,
+    )
+    .await;
+
+    fed.stop(DISCIPLINE).await;
+    fed.stop(SECURITY).await;
+    for node in [DISCIPLINE, SECURITY] {
+        let report = check_store(&edited(&data_dir(&fed, node), node, |_| {}), &fed, &[]);
+        assert!(report.passed, "{node}: {}", report.render());
+    }
+    let dir = edited(&data_dir(&fed, SECURITY), "events", |_| {});
+    let store = Store::open(&dir).expect("store");
+    let events: Vec<String> = store
+        .audit_entries(1, u64::MAX, usize::MAX)
+        .expect("entries")
+        .iter()
+        .map(|e| format!("{} {}", e.message.message_id, e.event))
+        .collect();
+    store.close();
+    for expected in [
+        "p-reject rejected",
+        "p-dead dead_lettered",
+        "p-extend lease_extended",
+        "p-extend acknowledged",
+        "p-custody expired",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected:?} not in {events:?}"
+        );
+    }
+}
