@@ -933,3 +933,76 @@ async fn every_kind_of_state_change_is_logged() {
         );
     }
 }
+
+// ------------------------------------------------------------ crash
+
+/// SIGKILL in the middle of concurrent submits leaves a store whose chain
+/// and state records still agree: each entry is committed with its change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_a_chain_that_agrees_with_its_store() {
+    let fed = TestFederation::start_with(audited, &[]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["serve", "--config"])
+        .arg(fed.dev.node_file(DISCIPLINE))
+        .env("CLUEBRIDGE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    // Submitters keep going until the node dies under them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut client = fed.client(DISCIPLINE);
+        let accepted = accepted.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let r = client
+                    .submit(submit_request(
+                        &format!("k-{i}-{n}"),
+                        MessageKind::ClueTransfer,
+                        SECURITY,
+                        b"x",
+                    ))
+                    .await;
+                match r {
+                    Ok(_) => {
+                        n += 1;
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Not up yet.
+                    Err(s)
+                        if s.code() == Code::Unavailable && n == 0 && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for t in tasks {
+        let _ = t.await;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir(&fed, DISCIPLINE))
+        .arg("--trust")
+        .arg(fed.dev.dir.join("federation.toml"))
+        .output()
+        .expect("run audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("PASS  state records"), "{stdout}");
+    assert!(
+        !stdout.contains(" 0 message records"),
+        "nothing was stored: {stdout}"
+    );
+}
