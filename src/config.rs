@@ -3,6 +3,7 @@
 //! Every mistake is reported with the file and the field it is in. Relative
 //! paths in a file are resolved against the directory of that file.
 
+use crate::crypto::tls::FederationCa;
 use crate::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use crate::format_time;
 use crate::model::{AgencyKind, MessageKind, Principal, Role, Route, RoutePolicy, validate_id};
@@ -270,6 +271,8 @@ pub struct NodeEntry {
 pub struct Federation {
     pub name: String,
     pub ca_pem: String,
+    /// The CA, parsed for checking callers' certificates.
+    pub ca: FederationCa,
     pub nodes: BTreeMap<String, NodeEntry>,
     pub policy: RoutePolicy,
     pub keyring: Keyring,
@@ -292,6 +295,8 @@ impl Federation {
                 format!("ca_cert: {} holds no PEM certificate", ca_path.display()),
             ));
         }
+        let ca = FederationCa::from_pem(&ca_pem)
+            .map_err(|e| err(path, format!("ca_cert: {}: {e}", ca_path.display())))?;
         let mut nodes = BTreeMap::new();
         let mut keyring = Keyring::default();
         if file.nodes.is_empty() {
@@ -360,6 +365,7 @@ impl Federation {
         Ok(Federation {
             name: file.name,
             ca_pem,
+            ca,
             nodes,
             policy,
             keyring,
@@ -660,6 +666,30 @@ impl NodeConfig {
             tls_not_after_ms,
             federation: Arc::new(federation),
         })
+    }
+
+    /// Warnings about the node's TLS certificate or signing key running out
+    /// within 30 days of `now_ms`.
+    pub fn expiry_warnings(&self, now_ms: u64) -> Vec<String> {
+        const SOON_MS: u64 = 30 * 24 * 3600 * 1000;
+        let mut warnings = Vec::new();
+        if self.tls_not_after_ms.saturating_sub(now_ms) < SOON_MS {
+            warnings.push(format!(
+                "the node's TLS certificate expires within 30 days, at {}; issue a new one",
+                format_time(self.tls_not_after_ms)
+            ));
+        }
+        let key_id = self.signer.key_id();
+        if let Ok(entry) = self.federation.keyring.entry(&self.node_id, key_id)
+            && let Some(not_after) = entry.not_after_ms
+            && not_after.saturating_sub(now_ms) < SOON_MS
+        {
+            warnings.push(format!(
+                "the node's signing key {key_id} stops being valid within 30 days, at {}; rotate it",
+                format_time(not_after)
+            ));
+        }
+        warnings
     }
 
     /// The other nodes of the federation.

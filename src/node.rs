@@ -13,10 +13,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 /// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
@@ -41,11 +44,11 @@ async fn serve(
     let config = broker.config().clone();
     let stop = CancellationToken::new();
     let tasks = delivery::spawn(&broker, &stop)?;
-    let tls = tls::server_config(
+    let acceptor = tls::server_acceptor(
         &config.tls.ca_pem,
         &config.tls.cert_pem,
         &config.tls.key_pem,
-    );
+    )?;
     let broker_service =
         pb::broker_server::BrokerServer::new(BrokerService::new(broker.clone(), stop.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -58,7 +61,9 @@ async fn serve(
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
-    warn_of_expiry(&config);
+    for warning in config.expiry_warnings(crate::now_ms()) {
+        tracing::warn!(node = %config.node_id, "{warning}");
+    }
     if config.principals.is_empty() {
         tracing::warn!(
             node = %config.node_id,
@@ -69,24 +74,16 @@ async fn serve(
     let stop_on_signal = stop.clone();
     let grace = Duration::from_millis(config.delivery.shutdown_grace_ms);
     let server = tonic::transport::Server::builder()
-        .tls_config(tls)
-        .map_err(|e| Error::invalid(format!("TLS configuration of {}: {e}", config.node_id)))?
-        .tcp_nodelay(true)
         .add_service(broker_service)
         .add_service(peer_service)
         .add_service(audit_service)
-        // Without TCP_NODELAY on accepted sockets, small answers wait for
-        // the peer's delayed ACK (tens of milliseconds per call).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new calls, draining");
-                // Streams and background tasks end now; unary calls in flight
-                // finish (their flush included) before the server returns.
-                stop_on_signal.cancel();
-            },
-        );
+        .serve_with_incoming_shutdown(tls_incoming(listener, acceptor, stop.clone()), async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new calls, draining");
+            // Streams and background tasks end now; unary calls in flight
+            // finish (their flush included) before the server returns.
+            stop_on_signal.cancel();
+        });
     let result = server
         .await
         .map_err(|e| Error::Unavailable(format!("gRPC server failed: {e}")));
@@ -106,32 +103,48 @@ async fn serve(
     result
 }
 
-/// Certificates and keys should be renewed this long before they expire.
-const EXPIRY_WARNING_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Longest a TLS handshake may take before the connection is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Logs a warning when the node's TLS certificate or signing key stops
-/// being valid within 30 days.
-fn warn_of_expiry(config: &NodeConfig) {
-    let now = crate::now_ms();
-    if config.tls_not_after_ms.saturating_sub(now) < EXPIRY_WARNING_MS {
-        tracing::warn!(
-            node = %config.node_id,
-            expires = %crate::format_time(config.tls_not_after_ms),
-            "the node's TLS certificate expires within 30 days; issue a new one"
-        );
-    }
-    let key_id = config.signer.key_id();
-    if let Ok(entry) = config.federation.keyring.entry(&config.node_id, key_id)
-        && let Some(not_after) = entry.not_after_ms
-        && not_after.saturating_sub(now) < EXPIRY_WARNING_MS
-    {
-        tracing::warn!(
-            node = %config.node_id,
-            key_id,
-            expires = %crate::format_time(not_after),
-            "the node's signing key stops being valid within 30 days; rotate it"
-        );
-    }
+/// Accepted connections after their TLS handshake. Each handshake runs in
+/// its own task under a deadline, so a slow or silent caller holds up no
+/// one else; failed handshakes are logged and dropped.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stop: CancellationToken,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+                _ = tx.closed() => return,
+            };
+            // Without TCP_NODELAY, small answers wait for the caller's
+            // delayed ACK (tens of milliseconds per call).
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// A node running in this process (for `up`, `bench` and tests).

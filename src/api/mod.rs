@@ -40,19 +40,21 @@ impl From<Error> for Status {
     }
 }
 
-/// Who is calling, from the verified client certificate.
-fn caller<T>(request: &Request<T>) -> Result<PeerIdentity, Status> {
-    let certs = request.peer_certs().ok_or_else(|| {
+/// Who is calling: the identity in the caller's certificate, once it is
+/// shown to come from the federation CA and to be valid now.
+fn caller<T>(config: &NodeConfig, request: &Request<T>) -> Result<PeerIdentity, Status> {
+    let no_cert = || {
         Status::unauthenticated(
             "no client certificate: connect with mTLS and a certificate from the federation CA",
         )
-    })?;
-    let leaf = certs.first().ok_or_else(|| {
-        Status::unauthenticated(
-            "no client certificate: connect with mTLS and a certificate from the federation CA",
-        )
-    })?;
-    Ok(tls::identity_of(leaf.as_ref())?)
+    };
+    let certs = request.peer_certs().ok_or_else(no_cert)?;
+    let leaf = certs.first().ok_or_else(no_cert)?;
+    Ok(tls::verify_client(
+        &config.federation.ca,
+        leaf.as_ref(),
+        crate::now_ms(),
+    )?)
 }
 
 /// The calling principal, if it is a client of this node holding `role`.
@@ -64,7 +66,7 @@ pub(crate) fn authorize<T>(
     role: Role,
 ) -> Result<Principal, Status> {
     let node = &config.node_id;
-    match caller(request)? {
+    match caller(config, request)? {
         PeerIdentity::Client { node: of, name } if &of == node => {
             let principal = config.principals.get(&name).ok_or_else(|| {
                 Status::permission_denied(format!(

@@ -19,7 +19,7 @@ impl PeerService {
 
     /// The calling node: a node certificate of another federation node.
     fn calling_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match caller(request)? {
+        match caller(self.broker.config(), request)? {
             PeerIdentity::Node(id) => {
                 if id == self.broker.node_id() {
                     return Err(Status::permission_denied("a node cannot deliver to itself"));

@@ -4,9 +4,10 @@
 
 use super::client_cmds::{ClientArgs, explain};
 use crate::audit::{CheckpointsFile, Report, bundle, store_check};
+use crate::client::Connection;
 use crate::config::Federation;
 use crate::crypto::Keyring;
-use crate::devfed::AUDITOR_NAME;
+use crate::devfed::{AUDITOR_NAME, CLIENT_NAME};
 use crate::model::SignedCheckpoint;
 use crate::pb;
 use crate::store::Store;
@@ -30,10 +31,20 @@ pub struct ExportArgs {
     pub output: PathBuf,
 }
 
-/// Fetches a bundle with the auditor's certificate (from --dir's
-/// development federation unless --cert/--key are given).
+/// The auditor's connection: from --dir, the `auditor` principal's
+/// certificate unless `--as` names another one (or --cert/--key are given).
+fn auditor_connection(client: &ClientArgs) -> Result<Connection> {
+    let name = if client.principal == CLIENT_NAME {
+        AUDITOR_NAME
+    } else {
+        client.principal.as_str()
+    };
+    client.connection_as(name)
+}
+
+/// Fetches a bundle as an auditor.
 pub async fn export(args: ExportArgs) -> Result<()> {
-    let mut client = args.client.connection_as(AUDITOR_NAME)?.audit()?;
+    let mut client = auditor_connection(&args.client)?.audit()?;
     let response = client
         .get_bundle(pb::GetBundleRequest {
             sender_node: args.sender.clone().unwrap_or_default(),
@@ -196,7 +207,7 @@ async fn checkpoints(args: CheckpointsArgs) -> Result<()> {
         .node
         .clone()
         .context("--node is required: the node whose checkpoints you fetch")?;
-    let mut client = args.client.connection_as(AUDITOR_NAME)?.audit()?;
+    let mut client = auditor_connection(&args.client)?.audit()?;
     let response = client
         .get_checkpoints(pb::GetCheckpointsRequest {
             node: args.of.clone().unwrap_or_default(),

@@ -1,8 +1,7 @@
 //! `cluebridge bench`: concurrent durable submits between two nodes, with a
 //! receiving application that acknowledges; reports accepted/s,
 //! received/s and end-to-end latency (submit start → received by the
-//! application). `--compare-audit` measures without and with the audit
-//! log (two runs each, alternating) and reports what the log costs.
+//! application).
 
 use crate::client::Connection;
 use crate::config::NodeConfig;
@@ -38,7 +37,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Use the running development federation in this directory instead of
-    /// starting two nodes in-process.
+    /// starting two nodes.
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Sending node (its agency must be allowed to send clue transfers to --to).
@@ -47,10 +46,131 @@ pub struct BenchArgs {
     /// Receiving node.
     #[arg(long, default_value = "public_security")]
     pub to: String,
-    /// Run four times with in-process nodes, alternately without the audit
-    /// log (`[audit] log = false`) and with it, and report its cost.
+    /// Run the two nodes inside the bench process instead of as two
+    /// `cluebridge serve` processes (as agencies deploy them).
+    #[arg(long, conflicts_with = "dir")]
+    pub in_process: bool,
+    /// Run four times, alternately without the audit log (`[audit] log =
+    /// false`) and with it, and report what the log costs.
     #[arg(long, conflicts_with = "dir")]
     pub compare_audit: bool,
+}
+
+/// The two nodes under test, when the bench started them.
+enum Nodes {
+    None,
+    InProcess(Vec<RunningNode>),
+    Processes(Vec<tokio::process::Child>),
+}
+
+impl Nodes {
+    async fn stop(self) -> Result<()> {
+        match self {
+            Nodes::None => {}
+            Nodes::InProcess(nodes) => {
+                for node in nodes {
+                    node.stop().await?;
+                }
+            }
+            Nodes::Processes(children) => {
+                for mut child in children {
+                    if let Some(pid) = child.id() {
+                        // SIGTERM: the node drains and flushes.
+                        let _ = tokio::process::Command::new("kill")
+                            .args(["-TERM", &pid.to_string()])
+                            .status()
+                            .await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+                    let _ = child.start_kill();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Creates a development federation in `dir` and starts the nodes `from`
+/// and `to`: in this process, or as `cluebridge serve` child processes.
+async fn start_nodes(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    audit_log: bool,
+) -> Result<(DevFederation, Nodes)> {
+    let mut ports = [0u16; 4];
+    let mut listeners = Vec::new();
+    for (i, kind) in NODES.iter().enumerate() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        ports[i] = l.local_addr()?.port();
+        listeners.push((kind.as_str(), l));
+    }
+    let dev = DevFederation::create(dir, ports, |n| {
+        n.delivery.batch_size = 512;
+        // The bench measures the node, not the per-principal limit.
+        n.limits.submit_rate_per_sec = 0;
+        n.audit.log = audit_log;
+    })?;
+    let ids: Vec<&str> = NODES
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|id| *id == args.from || *id == args.to)
+        .collect();
+    if ids.len() != 2 || args.from == args.to {
+        bail!("--from and --to must be two different nodes of the federation");
+    }
+    // Only the two nodes under test run; the others' ports are closed, so
+    // their forwarders back off quietly.
+    if args.in_process {
+        let mut nodes = Vec::new();
+        for (id, listener) in listeners {
+            if ids.contains(&id) {
+                let config = NodeConfig::load(&dev.node_file(id))?;
+                nodes.push(RunningNode::start(config, listener)?);
+            }
+        }
+        return Ok((dev, Nodes::InProcess(nodes)));
+    }
+    drop(listeners);
+    let exe = std::env::current_exe().context("finding the cluebridge binary")?;
+    let mut children = Vec::new();
+    for id in &ids {
+        let child = tokio::process::Command::new(&exe)
+            .args(["serve", "--config"])
+            .arg(dev.node_file(id))
+            .env("CLUEBRIDGE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting node {id}"))?;
+        children.push(child);
+    }
+    for id in &ids {
+        wait_until_serving(&dev, id).await?;
+    }
+    Ok((dev, Nodes::Processes(children)))
+}
+
+/// Waits until node `id` answers a call (any answer but "unavailable").
+async fn wait_until_serving(dev: &DevFederation, id: &str) -> Result<()> {
+    let connection = Connection::from_files(&dev.client(id)?)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = connection
+            .broker()?
+            .get_status(pb::GetStatusRequest {
+                message_id: "probe".into(),
+            })
+            .await;
+        match result {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                if Instant::now() > deadline {
+                    bail!("node {id} did not start within 30 s: {}", s.message());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -141,41 +261,21 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
-/// One measurement; prints its figures.
+/// One measurement (with or without the audit log on nodes it starts);
+/// prints its figures.
 async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
-    let mut nodes = Vec::new();
     let _tmp;
-    let dev = match &args.dir {
-        Some(dir) => DevFederation::open(dir)
-            .with_context(|| format!("{} holds no development federation", dir.display()))?,
+    let (dev, nodes) = match &args.dir {
+        Some(dir) => (
+            DevFederation::open(dir)
+                .with_context(|| format!("{} holds no development federation", dir.display()))?,
+            Nodes::None,
+        ),
         None => {
             let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            let mut ports = [0u16; 4];
-            let mut listeners = Vec::new();
-            for (i, kind) in NODES.iter().enumerate() {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                ports[i] = l.local_addr()?.port();
-                listeners.push((kind.as_str(), l));
-            }
-            let dev = DevFederation::create(tmp.path(), ports, |n| {
-                n.delivery.batch_size = 512;
-                // The bench measures the node, not the per-principal limit.
-                n.limits.submit_rate_per_sec = 0;
-                n.audit.log = audit_log;
-            })?;
-            for (id, listener) in listeners {
-                // Only the two nodes under test run; the others' ports are
-                // closed, so their forwarders back off quietly.
-                if id == args.from || id == args.to {
-                    let config = NodeConfig::load(&dev.node_file(id))?;
-                    nodes.push(RunningNode::start(config, listener)?);
-                }
-            }
-            if nodes.len() != 2 {
-                bail!("--from and --to must be two different nodes of the federation");
-            }
+            let started = start_nodes(args, tmp.path(), audit_log).await?;
             _tmp = tmp;
-            dev
+            started
         }
     };
     let sender = Connection::from_files(&dev.client(&args.from)?)?;
@@ -338,9 +438,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         l.p50, l.p90, l.p99, l.p999, l.max
     );
-    for node in nodes {
-        node.stop().await?;
-    }
+    nodes.stop().await?;
     Ok(figures)
 }
 

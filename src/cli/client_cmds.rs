@@ -22,6 +22,10 @@ pub struct ClientArgs {
     /// Development federation directory made by `cluebridge up`.
     #[arg(long, default_value = ".cluebridge-dev", env = "CLUEBRIDGE_DIR")]
     pub dir: PathBuf,
+    /// Which principal's certificate to use from --dir: backoffice (submit,
+    /// receive), operator (operate) or auditor (audit).
+    #[arg(long = "as", value_name = "PRINCIPAL", default_value = crate::devfed::CLIENT_NAME)]
+    pub principal: String,
     /// Node endpoint, e.g. https://127.0.0.1:7401 (overrides --dir).
     #[arg(long, env = "CLUEBRIDGE_ENDPOINT")]
     pub endpoint: Option<String>,
@@ -42,7 +46,7 @@ pub struct ClientArgs {
 
 impl ClientArgs {
     fn connection(&self) -> Result<Connection> {
-        self.connection_as(crate::devfed::CLIENT_NAME)
+        self.connection_as(&self.principal)
     }
 
     /// The connection, taking the development federation's certificate of

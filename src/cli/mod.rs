@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod client_cmds;
+mod gen_certs;
 mod render;
 mod serve;
 mod up;
@@ -31,6 +32,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Run a local four-agency development federation (created if absent).
     Up(up::UpArgs),
+    /// Make the CA, node keys and certificates, and principals' client
+    /// certificates from federation.toml and its node files.
+    GenCerts(gen_certs::GenCertsArgs),
     /// Submit a message to a node as a client system.
     Send(client_cmds::SendArgs),
     /// Receive messages from a node's inbox, then ack or reject them.
@@ -73,6 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => serve::run(a).await,
         Command::Up(a) => up::run(a).await,
+        Command::GenCerts(a) => gen_certs::run(a),
         Command::Send(a) => client_cmds::send(a).await,
         Command::Receive(a) => client_cmds::receive(a).await,
         Command::Status(a) => client_cmds::status(a).await,

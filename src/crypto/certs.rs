@@ -32,6 +32,9 @@ pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     pub cert: IssuedCert,
     validity_days: i64,
+    /// A fixed validity window for the certificates issued, instead of
+    /// "from an hour ago for `validity_days`".
+    window: Option<(OffsetDateTime, OffsetDateTime)>,
 }
 
 impl std::fmt::Debug for Ca {
@@ -75,6 +78,7 @@ impl Ca {
             issuer: Issuer::new(params, key),
             cert: issued,
             validity_days,
+            window: None,
         })
     }
 
@@ -92,10 +96,22 @@ impl Ca {
                 key_pem: key_pem.to_string(),
             },
             validity_days,
+            window: None,
         })
     }
 
+    /// Issues the following certificates valid exactly from `not_before`
+    /// to `not_after` (for renewal ahead of time, and for tests of expiry).
+    pub fn valid_between(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Ca {
+        self.window = Some((not_before, not_after));
+        self
+    }
+
     fn issue(&self, params: &mut CertificateParams) -> Result<IssuedCert> {
+        if let Some((not_before, not_after)) = self.window {
+            params.not_before = not_before;
+            params.not_after = not_after;
+        }
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,

@@ -6,7 +6,9 @@
 //! node's agency.
 
 use crate::error::{Error, Result};
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 const URI_PREFIX: &str = "cluebridge://node/";
 
@@ -85,11 +87,195 @@ pub fn identity_of(der: &[u8]) -> Result<PeerIdentity> {
     })
 }
 
-/// Server side: present `cert`, require a client certificate from the CA.
-pub fn server_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> ServerTlsConfig {
-    ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, key_pem))
-        .client_ca_root(Certificate::from_pem(ca_pem))
+/// Server side: a TLS acceptor that presents the node's certificate and
+/// asks every caller for a client certificate.
+///
+/// The TLS layer checks only that the caller holds the private key of the
+/// certificate it presents; whether that certificate was issued by the
+/// federation CA and is valid now is checked by [`verify_client`], which
+/// every service runs (through `api::caller`) before anything else. So a
+/// caller with no certificate, a foreign or an expired one gets a gRPC
+/// `UNAUTHENTICATED` that says what is wrong, instead of a bare handshake
+/// failure.
+pub fn server_acceptor(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, e: &dyn std::fmt::Display| Error::invalid(format!("{what}: {e}"));
+    let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| bad("node TLS certificate", &e))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| bad("node TLS private key", &e))?;
+    let ca = FederationCa::from_pem(ca_pem)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = AnyClientCert {
+        hints: vec![rustls::DistinguishedName::from(ca.subject.clone())],
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS versions", &e))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_single_cert(chain, key)
+        .map_err(|e| bad("node TLS certificate and key", &e))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Asks for a client certificate, does not require one, and leaves the
+/// chain check to [`verify_client`]; the handshake signature is verified,
+/// so the caller holds the certificate's key.
+#[derive(Debug)]
+struct AnyClientCert {
+    hints: Vec<rustls::DistinguishedName>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The federation CA as the chain check needs it, with the certificates it
+/// has already checked.
+#[derive(Clone, Debug)]
+pub struct FederationCa {
+    /// The CA's subject name (DER), which issued certificates name as issuer.
+    subject: Vec<u8>,
+    /// The CA's certificate (DER).
+    der: Vec<u8>,
+    /// Certificates whose CA signature was verified (DER → identity and
+    /// validity window in Unix seconds), so a connection's calls after the
+    /// first cost a lookup, not an ECDSA verification.
+    verified: Arc<std::sync::Mutex<HashMap<Vec<u8>, Verified>>>,
+}
+
+#[derive(Clone, Debug)]
+struct Verified {
+    identity: PeerIdentity,
+    not_before: i64,
+    not_after: i64,
+}
+
+/// Checked certificates remembered at most; the map is emptied when full.
+const VERIFIED_CACHE: usize = 4096;
+
+impl FederationCa {
+    pub fn from_pem(ca_pem: &str) -> Result<FederationCa> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ca_pem.as_bytes())
+            .map_err(|e| Error::invalid(format!("federation CA is not PEM: {e}")))?;
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents)
+            .map_err(|e| Error::invalid(format!("federation CA does not parse: {e}")))?;
+        Ok(FederationCa {
+            subject: cert.subject().as_raw().to_vec(),
+            der: pem.contents.clone(),
+            verified: Arc::default(),
+        })
+    }
+}
+
+/// Checks a caller's certificate: issued (signed) by the federation CA and
+/// valid at `now_ms`. Returns the identity it names.
+pub fn verify_client(ca: &FederationCa, der: &[u8], now_ms: u64) -> Result<PeerIdentity> {
+    let lock = || ca.verified.lock().unwrap_or_else(|e| e.into_inner());
+    let known = lock().get(der).cloned();
+    let verified = match known {
+        Some(v) => v,
+        None => {
+            let v = verify_chain(ca, der)?;
+            let mut cache = lock();
+            if cache.len() >= VERIFIED_CACHE {
+                cache.clear();
+            }
+            cache.insert(der.to_vec(), v.clone());
+            v
+        }
+    };
+    let secs = (now_ms / 1000) as i64;
+    if secs < verified.not_before {
+        return Err(Error::Unauthenticated(format!(
+            "the certificate is not valid before {}",
+            crate::format_time(verified.not_before as u64 * 1000)
+        )));
+    }
+    if secs > verified.not_after {
+        return Err(Error::Unauthenticated(format!(
+            "the certificate expired at {}; ask for a new one",
+            crate::format_time(verified.not_after as u64 * 1000)
+        )));
+    }
+    Ok(verified.identity)
+}
+
+/// The CA signature and identity of a certificate, without the clock.
+fn verify_chain(ca: &FederationCa, der: &[u8]) -> Result<Verified> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::Unauthenticated(format!("client certificate does not parse: {e}")))?;
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(&ca.der)
+        .map_err(|e| Error::Unauthenticated(format!("federation CA does not parse: {e}")))?;
+    let foreign = || {
+        Error::Unauthenticated(format!(
+            "the certificate presented ({}) was not issued by this federation's CA ({}); \
+             use a certificate from `cluebridge gen-certs` for this federation",
+            cert.issuer(),
+            ca_cert.subject()
+        ))
+    };
+    if cert.issuer().as_raw() != ca.subject.as_slice() {
+        return Err(foreign());
+    }
+    cert.verify_signature(Some(ca_cert.public_key()))
+        .map_err(|_| foreign())?;
+    let validity = cert.validity();
+    Ok(Verified {
+        identity: identity_of(der)?,
+        not_before: validity.not_before.timestamp(),
+        not_after: validity.not_after.timestamp(),
+    })
 }
 
 /// Client side: trust only the federation CA, present `cert`, and expect

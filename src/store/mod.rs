@@ -959,6 +959,26 @@ impl Store {
         Ok(())
     }
 
+    /// SHA-256 over every record of every tree, in order: equal digests
+    /// mean equal stores. Tests use it to show that a refusal changed
+    /// nothing.
+    pub fn content_digest(&self) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for (name, tree) in TREE_NAMES.iter().zip(&self.shared.trees) {
+            h.update((name.len() as u64).to_be_bytes());
+            h.update(name.as_bytes());
+            for entry in tree.iter() {
+                let (k, v) = entry?;
+                h.update((k.len() as u64).to_be_bytes());
+                h.update(&k);
+                h.update((v.len() as u64).to_be_bytes());
+                h.update(&v);
+            }
+        }
+        Ok(h.finalize().into())
+    }
+
     pub fn counts(&self) -> Counts {
         Counts {
             envelopes: self.tree(ENVELOPES).len(),

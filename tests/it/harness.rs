@@ -5,8 +5,9 @@ use cluebridge::client::Connection;
 use cluebridge::config::{NodeConfig, NodeFile};
 use cluebridge::crypto::{Keyring, NodeSigner};
 use cluebridge::devfed::{DevFederation, NODES};
-use cluebridge::model::{MessageKind, SentState, SignedReceipt};
+use cluebridge::model::{EnvelopeHeader, MessageKind, SentState, SignedReceipt, sha256};
 use cluebridge::node::RunningNode;
+use cluebridge::now_ms;
 use cluebridge::pb;
 use cluebridge::pb::broker_client::BrokerClient;
 use cluebridge::pb::peer_client::PeerClient;
@@ -78,9 +79,31 @@ impl TestFederation {
     }
 
     fn launch(&mut self, id: &str, listener: tokio::net::TcpListener) {
-        let config = self.config(id);
-        let node = RunningNode::start(config, listener).expect("start node");
-        self.nodes.insert(id.to_string(), node);
+        // Right after a stop, the last connection tasks of the old server
+        // may still hold the store (and sled's lock on it) for a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut listener = Some(listener);
+        loop {
+            let config = self.config(id);
+            let l = listener.take().expect("listener");
+            let std_listener = l.into_std().expect("listener");
+            let retry = std_listener.try_clone().expect("listener");
+            let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            match RunningNode::start(config, l) {
+                Ok(node) => {
+                    self.nodes.insert(id.to_string(), node);
+                    return;
+                }
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    listener = Some(tokio::net::TcpListener::from_std(retry).expect("listener"));
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("start node {id}: {e}"),
+            }
+        }
     }
 
     pub fn config(&self, id: &str) -> NodeConfig {
@@ -239,3 +262,28 @@ pub fn lease_of(d: &pb::Delivery) -> Option<pb::LeaseRef> {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// A header as node `from` would sign it, created now, valid for an hour.
+pub fn header(id: &str, kind: MessageKind, from: &str, to: &str, payload: &[u8]) -> EnvelopeHeader {
+    EnvelopeHeader {
+        message_id: id.into(),
+        kind,
+        sender_node: from.into(),
+        sender_principal: "backoffice".into(),
+        recipient_node: to.into(),
+        case_reference: String::new(),
+        correlation_id: String::new(),
+        subject: "hand-made".into(),
+        content_type: "text/plain".into(),
+        payload_sha256: sha256(payload),
+        payload_length: payload.len() as u64,
+        created_at_ms: now_ms(),
+        expires_at_ms: now_ms() + 3_600_000,
+        reply_by_ms: 0,
+        signing_key_id: format!("{from}-k1"),
+    }
+}
+
+pub fn sealed(signer: &NodeSigner, h: &EnvelopeHeader, payload: &[u8]) -> pb::SignedEnvelope {
+    signer.seal(h, payload.to_vec()).to_wire()
+}

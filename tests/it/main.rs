@@ -2,9 +2,12 @@
 //! a temporary directory. One test binary; `harness` holds the federation.
 
 mod audit;
+mod bad_input;
 mod config_files;
 mod crash;
 mod custody;
 mod harness;
+mod identities;
 mod message_path;
+mod properties;
 mod refusals;

@@ -3,34 +3,9 @@
 
 use crate::harness::*;
 use cluebridge::crypto::NodeSigner;
-use cluebridge::model::{EnvelopeHeader, MessageKind, SignedEnvelope, SignedReceipt, sha256};
-use cluebridge::now_ms;
+use cluebridge::model::{MessageKind, SignedEnvelope, SignedReceipt};
 use cluebridge::pb;
 use tonic::Code;
-
-fn header(id: &str, kind: MessageKind, from: &str, to: &str, payload: &[u8]) -> EnvelopeHeader {
-    EnvelopeHeader {
-        message_id: id.into(),
-        kind,
-        sender_node: from.into(),
-        sender_principal: "backoffice".into(),
-        recipient_node: to.into(),
-        case_reference: String::new(),
-        correlation_id: String::new(),
-        subject: "hand-made".into(),
-        content_type: "text/plain".into(),
-        payload_sha256: sha256(payload),
-        payload_length: payload.len() as u64,
-        created_at_ms: now_ms(),
-        expires_at_ms: now_ms() + 3_600_000,
-        reply_by_ms: 0,
-        signing_key_id: format!("{from}-k1"),
-    }
-}
-
-fn sealed(signer: &NodeSigner, h: &EnvelopeHeader, payload: &[u8]) -> pb::SignedEnvelope {
-    signer.seal(h, payload.to_vec()).to_wire()
-}
 
 /// Delivers one envelope to `target` as node `as_node`; returns the refusal.
 async fn refusal(

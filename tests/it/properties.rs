@@ -1,0 +1,182 @@
+//! Property tests of the signed encodings: for any header, payload and
+//! receipt, signing then verifying succeeds; flipping any single bit of
+//! the header, payload or signature makes verification fail; decoding
+//! arbitrary bytes never panics.
+
+use cluebridge::crypto::tls::{FederationCa, verify_client};
+use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
+use cluebridge::model::{
+    EnvelopeHeader, MessageKind, Receipt, ReceiptKind, SignedEnvelope, SignedReceipt, sha256,
+};
+use proptest::prelude::*;
+
+const ID: &str = "[A-Za-z0-9._:-]{1,40}";
+
+fn kind() -> impl Strategy<Value = MessageKind> {
+    prop_oneof![
+        Just(MessageKind::ClueTransfer),
+        Just(MessageKind::RectificationSuggestion),
+        Just(MessageKind::Feedback),
+    ]
+}
+
+fn receipt_kind() -> impl Strategy<Value = ReceiptKind> {
+    prop_oneof![
+        Just(ReceiptKind::Accepted),
+        Just(ReceiptKind::Delivered),
+        Just(ReceiptKind::Acknowledged),
+        Just(ReceiptKind::Rejected),
+        Just(ReceiptKind::DeadLettered),
+        Just(ReceiptKind::Expired),
+    ]
+}
+
+/// A header from `node`, signed with key `node-k1`, over `payload`.
+fn header(
+    node: &'static str,
+    payload: Vec<u8>,
+) -> impl Strategy<Value = (EnvelopeHeader, Vec<u8>)> {
+    (
+        (ID, kind(), ID, ID, "\\PC{0,40}", ID),
+        (
+            "\\PC{0,120}",
+            "[a-z/+.-]{0,40}",
+            0u64..=4_000_000_000_000,
+            0u64..=1_000_000_000,
+        ),
+    )
+        .prop_map(
+            move |((id, kind, principal, to, case, corr), (subject, ct, created, ttl))| {
+                let h = EnvelopeHeader {
+                    message_id: id,
+                    kind,
+                    sender_node: node.into(),
+                    sender_principal: principal,
+                    recipient_node: to,
+                    case_reference: case,
+                    correlation_id: corr,
+                    subject,
+                    content_type: ct,
+                    payload_sha256: sha256(&payload),
+                    payload_length: payload.len() as u64,
+                    created_at_ms: created,
+                    expires_at_ms: created + ttl,
+                    reply_by_ms: 0,
+                    signing_key_id: format!("{node}-k1"),
+                };
+                (h, payload.clone())
+            },
+        )
+}
+
+fn envelope() -> impl Strategy<Value = (EnvelopeHeader, Vec<u8>)> {
+    proptest::collection::vec(any::<u8>(), 0..2048).prop_flat_map(|p| header("discipline", p))
+}
+
+fn receipt() -> impl Strategy<Value = Receipt> {
+    (
+        ID,
+        ID,
+        receipt_kind(),
+        0u64..=4_000_000_000_000,
+        "\\PC{0,80}",
+        any::<[u8; 32]>(),
+        0u32..10,
+    )
+        .prop_map(|(id, sender, kind, at, reason, digest, attempt)| Receipt {
+            message_id: id,
+            sender_node: sender,
+            kind,
+            issuer_node: "discipline".into(),
+            issued_at_ms: at,
+            reason,
+            header_sha256: digest,
+            signing_key_id: "discipline-k1".into(),
+            attempt,
+        })
+}
+
+fn signer_and_keyring() -> (NodeSigner, Keyring) {
+    let signer = NodeSigner::generate("discipline", "discipline-k1");
+    let mut keyring = Keyring::default();
+    keyring.insert(
+        "discipline",
+        PublicKeyEntry::parse("discipline-k1", &signer.public_key_base64()).expect("key"),
+    );
+    (signer, keyring)
+}
+
+fn flip(bytes: &mut [u8], bit: usize) {
+    let bit = bit % (bytes.len() * 8);
+    bytes[bit / 8] ^= 1 << (bit % 8);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_sealed_envelope_verifies_and_any_flipped_bit_breaks_it(
+        (h, payload) in envelope(),
+        part in 0usize..3,
+        bit in any::<usize>(),
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let sealed = signer.seal(&h, payload);
+        prop_assert_eq!(keyring.verify_envelope(&sealed).expect("verifies"), h);
+        let mut broken: SignedEnvelope = sealed.clone();
+        match part {
+            0 => flip(&mut broken.header, bit),
+            1 if !broken.payload.is_empty() => flip(&mut broken.payload, bit),
+            _ => flip(&mut broken.signature, bit),
+        }
+        prop_assert!(keyring.verify_envelope(&broken).is_err());
+    }
+
+    #[test]
+    fn a_signed_receipt_verifies_and_any_flipped_bit_breaks_it(
+        r in receipt(),
+        in_signature in any::<bool>(),
+        bit in any::<usize>(),
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let signed = signer.sign_receipt(&r);
+        prop_assert_eq!(keyring.verify_receipt(&signed).expect("verifies"), r);
+        let mut broken: SignedReceipt = signed.clone();
+        if in_signature {
+            flip(&mut broken.signature, bit);
+        } else {
+            flip(&mut broken.receipt, bit);
+        }
+        prop_assert!(keyring.verify_receipt(&broken).is_err());
+    }
+
+    #[test]
+    fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = EnvelopeHeader::decode(&bytes);
+        let _ = SignedEnvelope::decode(&bytes);
+        let _ = Receipt::decode(&bytes);
+        let _ = SignedReceipt::decode(&bytes);
+        let (_, keyring) = signer_and_keyring();
+        if let Ok(e) = SignedEnvelope::decode(&bytes) {
+            let _ = keyring.verify_envelope(&e);
+        }
+        if let Ok(r) = SignedReceipt::decode(&bytes) {
+            let _ = keyring.verify_receipt(&r);
+        }
+    }
+
+    #[test]
+    fn arbitrary_certificate_bytes_are_refused_without_panic(
+        bytes in proptest::collection::vec(any::<u8>(), 0..512),
+    ) {
+        prop_assert!(verify_client(ca(), &bytes, 0).is_err());
+    }
+}
+
+fn ca() -> &'static FederationCa {
+    static CA: std::sync::OnceLock<FederationCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        let ca = cluebridge::crypto::certs::Ca::generate("p", 1).expect("ca");
+        FederationCa::from_pem(&ca.cert.cert_pem).expect("ca")
+    })
+}
