@@ -304,9 +304,14 @@ fn same(what: &str, shown: &serde_json::Value, actual: serde_json::Value) -> Res
 
 /// Verifies a bundle's text. With `trust`, every key must be the trust
 /// list's; without, the bundle's own keys are used (and the report says
-/// so). `witnessed` are checkpoints of the exporting node that its peers
-/// hold: each one inside the bundle's segments must agree with them.
-pub fn verify(text: &str, trust: Option<&Keyring>, witnessed: &[SignedCheckpoint]) -> Report {
+/// so). `witnessed`, when given, are checkpoints that the exporting node's
+/// peers hold: each one of that node inside the bundle's segments must
+/// agree with them.
+pub fn verify(
+    text: &str,
+    trust: Option<&Keyring>,
+    witnessed: Option<&[SignedCheckpoint]>,
+) -> Report {
     let mut report = Report::default();
     let bundle: Bundle = match serde_json::from_str(text) {
         Ok(b) => b,
@@ -495,7 +500,7 @@ pub fn verify(text: &str, trust: Option<&Keyring>, witnessed: &[SignedCheckpoint
             ))
         },
     ));
-    if !witnessed.is_empty() {
+    if let Some(witnessed) = witnessed {
         report.push(Check::from(
             "witnessed checkpoints",
             against_witnesses(&keyring, &bundle.audit.node, witnessed, |seq| {
@@ -757,7 +762,12 @@ pub(super) fn against_witnesses(
             }
         }
     }
-    Ok(format!(
-        "{agreed} witnessed checkpoints agree, {outside} concern entries not at hand"
-    ))
+    Ok(if agreed == 0 {
+        format!(
+            "no witnessed checkpoint of {node} concerns these entries yet ({outside} concern \
+             others); witnessing lags signing by a few seconds"
+        )
+    } else {
+        format!("{agreed} witnessed checkpoints agree, {outside} concern entries not at hand")
+    })
 }

@@ -24,13 +24,13 @@ struct Logged {
 const CHUNK: usize = 10_000;
 
 /// Checks the store of a stopped node. `trust` adds signature checks of
-/// every envelope, receipt and checkpoint; `witnessed` are checkpoints of
-/// this node that its peers hold.
+/// every envelope, receipt and checkpoint; `witnessed`, when given, are
+/// checkpoints that this node's peers hold.
 pub fn verify_store(
     store: &Store,
     trust: Option<&Keyring>,
     node: Option<&str>,
-    witnessed: &[SignedCheckpoint],
+    witnessed: Option<&[SignedCheckpoint]>,
 ) -> Report {
     let mut report = Report {
         trusted_keys: trust.is_some(),
@@ -76,7 +76,7 @@ pub fn verify_store(
             "own checkpoints",
             own_checkpoints(store, trust, node, &hash_at),
         ));
-        if !witnessed.is_empty() {
+        if let Some(witnessed) = witnessed {
             let keyring = trust.cloned().unwrap_or_default();
             report.push(Check::from(
                 "witnessed checkpoints",

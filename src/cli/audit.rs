@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 pub struct ExportArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// The message id.
+    /// The message id. The call is made as the `auditor` principal of
+    /// --dir unless --as names a principal other than the default.
     pub id: String,
     /// The node that sent the message (default: the node you call).
     #[arg(long)]
@@ -123,7 +124,8 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
         .with_context(|| format!("cannot read {}", args.bundle.display()))?;
     let trust = load_trust(args.trust.as_deref())?;
     let witnessed = load_witnessed(&args.witnessed)?;
-    let report = bundle::verify(&text, trust.as_ref(), &witnessed);
+    let witnessed = (!args.witnessed.is_empty()).then_some(witnessed.as_slice());
+    let report = bundle::verify(&text, trust.as_ref(), witnessed);
     finish(&report, args.json)
 }
 
@@ -195,8 +197,8 @@ fn verify_store(args: StoreVerifyArgs) -> Result<()> {
             args.data_dir.display()
         )
     })?;
-    let report =
-        store_check::verify_store(&store, trust.as_ref(), args.node.as_deref(), &witnessed);
+    let witnessed = (!args.witnessed.is_empty()).then_some(witnessed.as_slice());
+    let report = store_check::verify_store(&store, trust.as_ref(), args.node.as_deref(), witnessed);
     store.close();
     finish(&report, args.json)
 }
