@@ -18,8 +18,8 @@
 //!
 //! Every state change is one transaction over these trees, and appends its
 //! audit entry in that same transaction (`append_audit`): a state change
-//! without its entry, or an entry without its change, cannot be stored. Durability is
-//! explicit: a caller that must not answer before its write is on disk
+//! without its entry, or an entry without its change, cannot be stored.
+//! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
 mod audit;
@@ -165,8 +165,8 @@ pub struct Lease {
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`, with the audit log, and
-    /// starts its group-commit writer thread.
+    /// Opens (or creates) the store in `dir` and starts its group-commit
+    /// flusher. Must be called inside a tokio runtime.
     pub fn open(dir: &Path) -> Result<Store> {
         Self::open_with(dir, true)
     }
