@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cluebridge/v1/broker.proto",
         "cluebridge/v1/peer.proto",
         "cluebridge/v1/admin.proto",
+        "cluebridge/v1/audit.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

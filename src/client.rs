@@ -4,6 +4,7 @@
 use crate::crypto::tls;
 use crate::devfed::ClientFiles;
 use crate::pb::admin_client::AdminClient;
+use crate::pb::audit_client::AuditClient;
 use crate::pb::broker_client::BrokerClient;
 use crate::pb::peer_client::PeerClient;
 use anyhow::{Context, Result};
@@ -55,6 +56,10 @@ impl Connection {
         Ok(BrokerClient::new(self.channel()?)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024))
+    }
+
+    pub fn audit(&self) -> Result<AuditClient<Channel>> {
+        Ok(AuditClient::new(self.channel()?).max_decoding_message_size(64 * 1024 * 1024))
     }
 
     pub fn peer(&self) -> Result<PeerClient<Channel>> {

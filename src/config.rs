@@ -118,6 +118,8 @@ pub struct NodeFile {
     pub delivery: DeliverySettings,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// The agency's client systems and what each may do.
     #[serde(rename = "principal", default)]
     pub principals: Vec<PrincipalFile>,
@@ -225,6 +227,33 @@ impl Default for Limits {
             max_clock_skew_ms: 5 * 60 * 1000,
             max_peer_batch: 1024,
             submit_rate_per_sec: 2000,
+        }
+    }
+}
+
+/// The audit log and its checkpoints. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// Append every state change to the hash-chained audit log. Turning it
+    /// off voids the tamper-evidence guarantee; it exists only to measure
+    /// what the log costs.
+    pub log: bool,
+    /// Sign a checkpoint of the chain head after this many new entries…
+    pub checkpoint_every_entries: u64,
+    /// …or after this many seconds with at least one new entry.
+    pub checkpoint_interval_secs: u64,
+    /// Whether `GetBundle` may include the payload when an auditor asks.
+    pub allow_payload_export: bool,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        AuditSettings {
+            log: true,
+            checkpoint_every_entries: 1000,
+            checkpoint_interval_secs: 60,
+            allow_payload_export: false,
         }
     }
 }
@@ -522,6 +551,7 @@ pub struct NodeConfig {
     pub tls: TlsMaterial,
     pub delivery: DeliverySettings,
     pub limits: Limits,
+    pub audit: AuditSettings,
     /// The agency's client systems by name.
     pub principals: BTreeMap<String, Principal>,
     /// When the node's TLS certificate stops being valid (Unix ms).
@@ -626,6 +656,12 @@ impl NodeConfig {
                 "delivery.default_ttl_secs: must be between 1 and delivery.max_ttl_secs",
             ));
         }
+        if file.audit.checkpoint_every_entries == 0 || file.audit.checkpoint_interval_secs == 0 {
+            return Err(err(
+                path,
+                "audit.checkpoint_every_entries and audit.checkpoint_interval_secs: must be at least 1",
+            ));
+        }
         Ok(NodeConfig {
             node_id: file.node_id.clone(),
             kind: entry.kind,
@@ -640,6 +676,7 @@ impl NodeConfig {
             },
             delivery: file.delivery,
             limits: file.limits,
+            audit: file.audit,
             principals,
             tls_not_after_ms,
             federation: Arc::new(federation),

@@ -108,6 +108,7 @@ impl DevFederation {
                 tls_key: format!("certs/{id}-key.pem").into(),
                 delivery: Default::default(),
                 limits: Default::default(),
+                audit: Default::default(),
                 principals: vec![
                     principal(CLIENT_NAME, &["submit", "receive"]),
                     principal(OPERATOR_NAME, &["operate"]),

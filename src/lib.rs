@@ -7,6 +7,7 @@
 //! - [`store`]: the sled store, the only place that knows sled;
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
+//! - [`audit`]: receipt bundles, offline verification of bundles and stores;
 //! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
 //! - [`metrics`]: counters, histograms and the Prometheus `/metrics` listener;
 //! - [`node`]: wires one node together and runs it until shutdown;
@@ -16,6 +17,7 @@
 //! - [`cli`]: the command-line subcommands.
 
 pub mod api;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod client;

@@ -1,7 +1,7 @@
 //! Wires one node together — store, broker, background tasks, gRPC server
 //! with mTLS — and runs it until shutdown, then drains under a deadline.
 
-use crate::api::{self, AdminService, BrokerService, HealthService, PeerService};
+use crate::api::{self, AdminService, AuditService, BrokerService, HealthService, PeerService};
 use crate::broker::Broker;
 use crate::config::NodeConfig;
 use crate::crypto::tls;
@@ -38,7 +38,7 @@ pub async fn run(
         })?),
         None => None,
     };
-    let store = Store::open(&config.data_dir)?;
+    let store = Store::open_with(&config.data_dir, config.audit.log)?;
     let broker = Broker::new(config, store)?;
     serve(broker, listener, metrics, shutdown).await
 }
@@ -104,6 +104,8 @@ async fn serve(
     let peer_service = pb::peer_server::PeerServer::new(PeerService::new(broker.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit_service = pb::audit_server::AuditServer::new(AuditService::new(broker.clone()))
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
@@ -129,6 +131,7 @@ async fn serve(
         .add_service(InterceptedService::new(health_service, members()))
         .add_service(InterceptedService::new(reflection, members()))
         .add_service(InterceptedService::new(reflection_alpha, members()))
+        .add_service(audit_service)
         .serve_with_incoming_shutdown(tls_incoming(listener, acceptor, stop.clone()), async move {
             shutdown.await;
             let _ = began_on_signal.set(Instant::now());
@@ -233,7 +236,7 @@ impl RunningNode {
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
         let metrics = bind_metrics(&config)?;
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-        let store = Store::open(&config.data_dir)?;
+        let store = Store::open_with(&config.data_dir, config.audit.log)?;
         let broker = Broker::new(config, store)?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(broker.clone(), listener, metrics, async move {

@@ -15,11 +15,12 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse, health_server};
 
 /// The services whose health can be asked for by name.
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "",
     "cluebridge.v1.Broker",
     "cluebridge.v1.Peer",
     "cluebridge.v1.Admin",
+    "cluebridge.v1.Audit",
 ];
 
 /// Sets the node's health; held by the node.

@@ -2,11 +2,14 @@
 //! request/response messages and domain types, and errors to `Status`.
 
 mod admin;
+mod audit;
 mod broker;
 mod health;
 mod peer;
 
 pub use admin::AdminService;
+pub use audit::AuditService;
+pub(crate) use audit::{checkpoint_from_wire, checkpoint_to_wire};
 pub use broker::BrokerService;
 pub use health::{HealthService, HealthSwitch};
 pub use peer::PeerService;

@@ -108,4 +108,19 @@ impl pb::peer_server::Peer for PeerService {
                 .collect(),
         }))
     }
+
+    async fn witness_checkpoint(
+        &self,
+        request: Request<pb::WitnessCheckpointRequest>,
+    ) -> Result<Response<pb::WitnessCheckpointResponse>, Status> {
+        let peer = self.calling_node(&request)?;
+        let checkpoint = request
+            .into_inner()
+            .checkpoint
+            .ok_or_else(|| super::missing("checkpoint"))?;
+        self.broker
+            .witness(&peer, super::checkpoint_from_wire(checkpoint))
+            .await?;
+        Ok(Response::new(pb::WitnessCheckpointResponse {}))
+    }
 }

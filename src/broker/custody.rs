@@ -392,8 +392,13 @@ impl Broker {
             self.metrics().dead_lettered.inc();
             self.wake_peer(&message.sender_node);
         } else {
-            self.store()
-                .requeue(message, lease_id, now_ms() + delay_ms)?;
+            self.store().requeue(
+                message,
+                lease_id,
+                now_ms() + delay_ms,
+                how == "released",
+                how,
+            )?;
             self.inbox_wake().notify_waiters();
         }
         self.end_lease(lease_id);

@@ -3,10 +3,12 @@
 //! the gRPC services (`api`) and the background tasks (`delivery`); the
 //! store makes each step atomic and durable.
 
+mod audit;
 mod custody;
 mod operations;
 mod sending;
 
+pub use audit::{MessageFilter, MessageSummary};
 pub use custody::Leased;
 pub use operations::{
     DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,

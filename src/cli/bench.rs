@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// `cluebridge serve` processes (as agencies deploy them).
     #[arg(long, conflicts_with = "dir")]
     pub in_process: bool,
+    /// Run four times, alternately without the audit log (`[audit] log =
+    /// false`) and with it, and report what the log costs.
+    #[arg(long, conflicts_with = "dir")]
+    pub compare_audit: bool,
 }
 
 /// The two nodes under test, when the bench started them.
@@ -88,7 +92,11 @@ impl Nodes {
 
 /// Creates a development federation in `dir` and starts the nodes `from`
 /// and `to`: in this process, or as `cluebridge serve` child processes.
-async fn start_nodes(args: &BenchArgs, dir: &std::path::Path) -> Result<(DevFederation, Nodes)> {
+async fn start_nodes(
+    args: &BenchArgs,
+    dir: &std::path::Path,
+    audit_log: bool,
+) -> Result<(DevFederation, Nodes)> {
     let mut ports = [0u16; 4];
     let mut listeners = Vec::new();
     for (i, kind) in NODES.iter().enumerate() {
@@ -100,6 +108,7 @@ async fn start_nodes(args: &BenchArgs, dir: &std::path::Path) -> Result<(DevFede
         n.delivery.batch_size = 512;
         // The bench measures the node, not the per-principal limit.
         n.limits.submit_rate_per_sec = 0;
+        n.audit.log = audit_log;
     })?;
     let ids: Vec<&str> = NODES
         .iter()
@@ -166,6 +175,7 @@ async fn wait_until_serving(dev: &DevFederation, id: &str) -> Result<()> {
 
 #[derive(Debug, serde::Serialize)]
 struct Figures {
+    audit_log: bool,
     submitters: usize,
     payload_size: usize,
     duration_s: f64,
@@ -202,6 +212,58 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if args.payload_size < 8 {
         bail!("--payload-size must be at least 8 (the send time travels in the payload)");
     }
+    if !args.compare_audit {
+        let figures = measure(&args, true).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    // Four runs, without-with-with-without, so that warm-up and drift
+    // weigh on both sides alike.
+    let mut runs = Vec::new();
+    for audit_log in [false, true, true, false] {
+        println!(
+            "{} the audit log:",
+            if audit_log { "with" } else { "without" }
+        );
+        runs.push(measure(&args, audit_log).await?);
+    }
+    let mean = |log: bool| {
+        let rates: Vec<f64> = runs
+            .iter()
+            .filter(|f| f.audit_log == log)
+            .map(|f| f.accepted_per_s)
+            .collect();
+        rates.iter().sum::<f64>() / rates.len() as f64
+    };
+    let (without, with) = (mean(false), mean(true));
+    let cost = if without > 0.0 {
+        (1.0 - with / without) * 100.0
+    } else {
+        0.0
+    };
+    println!(
+        "audit log cost on durable submit throughput: {cost:.1} % \
+         (mean of two runs each: {without:.0} msg/s without, {with:.0} msg/s with)"
+    );
+    if let Some(path) = &args.json {
+        let all = serde_json::json!({
+            "runs": runs,
+            "accepted_per_s_without_audit_log": without,
+            "accepted_per_s_with_audit_log": with,
+            "audit_log_cost_percent": cost,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// One measurement (with or without the audit log on nodes it starts);
+/// prints its figures.
+async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let _tmp;
     let (dev, nodes) = match &args.dir {
         Some(dir) => (
@@ -211,7 +273,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         ),
         None => {
             let tmp = tempfile::tempdir().context("creating a temporary directory")?;
-            let started = start_nodes(&args, tmp.path()).await?;
+            let started = start_nodes(args, tmp.path(), audit_log).await?;
             _tmp = tmp;
             started
         }
@@ -334,6 +396,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     latencies.sort_unstable();
     let figures = Figures {
+        audit_log,
         submitters: args.submitters,
         payload_size: args.payload_size,
         duration_s: elapsed,
@@ -375,11 +438,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
         l.p50, l.p90, l.p99, l.p999, l.max
     );
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    nodes.stop().await
+    nodes.stop().await?;
+    Ok(figures)
 }
 
 /// A small multi-consumer queue over a tokio mutex: the acknowledging

@@ -1,5 +1,6 @@
 //! The command line: one module per group of subcommands.
 
+mod audit;
 mod bench;
 mod client_cmds;
 mod gen_certs;
@@ -64,6 +65,13 @@ pub enum Command {
     Dlq(ops::DlqArgs),
     /// Operators: one message's metadata and history (never its payload).
     Message(ops::MessageArgs),
+    /// Fetch a message's receipt bundle from a node (as an auditor).
+    Export(audit::ExportArgs),
+    /// Verify a receipt bundle offline: signatures, digests, audit chain,
+    /// checkpoints. Exits 0 only if every check passes.
+    Verify(audit::VerifyArgs),
+    /// Audit log tools: check a stopped node's store, fetch checkpoints.
+    Audit(audit::AuditArgs),
 }
 
 /// How log lines look.
@@ -109,6 +117,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Peers(a) => ops::peers(a).await,
         Command::Dlq(a) => ops::dlq(a).await,
         Command::Message(a) => ops::message(a).await,
+        Command::Export(a) => audit::export(a).await,
+        Command::Verify(a) => audit::verify(a),
+        Command::Audit(a) => audit::run(a).await,
     }
 }
 

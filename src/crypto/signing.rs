@@ -2,7 +2,9 @@
 //! domain-separation prefix per object type. Verification never re-encodes.
 
 use crate::error::{Error, Result};
-use crate::model::{EnvelopeHeader, Receipt, SignedEnvelope, SignedReceipt};
+use crate::model::{
+    Checkpoint, EnvelopeHeader, Receipt, SignedCheckpoint, SignedEnvelope, SignedReceipt,
+};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -12,6 +14,8 @@ use std::collections::HashMap;
 pub const ENVELOPE_DOMAIN: &[u8] = b"cluebridge/v1/envelope-header\n";
 /// Prefix of every receipt signature input.
 pub const RECEIPT_DOMAIN: &[u8] = b"cluebridge/v1/receipt\n";
+/// Prefix of every audit checkpoint signature input.
+pub const CHECKPOINT_DOMAIN: &[u8] = b"cluebridge/v1/checkpoint\n";
 
 fn signing_input(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(domain.len() + bytes.len());
@@ -109,6 +113,17 @@ impl NodeSigner {
         let signature = self.key.sign(&signing_input(RECEIPT_DOMAIN, &bytes));
         SignedReceipt {
             receipt: bytes,
+            signature: signature.to_bytes().to_vec(),
+        }
+    }
+
+    /// Encodes and signs a checkpoint of this node's audit chain.
+    pub fn sign_checkpoint(&self, checkpoint: &Checkpoint) -> SignedCheckpoint {
+        debug_assert_eq!(checkpoint.node, self.node_id);
+        let bytes = checkpoint.encode();
+        let signature = self.key.sign(&signing_input(CHECKPOINT_DOMAIN, &bytes));
+        SignedCheckpoint {
+            checkpoint: bytes,
             signature: signature.to_bytes().to_vec(),
         }
     }
@@ -235,6 +250,25 @@ impl Keyring {
         envelope.open()
     }
 
+    /// Checks the sender node's signature over header bytes as they are,
+    /// without the payload (a receipt bundle carries only its digest).
+    pub fn verify_envelope_header(
+        &self,
+        header: &[u8],
+        signature: &[u8],
+    ) -> Result<EnvelopeHeader> {
+        let h = EnvelopeHeader::decode(header)?;
+        let signed = Signed {
+            node_id: &h.sender_node,
+            key_id: &h.signing_key_id,
+            at_ms: h.created_at_ms,
+            bytes: header,
+            signature,
+        };
+        self.check("envelope header", signed, ENVELOPE_DOMAIN)?;
+        Ok(h)
+    }
+
     /// Checks the issuer's signature over the receipt bytes as they are.
     pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<Receipt> {
         let r = Receipt::decode(&receipt.receipt)?;
@@ -247,6 +281,20 @@ impl Keyring {
         };
         self.check("receipt", signed, RECEIPT_DOMAIN)?;
         Ok(r)
+    }
+
+    /// Checks the node's signature over the checkpoint bytes as they are.
+    pub fn verify_checkpoint(&self, checkpoint: &SignedCheckpoint) -> Result<Checkpoint> {
+        let c = Checkpoint::decode(&checkpoint.checkpoint)?;
+        let signed = Signed {
+            node_id: &c.node,
+            key_id: &c.signing_key_id,
+            at_ms: c.time_ms,
+            bytes: &checkpoint.checkpoint,
+            signature: &checkpoint.signature,
+        };
+        self.check("checkpoint", signed, CHECKPOINT_DOMAIN)?;
+        Ok(c)
     }
 }
 

@@ -1,5 +1,6 @@
 //! One forwarder per peer: sends the peer's outbox in batches with
-//! `Peer.Deliver` and its receipt outbox with `Peer.ReturnReceipts`,
+//! `Peer.Deliver`, its receipt outbox with `Peer.ReturnReceipts` and the
+//! node's latest audit checkpoint with `Peer.WitnessCheckpoint`,
 //! retrying with capped exponential backoff and jitter. State lives in the
 //! store, so a restarted node resumes where it stopped.
 
@@ -27,6 +28,9 @@ pub(super) struct Forwarder {
     wake: Arc<Notify>,
     stop: CancellationToken,
     backoff_ms: u64,
+    /// The last own checkpoint the peer took (or refused for good); later
+    /// checkpoints cover every earlier one, so only the latest is sent.
+    witnessed_seq: Option<u64>,
 }
 
 /// Gives gRPC statuses and per-item refusals one meaning: worth a retry?
@@ -66,6 +70,7 @@ impl Forwarder {
             wake,
             stop,
             backoff_ms,
+            witnessed_seq: None,
         })
     }
 
@@ -122,7 +127,51 @@ impl Forwarder {
         let batch = self.broker.config().delivery.batch_size;
         let sent = self.send_envelopes(batch).await?;
         let returned = self.return_receipts(batch).await?;
-        Ok(sent || returned)
+        let witnessed = self.send_checkpoint().await?;
+        Ok(sent || returned || witnessed)
+    }
+
+    /// Hands the node's latest checkpoint to the peer, once.
+    async fn send_checkpoint(&mut self) -> Result<bool> {
+        let node = self.broker.node_id().to_string();
+        let Some(latest) = self.broker.store().latest_checkpoint(&node)? else {
+            return Ok(false);
+        };
+        let seq = latest
+            .open()
+            .map_err(|e| Error::corrupt("checkpoints", e))?
+            .seq;
+        if self.witnessed_seq.is_some_and(|w| w >= seq) {
+            return Ok(false);
+        }
+        let request = pb::WitnessCheckpointRequest {
+            checkpoint: Some(crate::api::checkpoint_to_wire(&latest)),
+        };
+        let timeout = self.broker.config().delivery.peer_timeout();
+        let answer =
+            tokio::time::timeout(timeout, self.client.clone().witness_checkpoint(request)).await;
+        match answer {
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from {} within {} ms",
+                self.peer,
+                timeout.as_millis()
+            ))),
+            Ok(Err(status)) if transient(status.code() as i32) => Err(Error::Unavailable(format!(
+                "{} answered {:?}: {}",
+                self.peer,
+                status.code(),
+                status.message()
+            ))),
+            Ok(Err(status)) => {
+                tracing::error!(seq, code = ?status.code(), reason = %status.message(), "peer refused to witness a checkpoint");
+                self.witnessed_seq = Some(seq);
+                Ok(false)
+            }
+            Ok(Ok(_)) => {
+                self.witnessed_seq = Some(seq);
+                Ok(true)
+            }
+        }
     }
 
     async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {

@@ -1,8 +1,11 @@
 //! Background tasks over the store: one forwarder per peer (envelopes out,
-//! receipts back) and one sweeper (lapsed leases, expired messages). They
+//! receipts back, audit checkpoints to witness), one sweeper (lapsed
+//! leases, expired messages) and one checkpointer (signs the audit chain
+//! head). They
 //! stop through one cancellation token and never hold a store transaction
 //! across an `.await`.
 
+mod checkpointer;
 mod forwarder;
 mod sweeper;
 
@@ -21,5 +24,9 @@ pub fn spawn(broker: &Broker, stop: &CancellationToken) -> Result<Vec<JoinHandle
         tasks.push(tokio::spawn(f.run().instrument(span)));
     }
     tasks.push(tokio::spawn(sweeper::run(broker.clone(), stop.clone())));
+    tasks.push(tokio::spawn(checkpointer::run(
+        broker.clone(),
+        stop.clone(),
+    )));
     Ok(tasks)
 }

@@ -2,10 +2,15 @@
 //! the route policy. Pure: no I/O, no tokio, no sled. The signed header and
 //! receipt encodings are produced and parsed here and nowhere else.
 
+mod audit;
 mod envelope;
 mod policy;
 mod receipt;
 
+pub use audit::{
+    AuditEntry, AuditEvent, Checkpoint, ENTRY_DOMAIN, GENESIS_HASH, MAX_DETAIL_LEN,
+    SignedCheckpoint,
+};
 pub use envelope::{EnvelopeHeader, SignedEnvelope};
 pub use policy::{Route, RoutePolicy};
 pub use receipt::{Receipt, ReceiptKind, SignedReceipt};

@@ -18,19 +18,30 @@
 //! - `operator_events`: message key + seq → [`OperatorEvent`], operators'
 //!   actions on a message (requeue, discard);
 //! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused.
+//! - `audit`, `audit_index`, `audit_head`, `checkpoints`: the hash-chained
+//!   audit log and its signed checkpoints (see `audit`).
 //!
-//! Every state change is one transaction over these trees. Durability is
-//! explicit: a caller that must not answer before its write is on disk
+//! Every state change is one transaction over these trees, and appends its
+//! audit entry in that same transaction (`append_audit`): a state change
+//! without its entry, or an entry without its change, cannot be stored.
+//! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
+mod audit;
 pub mod keys;
 mod records;
+
+pub use audit::parse_record as parse_audit_record;
 
 pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
 
 use crate::error::{Error, Result};
 use crate::metrics::Histogram;
-use crate::model::{InboundState, MessageKind, MessageRef, SentState, SignedReceipt, sha256};
+use crate::model::{
+    AuditEvent, InboundState, MessageKind, MessageRef, ReceiptKind, SentState, SignedReceipt,
+    sha256,
+};
+use audit::Note;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 use sled::{IVec, Transactional, Tree};
 use std::collections::BTreeSet;
@@ -70,7 +81,11 @@ const EXPIRY: usize = 9;
 const DEAD_LETTERS: usize = 10;
 const OPERATOR_EVENTS: usize = 11;
 const PAUSED_PEERS: usize = 12;
-const TREE_NAMES: [&str; 13] = [
+const AUDIT: usize = 13;
+const AUDIT_INDEX: usize = 14;
+const AUDIT_HEAD: usize = 15;
+const CHECKPOINTS: usize = 16;
+const TREE_NAMES: [&str; 17] = [
     "envelopes",
     "sent",
     "inbound",
@@ -84,6 +99,10 @@ const TREE_NAMES: [&str; 13] = [
     "dead_letters",
     "operator_events",
     "paused_peers",
+    "audit",
+    "audit_index",
+    "audit_head",
+    "checkpoints",
 ];
 
 type Tx = [TransactionalTree];
@@ -112,6 +131,9 @@ struct Shared {
     /// State changes per group commit, and how long each flush took.
     flush_batch: Histogram,
     flush_seconds: Histogram,
+    /// Whether state changes append audit entries (always, except in a
+    /// benchmark that measures what the log costs).
+    audit_log: bool,
 }
 
 /// What `submit` found.
@@ -143,6 +165,8 @@ pub struct Counts {
     pub leases: usize,
     pub receipt_outbox: usize,
     pub feed: usize,
+    /// Audit log entries.
+    pub audit: usize,
 }
 
 /// One envelope waiting in a peer's outbox.
@@ -164,6 +188,13 @@ impl Store {
     /// Opens (or creates) the store in `dir` and starts its group-commit
     /// flusher. Must be called inside a tokio runtime.
     pub fn open(dir: &Path) -> Result<Store> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the store; `audit_log: false` stores state changes without
+    /// audit entries (only to measure the log's cost: it voids the
+    /// tamper-evidence guarantee).
+    pub fn open_with(dir: &Path, audit_log: bool) -> Result<Store> {
         let db = sled::Config::new()
             .path(dir)
             // The page cache is the bulk of a node's memory; queued messages
@@ -183,6 +214,7 @@ impl Store {
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
+                audit_log,
             }),
         };
         let writer_store = store.clone();
@@ -326,7 +358,14 @@ impl Store {
         record.outbox_key = Some(outbox_key.clone());
         let record_bytes = records::encode(&record);
         let accepted_bytes = accepted.encode();
-        let receipt_key = keys::receipt(&key, &sha256(&accepted.receipt));
+        let receipt_digest = sha256(&accepted.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
+        let note = Note::new(
+            AuditEvent::Accepted,
+            SentState::Accepted.as_str(),
+            format!("{} to {}", record.kind, record.recipient),
+        )
+        .receipt(receipt_digest);
         let outcome = self.transact(|t| {
             if t[SENT].get(&key)?.is_some() {
                 // Raced with a concurrent submit of the same id; the caller
@@ -339,6 +378,7 @@ impl Store {
             t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
             t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            self.append_audit(t, message, &note)?;
             Ok(true)
         })?;
         if outcome {
@@ -437,12 +477,28 @@ impl Store {
         &self,
         message: &MessageRef,
         receipt: &SignedReceipt,
-        kind: crate::model::ReceiptKind,
+        kind: ReceiptKind,
     ) -> Result<SentState> {
         let key = keys::message(message);
-        let receipt_key = keys::receipt(&key, &sha256(&receipt.receipt));
+        let receipt_digest = sha256(&receipt.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
         let bytes = receipt.encode();
         let feed_seq = self.next_seq()?;
+        let opened = receipt.open()?;
+        // A receipt this node issued itself (a peer's refusal turned into a
+        // dead letter) is that event; any other came back from the peer.
+        let event = match (opened.issuer_node == message.sender_node, kind) {
+            (true, ReceiptKind::DeadLettered) => AuditEvent::DeadLettered,
+            (true, ReceiptKind::Expired) => AuditEvent::Expired,
+            _ => AuditEvent::ReceiptReceived,
+        };
+        let mut detail = format!("{kind} receipt by {}", opened.issuer_node);
+        if opened.attempt > 0 {
+            detail.push_str(&format!(", attempt {}", opened.attempt));
+        }
+        if !opened.reason.is_empty() {
+            detail.push_str(&format!(": {}", opened.reason));
+        }
         self.transact(|t| {
             let Some(raw) = t[SENT].get(&key)? else {
                 return abort(Error::NotFound(format!(
@@ -465,6 +521,9 @@ impl Store {
                 }
                 t[SENT].insert(key.as_slice(), records::encode(&record))?;
             }
+            let note =
+                Note::new(event, record.state.as_str(), detail.clone()).receipt(receipt_digest);
+            self.append_audit(t, message, &note)?;
             Ok(record.state)
         })
     }
@@ -502,7 +561,14 @@ impl Store {
     ) -> Result<InboundOutcome> {
         let key = keys::message(message);
         let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
-        let receipt_key = keys::receipt(&key, &sha256(&delivered.receipt));
+        let receipt_digest = sha256(&delivered.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
+        let note = Note::new(
+            AuditEvent::Delivered,
+            InboundState::Inbox.as_str(),
+            format!("{} from {}", record.kind, message.sender_node),
+        )
+        .receipt(receipt_digest);
         let mut record = record.clone();
         record.queue_key = inbox_key.clone();
         record.delivered_receipt_key = receipt_key.clone();
@@ -526,6 +592,7 @@ impl Store {
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
             t[INBOX].insert(inbox_key.as_slice(), key.as_slice())?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            self.append_audit(t, message, &note)?;
             Ok(None)
         })?;
         match held {
@@ -589,6 +656,15 @@ impl Store {
                 record.queue_key = lease_key.clone();
                 t[LEASES].insert(lease_key.as_slice(), &msg_key)?;
                 t[INBOUND].insert(&msg_key, records::encode(&record))?;
+                let Some(message) = keys::parse_message(&msg_key) else {
+                    return abort(Error::corrupt("inbox", "bad message key"));
+                };
+                let note = Note::new(
+                    AuditEvent::Leased,
+                    InboundState::Leased.as_str(),
+                    format!("attempt {}, lease {lease_id}", record.attempts),
+                );
+                self.append_audit(t, &message, &note)?;
                 Ok(Some(record))
             })?;
             if let Some(record) = leased {
@@ -675,7 +751,19 @@ impl Store {
         receipt: &SignedReceipt,
     ) -> Result<()> {
         let queued = self.queue_receipt_parts(message, receipt)?;
+        let event = match state {
+            InboundState::Acknowledged => AuditEvent::Acknowledged,
+            InboundState::Rejected => AuditEvent::Rejected,
+            InboundState::DeadLetter => AuditEvent::DeadLettered,
+            other => {
+                return Err(Error::invalid(format!(
+                    "{} is not a state that settles a lease",
+                    other.as_str()
+                )));
+            }
+        };
         let now = crate::now_ms().to_be_bytes();
+        let reason = receipt.open().map(|r| r.reason).unwrap_or_default();
         self.with_lease(message, lease_id, |t, key, record| {
             record.state = state;
             record.queue_key.clear();
@@ -683,18 +771,47 @@ impl Store {
             if state == InboundState::DeadLetter {
                 t[DEAD_LETTERS].insert(key, &now)?;
             }
+            let mut detail = format!("attempt {}, lease {lease_id}", record.attempts);
+            if !reason.is_empty() {
+                detail.push_str(&format!(": {reason}"));
+            }
+            let note = Note::new(event, state.as_str(), detail).receipt(queued.digest);
+            self.append_audit(t, message, &note)?;
             Ok(())
         })
     }
 
     /// Ends a lease by putting the message back in the inbox, to be
-    /// offered again at `ready_at_ms`.
-    pub fn requeue(&self, message: &MessageRef, lease_id: u64, ready_at_ms: u64) -> Result<()> {
+    /// offered again at `ready_at_ms`. `released` says the receiver gave
+    /// it back (otherwise its lease lapsed); `why` is logged.
+    pub fn requeue(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        ready_at_ms: u64,
+        released: bool,
+        why: &str,
+    ) -> Result<()> {
         let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
+        let event = if released {
+            AuditEvent::Released
+        } else {
+            AuditEvent::Redelivered
+        };
         self.with_lease(message, lease_id, |t, key, record| {
             record.state = InboundState::Inbox;
             record.queue_key = inbox_key.clone();
             t[INBOX].insert(inbox_key.as_slice(), key)?;
+            let note = Note::new(
+                event,
+                InboundState::Inbox.as_str(),
+                format!(
+                    "attempt {}, lease {lease_id}: {why}; offered again at {}",
+                    record.attempts,
+                    crate::format_time(ready_at_ms)
+                ),
+            );
+            self.append_audit(t, message, &note)?;
             Ok(())
         })
     }
@@ -706,6 +823,12 @@ impl Store {
             record.lease_deadline_ms = deadline_ms;
             record.queue_key = lease_key.clone();
             t[LEASES].insert(lease_key.as_slice(), key)?;
+            let note = Note::new(
+                AuditEvent::LeaseExtended,
+                InboundState::Leased.as_str(),
+                format!("lease {lease_id} until {}", crate::format_time(deadline_ms)),
+            );
+            self.append_audit(t, message, &note)?;
             Ok(())
         })
     }
@@ -765,9 +888,16 @@ impl Store {
         receipt: &SignedReceipt,
     ) -> Result<()> {
         let key = keys::message(message);
-        let receipt_key = keys::receipt(&key, &sha256(&receipt.receipt));
+        let receipt_digest = sha256(&receipt.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
         let bytes = receipt.encode();
         let feed_seq = self.next_seq()?;
+        let note = Note::new(
+            AuditEvent::Expired,
+            SentState::Expired.as_str(),
+            "time to live passed before the recipient node took custody",
+        )
+        .receipt(receipt_digest);
         self.transact(|t| {
             t[EXPIRY].remove(index_key)?;
             let Some(raw) = t[SENT].get(&key)? else {
@@ -787,6 +917,7 @@ impl Store {
             t[SENT].insert(key.as_slice(), records::encode(&record))?;
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
             t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            self.append_audit(t, message, &note)?;
             Ok(())
         })
     }
@@ -818,10 +949,21 @@ impl Store {
                 InboundState::Inbox => t[INBOX].remove(record.queue_key.as_slice())?,
                 _ => t[LEASES].remove(record.queue_key.as_slice())?,
             };
+            let note = Note::new(
+                AuditEvent::Expired,
+                InboundState::Expired.as_str(),
+                format!(
+                    "time to live passed in state {} after {} attempts",
+                    record.state.as_str(),
+                    record.attempts
+                ),
+            )
+            .receipt(queued.digest);
             record.state = InboundState::Expired;
             record.queue_key.clear();
             t[INBOUND].insert(key.as_slice(), records::encode(&record))?;
             queued.insert(t)?;
+            self.append_audit(t, message, &note)?;
             Ok(())
         })
     }
@@ -834,8 +976,10 @@ impl Store {
         receipt: &SignedReceipt,
     ) -> Result<QueuedReceipt> {
         let key = keys::message(message);
+        let digest = sha256(&receipt.receipt);
         Ok(QueuedReceipt {
-            receipt_key: keys::receipt(&key, &sha256(&receipt.receipt)),
+            digest,
+            receipt_key: keys::receipt(&key, &digest),
             outbox_key: keys::peer_queue(&message.sender_node, self.next_seq()?),
             bytes: receipt.encode(),
         })
@@ -870,11 +1014,16 @@ impl Store {
 
     /// SHA-256 over every record of every tree, in order: equal digests
     /// mean equal stores. Tests use it to show that a refusal changed
-    /// nothing.
+    /// nothing. Checkpoints (and the head record, which the log's entries
+    /// already cover) are left out: background tasks sign and witness them
+    /// at any time, whatever callers do.
     pub fn content_digest(&self) -> Result<[u8; 32]> {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        for (name, tree) in TREE_NAMES.iter().zip(&self.shared.trees) {
+        for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
+            if i == CHECKPOINTS || i == AUDIT_HEAD {
+                continue;
+            }
             h.update((name.len() as u64).to_be_bytes());
             h.update(name.as_bytes());
             for entry in tree.iter() {
@@ -945,7 +1094,9 @@ impl Store {
             t[INBOX].insert(inbox_key.as_slice(), key)?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), &[])?;
             t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
-            Ok(())
+            let detail = format!("by {}: {}", event.principal, event.reason);
+            let note = Note::new(AuditEvent::Requeued, InboundState::Inbox.as_str(), detail);
+            self.append_audit(t, message, &note)
         })
     }
 
@@ -957,7 +1108,13 @@ impl Store {
         self.with_dead_letter(message, |t, _key, record| {
             record.state = InboundState::Discarded;
             t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
-            Ok(())
+            let detail = format!("by {}: {}", event.principal, event.reason);
+            let note = Note::new(
+                AuditEvent::Discarded,
+                InboundState::Discarded.as_str(),
+                detail,
+            );
+            self.append_audit(t, message, &note)
         })
     }
 
@@ -1098,6 +1255,7 @@ impl Store {
             leases: self.tree(LEASES).len(),
             receipt_outbox: self.tree(RECEIPT_OUTBOX).len(),
             feed: self.tree(FEED).len(),
+            audit: self.tree(AUDIT).len(),
         }
     }
 }
@@ -1105,6 +1263,7 @@ impl Store {
 /// A receipt to store and to return to the sender node, prepared outside
 /// the transaction (sequence numbers are not transactional).
 struct QueuedReceipt {
+    digest: [u8; 32],
     receipt_key: Vec<u8>,
     outbox_key: Vec<u8>,
     bytes: Vec<u8>,

@@ -2,7 +2,7 @@
 //! and mistakes are reported with the file and field.
 
 use cluebridge::config::{
-    DeliverySettings, Federation, FederationFile, Limits, NodeConfig, NodeFile,
+    AuditSettings, DeliverySettings, Federation, FederationFile, Limits, NodeConfig, NodeFile,
 };
 use std::path::Path;
 
@@ -32,6 +32,7 @@ fn example_files_parse_and_show_the_real_defaults() {
         // The documented values are the defaults the code uses.
         assert_eq!(node.delivery, DeliverySettings::default());
         assert_eq!(node.limits, Limits::default());
+        assert_eq!(node.audit, AuditSettings::default());
         let names: Vec<&str> = node.principals.iter().map(|p| p.name.as_str()).collect();
         assert!(
             names.contains(&"operator") && names.contains(&"auditor"),

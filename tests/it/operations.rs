@@ -259,7 +259,7 @@ async fn admin_calls_need_the_operate_role() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_are_listed_requeued_delivered_and_discarded() {
-    let fed = TestFederation::start_with(
+    let mut fed = TestFederation::start_with(
         |n| {
             n.delivery.max_deliveries = 1;
         },
@@ -434,6 +434,16 @@ async fn dead_letters_are_listed_requeued_delivered_and_discarded() {
         .await
         .expect_err("unknown message");
     assert_eq!(status.code(), tonic::Code::NotFound);
+
+    // The operator's requeue and discard are in the audit chain: both
+    // stores agree with their logs.
+    drop((stream, admin, security, discipline));
+    for node in [DISCIPLINE, SECURITY] {
+        fed.stop(node).await;
+        let dir = fed.dev.dir.join(format!("data/{node}"));
+        let report = crate::audit::check_store(&dir, &fed, &[]);
+        assert!(report.passed, "{node}: {report:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

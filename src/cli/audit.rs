@@ -1,0 +1,234 @@
+//! Auditors' subcommands: `export` (fetch a receipt bundle), `verify` (check
+//! a bundle offline), `audit verify` (check a stopped node's store) and
+//! `audit checkpoints` (fetch the checkpoints a node holds).
+
+use super::client_cmds::{ClientArgs, explain};
+use crate::audit::{CheckpointsFile, Report, bundle, store_check};
+use crate::client::Connection;
+use crate::config::Federation;
+use crate::crypto::Keyring;
+use crate::devfed::AUDITOR_NAME;
+use crate::model::SignedCheckpoint;
+use crate::pb;
+use crate::store::Store;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The message id. The call is made as the `auditor` principal of
+    /// --dir unless --as names a principal other than the default.
+    pub id: String,
+    /// The node that sent the message (default: the node you call).
+    #[arg(long)]
+    pub sender: Option<String>,
+    /// Include the payload (only if the node allows it).
+    #[arg(long)]
+    pub payload: bool,
+    /// Where to write the bundle (JSON).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+/// The auditor's connection: from --dir, the `auditor` principal's
+/// certificate unless `--as` names another one (or --cert/--key are given).
+fn auditor_connection(client: &ClientArgs) -> Result<Connection> {
+    client.connection_as(AUDITOR_NAME)
+}
+
+/// Fetches a bundle as an auditor.
+pub async fn export(args: ExportArgs) -> Result<()> {
+    let mut client = auditor_connection(&args.client)?.audit()?;
+    let response = client
+        .get_bundle(pb::GetBundleRequest {
+            sender_node: args.sender.clone().unwrap_or_default(),
+            message_id: args.id.clone(),
+            include_payload: args.payload,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    std::fs::write(&args.output, &response.bundle_json)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote the receipt bundle of {} to {} ({} bytes); check it with `cluebridge verify {}`",
+        args.id,
+        args.output.display(),
+        response.bundle_json.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The bundle file written by `cluebridge export`.
+    pub bundle: PathBuf,
+    /// Federation trust list whose keys the bundle's keys must be.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// Checkpoints of the exporting node held by a peer (written by
+    /// `cluebridge audit checkpoints`); may be repeated.
+    #[arg(long)]
+    pub witnessed: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn load_trust(path: Option<&Path>) -> Result<Option<Keyring>> {
+    path.map(|p| {
+        Federation::load(p)
+            .map(|f| f.keyring)
+            .with_context(|| format!("cannot use the trust list {}", p.display()))
+    })
+    .transpose()
+}
+
+fn load_witnessed(paths: &[PathBuf]) -> Result<Vec<SignedCheckpoint>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        out.extend(CheckpointsFile::parse(&text).with_context(|| p.display().to_string())?);
+    }
+    Ok(out)
+}
+
+fn finish(report: &Report, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    if !report.passed {
+        let first = report
+            .first_failure()
+            .map(|c| format!("{}: {}", c.name, c.detail))
+            .unwrap_or_default();
+        bail!("verification failed at {first}");
+    }
+    Ok(())
+}
+
+/// Verifies a bundle offline; fails unless every check passes.
+pub fn verify(args: VerifyArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.bundle)
+        .with_context(|| format!("cannot read {}", args.bundle.display()))?;
+    let trust = load_trust(args.trust.as_deref())?;
+    let witnessed = load_witnessed(&args.witnessed)?;
+    let witnessed = (!args.witnessed.is_empty()).then_some(witnessed.as_slice());
+    let report = bundle::verify(&text, trust.as_ref(), witnessed);
+    finish(&report, args.json)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    #[command(subcommand)]
+    pub command: AuditCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// Check a stopped node's whole store against its audit chain.
+    Verify(StoreVerifyArgs),
+    /// Fetch the checkpoints a node holds (its own and those it witnessed).
+    Checkpoints(CheckpointsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StoreVerifyArgs {
+    /// The node's data directory (the node must be stopped).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Federation trust list: also checks every signature in the store.
+    #[arg(long)]
+    pub trust: Option<PathBuf>,
+    /// The node's id (default: as recorded with its checkpoints).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Checkpoints of this node held by a peer (written by `cluebridge
+    /// audit checkpoints`); may be repeated. Needs --trust.
+    #[arg(long, requires = "trust")]
+    pub witnessed: Vec<PathBuf>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckpointsArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Only checkpoints of this node (default: all).
+    #[arg(long)]
+    pub of: Option<String>,
+    /// Where to write them (JSON).
+    #[arg(short, long)]
+    pub output: PathBuf,
+}
+
+pub async fn run(args: AuditArgs) -> Result<()> {
+    match args.command {
+        AuditCommand::Verify(a) => verify_store(a),
+        AuditCommand::Checkpoints(a) => checkpoints(a).await,
+    }
+}
+
+fn verify_store(args: StoreVerifyArgs) -> Result<()> {
+    if !args.data_dir.join("conf").exists() {
+        bail!(
+            "{} holds no node store (expected the data_dir of a node file)",
+            args.data_dir.display()
+        );
+    }
+    let trust = load_trust(args.trust.as_deref())?;
+    let witnessed = load_witnessed(&args.witnessed)?;
+    let store = Store::open(&args.data_dir).with_context(|| {
+        format!(
+            "cannot open {} (is its node still running? stop it first)",
+            args.data_dir.display()
+        )
+    })?;
+    let witnessed = (!args.witnessed.is_empty()).then_some(witnessed.as_slice());
+    let report = store_check::verify_store(&store, trust.as_ref(), args.node.as_deref(), witnessed);
+    store.close();
+    finish(&report, args.json)
+}
+
+async fn checkpoints(args: CheckpointsArgs) -> Result<()> {
+    let node = args
+        .client
+        .node
+        .clone()
+        .context("--node is required: the node whose checkpoints you fetch")?;
+    let mut client = auditor_connection(&args.client)?.audit()?;
+    let response = client
+        .get_checkpoints(pb::GetCheckpointsRequest {
+            node: args.of.clone().unwrap_or_default(),
+            from_seq: 0,
+            limit: 0,
+        })
+        .await
+        .map_err(explain)?
+        .into_inner();
+    let held: Vec<SignedCheckpoint> = response
+        .checkpoints
+        .into_iter()
+        .map(|c| SignedCheckpoint {
+            checkpoint: c.checkpoint,
+            signature: c.signature,
+        })
+        .collect();
+    let file = CheckpointsFile::new(&node, &held)?;
+    std::fs::write(&args.output, serde_json::to_string_pretty(&file)?)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote {} checkpoints held by {node} to {}",
+        held.len(),
+        args.output.display()
+    );
+    Ok(())
+}

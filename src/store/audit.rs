@@ -1,0 +1,329 @@
+//! The audit chain inside the store: appending an entry within the
+//! transaction of the state change it records, and reading the chain,
+//! checkpoints and every record back for the `Audit` service and for
+//! `cluebridge audit verify`.
+//!
+//! Trees:
+//! - `audit`: seq → the entry's stored form (`AuditEntry::encode`)
+//!   followed by its 32-byte hash;
+//! - `audit_index`: message key + seq → (), the entries about a message;
+//! - `audit_head`: `head` → seq + hash of the last entry. Every append
+//!   reads and writes it in its transaction; multi-tree transactions of
+//!   sled 0.34.7 run under one global write lock (`concurrency_control::
+//!   write()` in `TransactionalTrees::stage`), so two appends can never
+//!   read the same head, whichever thread runs them;
+//! - `checkpoints`: node + seq → signed checkpoint, this node's own and
+//!   those its peers sent it to witness.
+//!
+//! Sequence numbers come from the head record, not from `generate_id`, so
+//! the chain has no gaps even after a crash.
+
+use super::{
+    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, ENVELOPES, INBOUND, InboundRecord, RECEIPTS, SENT,
+    SentRecord, Store, Tx, TxResult, keys, records,
+};
+use crate::error::{Error, Result};
+use crate::model::{
+    AuditEntry, AuditEvent, GENESIS_HASH, MAX_DETAIL_LEN, MessageRef, SignedCheckpoint,
+};
+
+const HEAD_KEY: &[u8] = b"head";
+const NODE_KEY: &[u8] = b"node";
+
+/// What one state change says about itself in the log.
+#[derive(Clone, Debug)]
+pub(super) struct Note {
+    pub event: AuditEvent,
+    pub state: &'static str,
+    pub detail: String,
+    pub receipt_sha256: Option<[u8; 32]>,
+}
+
+impl Note {
+    pub fn new(event: AuditEvent, state: &'static str, detail: impl Into<String>) -> Note {
+        let mut detail = detail.into();
+        if detail.len() > MAX_DETAIL_LEN {
+            let mut cut = MAX_DETAIL_LEN;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        Note {
+            event,
+            state,
+            detail,
+            receipt_sha256: None,
+        }
+    }
+
+    pub fn receipt(mut self, digest: [u8; 32]) -> Note {
+        self.receipt_sha256 = Some(digest);
+        self
+    }
+}
+
+fn head_of(raw: Option<&[u8]>) -> (u64, [u8; 32]) {
+    match raw {
+        Some(v) if v.len() == 40 => (
+            keys::first_u64(v),
+            v[8..40].try_into().unwrap_or(GENESIS_HASH),
+        ),
+        _ => (0, GENESIS_HASH),
+    }
+}
+
+/// Splits a stored `audit` value into the entry and the hash stored with it.
+pub fn parse_record(value: &[u8]) -> Result<(AuditEntry, [u8; 32])> {
+    if value.len() < 32 {
+        return Err(Error::corrupt("audit", "entry record is too short"));
+    }
+    let (stored, hash) = value.split_at(value.len() - 32);
+    let entry = AuditEntry::decode(stored).map_err(|e| Error::corrupt("audit", e))?;
+    Ok((entry, hash.try_into().unwrap_or(GENESIS_HASH)))
+}
+
+fn index_key(message_key: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = keys::receipts_prefix(message_key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn checkpoint_key(node: &str, seq: u64) -> Vec<u8> {
+    keys::peer_queue(node, seq)
+}
+
+impl Store {
+    /// Appends the entry for one state change, inside that change's
+    /// transaction. Side-effect free apart from the transaction's writes
+    /// (the clock read makes a retried closure only see a later time).
+    pub(super) fn append_audit(&self, t: &Tx, message: &MessageRef, note: &Note) -> TxResult<()> {
+        if !self.shared.audit_log {
+            return Ok(());
+        }
+        let (seq, prev_hash) = head_of(t[AUDIT_HEAD].get(HEAD_KEY)?.as_deref());
+        let entry = AuditEntry {
+            seq: seq + 1,
+            time_ms: crate::now_ms(),
+            event: note.event,
+            message: message.clone(),
+            state: note.state.to_string(),
+            detail: note.detail.clone(),
+            receipt_sha256: note.receipt_sha256,
+            prev_hash,
+        };
+        let mut value = entry.encode();
+        let hash = entry.hash();
+        value.extend_from_slice(&hash);
+        t[AUDIT].insert(&entry.seq.to_be_bytes(), value)?;
+        t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), &[])?;
+        let mut head = entry.seq.to_be_bytes().to_vec();
+        head.extend_from_slice(&hash);
+        t[AUDIT_HEAD].insert(HEAD_KEY, head)?;
+        Ok(())
+    }
+
+    /// Whether state changes are logged (`[audit] log` in the node file).
+    pub fn audit_log_enabled(&self) -> bool {
+        self.shared.audit_log
+    }
+
+    /// Sequence number and hash of the chain's last entry ((0, zeros) when
+    /// empty), as the head record says.
+    pub fn audit_head(&self) -> Result<(u64, [u8; 32])> {
+        Ok(head_of(self.tree(AUDIT_HEAD).get(HEAD_KEY)?.as_deref()))
+    }
+
+    /// Stored `audit` records with `from <= seq <= to`, at most `limit`,
+    /// in order, raw (see [`parse_record`]).
+    pub fn audit_records(&self, from: u64, to: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self
+            .tree(AUDIT)
+            .range(from.to_be_bytes()..=to.to_be_bytes())
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            out.push((keys::first_u64(&k), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The entries in `from..=to`, parsed; a record that does not parse is
+    /// an error naming its key.
+    pub fn audit_entries(&self, from: u64, to: u64, limit: usize) -> Result<Vec<AuditEntry>> {
+        self.audit_records(from, to, limit)?
+            .into_iter()
+            .map(|(seq, v)| {
+                parse_record(&v)
+                    .map(|(e, _)| e)
+                    .map_err(|e| Error::corrupt(format!("audit entry {seq}"), e))
+            })
+            .collect()
+    }
+
+    /// Sequence numbers of the entries about `message`, in order.
+    pub fn audit_seqs_of(&self, message: &MessageRef) -> Result<Vec<u64>> {
+        let prefix = keys::receipts_prefix(&keys::message(message));
+        self.tree(AUDIT_INDEX)
+            .scan_prefix(&prefix)
+            .map(|kv| {
+                let (k, _) = kv?;
+                Ok(keys::first_u64(&k[prefix.len()..]))
+            })
+            .collect()
+    }
+
+    /// Stores a checkpoint of `node` (this node's own or a peer's). The
+    /// same checkpoint again changes nothing; a different one for the same
+    /// sequence number is refused and the first is kept: it is evidence
+    /// that the node signed two histories.
+    pub fn put_checkpoint(&self, node: &str, seq: u64, signed: &SignedCheckpoint) -> Result<()> {
+        let key = checkpoint_key(node, seq);
+        let bytes = signed.encode();
+        let tree = self.tree(CHECKPOINTS);
+        if let Some(held) = tree.get(&key)? {
+            if held.as_ref() == bytes.as_slice() {
+                return Ok(());
+            }
+            let held =
+                SignedCheckpoint::decode(&held).map_err(|e| Error::corrupt("checkpoints", e))?;
+            if held.checkpoint == signed.checkpoint {
+                return Ok(());
+            }
+            return Err(Error::AlreadyExists(format!(
+                "a different checkpoint of node {node} at entry {seq} is already held; \
+                 the node has signed two histories (the first one is kept)"
+            )));
+        }
+        tree.insert(key, bytes)?;
+        Ok(())
+    }
+
+    /// Stores a checkpoint this node signed of its own chain, and notes
+    /// the node's id for offline checks of the data directory.
+    /// If one is already held for the same entry (signed a moment earlier
+    /// by another task), that one is kept and returned.
+    pub fn put_own_checkpoint(
+        &self,
+        node: &str,
+        signed: &SignedCheckpoint,
+    ) -> Result<SignedCheckpoint> {
+        let seq = signed.open()?.seq;
+        self.tree(AUDIT_HEAD).insert(NODE_KEY, node.as_bytes())?;
+        let key = checkpoint_key(node, seq);
+        match self.tree(CHECKPOINTS).compare_and_swap(
+            &key,
+            None as Option<&[u8]>,
+            Some(signed.encode()),
+        )? {
+            Ok(()) => Ok(signed.clone()),
+            Err(held) => SignedCheckpoint::decode(held.current.as_deref().unwrap_or_default())
+                .map_err(|e| Error::corrupt("checkpoints", e)),
+        }
+    }
+
+    /// The id of the node whose store this is, once it signed a checkpoint.
+    pub fn own_node_id(&self) -> Result<Option<String>> {
+        Ok(self
+            .tree(AUDIT_HEAD)
+            .get(NODE_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Checkpoints held, of `node` or of every node, with `seq >= from_seq`,
+    /// at most `limit`, ordered by node then sequence number.
+    pub fn checkpoints(
+        &self,
+        node: Option<&str>,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<SignedCheckpoint>> {
+        let iter = match node {
+            Some(n) => self.tree(CHECKPOINTS).scan_prefix(keys::peer_prefix(n)),
+            None => self.tree(CHECKPOINTS).iter(),
+        };
+        let mut out = Vec::new();
+        for kv in iter {
+            let (k, v) = kv?;
+            if keys::first_u64(&k[k.len().saturating_sub(8)..]) < from_seq {
+                continue;
+            }
+            out.push(SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("checkpoints", e))?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The checkpoint of `node` with the highest sequence number.
+    pub fn latest_checkpoint(&self, node: &str) -> Result<Option<SignedCheckpoint>> {
+        self.tree(CHECKPOINTS)
+            .scan_prefix(keys::peer_prefix(node))
+            .next_back()
+            .map(|kv| {
+                let (_, v) = kv?;
+                SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("checkpoints", e))
+            })
+            .transpose()
+    }
+
+    /// The first checkpoint of `node` at or after entry `seq`.
+    pub fn checkpoint_covering(&self, node: &str, seq: u64) -> Result<Option<SignedCheckpoint>> {
+        let prefix = keys::peer_prefix(node);
+        self.tree(CHECKPOINTS)
+            .range(checkpoint_key(node, seq)..)
+            .next()
+            .transpose()?
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, v)| {
+                SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("checkpoints", e))
+            })
+            .transpose()
+    }
+
+    /// Every message this node sent, with its state record.
+    pub fn sent_records(&self) -> impl Iterator<Item = Result<(MessageRef, SentRecord)>> + '_ {
+        self.tree(SENT).iter().map(|kv| {
+            let (k, v) = kv?;
+            let r =
+                keys::parse_message(&k).ok_or_else(|| Error::corrupt("sent", "bad message key"))?;
+            Ok((r, records::decode("sent", &v)?))
+        })
+    }
+
+    /// Every message in (or once in) this node's custody, with its record.
+    pub fn inbound_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(MessageRef, InboundRecord)>> + '_ {
+        self.tree(INBOUND).iter().map(|kv| {
+            let (k, v) = kv?;
+            let r = keys::parse_message(&k)
+                .ok_or_else(|| Error::corrupt("inbound", "bad message key"))?;
+            Ok((r, records::decode("inbound", &v)?))
+        })
+    }
+
+    /// Every stored receipt, raw: (message, the key's 16-byte digest
+    /// prefix, stored bytes).
+    pub fn receipt_records(
+        &self,
+    ) -> impl Iterator<Item = Result<(MessageRef, Vec<u8>, Vec<u8>)>> + '_ {
+        self.tree(RECEIPTS).iter().map(|kv| {
+            let (k, v) = kv?;
+            let split = k.len().saturating_sub(17);
+            let r = keys::parse_message(&k[..split])
+                .ok_or_else(|| Error::corrupt("receipts", "bad receipt key"))?;
+            Ok((r, k[split + 1..].to_vec(), v.to_vec()))
+        })
+    }
+
+    /// The stored envelope bytes of `message` (raw).
+    pub fn envelope_record(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree(ENVELOPES)
+            .get(keys::message(message))?
+            .map(|v| v.to_vec()))
+    }
+}

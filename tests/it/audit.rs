@@ -1,0 +1,1009 @@
+//! Evidence for auditors: the audit chain, receipt bundles and their offline
+//! verification, edits of a stopped node's store, a rewritten history
+//! against peer-witnessed checkpoints, and the `audit` role.
+
+use crate::harness::*;
+use cluebridge::audit::{CheckpointsFile, Report, bundle, store_check};
+use cluebridge::client::Connection;
+use cluebridge::config::NodeFile;
+use cluebridge::devfed::{AUDITOR_NAME, OPERATOR_NAME};
+use cluebridge::model::{Checkpoint, MessageKind, MessageRef, SentState, SignedCheckpoint};
+use cluebridge::pb;
+use cluebridge::pb::audit_client::AuditClient;
+use cluebridge::store::{SentRecord, Store, parse_audit_record};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// Checkpoints come quickly, so peers witness them within a test.
+fn audited(node: &mut NodeFile) {
+    node.audit.checkpoint_every_entries = 2;
+    node.audit.checkpoint_interval_secs = 1;
+    // Public security lets auditors take payloads in bundles; discipline
+    // keeps the default (it does not).
+    node.audit.allow_payload_export = node.node_id == SECURITY;
+}
+
+fn auditor(fed: &TestFederation, node: &str) -> AuditClient<Channel> {
+    Connection::from_files(&fed.dev.client_as(node, AUDITOR_NAME).expect("files"))
+        .expect("connection")
+        .audit()
+        .expect("client")
+}
+
+async fn bundle_of(fed: &TestFederation, node: &str, sender: &str, id: &str) -> String {
+    auditor(fed, node)
+        .get_bundle(pb::GetBundleRequest {
+            sender_node: sender.into(),
+            message_id: id.into(),
+            include_payload: false,
+        })
+        .await
+        .expect("bundle")
+        .into_inner()
+        .bundle_json
+}
+
+fn timeline(report: &Report) -> String {
+    report
+        .timeline
+        .iter()
+        .map(|t| t.text.clone())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Submits a message from discipline to public security, which sees it
+/// lapse once, releases it once and acknowledges the third delivery.
+async fn redelivered_released_acked(fed: &TestFederation, id: &str) {
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut security = fed.client(SECURITY);
+    submit(
+        &mut discipline,
+        submit_request(id, MessageKind::ClueTransfer, SECURITY, b"evidence"),
+    )
+    .await;
+    let mut stream = receiver(&mut security, 1, 1).await;
+    let first = next(&mut stream, 10 * SECOND).await;
+    assert_eq!(first.attempt, 1);
+    // The 1 s lease lapses: redelivered.
+    let second = next(&mut stream, 10 * SECOND).await;
+    assert_eq!(second.attempt, 2);
+    security
+        .release(pb::ReleaseRequest {
+            lease: lease_of(&second),
+            delay_ms: 0,
+        })
+        .await
+        .expect("release");
+    let third = next(&mut stream, 10 * SECOND).await;
+    assert_eq!(third.attempt, 3);
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&third),
+        })
+        .await
+        .expect("ack");
+    wait_state(&mut discipline, id, SentState::Acknowledged, 15 * SECOND).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
+    let fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
+    redelivered_released_acked(&fed, "audit-1").await;
+    let trust = fed.keyring();
+
+    // The recipient's bundle: custody, three leases, the lapse, the release
+    // and the acknowledgement.
+    let text = bundle_of(&fed, SECURITY, DISCIPLINE, "audit-1").await;
+    let report = bundle::verify(&text, Some(&trust), None);
+    assert!(report.passed, "{}", report.render());
+    let lines = timeline(&report);
+    for expected in [
+        "delivered -> inbox",
+        "leased -> leased (attempt 1",
+        "redelivered -> inbox (attempt 1",
+        "leased -> leased (attempt 2",
+        "released -> inbox (attempt 2",
+        "leased -> leased (attempt 3",
+        "acknowledged -> acknowledged (attempt 3",
+        "receipt delivered",
+        "receipt acknowledged  signed by public_security, attempt 3",
+    ] {
+        assert!(lines.contains(expected), "{expected:?} missing in\n{lines}");
+    }
+
+    // With the payload, where the node allows it.
+    let with_payload = auditor(&fed, SECURITY)
+        .get_bundle(pb::GetBundleRequest {
+            sender_node: DISCIPLINE.into(),
+            message_id: "audit-1".into(),
+            include_payload: true,
+        })
+        .await
+        .expect("bundle with payload")
+        .into_inner()
+        .bundle_json;
+    let report = bundle::verify(&with_payload, Some(&trust), None);
+    assert!(report.passed, "{}", report.render());
+    let digest = report
+        .checks
+        .iter()
+        .find(|c| c.name == "payload digest")
+        .expect("payload check");
+    assert!(
+        digest.detail.contains("payload included and matches"),
+        "{}",
+        digest.detail
+    );
+
+    // The sender's bundle: accepted, then the receipts that came back.
+    let text = bundle_of(&fed, DISCIPLINE, "", "audit-1").await;
+    let report = bundle::verify(&text, Some(&trust), None);
+    assert!(report.passed, "{}", report.render());
+    let lines = timeline(&report);
+    for expected in [
+        "accepted -> accepted",
+        "receipt_received -> delivered",
+        "receipt_received -> acknowledged",
+        "receipt accepted",
+    ] {
+        assert!(lines.contains(expected), "{expected:?} missing in\n{lines}");
+    }
+
+    // A checkpoint of entry 1 with another hash, as a peer would hold it
+    // had discipline signed a different history, contradicts the bundle.
+    let other_history = fed.signer(DISCIPLINE).sign_checkpoint(&Checkpoint {
+        node: DISCIPLINE.into(),
+        seq: 1,
+        head_hash: [7; 32],
+        time_ms: cluebridge::now_ms(),
+        signing_key_id: format!("{DISCIPLINE}-k1"),
+    });
+    let report = bundle::verify(&text, Some(&trust), Some(&[other_history]));
+    let f = report.first_failure().expect("contradicted");
+    assert_eq!(f.name, "witnessed checkpoints");
+    assert!(f.detail.contains("entry #1"), "{}", f.detail);
+
+    // The real binary agrees.
+    let file = fed.dev.dir.join("audit-1.json");
+    std::fs::write(&file, &text).expect("write bundle");
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .arg("verify")
+        .arg(&file)
+        .arg("--trust")
+        .arg(fed.dev.dir.join("federation.toml"))
+        .output()
+        .expect("run verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("PASS  envelope signature"), "{stdout}");
+    assert!(stdout.contains("result: PASS"), "{stdout}");
+
+    // The search finds it by case reference and state.
+    let found = auditor(&fed, DISCIPLINE)
+        .list_messages(pb::ListMessagesRequest {
+            case_reference: "CASE-7".into(),
+            state: "acknowledged".into(),
+            peer: SECURITY.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .messages;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].message_id, "audit-1");
+    let none = auditor(&fed, DISCIPLINE)
+        .list_messages(pb::ListMessagesRequest {
+            state: "rejected".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .messages;
+    assert!(none.is_empty());
+
+    // The whole log streams in order, each entry linked to the one before.
+    let mut log = auditor(&fed, SECURITY)
+        .export_log(pb::ExportLogRequest {
+            from_seq: 1,
+            to_seq: 0,
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut prev = vec![0u8; 32];
+    let mut n = 0;
+    while let Some(e) = tokio_stream::StreamExt::next(&mut log).await {
+        let e = e.expect("entry");
+        n += 1;
+        assert_eq!(e.seq, n);
+        assert_eq!(e.prev_hash, prev);
+        prev = e.hash;
+    }
+    assert_eq!(n, 7, "custody, 3 leases, lapse, release, ack");
+
+    // Flipping any byte of the bundle makes it fail.
+    flip_every_byte(&text, &trust);
+    flips_fail_at_the_right_check(&text, &trust);
+}
+
+/// Each byte of the bundle, changed, makes verification fail.
+fn flip_every_byte(text: &str, trust: &cluebridge::crypto::Keyring) {
+    let bytes = text.as_bytes();
+    for i in 0..bytes.len() {
+        let mut changed = bytes.to_vec();
+        changed[i] ^= 0x01;
+        let Ok(changed) = String::from_utf8(changed) else {
+            continue; // not text any more: no JSON parser takes it
+        };
+        let report = bundle::verify(&changed, Some(trust), None);
+        assert!(
+            !report.passed,
+            "flipping byte {i} ({:?}) went unnoticed",
+            &text[i.saturating_sub(20)..(i + 20).min(text.len())]
+        );
+    }
+}
+
+/// Changes one character in the middle of the string `value` in `text`.
+fn flip_in(text: &str, value: &str) -> String {
+    let at = text.find(value).expect("value in bundle") + value.len() / 2;
+    let mut bytes = text.as_bytes().to_vec();
+    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(bytes).expect("text")
+}
+
+fn failing(text: &str, trust: &cluebridge::crypto::Keyring) -> String {
+    let report = bundle::verify(text, Some(trust), None);
+    let first = report.first_failure().expect("a failed check");
+    format!("{}: {}", first.name, first.detail)
+}
+
+fn flips_fail_at_the_right_check(text: &str, trust: &cluebridge::crypto::Keyring) {
+    let b: bundle::Bundle = serde_json::from_str(text).expect("bundle");
+    let f = failing(&flip_in(text, &b.envelope.header), trust);
+    assert!(f.starts_with("envelope signature"), "{f}");
+    let f = failing(&flip_in(text, &b.envelope.payload_sha256), trust);
+    assert!(f.starts_with("payload digest"), "{f}");
+    let f = failing(&flip_in(text, &b.receipts[1].signature), trust);
+    assert!(f.starts_with("receipt 2") && f.contains("signature"), "{f}");
+    let f = failing(&flip_in(text, &b.receipts[0].receipt), trust);
+    assert!(f.starts_with("receipt 1"), "{f}");
+    let segment = &b.audit.segments[0];
+    let shown = segment
+        .entries
+        .iter()
+        .find(|e| e.content.is_some())
+        .expect("an entry about the message");
+    let detail = &shown.content.as_ref().expect("content").detail;
+    let f = failing(&flip_in(text, detail), trust);
+    assert!(
+        f.starts_with("audit chain 1") && f.contains(&format!("entry #{}", shown.seq)),
+        "{f}"
+    );
+    let f = failing(&flip_in(text, &shown.hash), trust);
+    assert!(f.starts_with("audit chain 1"), "{f}");
+    let f = failing(&flip_in(text, &segment.checkpoint.signature), trust);
+    assert!(f.starts_with("checkpoint 1"), "{f}");
+    let f = failing(&flip_in(text, &b.keys[0].public_key), trust);
+    assert!(f.starts_with("keys"), "{f}");
+}
+
+// ------------------------------------------------------------ the store
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+fn data_dir(fed: &TestFederation, node: &str) -> PathBuf {
+    fed.config(node).data_dir
+}
+
+/// A copy of a stopped node's data directory, changed by `edit` through
+/// sled directly (as an operator with disk access could).
+fn edited(src: &Path, name: &str, edit: impl FnOnce(&sled::Db)) -> PathBuf {
+    let dir = src.with_file_name(format!("edited-{name}"));
+    copy_dir(src, &dir);
+    let db = sled::open(&dir).expect("open copy");
+    edit(&db);
+    db.flush().expect("flush");
+    drop(db);
+    dir
+}
+
+pub fn check_store(dir: &Path, fed: &TestFederation, witnessed: &[SignedCheckpoint]) -> Report {
+    let witnessed = (!witnessed.is_empty()).then_some(witnessed);
+    // A store closed a moment ago may still hold sled's lock until its
+    // writer and flusher threads have ended.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match Store::open(dir) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("open store: {e}"),
+        }
+    };
+    let report = store_check::verify_store(&store, Some(&fed.keyring()), None, witnessed);
+    store.close();
+    report
+}
+
+fn message_key(sender: &str, id: &str) -> Vec<u8> {
+    cluebridge::store::keys::message(&MessageRef {
+        sender_node: sender.into(),
+        message_id: id.into(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_of_a_stopped_store_are_detected_and_named() {
+    let mut fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
+    redelivered_released_acked(&fed, "edit-1").await;
+    // Let the checkpointer sign the final head before stopping.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fed.stop(DISCIPLINE).await;
+    fed.stop(SECURITY).await;
+    let sender_dir = data_dir(&fed, DISCIPLINE);
+    let recipient_dir = data_dir(&fed, SECURITY);
+
+    // Every check works on its own copy: the originals are only copied,
+    // and a copy is never copied once a store had it open.
+    // Untouched, both stores pass.
+    for (name, dir) in [("sender", &sender_dir), ("recipient", &recipient_dir)] {
+        let report = check_store(&edited(dir, name, |_| {}), &fed, &[]);
+        assert!(report.passed, "{}", report.render());
+    }
+    // The binary says the same (exit 0).
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(edited(&recipient_dir, "binary", |_| {}))
+        .arg("--trust")
+        .arg(fed.dev.dir.join("federation.toml"))
+        .output()
+        .expect("run audit verify");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A state record changed: acknowledged becomes rejected.
+    let key = message_key(DISCIPLINE, "edit-1");
+    let dir = edited(&sender_dir, "state", |db| {
+        let sent = db.open_tree("sent").expect("tree");
+        let mut record: SentRecord =
+            postcard::from_bytes(&sent.get(&key).expect("get").expect("record")).expect("decode");
+        record.state = SentState::Rejected;
+        sent.insert(&key, postcard::to_allocvec(&record).expect("encode"))
+            .expect("insert");
+    });
+    let report = check_store(&dir, &fed, &[]);
+    let f = report.first_failure().expect("detected");
+    assert_eq!(f.name, "state records");
+    assert!(
+        f.detail.contains("discipline/edit-1") && f.detail.contains("rejected"),
+        "{}",
+        f.detail
+    );
+
+    // An audit entry deleted.
+    let dir = edited(&recipient_dir, "delete", |db| {
+        db.open_tree("audit")
+            .expect("tree")
+            .remove(3u64.to_be_bytes())
+            .expect("remove");
+    });
+    let f = check_store(&dir, &fed, &[])
+        .first_failure()
+        .expect("detected")
+        .clone();
+    assert_eq!(f.name, "chain");
+    assert!(f.detail.contains("entry #3 is missing"), "{}", f.detail);
+
+    // An audit entry altered (its stored hash left as it was).
+    let dir = edited(&recipient_dir, "alter", |db| {
+        let audit = db.open_tree("audit").expect("tree");
+        let raw = audit.get(4u64.to_be_bytes()).expect("get").expect("entry");
+        let (mut entry, hash) = parse_audit_record(&raw).expect("parse");
+        entry.detail = "attempt 9".into();
+        let mut value = entry.encode();
+        value.extend_from_slice(&hash);
+        audit.insert(4u64.to_be_bytes(), value).expect("insert");
+    });
+    let f = check_store(&dir, &fed, &[])
+        .first_failure()
+        .expect("detected")
+        .clone();
+    assert_eq!(f.name, "chain");
+    assert!(
+        f.detail.contains("entry #4") && f.detail.contains("altered"),
+        "{}",
+        f.detail
+    );
+
+    // A stored receipt altered: its reason rewritten, signature kept.
+    let alter_receipt = |db: &sled::Db| {
+        let receipts = db.open_tree("receipts").expect("tree");
+        let (k, v) = receipts
+            .scan_prefix(&key)
+            .map(|kv| kv.expect("kv"))
+            .find(|(_, v)| {
+                cluebridge::model::SignedReceipt::decode(v)
+                    .and_then(|r| r.open())
+                    .map(|r| r.kind.as_str() == "acknowledged")
+                    .unwrap_or(false)
+            })
+            .expect("acknowledged receipt");
+        let mut signed = cluebridge::model::SignedReceipt::decode(&v).expect("decode");
+        let mut r = signed.open().expect("open");
+        r.reason = "never received".into();
+        signed.receipt = r.encode();
+        receipts.insert(k, signed.encode()).expect("insert");
+    };
+    let dir = edited(&sender_dir, "receipt", alter_receipt);
+    let f = check_store(&dir, &fed, &[])
+        .first_failure()
+        .expect("detected")
+        .clone();
+    assert_eq!(f.name, "receipts");
+    assert!(
+        f.detail
+            .contains("acknowledged receipt of discipline/edit-1 was altered"),
+        "{}",
+        f.detail
+    );
+
+    // The binary names it too, and exits non-zero.
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(edited(&sender_dir, "receipt-binary", alter_receipt))
+        .output()
+        .expect("run audit verify");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("FAIL  receipts"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_and_re_signed_history_contradicts_a_witnessed_checkpoint() {
+    let mut fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    for i in 0..3 {
+        submit(
+            &mut discipline,
+            submit_request(&format!("w-{i}"), MessageKind::ClueTransfer, SECURITY, b"x"),
+        )
+        .await;
+        wait_state(
+            &mut discipline,
+            &format!("w-{i}"),
+            SentState::Delivered,
+            10 * SECOND,
+        )
+        .await;
+    }
+    // Public security witnesses discipline's checkpoints.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let witnessed = loop {
+        let held = auditor(&fed, SECURITY)
+            .get_checkpoints(pb::GetCheckpointsRequest {
+                node: DISCIPLINE.into(),
+                from_seq: 0,
+                limit: 0,
+            })
+            .await
+            .expect("checkpoints")
+            .into_inner()
+            .checkpoints;
+        if !held.is_empty() {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "no witnessed checkpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Through the checkpoints file, as an auditor would carry it.
+    let witnessed: Vec<SignedCheckpoint> = witnessed
+        .into_iter()
+        .map(|c| SignedCheckpoint {
+            checkpoint: c.checkpoint,
+            signature: c.signature,
+        })
+        .collect();
+    let file = CheckpointsFile::new(SECURITY, &witnessed).expect("file");
+    let witnessed =
+        CheckpointsFile::parse(&serde_json::to_string(&file).expect("json")).expect("parse");
+    fed.stop(DISCIPLINE).await;
+    let dir = data_dir(&fed, DISCIPLINE);
+    let report = check_store(&edited(&dir, "clean", |_| {}), &fed, &witnessed);
+    assert!(report.passed, "{}", report.render());
+
+    // The operator rewrites entry 1, recomputes every later hash and the
+    // head, and re-signs every own checkpoint with the node's key.
+    let signer = fed.signer(DISCIPLINE);
+    let rewritten = edited(&dir, "rewrite", |db| {
+        let audit = db.open_tree("audit").expect("tree");
+        let mut prev = [0u8; 32];
+        let mut hashes = std::collections::BTreeMap::new();
+        for kv in audit.iter() {
+            let (k, v) = kv.expect("kv");
+            let (mut entry, _) = parse_audit_record(&v).expect("parse");
+            if entry.seq == 1 {
+                entry.detail = "clue_transfer to judicial".into();
+            }
+            entry.prev_hash = prev;
+            let hash = entry.hash();
+            let mut value = entry.encode();
+            value.extend_from_slice(&hash);
+            audit.insert(k, value).expect("insert");
+            hashes.insert(entry.seq, hash);
+            prev = hash;
+        }
+        let (last, head) = hashes.iter().next_back().expect("entries");
+        let mut head_record = last.to_be_bytes().to_vec();
+        head_record.extend_from_slice(head);
+        db.open_tree("audit_head")
+            .expect("tree")
+            .insert("head", head_record)
+            .expect("head");
+        let checkpoints = db.open_tree("checkpoints").expect("tree");
+        for kv in checkpoints.scan_prefix(format!("{DISCIPLINE}\0")) {
+            let (k, v) = kv.expect("kv");
+            let old = SignedCheckpoint::decode(&v).expect("decode");
+            let c = old.open().expect("open");
+            let resigned = signer.sign_checkpoint(&Checkpoint {
+                head_hash: hashes[&c.seq],
+                ..c
+            });
+            checkpoints.insert(k, resigned.encode()).expect("insert");
+        }
+    });
+    // On its own, the rewritten store is consistent…
+    let report = check_store(&rewritten, &fed, &[]);
+    assert!(report.passed, "{}", report.render());
+    // …but the checkpoints public security witnessed contradict it.
+    let report = check_store(&rewritten, &fed, &witnessed);
+    let f = report.first_failure().expect("contradicted");
+    assert_eq!(f.name, "witnessed checkpoints");
+    assert!(
+        f.detail.contains("contradicted") && f.detail.contains("rewritten"),
+        "{}",
+        f.detail
+    );
+}
+
+// ------------------------------------------------------------ refusals
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_service_refuses_principals_without_the_audit_role() {
+    let fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    submit(
+        &mut discipline,
+        submit_request("role-1", MessageKind::ClueTransfer, SECURITY, b"x"),
+    )
+    .await;
+    let request = || pb::GetBundleRequest {
+        sender_node: String::new(),
+        message_id: "role-1".into(),
+        include_payload: false,
+    };
+
+    // The back-office (submit, receive) and the operator are refused.
+    let backoffice = fed.connection(DISCIPLINE).audit().expect("client");
+    let operator =
+        Connection::from_files(&fed.dev.client_as(DISCIPLINE, OPERATOR_NAME).expect("files"))
+            .expect("conn")
+            .audit()
+            .expect("client");
+    for mut client in [backoffice, operator] {
+        let err = client.get_bundle(request()).await.expect_err("refused");
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert!(err.message().contains("audit role"), "{}", err.message());
+        let err = client
+            .get_checkpoints(pb::GetCheckpointsRequest::default())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    // Another agency's auditor is refused on this node.
+    let mut foreign = Connection {
+        endpoint: format!("https://127.0.0.1:{}", fed.ports[DISCIPLINE]),
+        ..Connection::from_files(&fed.dev.client_as(SECURITY, AUDITOR_NAME).expect("files"))
+            .expect("conn")
+    };
+    foreign.server_name = DISCIPLINE.into();
+    let e = foreign
+        .audit()
+        .expect("client")
+        .list_messages(pb::ListMessagesRequest::default())
+        .await
+        .expect_err("refused");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(e.message().contains("principal of node"), "{}", e.message());
+
+    // The auditor gets it; payloads only where allowed; unknown → NotFound.
+    let mut auditor = auditor(&fed, DISCIPLINE);
+    auditor.get_bundle(request()).await.expect("bundle");
+    let e = auditor
+        .get_bundle(pb::GetBundleRequest {
+            include_payload: true,
+            ..request()
+        })
+        .await
+        .expect_err("payload refused");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(
+        e.message().contains("allow_payload_export"),
+        "{}",
+        e.message()
+    );
+    let e = auditor
+        .get_bundle(pb::GetBundleRequest {
+            message_id: "never-sent".into(),
+            ..request()
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(e.code(), Code::NotFound);
+    let e = auditor
+        .get_bundle(pb::GetBundleRequest {
+            message_id: "bad id".into(),
+            ..request()
+        })
+        .await
+        .expect_err("malformed");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = auditor
+        .export_log(pb::ExportLogRequest {
+            from_seq: 5,
+            to_seq: 2,
+        })
+        .await
+        .expect_err("backwards");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A node may only have its own checkpoints witnessed, correctly signed.
+    let forged = fed.signer(DISCIPLINE).sign_checkpoint(&Checkpoint {
+        node: DISCIPLINE.into(),
+        seq: 1,
+        head_hash: [7; 32],
+        time_ms: cluebridge::now_ms(),
+        signing_key_id: format!("{DISCIPLINE}-k1"),
+    });
+    let e = fed
+        .peer_as(JUDICIAL, SECURITY)
+        .witness_checkpoint(pb::WitnessCheckpointRequest {
+            checkpoint: Some(pb::SignedCheckpoint {
+                checkpoint: forged.checkpoint.clone(),
+                signature: forged.signature.clone(),
+            }),
+        })
+        .await
+        .expect_err("not judicial's own");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut bad = forged.signature.clone();
+    bad[0] ^= 1;
+    let e = fed
+        .peer_as(DISCIPLINE, SECURITY)
+        .witness_checkpoint(pb::WitnessCheckpointRequest {
+            checkpoint: Some(pb::SignedCheckpoint {
+                checkpoint: forged.checkpoint.clone(),
+                signature: bad,
+            }),
+        })
+        .await
+        .expect_err("bad signature");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = fed
+        .peer_as(DISCIPLINE, SECURITY)
+        .witness_checkpoint(pb::WitnessCheckpointRequest { checkpoint: None })
+        .await
+        .expect_err("missing");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Two different checkpoints for one entry: the first is kept as
+    // evidence, the second refused.
+    let at = |hash: u8| {
+        let c = fed.signer(DISCIPLINE).sign_checkpoint(&Checkpoint {
+            node: DISCIPLINE.into(),
+            seq: 1_000_000,
+            head_hash: [hash; 32],
+            time_ms: cluebridge::now_ms(),
+            signing_key_id: format!("{DISCIPLINE}-k1"),
+        });
+        pb::WitnessCheckpointRequest {
+            checkpoint: Some(pb::SignedCheckpoint {
+                checkpoint: c.checkpoint,
+                signature: c.signature,
+            }),
+        }
+    };
+    let mut peer = fed.peer_as(DISCIPLINE, SECURITY);
+    peer.witness_checkpoint(at(1)).await.expect("first kept");
+    let e = peer
+        .witness_checkpoint(at(2))
+        .await
+        .expect_err("second refused");
+    assert_eq!(e.code(), Code::AlreadyExists);
+    assert!(e.message().contains("two histories"), "{}", e.message());
+
+    let e = auditor
+        .list_messages(pb::ListMessagesRequest {
+            limit: 10_001,
+            ..Default::default()
+        })
+        .await
+        .expect_err("limit");
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+// ------------------------------------------------------------ concurrency
+
+/// Appends from many threads at once, outside the writer thread, still
+/// form one gapless chain: the head is read and written in each append's
+/// transaction.
+#[test]
+fn concurrent_appends_form_one_gapless_chain() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = Store::open(tmp.path()).expect("store");
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            let signer = DISCIPLINE.to_string();
+            let s = cluebridge::crypto::NodeSigner::generate(DISCIPLINE, "discipline-k1");
+            std::thread::spawn(move || {
+                for i in 0..25 {
+                    let message = MessageRef {
+                        sender_node: signer.clone(),
+                        message_id: format!("t{t}-{i}"),
+                    };
+                    let receipt = s.sign_receipt(&cluebridge::model::Receipt {
+                        message_id: message.message_id.clone(),
+                        sender_node: signer.clone(),
+                        kind: cluebridge::model::ReceiptKind::Accepted,
+                        issuer_node: signer.clone(),
+                        issued_at_ms: 1,
+                        reason: String::new(),
+                        header_sha256: [0; 32],
+                        signing_key_id: "discipline-k1".into(),
+                        attempt: 0,
+                    });
+                    let record = SentRecord {
+                        state: SentState::Accepted,
+                        recipient: "public_security".into(),
+                        kind: MessageKind::ClueTransfer,
+                        request_digest: [0; 32],
+                        header_sha256: [0; 32],
+                        created_at_ms: 1,
+                        expires_at_ms: u64::MAX,
+                        outbox_key: None,
+                    };
+                    store
+                        .submit(&message, b"envelope", &record, &receipt)
+                        .expect("submit");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+    let (head, _) = store.audit_head().expect("head");
+    assert_eq!(head, 200);
+    let entries = store
+        .audit_entries(1, u64::MAX, usize::MAX)
+        .expect("entries");
+    let mut prev = [0u8; 32];
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1);
+        assert_eq!(e.prev_hash, prev);
+        prev = e.hash();
+    }
+    store.close();
+}
+
+// ------------------------------------------------------------ every path
+
+/// Rejection, dead letter, a lease extension, expiry at the sender (peer
+/// down) and in custody: every path's state change is in the log, so each
+/// stopped store still agrees with its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_state_change_is_logged() {
+    let mut fed = TestFederation::start_with(
+        |n| {
+            audited(n);
+            n.delivery.max_deliveries = 1;
+        },
+        &[DISCIPLINE, SECURITY],
+    )
+    .await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut security = fed.client(SECURITY);
+    let send = |id: &str, to: &str, ttl: u64| pb::SubmitRequest {
+        ttl_seconds: ttl,
+        ..submit_request(id, MessageKind::ClueTransfer, to, b"x")
+    };
+    submit(&mut discipline, send("p-reject", SECURITY, 0)).await;
+    submit(&mut discipline, send("p-dead", SECURITY, 0)).await;
+    submit(&mut discipline, send("p-extend", SECURITY, 0)).await;
+    // Judicial is down: this one expires in discipline's outbox.
+    submit(&mut discipline, send("p-outbox", JUDICIAL, 1)).await;
+
+    let mut stream = receiver(&mut security, 3, 1).await;
+    let mut leases = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let d = next(&mut stream, 10 * SECOND).await;
+        leases.insert(d.message_id.clone(), d);
+    }
+    security
+        .reject(pb::RejectRequest {
+            lease: lease_of(&leases["p-reject"]),
+            reason: "not our competence".into(),
+        })
+        .await
+        .expect("reject");
+    security
+        .extend_lease(pb::ExtendLeaseRequest {
+            lease: lease_of(&leases["p-extend"]),
+            lease_seconds: 30,
+        })
+        .await
+        .expect("extend");
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&leases["p-extend"]),
+        })
+        .await
+        .expect("ack");
+    drop(stream);
+    // p-dead's single lease lapses: dead letter.
+    wait_state(
+        &mut discipline,
+        "p-reject",
+        SentState::Rejected,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "p-dead",
+        SentState::DeadLettered,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "p-extend",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
+    wait_state(&mut discipline, "p-outbox", SentState::Expired, 10 * SECOND).await;
+    // Nobody receives this one: it expires in public security's custody.
+    submit(&mut discipline, send("p-custody", SECURITY, 2)).await;
+    wait_state(
+        &mut discipline,
+        "p-custody",
+        SentState::Expired,
+        15 * SECOND,
+    )
+    .await;
+
+    fed.stop(DISCIPLINE).await;
+    fed.stop(SECURITY).await;
+    for node in [DISCIPLINE, SECURITY] {
+        let report = check_store(&edited(&data_dir(&fed, node), node, |_| {}), &fed, &[]);
+        assert!(report.passed, "{node}: {}", report.render());
+    }
+    let dir = edited(&data_dir(&fed, SECURITY), "events", |_| {});
+    let store = Store::open(&dir).expect("store");
+    let events: Vec<String> = store
+        .audit_entries(1, u64::MAX, usize::MAX)
+        .expect("entries")
+        .iter()
+        .map(|e| format!("{} {}", e.message.message_id, e.event))
+        .collect();
+    store.close();
+    for expected in [
+        "p-reject rejected",
+        "p-dead dead_lettered",
+        "p-extend lease_extended",
+        "p-extend acknowledged",
+        "p-custody expired",
+    ] {
+        assert!(
+            events.iter().any(|e| e == expected),
+            "{expected:?} not in {events:?}"
+        );
+    }
+}
+
+// ------------------------------------------------------------ crash
+
+/// SIGKILL in the middle of concurrent submits leaves a store whose chain
+/// and state records still agree: each entry is committed with its change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_a_chain_that_agrees_with_its_store() {
+    let fed = TestFederation::start_with(audited, &[]).await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["serve", "--config"])
+        .arg(fed.dev.node_file(DISCIPLINE))
+        .env("CLUEBRIDGE_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn serve");
+    // Submitters keep going until the node dies under them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let mut client = fed.client(DISCIPLINE);
+        let accepted = accepted.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let r = client
+                    .submit(submit_request(
+                        &format!("k-{i}-{n}"),
+                        MessageKind::ClueTransfer,
+                        SECURITY,
+                        b"x",
+                    ))
+                    .await;
+                match r {
+                    Ok(_) => {
+                        n += 1;
+                        accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    // Not up yet.
+                    Err(s)
+                        if s.code() == Code::Unavailable && n == 0 && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    while accepted.load(std::sync::atomic::Ordering::Relaxed) < 200 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for t in tasks {
+        let _ = t.await;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["audit", "verify", "--data-dir"])
+        .arg(data_dir(&fed, DISCIPLINE))
+        .arg("--trust")
+        .arg(fed.dev.dir.join("federation.toml"))
+        .output()
+        .expect("run audit verify");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("PASS  state records"), "{stdout}");
+    assert!(
+        !stdout.contains(" 0 message records"),
+        "nothing was stored: {stdout}"
+    );
+}
