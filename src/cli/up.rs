@@ -50,14 +50,15 @@ pub async fn run(args: UpArgs) -> Result<()> {
     println!();
     for (id, node) in &nodes {
         println!(
-            "  node {id:<16} https://{}   (node file {})",
+            "  {:<24} https://{}   (node file {})",
+            format!("node {id}"),
             node.addr,
             dev.node_file(id).display()
         );
     }
     for (id, node) in &nodes {
         if let Some(addr) = node.metrics_addr {
-            println!("  metrics {id:<13} http://{addr}/metrics");
+            println!("  {:<24} http://{addr}/metrics", format!("metrics {id}"));
         }
     }
     let dir = shell_path(&args.dir);
