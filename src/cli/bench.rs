@@ -54,6 +54,11 @@ pub struct BenchArgs {
     /// false`) and with it, and report what the log costs.
     #[arg(long, conflicts_with = "dir")]
     pub compare_audit: bool,
+    /// Measure the durable submit path alone: start only the sending node
+    /// (the recipient stays down, so messages wait in its outbox) and run
+    /// no receiver.
+    #[arg(long, conflicts_with = "dir")]
+    pub submit_only: bool,
 }
 
 /// The two nodes under test, when the bench started them.
@@ -118,6 +123,10 @@ async fn start_nodes(
     if ids.len() != 2 || args.from == args.to {
         bail!("--from and --to must be two different nodes of the federation");
     }
+    let ids: Vec<&str> = ids
+        .into_iter()
+        .filter(|id| !args.submit_only || *id == args.from)
+        .collect();
     // Only the two nodes under test run; the others' ports are closed, so
     // their forwarders back off quietly.
     if args.in_process {
@@ -288,57 +297,12 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
 
     // The receiving application: takes each message, notes its latency and
     // acknowledges it.
-    let mut stream = receiver
-        .broker()?
-        .receive(pb::ReceiveRequest {
-            max_outstanding: args.outstanding,
-            lease_seconds: 60,
-        })
-        .await
-        .context("opening the receive stream")?
-        .into_inner();
-    let (ack_tx, ack_rx) = async_channel(4096);
-    let mut ackers = Vec::new();
-    // Acknowledgements wait for the receiving node's flush; enough of them
-    // in flight lets one flush serve many.
-    for _ in 0..32 {
-        let mut client = receiver.broker()?;
-        let rx = ack_rx.clone();
-        ackers.push(tokio::spawn(async move {
-            while let Ok(lease) = rx.recv().await {
-                let _ = client.ack(pb::AckRequest { lease: Some(lease) }).await;
-            }
-        }));
-    }
-    drop(ack_rx);
     let measure_end = Duration::from_secs(args.duration);
-    let receiver_task = tokio::spawn(async move {
-        let mut latencies = Vec::new();
-        let mut received = 0u64;
-        while let Ok(Some(Ok(d))) =
-            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
-        {
-            let now = epoch.elapsed();
-            if let Some(env) = &d.envelope
-                && let Some(bytes) = env.payload.get(..8)
-            {
-                let sent_us = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
-                if now <= measure_end {
-                    received += 1;
-                }
-                latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
-            }
-            let lease = pb::LeaseRef {
-                sender_node: d.sender_node,
-                message_id: d.message_id,
-                lease_id: d.lease_id,
-            };
-            if ack_tx.send(lease).await.is_err() {
-                break;
-            }
-        }
-        (received, latencies)
-    });
+    let receiver_task = if args.submit_only {
+        tokio::spawn(async { (0u64, Vec::new()) })
+    } else {
+        receiving_application(&receiver, args.outstanding, epoch, measure_end).await?
+    };
 
     let mut submitters = Vec::new();
     for s in 0..args.submitters {
@@ -391,9 +355,6 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         let _ = s.await;
     }
     let (received, mut latencies) = receiver_task.await.context("receiver failed")?;
-    for a in ackers {
-        a.abort();
-    }
     latencies.sort_unstable();
     let figures = Figures {
         audit_log,
@@ -429,17 +390,88 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         "  accepted:  {:>9.0} msg/s ({} messages, {} errors)",
         figures.accepted_per_s, figures.accepted, figures.submit_errors
     );
-    println!(
-        "  received:  {:>9.0} msg/s ({} messages by the application)",
-        figures.received_per_s, figures.received
-    );
-    let l = &figures.latency_ms;
-    println!(
-        "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-        l.p50, l.p90, l.p99, l.p999, l.max
-    );
+    if args.submit_only {
+        println!("  (submit path only: the recipient node was not started)");
+    } else {
+        println!(
+            "  received:  {:>9.0} msg/s ({} messages by the application)",
+            figures.received_per_s, figures.received
+        );
+        let l = &figures.latency_ms;
+        println!(
+            "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
     nodes.stop().await?;
     Ok(figures)
+}
+
+/// The receiving application: takes each message, notes its latency
+/// (measured from the send time in the payload's first 8 bytes) and
+/// acknowledges it. Its task answers (received within the window,
+/// latencies in µs).
+async fn receiving_application(
+    receiver: &Connection,
+    outstanding: u32,
+    epoch: Instant,
+    measure_end: Duration,
+) -> Result<tokio::task::JoinHandle<(u64, Vec<u64>)>> {
+    let mut stream = receiver
+        .broker()?
+        .receive(pb::ReceiveRequest {
+            max_outstanding: outstanding,
+            lease_seconds: 60,
+        })
+        .await
+        .context("opening the receive stream")?
+        .into_inner();
+    let (ack_tx, ack_rx) = async_channel(4096);
+    let mut ackers = Vec::new();
+    // Acknowledgements wait for the receiving node's flush; enough of them
+    // in flight lets one flush serve many.
+    for _ in 0..32 {
+        let mut client = receiver.broker()?;
+        let rx = ack_rx.clone();
+        ackers.push(tokio::spawn(async move {
+            while let Ok(lease) = rx.recv().await {
+                let _ = client.ack(pb::AckRequest { lease: Some(lease) }).await;
+            }
+        }));
+    }
+    drop(ack_rx);
+    let receiver_task = tokio::spawn(async move {
+        let mut latencies = Vec::new();
+        let mut received = 0u64;
+        while let Ok(Some(Ok(d))) =
+            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+        {
+            let now = epoch.elapsed();
+            if let Some(env) = &d.envelope
+                && let Some(bytes) = env.payload.get(..8)
+            {
+                let sent_us = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
+                if now <= measure_end {
+                    received += 1;
+                }
+                latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
+            }
+            let lease = pb::LeaseRef {
+                sender_node: d.sender_node,
+                message_id: d.message_id,
+                lease_id: d.lease_id,
+            };
+            if ack_tx.send(lease).await.is_err() {
+                break;
+            }
+        }
+        // The stream went quiet: the run is over.
+        for a in ackers {
+            a.abort();
+        }
+        (received, latencies)
+    });
+    Ok(receiver_task)
 }
 
 /// A small multi-consumer queue over a tokio mutex: the acknowledging
