@@ -71,7 +71,10 @@ pub async fn run(args: UpArgs) -> Result<()> {
          Operators (certificate of the `operator` principal):\n\
          \x20 cargo run --release -- queues --dir {dir} --node discipline\n\
          \x20 cargo run --release -- peers --dir {dir} --node discipline\n\
-         \x20 cargo run --release -- dlq list --dir {dir} --node public_security\n"
+         \x20 cargo run --release -- dlq list --dir {dir} --node public_security\n\
+         Auditors (certificate of the `auditor` principal):\n\
+         \x20 cargo run --release -- export --dir {dir} --node discipline <MESSAGE-ID> -o bundle.json\n\
+         \x20 cargo run --release -- verify bundle.json --trust {dir}/federation.toml\n"
     );
     let result = if args.demo {
         demo(&dev).await
