@@ -2,8 +2,8 @@
 //! text exposition format, and the plain-HTTP `/metrics` listener.
 //!
 //! Hand-written rather than a crate: the node needs a dozen series, and
-//! exporter crates pull a second TLS stack (see DESIGN.md). Counters and
-//! histograms are lock-free atomics updated on the hot paths; gauges (queue
+//! exporter crates pull a second TLS stack (two rustls crypto providers in
+//! one build make the TLS server panic). Counters and histograms are lock-free atomics updated on the hot paths; gauges (queue
 //! depths, ages, peer states) are read from the store and the forwarders
 //! when a scrape comes, so they cannot drift from the truth.
 
