@@ -112,6 +112,17 @@ fn abort<T>(e: Error) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
 }
 
+/// Inside a transaction: the custody record of `message` (at `key`), or
+/// `NotFound`.
+fn custody_record(t: &Tx, key: &[u8], message: &MessageRef) -> TxResult<InboundRecord> {
+    let Some(raw) = t[INBOUND].get(key)? else {
+        return abort(Error::NotFound(format!(
+            "no message {message} in this node's custody"
+        )));
+    };
+    records::decode("inbound", &raw).or_else(abort)
+}
+
 /// The node's store: one cheap-clone handle shared by every task.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -718,15 +729,7 @@ impl Store {
     ) -> Result<T> {
         let key = keys::message(message);
         self.transact(|t| {
-            let Some(raw) = t[INBOUND].get(&key)? else {
-                return abort(Error::NotFound(format!(
-                    "no message {message} in this node's custody"
-                )));
-            };
-            let mut record: InboundRecord = match records::decode("inbound", &raw) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
-            };
+            let mut record = custody_record(t, &key, message)?;
             if record.state != InboundState::Leased || record.lease_id != lease_id {
                 return abort(Error::FailedPrecondition(format!(
                     "lease {lease_id} is not the current lease of {message} (it lapsed or was \
@@ -1128,15 +1131,7 @@ impl Store {
     ) -> Result<()> {
         let key = keys::message(message);
         self.transact(|t| {
-            let Some(raw) = t[INBOUND].get(&key)? else {
-                return abort(Error::NotFound(format!(
-                    "no message {message} in this node's custody"
-                )));
-            };
-            let mut record: InboundRecord = match records::decode("inbound", &raw) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
-            };
+            let mut record = custody_record(t, &key, message)?;
             if record.state != InboundState::DeadLetter {
                 return abort(Error::FailedPrecondition(format!(
                     "{message} is not a dead letter (it is {})",
