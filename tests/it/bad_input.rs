@@ -774,6 +774,11 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "no client certificate",
     ),
     (
+        "a health check without a certificate",
+        Code::Unauthenticated,
+        "no client certificate",
+    ),
+    (
         "a certificate from a foreign CA",
         Code::Unauthenticated,
         "was not issued by this federation's CA",
