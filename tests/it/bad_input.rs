@@ -534,6 +534,18 @@ async fn attempt(w: &World, case: &str) -> Status {
             let c = connection(fed, SECURITY, &cert.cert_pem, &cert.key_pem);
             err(c.broker().expect("client").submit(to_s("c-2")).await, case)
         }
+        "an expired client certificate" => {
+            let now = time::OffsetDateTime::now_utc();
+            let cert = federation_ca(fed)
+                .valid_between(
+                    now - time::Duration::days(30),
+                    now - time::Duration::days(1),
+                )
+                .issue_client(SECURITY, "backoffice")
+                .expect("cert");
+            let c = connection(fed, SECURITY, &cert.cert_pem, &cert.key_pem);
+            err(c.broker().expect("client").submit(to_s("c-8")).await, case)
+        }
         "a client certificate calling Peer" => err(
             fed.connection(SECURITY)
                 .peer()
@@ -782,6 +794,11 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "a certificate from a foreign CA",
         Code::Unauthenticated,
         "was not issued by this federation's CA",
+    ),
+    (
+        "an expired client certificate",
+        Code::Unauthenticated,
+        "the certificate expired at",
     ),
     (
         "a client certificate calling Peer",
