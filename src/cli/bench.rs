@@ -37,7 +37,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Use the running development federation in this directory instead of
-    /// starting two nodes.
+    /// starting two nodes (its nodes' `limits.submit_rate_per_sec` applies:
+    /// submits beyond it are refused and counted as errors).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Sending node (its agency must be allowed to send clue transfers to --to).
@@ -294,6 +295,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
+    let first_error = Arc::new(std::sync::OnceLock::<String>::new());
 
     // The receiving application: takes each message, notes its latency and
     // acknowledges it.
@@ -308,6 +310,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     for s in 0..args.submitters {
         let mut client = sender.broker()?;
         let (stop, accepted, errors) = (stop.clone(), accepted.clone(), errors.clone());
+        let first_error = first_error.clone();
         let size = args.payload_size;
         let to = args.to.clone();
         let interval = (args.rate > 0)
@@ -343,7 +346,10 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                 }
                 match result {
                     Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        let _ = first_error.set(format!("{:?}: {}", e.code(), e.message()));
+                        errors.fetch_add(1, Ordering::Relaxed)
+                    }
                 };
             }
         }));
@@ -390,6 +396,9 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         "  accepted:  {:>9.0} msg/s ({} messages, {} errors)",
         figures.accepted_per_s, figures.accepted, figures.submit_errors
     );
+    if let Some(e) = first_error.get() {
+        println!("  first submit error: {e}");
+    }
     if args.submit_only {
         println!("  (submit path only: the recipient node was not started)");
     } else {
