@@ -82,31 +82,9 @@ impl TestFederation {
     }
 
     fn launch(&mut self, id: &str, listener: tokio::net::TcpListener) {
-        // Right after a stop, the last connection tasks of the old server
-        // may still hold the store (and sled's lock on it) for a moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut listener = Some(listener);
-        loop {
-            let config = self.config(id);
-            let l = listener.take().expect("listener");
-            let std_listener = l.into_std().expect("listener");
-            let retry = std_listener.try_clone().expect("listener");
-            let l = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-            match RunningNode::start(config, l) {
-                Ok(node) => {
-                    self.nodes.insert(id.to_string(), node);
-                    return;
-                }
-                Err(e)
-                    if e.to_string().contains("could not acquire lock")
-                        && Instant::now() < deadline =>
-                {
-                    listener = Some(tokio::net::TcpListener::from_std(retry).expect("listener"));
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => panic!("start node {id}: {e}"),
-            }
-        }
+        let node = RunningNode::start(self.config(id), listener)
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        self.nodes.insert(id.to_string(), node);
     }
 
     pub fn config(&self, id: &str) -> NodeConfig {
