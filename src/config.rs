@@ -34,7 +34,9 @@ fn read(file: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(file).map_err(|e| err(file, format!("cannot read: {e}")))
 }
 
-fn resolve(base: &Path, p: &Path) -> PathBuf {
+/// `p` as written in the file `base`: relative paths are taken from the
+/// directory of that file.
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {

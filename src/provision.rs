@@ -8,7 +8,7 @@
 //! `-key.pem`) beside `federation.toml`. The public signing keys are written
 //! into `federation.toml` in place, comments kept. Private keys are 0600.
 
-use crate::config::{FederationFile, NodeFile, parse_endpoint};
+use crate::config::{FederationFile, NodeFile, parse_endpoint, resolve};
 use crate::crypto::NodeSigner;
 use crate::crypto::certs::{Ca, IssuedCert};
 use anyhow::{Context, Result, bail};
@@ -84,14 +84,6 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     f.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
     Ok(())
-}
-
-fn resolve(base: &Path, p: &Path) -> PathBuf {
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.parent().unwrap_or(Path::new(".")).join(p)
-    }
 }
 
 /// The CA private key's path: `ca.pem` → `ca-key.pem`.
