@@ -8,7 +8,7 @@
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
 //! - [`audit`]: receipt bundles, offline verification of bundles and stores;
-//! - [`api`]: the gRPC services; protobuf ↔ domain and error → status;
+//! - [`api`]: the gRPC services and the peer link; protobuf ↔ domain, error → status;
 //! - [`metrics`]: counters, histograms and the Prometheus `/metrics` listener;
 //! - [`node`]: wires one node together and runs it until shutdown;
 //! - [`provision`]: keys and certificates from a federation's files;

@@ -6,13 +6,15 @@ mod audit;
 mod broker;
 mod health;
 mod peer;
+mod peer_link;
 
 pub use admin::AdminService;
 pub use audit::AuditService;
-pub(crate) use audit::{checkpoint_from_wire, checkpoint_to_wire};
+use audit::{checkpoint_from_wire, checkpoint_to_wire};
 pub use broker::BrokerService;
 pub use health::{HealthService, HealthSwitch};
 pub use peer::PeerService;
+pub use peer_link::{PeerLink, Refusal};
 
 use crate::config::NodeConfig;
 use crate::crypto::tls::FederationCa;

@@ -4,19 +4,16 @@
 //! retrying with capped exponential backoff and jitter. State lives in the
 //! store, so a restarted node resumes where it stopped.
 
+use crate::api::PeerLink;
 use crate::broker::Broker;
 use crate::config::NodeEntry;
-use crate::crypto::tls;
 use crate::error::{Error, Result};
-use crate::model::{MessageRef, SignedReceipt};
-use crate::pb;
-use crate::pb::peer_client::PeerClient;
+use crate::model::MessageRef;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
 
 /// Check the store at least this often even without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -24,7 +21,7 @@ const IDLE_POLL: Duration = Duration::from_secs(1);
 pub(super) struct Forwarder {
     broker: Broker,
     peer: String,
-    client: PeerClient<Channel>,
+    link: PeerLink,
     wake: Arc<Notify>,
     stop: CancellationToken,
     backoff_ms: u64,
@@ -33,38 +30,16 @@ pub(super) struct Forwarder {
     witnessed_seq: Option<u64>,
 }
 
-/// Gives gRPC statuses and per-item refusals one meaning: worth a retry?
-fn transient(code: i32) -> bool {
-    code == tonic::Code::Unavailable as i32
-        || code == tonic::Code::ResourceExhausted as i32
-        || code == tonic::Code::DeadlineExceeded as i32
-}
-
 impl Forwarder {
     pub(super) fn new(broker: Broker, peer: &NodeEntry, stop: CancellationToken) -> Result<Self> {
         let config = broker.config();
-        let tls = tls::client_config(
-            &config.tls.ca_pem,
-            &config.tls.cert_pem,
-            &config.tls.key_pem,
-            &peer.id,
-        );
-        let channel = Endpoint::from_shared(peer.endpoint.clone())
-            .map_err(|e| Error::invalid(format!("endpoint of {}: {e}", peer.id)))?
-            .tls_config(tls)
-            .map_err(|e| Error::invalid(format!("TLS for {}: {e}", peer.id)))?
-            .connect_timeout(config.delivery.peer_timeout())
-            .timeout(config.delivery.peer_timeout())
-            .tcp_nodelay(true)
-            .connect_lazy();
+        let link = PeerLink::new(config, peer)?;
         let wake = broker
             .peer_wake(&peer.id)
             .ok_or_else(|| Error::invalid(format!("{} is not a peer", peer.id)))?;
         let backoff_ms = config.delivery.retry_initial_ms;
         Ok(Forwarder {
-            client: PeerClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
+            link,
             broker,
             peer: peer.id.clone(),
             wake,
@@ -144,30 +119,13 @@ impl Forwarder {
         if self.witnessed_seq.is_some_and(|w| w >= seq) {
             return Ok(false);
         }
-        let request = pb::WitnessCheckpointRequest {
-            checkpoint: Some(crate::api::checkpoint_to_wire(&latest)),
-        };
-        let timeout = self.broker.config().delivery.peer_timeout();
-        let answer =
-            tokio::time::timeout(timeout, self.client.clone().witness_checkpoint(request)).await;
-        match answer {
-            Err(_) => Err(Error::Unavailable(format!(
-                "no answer from {} within {} ms",
-                self.peer,
-                timeout.as_millis()
-            ))),
-            Ok(Err(status)) if transient(status.code() as i32) => Err(Error::Unavailable(format!(
-                "{} answered {:?}: {}",
-                self.peer,
-                status.code(),
-                status.message()
-            ))),
-            Ok(Err(status)) => {
-                tracing::error!(seq, code = ?status.code(), reason = %status.message(), "peer refused to witness a checkpoint");
+        match self.link.witness(&latest).await? {
+            Some(refusal) => {
+                tracing::error!(seq, code = refusal.code, reason = %refusal.message, "peer refused to witness a checkpoint");
                 self.witnessed_seq = Some(seq);
                 Ok(false)
             }
-            Ok(Ok(_)) => {
+            None => {
                 self.witnessed_seq = Some(seq);
                 Ok(true)
             }
@@ -179,39 +137,24 @@ impl Forwarder {
         if envelopes.is_empty() {
             return Ok(false);
         }
-        let request = pb::DeliverRequest {
-            envelopes: envelopes.iter().map(|(_, e)| e.to_wire()).collect(),
-        };
         let started = std::time::Instant::now();
-        let response = self.call(self.client.clone().deliver(request)).await?;
+        let outcomes = self
+            .recorded(self.link.deliver(envelopes.iter().map(|(_, e)| e)))
+            .await?;
         self.broker
             .metrics()
             .forward_seconds
             .observe_duration(started.elapsed());
-        if response.outcomes.len() != envelopes.len() {
-            return Err(Error::Unavailable(format!(
-                "peer answered {} outcomes for {} envelopes",
-                response.outcomes.len(),
-                envelopes.len()
-            )));
-        }
         let mut delivered = Vec::new();
         let mut refused = Vec::new();
         let mut transient_refusal = None;
-        for ((message, _), outcome) in envelopes.into_iter().zip(response.outcomes) {
-            match outcome.outcome {
-                Some(pb::deliver_outcome::Outcome::Delivered(r)) => {
-                    delivered.push((message, SignedReceipt::from_wire(r)));
-                }
-                Some(pb::deliver_outcome::Outcome::Refused(r)) if transient(r.code) => {
-                    transient_refusal = Some(r.message);
-                }
-                Some(pb::deliver_outcome::Outcome::Refused(r)) => {
+        for ((message, _), outcome) in envelopes.into_iter().zip(outcomes) {
+            match outcome {
+                Ok(receipt) => delivered.push((message, receipt)),
+                Err(r) if r.transient() => transient_refusal = Some(r.message),
+                Err(r) => {
                     tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
                     refused.push((message, r.code, r.message));
-                }
-                None => {
-                    transient_refusal = Some(format!("no outcome for {message}"));
                 }
             }
         }
@@ -234,24 +177,14 @@ impl Forwarder {
         if waiting.is_empty() {
             return Ok(false);
         }
-        let request = pb::ReturnReceiptsRequest {
-            receipts: waiting.iter().map(|(_, r)| r.to_wire()).collect(),
-        };
-        let response = self
-            .call(self.client.clone().return_receipts(request))
+        let outcomes = self
+            .recorded(self.link.return_receipts(waiting.iter().map(|(_, r)| r)))
             .await?;
-        if response.outcomes.len() != waiting.len() {
-            return Err(Error::Unavailable(format!(
-                "peer answered {} outcomes for {} receipts",
-                response.outcomes.len(),
-                waiting.len()
-            )));
-        }
         let mut done = Vec::new();
-        for ((key, receipt), outcome) in waiting.into_iter().zip(response.outcomes) {
-            match outcome.refused {
+        for ((key, receipt), outcome) in waiting.into_iter().zip(outcomes) {
+            match outcome {
                 None => done.push(key),
-                Some(r) if transient(r.code) => {}
+                Some(r) if r.transient() => {}
                 Some(r) => {
                     let about = receipt
                         .open()
@@ -270,28 +203,11 @@ impl Forwarder {
         Ok(moved)
     }
 
-    /// Every call to a peer has a deadline.
-    async fn call<T>(
-        &self,
-        fut: impl std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T> {
-        let timeout = self.broker.config().delivery.peer_timeout();
+    /// Runs a call to the peer and records its outcome as the peer's
+    /// state for operators (ListPeers, metrics).
+    async fn recorded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let started = std::time::Instant::now();
-        let result = match tokio::time::timeout(timeout, fut).await {
-            Err(_) => Err(Error::Unavailable(format!(
-                "no answer from {} within {} ms",
-                self.peer,
-                timeout.as_millis()
-            ))),
-            Ok(Err(status)) => Err(Error::Unavailable(format!(
-                "{} answered {:?}: {}",
-                self.peer,
-                status.code(),
-                status.message()
-            ))),
-            Ok(Ok(r)) => Ok(r.into_inner()),
-        };
-        // The peer's state for operators (ListPeers, metrics).
+        let result = call.await;
         match &result {
             Ok(_) => self.broker.peer_succeeded(&self.peer, started.elapsed()),
             Err(e) => self.broker.peer_failed(&self.peer, e),
