@@ -8,10 +8,9 @@
 //!   followed by its 32-byte hash;
 //! - `audit_index`: message key + seq → (), the entries about a message;
 //! - `audit_head`: `head` → seq + hash of the last entry. Every append
-//!   reads and writes it in its transaction; multi-tree transactions of
-//!   sled 0.34.7 run under one global write lock (`concurrency_control::
-//!   write()` in `TransactionalTrees::stage`), so two appends can never
-//!   read the same head, whichever thread runs them;
+//!   reads and writes it in its transaction; transactions run one at a
+//!   time under the store log's lock (`Store::transact`), so two appends
+//!   can never read the same head, whichever thread runs them;
 //! - `checkpoints`: node + seq → signed checkpoint, this node's own and
 //!   those its peers sent it to witness.
 //!
@@ -20,7 +19,7 @@
 
 use super::{
     AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, ENVELOPES, INBOUND, InboundRecord, RECEIPTS, SENT,
-    SentRecord, Store, Tx, TxResult, keys, records,
+    SentRecord, Store, Tx, TxError, TxResult, keys, records,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -181,23 +180,24 @@ impl Store {
     pub fn put_checkpoint(&self, node: &str, seq: u64, signed: &SignedCheckpoint) -> Result<()> {
         let key = checkpoint_key(node, seq);
         let bytes = signed.encode();
-        let tree = self.tree(CHECKPOINTS);
-        if let Some(held) = tree.get(&key)? {
+        self.transact(|t| {
+            let Some(held) = t[CHECKPOINTS].get(&key)? else {
+                t[CHECKPOINTS].insert(&key, &bytes)?;
+                return Ok(());
+            };
             if held.as_ref() == bytes.as_slice() {
                 return Ok(());
             }
-            let held =
-                SignedCheckpoint::decode(&held).map_err(|e| Error::corrupt("checkpoints", e))?;
+            let held = SignedCheckpoint::decode(&held)
+                .map_err(|e| TxError::Abort(Error::corrupt("checkpoints", e)))?;
             if held.checkpoint == signed.checkpoint {
                 return Ok(());
             }
-            return Err(Error::AlreadyExists(format!(
+            Err(TxError::Abort(Error::AlreadyExists(format!(
                 "a different checkpoint of node {node} at entry {seq} is already held; \
                  the node has signed two histories (the first one is kept)"
-            )));
-        }
-        tree.insert(key, bytes)?;
-        Ok(())
+            ))))
+        })
     }
 
     /// Stores a checkpoint this node signed of its own chain, and notes
@@ -210,16 +210,20 @@ impl Store {
         signed: &SignedCheckpoint,
     ) -> Result<SignedCheckpoint> {
         let seq = signed.open()?.seq;
-        self.tree(AUDIT_HEAD).insert(NODE_KEY, node.as_bytes())?;
         let key = checkpoint_key(node, seq);
-        match self.tree(CHECKPOINTS).compare_and_swap(
-            &key,
-            None as Option<&[u8]>,
-            Some(signed.encode()),
-        )? {
-            Ok(()) => Ok(signed.clone()),
-            Err(held) => SignedCheckpoint::decode(held.current.as_deref().unwrap_or_default())
-                .map_err(|e| Error::corrupt("checkpoints", e)),
+        let held = self.transact(|t| {
+            t[AUDIT_HEAD].insert(NODE_KEY, node.as_bytes())?;
+            let held = t[CHECKPOINTS].get(&key)?;
+            if held.is_none() {
+                t[CHECKPOINTS].insert(&key, signed.encode())?;
+            }
+            Ok(held)
+        })?;
+        match held {
+            None => Ok(signed.clone()),
+            Some(held) => {
+                SignedCheckpoint::decode(&held).map_err(|e| Error::corrupt("checkpoints", e))
+            }
         }
     }
 

@@ -24,12 +24,15 @@
 //! Every state change is one transaction over these trees, and appends its
 //! audit entry in that same transaction (`append_audit`): a state change
 //! without its entry, or an entry without its change, cannot be stored.
+//! A transaction is one record of the store's write-ahead log (`wal`),
+//! written before its changes reach the trees and replayed at open.
 //! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
 mod audit;
 pub mod keys;
 mod records;
+mod wal;
 
 pub use audit::parse_record as parse_audit_record;
 
@@ -42,12 +45,12 @@ use crate::model::{
     sha256,
 };
 use audit::Note;
-use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
-use sled::{IVec, Transactional, Tree};
+use sled::{IVec, Tree};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
+use wal::{Tx, TxError, TxResult, Wal};
 
 /// How many inbox entries a receiver limited to some message kinds looks
 /// past to find one of its kinds.
@@ -105,11 +108,8 @@ const TREE_NAMES: [&str; 17] = [
     "checkpoints",
 ];
 
-type Tx = [TransactionalTree];
-type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
-
 fn abort<T>(e: Error) -> TxResult<T> {
-    Err(ConflictableTransactionError::Abort(e))
+    Err(TxError::Abort(e))
 }
 
 /// Inside a transaction: the custody record of `message` (at `key`), or
@@ -133,6 +133,9 @@ pub struct Store {
 struct Shared {
     db: sled::Db,
     trees: Vec<Tree>,
+    /// The write-ahead log. Its lock also serialises transactions: one
+    /// runs at a time, whichever thread calls it.
+    wal: std::sync::Mutex<Wal>,
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -211,16 +214,27 @@ impl Store {
             // The page cache is the bulk of a node's memory; queued messages
             // live on disk, not here.
             .cache_capacity(64 * 1024 * 1024)
+            // sled is flushed at the log's checkpoints, not on a timer:
+            // the log makes changes durable.
+            .flush_every_ms(None)
             .open()?;
         let trees = TREE_NAMES
             .iter()
             .map(|n| db.open_tree(n))
             .collect::<std::result::Result<Vec<_>, _>>()?;
+        let (wal, replayed) = Wal::recover(dir, &db, &trees)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "replayed the store log over the trees (the node stopped without a checkpoint)"
+            );
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let store = Store {
             shared: Arc::new(Shared {
                 db,
                 trees,
+                wal: std::sync::Mutex::new(wal),
                 jobs: std::sync::Mutex::new(Some(tx)),
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
@@ -320,10 +334,18 @@ impl Store {
         self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Flushes synchronously (shutdown, tests); not for hot paths.
-    pub fn flush_blocking(&self) -> Result<()> {
+    fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        // A panic while the lock was held left at most a record that was
+        // written but not applied; replay at the next open applies it.
+        self.shared.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes sled hold every change so far and drops the log files that
+    /// it covers. Runs on the writer thread between group commits.
+    fn checkpoint(&self) -> Result<()> {
+        let epoch = self.lock_wal().rotate()?;
         self.shared.db.flush()?;
-        Ok(())
+        self.lock_wal().remove_before(epoch)
     }
 
     /// Group-commit figures: changes per flush, and flush durations.
@@ -335,15 +357,19 @@ impl Store {
         Ok(self.shared.db.size_on_disk()?)
     }
 
-    fn transact<T>(&self, f: impl Fn(&Tx) -> TxResult<T>) -> Result<T> {
-        self.shared
-            .trees
-            .as_slice()
-            .transaction(|t: &Vec<TransactionalTree>| f(t.as_slice()))
-            .map_err(|e| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => e.into(),
-            })
+    /// Runs one state change: all of its writes, or none of them (when
+    /// `f` fails). The writes go to the log first, then to the trees; they
+    /// are durable after the next [`Store::flush`].
+    fn transact<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T> {
+        let mut wal = self.lock_wal();
+        let tx = Tx::new(&self.shared.trees);
+        let out = f(&tx)?;
+        let ops = tx.into_ops();
+        if !ops.is_empty() {
+            wal.append(&ops)?;
+            wal::apply(&self.shared.trees, &ops)?;
+        }
+        Ok(out)
     }
 
     // ------------------------------------------------------------ sender
@@ -878,8 +904,10 @@ impl Store {
 
     /// Drops a TTL index entry whose message needs nothing more.
     pub fn drop_expiry(&self, index_key: &[u8]) -> Result<()> {
-        self.tree(EXPIRY).remove(index_key)?;
-        Ok(())
+        self.transact(|t| {
+            t[EXPIRY].remove(index_key)?;
+            Ok(())
+        })
     }
 
     /// Expires a sent message still waiting in the outbox, with the node's
@@ -1007,12 +1035,12 @@ impl Store {
     }
 
     pub fn remove_receipt_outbox(&self, keys: &[Vec<u8>]) -> Result<()> {
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k.as_slice());
-        }
-        self.tree(RECEIPT_OUTBOX).apply_batch(batch)?;
-        Ok(())
+        self.transact(|t| {
+            for k in keys {
+                t[RECEIPT_OUTBOX].remove(k)?;
+            }
+            Ok(())
+        })
     }
 
     /// SHA-256 over every record of every tree, in order: equal digests
@@ -1172,8 +1200,10 @@ impl Store {
         self.transact(|t| {
             match &value {
                 Some(v) => t[PAUSED_PEERS].insert(peer.as_bytes(), v.as_slice())?,
-                None => t[PAUSED_PEERS].remove(peer.as_bytes())?,
-            };
+                None => {
+                    t[PAUSED_PEERS].remove(peer.as_bytes())?;
+                }
+            }
             Ok(())
         })
     }
@@ -1280,10 +1310,13 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Most jobs run between two flushes.
 const MAX_BATCH: usize = 4096;
 
-/// The writer thread: runs queued state changes one after another (so
-/// they never contend for sled's transaction lock), then makes the whole
-/// batch durable with one `flush`, then answers every caller. Jobs queued
-/// while a batch runs form the next batch: group commit.
+/// Log size that triggers a checkpoint: bounds the replay at open.
+const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The writer thread: runs queued state changes one after another, then
+/// makes the whole batch durable with one `fdatasync` of the log, then
+/// answers every caller. Jobs queued while a batch runs form the next
+/// batch: group commit. Checkpoints run here too, between batches.
 fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
     while let Ok(first) = jobs.recv() {
         let mut completions = vec![first(&store)];
@@ -1294,12 +1327,8 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             }
         }
         let started = std::time::Instant::now();
-        let result = store
-            .shared
-            .db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| e.to_string());
+        let file = store.lock_wal().file();
+        let result = wal::sync(&file);
         store
             .shared
             .flush_seconds
@@ -1311,5 +1340,15 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
         for complete in completions {
             complete(result.clone());
         }
+        if store.lock_wal().bytes() >= CHECKPOINT_BYTES
+            && let Err(e) = store.checkpoint()
+        {
+            tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
+        }
+    }
+    // Shutting down: leave sled complete, so that the next open has
+    // nothing to replay.
+    if let Err(e) = store.checkpoint() {
+        tracing::error!(error = %e, "final store checkpoint failed; the next start replays the log");
     }
 }

@@ -1,0 +1,466 @@
+//! The store's write-ahead log: what makes a state change atomic and
+//! durable, while sled holds the state itself.
+//!
+//! sled 0.34.7's multi-tree transactions cost about 135 µs for the nine
+//! keys of a submit, plain inserts about 50 µs (measured on the 2-core
+//! development machine). So a state change is written like this:
+//!
+//! 1. its closure runs against a [`Tx`], which reads the trees and
+//!    records the writes (reading its own writes back);
+//! 2. the writes are appended to the log as **one record** (length,
+//!    CRC-32, payload), with a `write` to the file: from then on a
+//!    SIGKILL of the process cannot lose it;
+//! 3. they are applied to the sled trees with plain inserts and removes;
+//! 4. group commit: before any caller is answered, `sync` makes every
+//!    record appended so far durable with one `fdatasync`.
+//!
+//! Because step 2 comes before step 3, sled never holds a change the log
+//! lacks. So, at open, replaying the records in order over whatever sled
+//! had made durable gives exactly the state after the last record: a key
+//! a record touched ends with its last record's value, and a key no record
+//! touched did not change since the last checkpoint. A record cut short
+//! by a crash fails its CRC and ends the replay; it was never answered.
+//!
+//! Checkpoint: the log starts a new file, sled is flushed (which covers
+//! every change applied before the flush began), and the older files are
+//! deleted. Files are named by a growing epoch number, so a crash between
+//! the steps only means replaying one more file.
+
+use crate::error::{Error, Result};
+use sled::{IVec, Tree};
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// The log directory inside a store's data directory.
+pub const DIR: &str = "wal";
+
+/// A record longer than this is not one the log wrote: the length is
+/// torn or the file is damaged.
+const MAX_RECORD: usize = 256 * 1024 * 1024;
+
+const INSERT: u8 = 1;
+const REMOVE: u8 = 0;
+
+/// One write of a state change: tree index, key, and the new value
+/// (`None` removes the key).
+#[derive(Clone, Debug)]
+pub(super) struct Op {
+    pub tree: u8,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// A failure inside a state change: either the change refuses (and
+/// nothing is written), or the storage engine failed.
+#[derive(Debug)]
+pub(super) enum TxError {
+    Abort(Error),
+    Storage(sled::Error),
+}
+
+impl From<sled::Error> for TxError {
+    fn from(e: sled::Error) -> Self {
+        TxError::Storage(e)
+    }
+}
+
+impl From<TxError> for Error {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Abort(e) => e,
+            TxError::Storage(e) => e.into(),
+        }
+    }
+}
+
+pub(super) type TxResult<T> = std::result::Result<T, TxError>;
+
+/// One tree as a state change sees it: reads see the change's own earlier
+/// writes, writes are recorded (in order, shared by all trees of the
+/// change) and reach sled only when the change succeeds.
+pub(super) struct TxTree {
+    index: u8,
+    tree: Tree,
+    ops: Rc<RefCell<Vec<Op>>>,
+}
+
+impl TxTree {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> TxResult<Option<IVec>> {
+        let key = key.as_ref();
+        let ops = self.ops.borrow();
+        if let Some(op) = ops
+            .iter()
+            .rev()
+            .find(|op| op.tree == self.index && op.key == key)
+        {
+            return Ok(op.value.as_deref().map(IVec::from));
+        }
+        Ok(self.tree.get(key)?)
+    }
+
+    pub fn insert(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> TxResult<()> {
+        self.ops.borrow_mut().push(Op {
+            tree: self.index,
+            key: key.as_ref().to_vec(),
+            value: Some(value.as_ref().to_vec()),
+        });
+        Ok(())
+    }
+
+    /// Removes `key`, returning the value it had.
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> TxResult<Option<IVec>> {
+        let old = self.get(key.as_ref())?;
+        self.ops.borrow_mut().push(Op {
+            tree: self.index,
+            key: key.as_ref().to_vec(),
+            value: None,
+        });
+        Ok(old)
+    }
+}
+
+/// The trees as one state change sees them, indexed like the store's.
+pub(super) struct Tx {
+    trees: Vec<TxTree>,
+    ops: Rc<RefCell<Vec<Op>>>,
+}
+
+impl Tx {
+    pub fn new(trees: &[Tree]) -> Tx {
+        let ops = Rc::new(RefCell::new(Vec::new()));
+        let trees = trees
+            .iter()
+            .enumerate()
+            .map(|(i, tree)| TxTree {
+                index: i as u8,
+                tree: tree.clone(),
+                ops: Rc::clone(&ops),
+            })
+            .collect();
+        Tx { trees, ops }
+    }
+
+    pub fn into_ops(self) -> Vec<Op> {
+        drop(self.trees);
+        Rc::try_unwrap(self.ops)
+            .map(RefCell::into_inner)
+            .unwrap_or_else(|shared| shared.borrow().clone())
+    }
+}
+
+impl std::ops::Index<usize> for Tx {
+    type Output = TxTree;
+    fn index(&self, i: usize) -> &TxTree {
+        &self.trees[i]
+    }
+}
+
+/// Applies a record's writes to the trees, in order.
+pub(super) fn apply(trees: &[Tree], ops: &[Op]) -> Result<()> {
+    for op in ops {
+        let tree = trees.get(op.tree as usize).ok_or_else(|| {
+            Error::corrupt(
+                "wal",
+                format!("record names tree {} of {}", op.tree, trees.len()),
+            )
+        })?;
+        match &op.value {
+            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+            None => tree.remove(op.key.as_slice())?,
+        };
+    }
+    Ok(())
+}
+
+fn encode(ops: &[Op]) -> Vec<u8> {
+    let size: usize = ops
+        .iter()
+        .map(|op| 10 + op.key.len() + op.value.as_ref().map_or(0, Vec::len))
+        .sum();
+    let mut payload = Vec::with_capacity(8 + size);
+    payload.extend_from_slice(&[0; 8]);
+    for op in ops {
+        payload.push(op.tree);
+        payload.push(if op.value.is_some() { INSERT } else { REMOVE });
+        payload.extend_from_slice(&(op.key.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&op.key);
+        if let Some(v) = &op.value {
+            payload.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            payload.extend_from_slice(v);
+        }
+    }
+    let len = (payload.len() - 8) as u32;
+    let crc = crc32fast::hash(&payload[8..]);
+    payload[..4].copy_from_slice(&len.to_le_bytes());
+    payload[4..8].copy_from_slice(&crc.to_le_bytes());
+    payload
+}
+
+fn decode(mut payload: &[u8]) -> Option<Vec<Op>> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if p.len() < n {
+            return None;
+        }
+        let (head, rest) = p.split_at(n);
+        *p = rest;
+        Some(head)
+    }
+    fn take_u32(p: &mut &[u8]) -> Option<usize> {
+        Some(u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize)
+    }
+    let mut ops = Vec::new();
+    while !payload.is_empty() {
+        let head = take(&mut payload, 2)?;
+        let key_len = take_u32(&mut payload)?;
+        let key = take(&mut payload, key_len)?.to_vec();
+        let value = match head[1] {
+            INSERT => {
+                let n = take_u32(&mut payload)?;
+                Some(take(&mut payload, n)?.to_vec())
+            }
+            REMOVE => None,
+            _ => return None,
+        };
+        ops.push(Op {
+            tree: head[0],
+            key,
+            value,
+        });
+    }
+    Some(ops)
+}
+
+/// The open log: the file records are appended to.
+#[derive(Debug)]
+pub(super) struct Wal {
+    dir: PathBuf,
+    epoch: u64,
+    file: Arc<File>,
+    /// Bytes appended to the current file.
+    bytes: u64,
+}
+
+fn file_name(epoch: u64) -> String {
+    format!("{epoch:020}.log")
+}
+
+/// The log files in `dir`, oldest first.
+fn epochs(dir: &Path) -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let entry = entry.map_err(|e| io_error(dir, e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(epoch) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
+            out.push(epoch);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("store log {}: {e}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))
+}
+
+impl Wal {
+    /// Replays the log in `data_dir` over `trees`, makes the result
+    /// durable in sled, and opens a fresh log file. Returns the log and
+    /// how many records were replayed.
+    pub fn recover(data_dir: &Path, db: &sled::Db, trees: &[Tree]) -> Result<(Wal, usize)> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let found = epochs(&dir)?;
+        let mut replayed = 0;
+        for &epoch in &found {
+            let path = dir.join(file_name(epoch));
+            let mut data = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(|e| io_error(&path, e))?;
+            let mut rest = data.as_slice();
+            while rest.len() >= 8 {
+                let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+                let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+                let Some(payload) = rest.get(8..8 + len).filter(|_| len <= MAX_RECORD) else {
+                    break;
+                };
+                let Some(ops) = (crc32fast::hash(payload) == crc)
+                    .then(|| decode(payload))
+                    .flatten()
+                else {
+                    break;
+                };
+                apply(trees, &ops)?;
+                replayed += 1;
+                rest = &rest[8 + len..];
+            }
+            if !rest.is_empty() {
+                tracing::warn!(
+                    file = %path.display(),
+                    bytes = rest.len(),
+                    "store log ends in an incomplete record (a write cut short by a crash, never acknowledged); ignoring it"
+                );
+            }
+        }
+        if !found.is_empty() {
+            db.flush()?;
+        }
+        let epoch = found.last().map_or(1, |e| e + 1);
+        let wal = Wal::create(dir, epoch)?;
+        wal.remove_before(epoch)?;
+        Ok((wal, replayed))
+    }
+
+    fn create(dir: PathBuf, epoch: u64) -> Result<Wal> {
+        let path = dir.join(file_name(epoch));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        sync_dir(&dir)?;
+        Ok(Wal {
+            dir,
+            epoch,
+            file: Arc::new(file),
+            bytes: 0,
+        })
+    }
+
+    /// Appends one state change's writes as one record.
+    pub fn append(&mut self, ops: &[Op]) -> Result<()> {
+        let record = encode(ops);
+        (&*self.file)
+            .write_all(&record)
+            .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
+        self.bytes += record.len() as u64;
+        Ok(())
+    }
+
+    /// The current file, to `sync` without holding the log.
+    pub fn file(&self) -> Arc<File> {
+        Arc::clone(&self.file)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Starts a new file; returns the epoch whose files may be deleted
+    /// once sled has been flushed.
+    pub fn rotate(&mut self) -> Result<u64> {
+        let next = Wal::create(self.dir.clone(), self.epoch + 1)?;
+        *self = next;
+        Ok(self.epoch)
+    }
+
+    /// Deletes the files older than `epoch` (their changes are in sled).
+    pub fn remove_before(&self, epoch: u64) -> Result<()> {
+        for old in epochs(&self.dir)?.into_iter().filter(|e| *e < epoch) {
+            let path = self.dir.join(file_name(old));
+            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+/// Makes everything written to `file` durable.
+pub(super) fn sync(file: &File) -> std::result::Result<(), String> {
+    file.sync_data().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ops() -> Vec<Op> {
+        vec![
+            Op {
+                tree: 0,
+                key: b"a".to_vec(),
+                value: Some(b"one".to_vec()),
+            },
+            Op {
+                tree: 1,
+                key: b"b".to_vec(),
+                value: None,
+            },
+            Op {
+                tree: 0,
+                key: b"a".to_vec(),
+                value: Some(b"two".to_vec()),
+            },
+        ]
+    }
+
+    fn open(dir: &Path) -> (sled::Db, Vec<Tree>) {
+        let db = sled::Config::new()
+            .path(dir.join("db"))
+            .flush_every_ms(None)
+            .open()
+            .expect("open");
+        let trees = ["x", "y"]
+            .iter()
+            .map(|n| db.open_tree(n).expect("tree"))
+            .collect();
+        (db, trees)
+    }
+
+    #[test]
+    fn replay_restores_the_writes_and_ignores_a_torn_tail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        {
+            let (db, trees) = open(tmp.path());
+            trees[1].insert(b"b", b"old").expect("insert");
+            db.flush().expect("flush");
+            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees).expect("wal");
+            // The writes reach the log but not sled (the process dies
+            // before sled wrote them out).
+            wal.append(&ops()).expect("append");
+            // A record cut short: only part of it reached the file.
+            let torn = encode(&[Op {
+                tree: 1,
+                key: b"c".to_vec(),
+                value: Some(b"lost".to_vec()),
+            }]);
+            (&*wal.file())
+                .write_all(&torn[..torn.len() - 2])
+                .expect("write");
+        }
+        let (db, trees) = open(tmp.path());
+        let (wal, replayed) = Wal::recover(tmp.path(), &db, &trees).expect("recover");
+        assert_eq!(replayed, 1);
+        assert_eq!(
+            trees[0].get(b"a").expect("get").as_deref(),
+            Some(&b"two"[..])
+        );
+        assert_eq!(trees[1].get(b"b").expect("get"), None);
+        assert_eq!(trees[1].get(b"c").expect("get"), None);
+        assert_eq!(
+            epochs(&tmp.path().join(DIR)).expect("list"),
+            vec![wal.epoch]
+        );
+    }
+
+    #[test]
+    fn a_record_round_trips_and_a_flipped_bit_is_caught() {
+        let record = encode(&ops());
+        let payload = &record[8..];
+        assert_eq!(decode(payload).expect("decode").len(), 3);
+        let crc = u32::from_le_bytes(record[4..8].try_into().expect("crc"));
+        let mut flipped = payload.to_vec();
+        flipped[3] ^= 1;
+        assert_ne!(crc32fast::hash(&flipped), crc);
+    }
+}
