@@ -114,8 +114,8 @@ impl Store {
         let mut value = entry.encode();
         let hash = entry.hash();
         value.extend_from_slice(&hash);
-        t[AUDIT].insert(&entry.seq.to_be_bytes(), value)?;
-        t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), &[])?;
+        t[AUDIT].insert(entry.seq.to_be_bytes(), value)?;
+        t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), [])?;
         let mut head = entry.seq.to_be_bytes().to_vec();
         head.extend_from_slice(&hash);
         t[AUDIT_HEAD].insert(HEAD_KEY, head)?;

@@ -413,8 +413,8 @@ impl Store {
             t[SENT].insert(key.as_slice(), record_bytes.as_slice())?;
             t[RECEIPTS].insert(receipt_key.as_slice(), accepted_bytes.as_slice())?;
             t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
-            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             self.append_audit(t, message, &note)?;
             Ok(true)
         })?;
@@ -550,7 +550,7 @@ impl Store {
                 return Ok(record.state);
             }
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
-            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             if let Some(next) = record.state.after(kind) {
                 record.state = next;
                 if let Some(outbox_key) = record.outbox_key.take() {
@@ -628,7 +628,7 @@ impl Store {
             t[INBOUND].insert(key.as_slice(), record_bytes.as_slice())?;
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
             t[INBOX].insert(inbox_key.as_slice(), key.as_slice())?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), &[])?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             self.append_audit(t, message, &note)?;
             Ok(None)
         })?;
@@ -798,7 +798,7 @@ impl Store {
             record.queue_key.clear();
             queued.insert(t)?;
             if state == InboundState::DeadLetter {
-                t[DEAD_LETTERS].insert(key, &now)?;
+                t[DEAD_LETTERS].insert(key, now)?;
             }
             let mut detail = format!("attempt {}, lease {lease_id}", record.attempts);
             if !reason.is_empty() {
@@ -947,7 +947,7 @@ impl Store {
             }
             t[SENT].insert(key.as_slice(), records::encode(&record))?;
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
-            t[FEED].insert(&feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             self.append_audit(t, message, &note)?;
             Ok(())
         })
@@ -1123,7 +1123,7 @@ impl Store {
             record.attempts = 0;
             record.queue_key = inbox_key.clone();
             t[INBOX].insert(inbox_key.as_slice(), key)?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), &[])?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), [])?;
             t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
             let detail = format!("by {}: {}", event.principal, event.reason);
             let note = Note::new(AuditEvent::Requeued, InboundState::Inbox.as_str(), detail);
