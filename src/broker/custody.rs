@@ -49,13 +49,19 @@ impl Broker {
         // Checks (signatures, policy) run here; the custody changes of the
         // whole batch run on the store writer and share one flush.
         let now = now_ms();
+        let verified = self
+            .config()
+            .federation
+            .keyring
+            .verify_envelopes(&envelopes);
         let checked: Vec<(String, Result<Custody>)> = envelopes
             .into_iter()
-            .map(|envelope| {
+            .zip(verified)
+            .map(|(envelope, verified)| {
                 let id = EnvelopeHeader::decode(&envelope.header)
                     .map(|h| h.message_id)
                     .unwrap_or_default();
-                let custody = self.check_custody(peer, envelope, now);
+                let custody = self.check_custody(peer, envelope, verified, now);
                 if let Err(e) = &custody {
                     tracing::warn!(peer, message_id = %id, error = %e, "refused an envelope");
                 }
@@ -97,8 +103,16 @@ impl Broker {
         Ok(outcomes)
     }
 
-    /// Every check a receiving node makes before taking custody.
-    fn check_custody(&self, peer: &str, envelope: SignedEnvelope, now: u64) -> Result<Custody> {
+    /// Every check a receiving node makes before taking custody;
+    /// `verified` is the envelope's signature check
+    /// ([`Keyring::verify_envelopes`](crate::crypto::Keyring::verify_envelopes)).
+    fn check_custody(
+        &self,
+        peer: &str,
+        envelope: SignedEnvelope,
+        verified: Result<EnvelopeHeader>,
+        now: u64,
+    ) -> Result<Custody> {
         let config = self.config();
         let header = EnvelopeHeader::decode(&envelope.header)?;
         if header.sender_node != peer {
@@ -120,7 +134,7 @@ impl Broker {
                 config.limits.max_payload_bytes
             )));
         }
-        let header = config.federation.keyring.verify_envelope(&envelope)?;
+        let header = verified?;
         if header.expires_at_ms <= now {
             return Err(Error::FailedPrecondition(format!(
                 "envelope {} expired at {} (now {now})",

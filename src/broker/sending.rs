@@ -327,8 +327,10 @@ impl Broker {
         refused: Vec<(MessageRef, i32, String)>,
     ) -> Result<()> {
         let mut changes = Vec::with_capacity(delivered.len() + refused.len());
-        for (message, receipt) in delivered {
-            let r = self.check_receipt(peer, &message, &receipt, &[ReceiptKind::Delivered])?;
+        let signed: Vec<SignedReceipt> = delivered.iter().map(|(_, r)| r.clone()).collect();
+        let verified = self.config().federation.keyring.verify_receipts(&signed);
+        for ((message, receipt), verified) in delivered.into_iter().zip(verified) {
+            let r = self.check_receipt(peer, &message, verified, &[ReceiptKind::Delivered])?;
             changes.push((message, receipt, r.kind));
         }
         for (message, code, reason) in refused {
@@ -371,14 +373,16 @@ impl Broker {
                 receipts.len()
             )));
         }
+        let verified = self.config().federation.keyring.verify_receipts(&receipts);
         let checked: Vec<Result<(MessageRef, SignedReceipt, ReceiptKind)>> = receipts
             .into_iter()
-            .map(|signed| {
+            .zip(verified)
+            .map(|(signed, verified)| {
                 let message = signed.open()?.message_ref();
                 let r = self.check_receipt(
                     peer,
                     &message,
-                    &signed,
+                    verified,
                     &[
                         ReceiptKind::Delivered,
                         ReceiptKind::Acknowledged,
@@ -407,15 +411,17 @@ impl Broker {
     }
 
     /// Checks a receipt that `peer` hands over about one of our messages:
-    /// its signature, its issuer, its envelope and its kind.
+    /// its signature (`verified`, from
+    /// [`Keyring::verify_receipts`](crate::crypto::Keyring::verify_receipts)),
+    /// its issuer, its envelope and its kind.
     fn check_receipt(
         &self,
         peer: &str,
         message: &MessageRef,
-        signed: &SignedReceipt,
+        verified: Result<crate::model::Receipt>,
         kinds: &[ReceiptKind],
     ) -> Result<crate::model::Receipt> {
-        let r = self.config().federation.keyring.verify_receipt(signed)?;
+        let r = verified?;
         if r.issuer_node != peer {
             return Err(Error::PermissionDenied(format!(
                 "receipt issued by {:?} was returned by node {peer:?}; a node returns only its own receipts",

@@ -1,7 +1,8 @@
 //! Property tests of the signed encodings: for any header, payload and
 //! receipt, signing then verifying succeeds; flipping any single bit of
 //! the header, payload or signature makes verification fail; decoding
-//! arbitrary bytes never panics.
+//! arbitrary bytes never panics; checking a batch gives each item the
+//! outcome it gets alone.
 
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
@@ -148,6 +149,29 @@ proptest! {
             flip(&mut broken.receipt, bit);
         }
         prop_assert!(keyring.verify_receipt(&broken).is_err());
+    }
+
+    #[test]
+    fn a_batch_check_gives_each_receipt_and_envelope_its_own_outcome(
+        receipts in proptest::collection::vec(receipt(), 1..6),
+        (h, payload) in envelope(),
+        broken in proptest::collection::vec(any::<Option<usize>>(), 6),
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let mut signed: Vec<SignedReceipt> = receipts.iter().map(|r| signer.sign_receipt(r)).collect();
+        let mut envelopes = vec![signer.seal(&h, payload); signed.len()];
+        for (i, bit) in broken.iter().take(signed.len()).enumerate() {
+            if let Some(bit) = bit {
+                flip(&mut signed[i].signature, *bit);
+                flip(&mut envelopes[i].signature, *bit);
+            }
+        }
+        let alone: Vec<_> = signed.iter().map(|s| keyring.verify_receipt(s).map_err(|e| e.to_string())).collect();
+        let batch: Vec<_> = keyring.verify_receipts(&signed).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        prop_assert_eq!(batch, alone);
+        let alone: Vec<_> = envelopes.iter().map(|e| keyring.verify_envelope(e).map_err(|e| e.to_string())).collect();
+        let batch: Vec<_> = keyring.verify_envelopes(&envelopes).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        prop_assert_eq!(batch, alone);
     }
 
     #[test]
