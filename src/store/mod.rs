@@ -341,7 +341,8 @@ impl Store {
     }
 
     /// Makes sled hold every change so far and drops the log files that
-    /// it covers. Runs on the writer thread between group commits.
+    /// it covers. Runs when the writer stops; while it runs, the writer
+    /// hands checkpoints to its own thread.
     fn checkpoint(&self) -> Result<()> {
         let epoch = self.lock_wal().rotate()?;
         self.shared.db.flush()?;
@@ -1310,42 +1311,83 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Most jobs run between two flushes.
 const MAX_BATCH: usize = 4096;
 
-/// Log size that triggers a checkpoint: bounds the replay at open.
-const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+/// Log size that triggers a checkpoint: bounds the replay at open and
+/// the dirty data each sled flush writes.
+const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
 
 /// The writer thread: runs queued state changes one after another, then
 /// makes the whole batch durable with one `fdatasync` of the log, then
 /// answers every caller. Jobs queued while a batch runs form the next
-/// batch: group commit. Checkpoints run here too, between batches.
+/// batch: group commit. A checkpoint starts when the log has grown by
+/// [`CHECKPOINT_BYTES`] and runs beside the writer.
 fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut completions = vec![first(&store)];
-        while completions.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => completions.push(job(&store)),
-                Err(_) => break,
+    // Whether a checkpoint is running.
+    let running = std::sync::atomic::AtomicBool::new(false);
+    let running = &running;
+    std::thread::scope(|scope| {
+        // Checkpoints flush sled on their own thread, so that a flush
+        // (tens to hundreds of milliseconds) never holds up a group commit.
+        let (checkpoints, due) = std::sync::mpsc::sync_channel::<u64>(1);
+        let checkpointer = store.clone();
+        std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn_scoped(scope, move || {
+                for epoch in due {
+                    let done = checkpointer
+                        .shared
+                        .db
+                        .flush()
+                        .map_err(Error::from)
+                        .and_then(|_| checkpointer.lock_wal().remove_before(epoch));
+                    if let Err(e) = done {
+                        tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
+                    }
+                    running.store(false, std::sync::atomic::Ordering::Release);
+                }
+            })
+            .map_err(|e| tracing::error!(error = %e, "cannot start the store checkpoint thread"))
+            .ok();
+        while let Ok(first) = jobs.recv() {
+            let mut completions = vec![first(&store)];
+            while completions.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => completions.push(job(&store)),
+                    Err(_) => break,
+                }
+            }
+            let started = std::time::Instant::now();
+            let file = store.lock_wal().file();
+            let result = wal::sync(&file);
+            store
+                .shared
+                .flush_seconds
+                .observe_duration(started.elapsed());
+            store.shared.flush_batch.observe(completions.len() as f64);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store flush failed");
+            }
+            for complete in completions {
+                complete(result.clone());
+            }
+            if store.lock_wal().bytes() >= CHECKPOINT_BYTES
+                && !running.swap(true, std::sync::atomic::Ordering::AcqRel)
+            {
+                // Records appended from here on go to the new file; the
+                // flush that follows covers every change in the old ones.
+                let rotated = store.lock_wal().rotate();
+                match rotated {
+                    Ok(epoch) => {
+                        let _ = checkpoints.send(epoch);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a new store log file");
+                        running.store(false, std::sync::atomic::Ordering::Release);
+                    }
+                }
             }
         }
-        let started = std::time::Instant::now();
-        let file = store.lock_wal().file();
-        let result = wal::sync(&file);
-        store
-            .shared
-            .flush_seconds
-            .observe_duration(started.elapsed());
-        store.shared.flush_batch.observe(completions.len() as f64);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "store flush failed");
-        }
-        for complete in completions {
-            complete(result.clone());
-        }
-        if store.lock_wal().bytes() >= CHECKPOINT_BYTES
-            && let Err(e) = store.checkpoint()
-        {
-            tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
-        }
-    }
+        drop(checkpoints);
+    });
     // Shutting down: leave sled complete, so that the next open has
     // nothing to replay.
     if let Err(e) = store.checkpoint() {
