@@ -287,7 +287,7 @@ fn envelopes(store: &Store, trust: Option<&Keyring>) -> Result<String> {
     let mut n = 0;
     let mut check = |message: &MessageRef, header_sha256: [u8; 32]| -> Result<()> {
         let bytes = store
-            .envelope_record(message)?
+            .envelope(message)?
             .ok_or_else(|| Error::invalid(format!("the envelope of {message} is missing")))?;
         let envelope = SignedEnvelope::decode(&bytes)
             .map_err(|e| Error::invalid(format!("the envelope of {message}: {e}")))?;

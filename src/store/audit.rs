@@ -18,7 +18,7 @@
 //! the chain has no gaps even after a crash.
 
 use super::{
-    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, ENVELOPES, INBOUND, InboundRecord, RECEIPTS, SENT,
+    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, INBOUND, InboundRecord, RECEIPTS, SENT,
     SentRecord, Store, Tx, TxError, TxResult, keys, records,
 };
 use crate::error::{Error, Result};
@@ -321,13 +321,5 @@ impl Store {
                 .ok_or_else(|| Error::corrupt("receipts", "bad receipt key"))?;
             Ok((r, k[split + 1..].to_vec(), v.to_vec()))
         })
-    }
-
-    /// The stored envelope bytes of `message` (raw).
-    pub fn envelope_record(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree(ENVELOPES)
-            .get(keys::message(message))?
-            .map(|v| v.to_vec()))
     }
 }

@@ -32,6 +32,7 @@
 mod audit;
 pub mod keys;
 mod records;
+mod segments;
 mod wal;
 
 pub use audit::parse_record as parse_audit_record;
@@ -45,6 +46,7 @@ use crate::model::{
     sha256,
 };
 use audit::Note;
+use segments::{Locator, Segments};
 use sled::{IVec, Tree};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -136,6 +138,8 @@ struct Shared {
     /// The write-ahead log. Its lock also serialises transactions: one
     /// runs at a time, whichever thread calls it.
     wal: std::sync::Mutex<Wal>,
+    /// Envelope bytes; the `envelopes` tree holds their locators.
+    segments: Segments,
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -222,7 +226,20 @@ impl Store {
             .iter()
             .map(|n| db.open_tree(n))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let (wal, replayed) = Wal::recover(dir, &db, &trees)?;
+        let segments = Segments::open(dir)?;
+        // A log record whose envelope did not reach its segment was never
+        // acknowledged (segments are synced first): replay stops there.
+        let envelopes_present = |ops: &[wal::Op]| {
+            ops.iter().all(|op| {
+                op.tree as usize != ENVELOPES
+                    || op
+                        .value
+                        .as_deref()
+                        .and_then(Locator::decode)
+                        .is_none_or(|at| segments.read(&at).is_ok())
+            })
+        };
+        let (wal, replayed) = Wal::recover(dir, &db, &trees, &envelopes_present)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -235,6 +252,7 @@ impl Store {
                 db,
                 trees,
                 wal: std::sync::Mutex::new(wal),
+                segments,
                 jobs: std::sync::Mutex::new(Some(tx)),
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
@@ -345,8 +363,21 @@ impl Store {
     /// hands checkpoints to its own thread.
     fn checkpoint(&self) -> Result<()> {
         let epoch = self.lock_wal().rotate()?;
+        self.flush_to(epoch)
+    }
+
+    /// The second half of a checkpoint: flushes sled, then deletes the
+    /// log files before `epoch`. The envelopes that sled's locators name
+    /// are synced first.
+    fn flush_to(&self, epoch: u64) -> Result<()> {
+        self.shared.segments.sync().map_err(Error::Unavailable)?;
         self.shared.db.flush()?;
         self.lock_wal().remove_before(epoch)
+    }
+
+    /// The envelope bytes an `envelopes` value stands for.
+    fn envelope_bytes(&self, value: &[u8]) -> Result<Vec<u8>> {
+        self.shared.segments.resolve(value)
     }
 
     /// Group-commit figures: changes per flush, and flush durations.
@@ -365,7 +396,15 @@ impl Store {
         let mut wal = self.lock_wal();
         let tx = Tx::new(&self.shared.trees);
         let out = f(&tx)?;
-        let ops = tx.into_ops();
+        let mut ops = tx.into_ops();
+        for op in &mut ops {
+            if op.tree as usize == ENVELOPES
+                && let Some(bytes) = &op.value
+            {
+                let at = self.shared.segments.append(bytes)?;
+                op.value = Some(at.encode().to_vec());
+            }
+        }
         if !ops.is_empty() {
             wal.append(&ops)?;
             wal::apply(&self.shared.trees, &ops)?;
@@ -463,11 +502,12 @@ impl Store {
             .transpose()
     }
 
+    /// The signed envelope bytes of `message`, as they were stored.
     pub fn envelope(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree(ENVELOPES)
+        self.tree(ENVELOPES)
             .get(keys::message(message))?
-            .map(|v| v.to_vec()))
+            .map(|v| self.envelope_bytes(&v))
+            .transpose()
     }
 
     /// Every receipt stored about a message (unordered).
@@ -495,7 +535,7 @@ impl Store {
             })?;
             out.push(OutboxEntry {
                 message_key: msg_key.to_vec(),
-                envelope: envelope.to_vec(),
+                envelope: self.envelope_bytes(&envelope)?,
             });
         }
         Ok(out)
@@ -712,7 +752,7 @@ impl Store {
                     .ok_or_else(|| Error::corrupt("envelopes", "leased message has no envelope"))?;
                 return Ok(Ok(Lease {
                     message_key: msg_key.to_vec(),
-                    envelope: envelope.to_vec(),
+                    envelope: self.envelope_bytes(&envelope)?,
                     record,
                 }));
             }
@@ -1044,7 +1084,8 @@ impl Store {
         })
     }
 
-    /// SHA-256 over every record of every tree, in order: equal digests
+    /// SHA-256 over every record of every tree, in order (envelopes by
+    /// their bytes), and the end of the envelope segments: equal digests
     /// mean equal stores. Tests use it to show that a refusal changed
     /// nothing. Checkpoints (and the head record, which the log's entries
     /// already cover) are left out: background tasks sign and witness them
@@ -1052,6 +1093,9 @@ impl Store {
     pub fn content_digest(&self) -> Result<[u8; 32]> {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
+        let (segment, end) = self.shared.segments.end();
+        h.update(segment.to_be_bytes());
+        h.update(end.to_be_bytes());
         for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
             if i == CHECKPOINTS || i == AUDIT_HEAD {
                 continue;
@@ -1060,6 +1104,11 @@ impl Store {
             h.update(name.as_bytes());
             for entry in tree.iter() {
                 let (k, v) = entry?;
+                let v = if i == ENVELOPES {
+                    self.envelope_bytes(&v)?
+                } else {
+                    v.to_vec()
+                };
                 h.update((k.len() as u64).to_be_bytes());
                 h.update(&k);
                 h.update((v.len() as u64).to_be_bytes());
@@ -1235,7 +1284,7 @@ impl Store {
             let (_, msg_key) = kv?;
             depth += 1;
             if with_bytes && let Some(env) = self.tree(ENVELOPES).get(&msg_key)? {
-                bytes += env.len() as u64;
+                bytes += Locator::decode(&env).map_or(env.len() as u64, |at| u64::from(at.len));
             }
             if oldest.is_none()
                 && let Some(raw) = self.tree(SENT).get(&msg_key)?
@@ -1333,13 +1382,7 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             .name("store-checkpoint".into())
             .spawn_scoped(scope, move || {
                 for epoch in due {
-                    let done = checkpointer
-                        .shared
-                        .db
-                        .flush()
-                        .map_err(Error::from)
-                        .and_then(|_| checkpointer.lock_wal().remove_before(epoch));
-                    if let Err(e) = done {
+                    if let Err(e) = checkpointer.flush_to(epoch) {
                         tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
                     }
                     running.store(false, std::sync::atomic::Ordering::Release);
@@ -1357,7 +1400,9 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             }
             let started = std::time::Instant::now();
             let file = store.lock_wal().file();
-            let result = wal::sync(&file);
+            // Envelopes first: a durable log record never names an
+            // envelope that is not on disk.
+            let result = store.shared.segments.sync().and_then(|()| wal::sync(&file));
             store
                 .shared
                 .flush_seconds

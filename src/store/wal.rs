@@ -276,8 +276,14 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl Wal {
     /// Replays the log in `data_dir` over `trees`, makes the result
     /// durable in sled, and opens a fresh log file. Returns the log and
-    /// how many records were replayed.
-    pub fn recover(data_dir: &Path, db: &sled::Db, trees: &[Tree]) -> Result<(Wal, usize)> {
+    /// how many records were replayed. Replay stops, as at a torn record,
+    /// at a record whose writes `complete` refuses.
+    pub fn recover(
+        data_dir: &Path,
+        db: &sled::Db,
+        trees: &[Tree],
+        complete: &dyn Fn(&[Op]) -> bool,
+    ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let found = epochs(&dir)?;
@@ -298,6 +304,7 @@ impl Wal {
                 let Some(ops) = (crc32fast::hash(payload) == crc)
                     .then(|| decode(payload))
                     .flatten()
+                    .filter(|ops| complete(ops))
                 else {
                     break;
                 };
@@ -424,7 +431,7 @@ mod tests {
             let (db, trees) = open(tmp.path());
             trees[1].insert(b"b", b"old").expect("insert");
             db.flush().expect("flush");
-            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees).expect("wal");
+            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| true).expect("wal");
             // The writes reach the log but not sled (the process dies
             // before sled wrote them out).
             wal.append(&ops()).expect("append");
@@ -439,7 +446,7 @@ mod tests {
                 .expect("write");
         }
         let (db, trees) = open(tmp.path());
-        let (wal, replayed) = Wal::recover(tmp.path(), &db, &trees).expect("recover");
+        let (wal, replayed) = Wal::recover(tmp.path(), &db, &trees, &|_| true).expect("recover");
         assert_eq!(replayed, 1);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),

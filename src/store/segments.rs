@@ -1,0 +1,286 @@
+//! Envelope bytes, written once into append-only segment files.
+//!
+//! An envelope never changes and is kept as evidence, so it does not
+//! belong in a B-tree that copies and rewrites its pages: sled would write
+//! each 1 KiB envelope several times over (measured: a nine-key state
+//! change costs 51 µs with a 1.3 KiB value, 32 µs with a small one). The
+//! `envelopes` tree holds a [`LOCATOR_LEN`]-byte locator instead: segment
+//! number, offset and length.
+//!
+//! Each record is its length, its CRC-32 and the bytes. A segment is
+//! written before the log record that references it, and synced before
+//! the log at every group commit and before every checkpoint, so a
+//! locator that sled or the log holds always names bytes on disk. Replay
+//! checks that each locator names a whole record before applying it.
+//!
+//! Files are `envelopes/<number>.seg`; a new one starts past
+//! [`SEGMENT_BYTES`]. Nothing is ever deleted from them.
+
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The segment directory inside a store's data directory.
+pub const DIR: &str = "envelopes";
+
+/// Size past which appends go to a new segment file.
+const SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Tag, segment, offset, length.
+pub const LOCATOR_LEN: usize = 21;
+const LOCATOR_TAG: u8 = 1;
+
+/// Where one envelope's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Locator {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+impl Locator {
+    pub fn encode(&self) -> [u8; LOCATOR_LEN] {
+        let mut out = [0; LOCATOR_LEN];
+        out[0] = LOCATOR_TAG;
+        out[1..9].copy_from_slice(&self.segment.to_be_bytes());
+        out[9..17].copy_from_slice(&self.offset.to_be_bytes());
+        out[17..21].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    /// The locator a stored `envelopes` value holds, or `None` if the
+    /// value is the envelope itself (stores written before segments; a
+    /// signed envelope is always longer than a locator).
+    pub fn decode(value: &[u8]) -> Option<Locator> {
+        if value.len() != LOCATOR_LEN || value[0] != LOCATOR_TAG {
+            return None;
+        }
+        Some(Locator {
+            segment: u64::from_be_bytes(value[1..9].try_into().ok()?),
+            offset: u64::from_be_bytes(value[9..17].try_into().ok()?),
+            len: u32::from_be_bytes(value[17..21].try_into().ok()?),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Active {
+    number: u64,
+    file: Arc<File>,
+    len: u64,
+}
+
+/// The open segment files.
+#[derive(Debug)]
+pub(super) struct Segments {
+    dir: PathBuf,
+    active: Mutex<Active>,
+    /// Read handles by segment number.
+    files: Mutex<HashMap<u64, Arc<File>>>,
+    /// Whether anything was appended since the last `sync`.
+    dirty: AtomicBool,
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Unavailable(format!("envelope segment {}: {e}", path.display()))
+}
+
+fn file_name(number: u64) -> String {
+    format!("{number:020}.seg")
+}
+
+impl Segments {
+    pub fn open(data_dir: &Path) -> Result<Segments> {
+        let dir = data_dir.join(DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let mut last = 0;
+        for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
+            let entry = entry.map_err(|e| io_error(&dir, e))?;
+            let name = entry.file_name();
+            if let Some(n) = name
+                .to_string_lossy()
+                .strip_suffix(".seg")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                last = last.max(n);
+            }
+        }
+        let active = Self::open_file(&dir, last.max(1))?;
+        Ok(Segments {
+            dir,
+            active: Mutex::new(active),
+            files: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    fn open_file(dir: &Path, number: u64) -> Result<Active> {
+        let path = dir.join(file_name(number));
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error(dir, e))?;
+        Ok(Active {
+            number,
+            file: Arc::new(file),
+            len,
+        })
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, Active> {
+        self.active.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends one envelope; its bytes reach the file (not yet the disk)
+    /// before this returns.
+    pub fn append(&self, bytes: &[u8]) -> Result<Locator> {
+        let len = u32::try_from(bytes.len())
+            .map_err(|_| Error::invalid("an envelope of 4 GiB or more cannot be stored"))?;
+        let mut active = self.lock_active();
+        if active.len >= SEGMENT_BYTES {
+            // The full file is synced now, so `sync` only ever needs the
+            // active one.
+            active
+                .file
+                .sync_data()
+                .map_err(|e| io_error(&self.dir.join(file_name(active.number)), e))?;
+            let next = Self::open_file(&self.dir, active.number + 1)?;
+            *active = next;
+        }
+        let mut record = Vec::with_capacity(8 + bytes.len());
+        record.extend_from_slice(&len.to_le_bytes());
+        record.extend_from_slice(&crc32fast::hash(bytes).to_le_bytes());
+        record.extend_from_slice(bytes);
+        let locator = Locator {
+            segment: active.number,
+            offset: active.len,
+            len,
+        };
+        (&*active.file)
+            .write_all(&record)
+            .map_err(|e| io_error(&self.dir.join(file_name(active.number)), e))?;
+        active.len += record.len() as u64;
+        self.dirty.store(true, Ordering::Release);
+        Ok(locator)
+    }
+
+    /// The active segment's number and length: grows with every append.
+    pub fn end(&self) -> (u64, u64) {
+        let active = self.lock_active();
+        (active.number, active.len)
+    }
+
+    /// Makes every envelope appended so far durable.
+    pub fn sync(&self) -> std::result::Result<(), String> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let file = Arc::clone(&self.lock_active().file);
+        file.sync_data().map_err(|e| {
+            self.dirty.store(true, Ordering::Release);
+            format!("syncing envelope segments: {e}")
+        })
+    }
+
+    fn file(&self, number: u64) -> Result<Arc<File>> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = files.get(&number) {
+            return Ok(Arc::clone(f));
+        }
+        let path = self.dir.join(file_name(number));
+        let file = Arc::new(File::open(&path).map_err(|e| {
+            Error::corrupt(
+                "envelopes",
+                format!("segment {} cannot be opened: {e}", path.display()),
+            )
+        })?);
+        files.insert(number, Arc::clone(&file));
+        Ok(file)
+    }
+
+    /// The envelope at `at`, checked against its CRC.
+    pub fn read(&self, at: &Locator) -> Result<Vec<u8>> {
+        let mut record = vec![0; 8 + at.len as usize];
+        self.file(at.segment)?
+            .read_exact_at(&mut record, at.offset)
+            .map_err(|e| {
+                Error::corrupt(
+                    "envelopes",
+                    format!(
+                        "segment {} has no record of {} bytes at {}: {e}",
+                        at.segment, at.len, at.offset
+                    ),
+                )
+            })?;
+        let len = u32::from_le_bytes(record[..4].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(record[4..8].try_into().unwrap_or_default());
+        let bytes = record.split_off(8);
+        if len != at.len || crc32fast::hash(&bytes) != crc {
+            return Err(Error::corrupt(
+                "envelopes",
+                format!(
+                    "the record at {} in segment {} does not match its locator or checksum",
+                    at.offset, at.segment
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// The bytes a stored `envelopes` value stands for.
+    pub fn resolve(&self, value: &[u8]) -> Result<Vec<u8>> {
+        match Locator::decode(value) {
+            Some(at) => self.read(&at),
+            None => Ok(value.to_vec()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appended_envelopes_read_back_after_reopening_and_damage_is_named() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (a, b) = {
+            let s = Segments::open(tmp.path()).expect("open");
+            let a = s.append(b"first envelope").expect("append");
+            let b = s.append(&[7; 3000]).expect("append");
+            s.sync().expect("sync");
+            (a, b)
+        };
+        assert_eq!(Locator::decode(&b.encode()), Some(b));
+        let s = Segments::open(tmp.path()).expect("reopen");
+        assert_eq!(s.read(&a).expect("read"), b"first envelope");
+        assert_eq!(s.resolve(&b.encode()).expect("read"), vec![7; 3000]);
+        let c = s.append(b"after reopening").expect("append");
+        assert_eq!(c.offset, b.offset + 8 + 3000);
+        // A value that is not a locator is an envelope stored inline.
+        assert_eq!(s.resolve(b"inline bytes").expect("inline"), b"inline bytes");
+        // A flipped byte on disk is found, not returned.
+        let path = tmp.path().join(DIR).join(file_name(a.segment));
+        let mut raw = std::fs::read(&path).expect("read file");
+        raw[10] ^= 1;
+        std::fs::write(&path, raw).expect("write file");
+        let fresh = Segments::open(tmp.path()).expect("reopen");
+        let err = fresh.read(&a).expect_err("damaged");
+        assert!(err.to_string().contains("checksum"), "{err}");
+        let past_end = Locator {
+            offset: 1 << 40,
+            ..a
+        };
+        assert!(fresh.read(&past_end).is_err());
+    }
+}
