@@ -27,6 +27,10 @@ pub struct BenchArgs {
     /// Measured duration in seconds.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
+    /// Seconds of load before the measured window, not counted: TLS
+    /// handshakes, connection windows and caches settle here.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: u64,
     /// Target total submit rate in messages/s (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     pub rate: u64,
@@ -147,7 +151,9 @@ async fn start_nodes(
         let child = tokio::process::Command::new(&exe)
             .args(["serve", "--config"])
             .arg(dev.node_file(id))
-            .env("CLUEBRIDGE_LOG", "warn")
+            // The federation's other two nodes are not started: their
+            // forwarders' connection warnings would only be noise here.
+            .env("CLUEBRIDGE_LOG", "error")
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -188,6 +194,7 @@ struct Figures {
     audit_log: bool,
     submitters: usize,
     payload_size: usize,
+    warmup_s: u64,
     duration_s: f64,
     target_rate: u64,
     accepted: u64,
@@ -299,11 +306,19 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
 
     // The receiving application: takes each message, notes its latency and
     // acknowledges it.
-    let measure_end = Duration::from_secs(args.duration);
+    // Messages sent in [start, end) count; the warmup before them does not.
+    let measure_start = Duration::from_secs(args.warmup);
+    let measure_end = measure_start + Duration::from_secs(args.duration);
     let receiver_task = if args.submit_only {
         tokio::spawn(async { (0u64, Vec::new()) })
     } else {
-        receiving_application(&receiver, args.outstanding, epoch, measure_end).await?
+        receiving_application(
+            &receiver,
+            args.outstanding,
+            epoch,
+            measure_start..measure_end,
+        )
+        .await?
     };
 
     let mut submitters = Vec::new();
@@ -328,7 +343,8 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                 }
                 n += 1;
                 let mut payload = vec![0x5a; size];
-                payload[..8].copy_from_slice(&(epoch.elapsed().as_micros() as u64).to_be_bytes());
+                let sent_at = epoch.elapsed();
+                payload[..8].copy_from_slice(&(sent_at.as_micros() as u64).to_be_bytes());
                 let result = client
                     .submit(pb::SubmitRequest {
                         message_id: format!("bench-{}-{s}-{n}", crate::now_ms()),
@@ -344,6 +360,9 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                 if stop.load(Ordering::Relaxed) {
                     break; // answered after the window: not counted
                 }
+                if sent_at < measure_start {
+                    continue; // warmup
+                }
                 match result {
                     Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
@@ -354,9 +373,11 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             }
         }));
     }
-    tokio::time::sleep(measure_end).await;
+    tokio::time::sleep_until((epoch + measure_end).into()).await;
     stop.store(true, Ordering::Relaxed);
-    let elapsed = epoch.elapsed().as_secs_f64().min(args.duration as f64);
+    let elapsed = (epoch.elapsed().saturating_sub(measure_start))
+        .as_secs_f64()
+        .min(args.duration as f64);
     for s in submitters {
         let _ = s.await;
     }
@@ -366,6 +387,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         audit_log,
         submitters: args.submitters,
         payload_size: args.payload_size,
+        warmup_s: args.warmup,
         duration_s: elapsed,
         target_rate: args.rate,
         accepted: accepted.load(Ordering::Relaxed),
@@ -382,10 +404,11 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         },
     };
     println!(
-        "{} submitters, {} B payloads, {:.1} s{}",
+        "{} submitters, {} B payloads, {:.1} s measured after {} s of warmup{}",
         figures.submitters,
         figures.payload_size,
         figures.duration_s,
+        figures.warmup_s,
         if args.rate > 0 {
             format!(", target {} msg/s", args.rate)
         } else {
@@ -424,7 +447,7 @@ async fn receiving_application(
     receiver: &Connection,
     outstanding: u32,
     epoch: Instant,
-    measure_end: Duration,
+    window: std::ops::Range<Duration>,
 ) -> Result<tokio::task::JoinHandle<(u64, Vec<u64>)>> {
     let mut stream = receiver
         .broker()?
@@ -460,10 +483,12 @@ async fn receiving_application(
                 && let Some(bytes) = env.payload.get(..8)
             {
                 let sent_us = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
-                if now <= measure_end {
+                if window.contains(&now) {
                     received += 1;
                 }
-                latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
+                if sent_us >= window.start.as_micros() as u64 {
+                    latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
+                }
             }
             let lease = pb::LeaseRef {
                 sender_node: d.sender_node,

@@ -1362,7 +1362,7 @@ const MAX_BATCH: usize = 4096;
 
 /// Log size that triggers a checkpoint: bounds the replay at open and
 /// the dirty data each sled flush writes.
-const CHECKPOINT_BYTES: u64 = 32 * 1024 * 1024;
+const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 
 /// The writer thread: runs queued state changes one after another, then
 /// makes the whole batch durable with one `fdatasync` of the log, then
