@@ -301,6 +301,10 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let epoch = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let accepted = Arc::new(AtomicU64::new(0));
+    // Every message any submit got `accepted` for, warmup and late answers
+    // included: the receiver is done once it has seen as many.
+    let submitted = Arc::new(AtomicU64::new(0));
+    let submitting_done = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::OnceLock::<String>::new());
 
@@ -317,6 +321,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             args.outstanding,
             epoch,
             measure_start..measure_end,
+            (submitted.clone(), submitting_done.clone()),
         )
         .await?
     };
@@ -325,6 +330,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     for s in 0..args.submitters {
         let mut client = sender.broker()?;
         let (stop, accepted, errors) = (stop.clone(), accepted.clone(), errors.clone());
+        let submitted = submitted.clone();
         let first_error = first_error.clone();
         let size = args.payload_size;
         let to = args.to.clone();
@@ -357,6 +363,9 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                         ..Default::default()
                     })
                     .await;
+                if result.is_ok() {
+                    submitted.fetch_add(1, Ordering::Relaxed);
+                }
                 if stop.load(Ordering::Relaxed) {
                     break; // answered after the window: not counted
                 }
@@ -381,6 +390,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     for s in submitters {
         let _ = s.await;
     }
+    submitting_done.store(true, Ordering::Release);
     let (received, mut latencies) = receiver_task.await.context("receiver failed")?;
     latencies.sort_unstable();
     let figures = Figures {
@@ -448,6 +458,7 @@ async fn receiving_application(
     outstanding: u32,
     epoch: Instant,
     window: std::ops::Range<Duration>,
+    (submitted, submitting_done): (Arc<AtomicU64>, Arc<AtomicBool>),
 ) -> Result<tokio::task::JoinHandle<(u64, Vec<u64>)>> {
     let mut stream = receiver
         .broker()?
@@ -475,9 +486,30 @@ async fn receiving_application(
     let receiver_task = tokio::spawn(async move {
         let mut latencies = Vec::new();
         let mut received = 0u64;
-        while let Ok(Some(Ok(d))) =
-            tokio::time::timeout(Duration::from_secs(5), stream.next()).await
-        {
+        let mut seen = 0u64;
+        let mut quiet = Duration::ZERO;
+        const POLL: Duration = Duration::from_millis(100);
+        loop {
+            // Done when every accepted message has arrived, or when the
+            // stream has been quiet for 5 s: a message that never arrives
+            // must not hang the bench.
+            if submitting_done.load(Ordering::Acquire) && seen >= submitted.load(Ordering::Relaxed)
+            {
+                break;
+            }
+            let d = match tokio::time::timeout(POLL, stream.next()).await {
+                Ok(Some(Ok(d))) => d,
+                Ok(_) => break,
+                Err(_) => {
+                    quiet += POLL;
+                    if quiet >= Duration::from_secs(5) {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            quiet = Duration::ZERO;
+            seen += 1;
             let now = epoch.elapsed();
             if let Some(env) = &d.envelope
                 && let Some(bytes) = env.payload.get(..8)
@@ -499,7 +531,6 @@ async fn receiving_application(
                 break;
             }
         }
-        // The stream went quiet: the run is over.
         for a in ackers {
             a.abort();
         }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod bad_input;
+mod bench_cmd;
 mod cli_ops;
 mod config_files;
 mod crash;
