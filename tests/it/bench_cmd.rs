@@ -44,13 +44,13 @@ fn a_fixed_rate_run_reports_its_figures_as_json() {
             .as_f64()
             .unwrap_or_else(|| panic!("{path:?} missing in {figures}"))
     };
-    // 100 msg/s for 1 s: about 100 accepted, none refused, and all but
-    // those still in flight at the window's end received in it.
+    // 100 msg/s for 1 s: about 100 accepted, none refused, and about as
+    // many received in the window (a few are in flight at either end).
     let accepted = number(&["accepted"]);
     assert!((50.0..=110.0).contains(&accepted), "{figures}");
     let received = number(&["received"]);
     assert!(
-        accepted - 10.0 <= received && received <= accepted,
+        (accepted - 10.0..=accepted + 5.0).contains(&received),
         "{figures}"
     );
     assert_eq!(number(&["submit_errors"]), 0.0, "{figures}");
