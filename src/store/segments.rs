@@ -84,6 +84,9 @@ pub(super) struct Segments {
     files: Mutex<HashMap<u64, Arc<File>>>,
     /// Whether anything was appended since the last `sync`.
     dirty: AtomicBool,
+    /// Held across a sync, so that a caller never returns while another
+    /// caller's fsync (which took its `dirty` flag) is still running.
+    syncing: Mutex<()>,
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -116,6 +119,7 @@ impl Segments {
             active: Mutex::new(active),
             files: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
+            syncing: Mutex::new(()),
         })
     }
 
@@ -167,9 +171,18 @@ impl Segments {
             offset: active.len,
             len,
         };
-        (&*active.file)
-            .write_all(&record)
-            .map_err(|e| io_error(&self.dir.join(file_name(active.number)), e))?;
+        if let Err(e) = (&*active.file).write_all(&record) {
+            // Cut a partly written record off, so that the next append
+            // lands where `active.len` says.
+            let path = self.dir.join(file_name(active.number));
+            if let Err(cut) = active.file.set_len(active.len) {
+                tracing::error!(file = %path.display(), error = %cut, "cannot cut an envelope segment back after a failed write");
+                if let Ok(m) = active.file.metadata() {
+                    active.len = m.len();
+                }
+            }
+            return Err(io_error(&path, e));
+        }
         active.len += record.len() as u64;
         self.dirty.store(true, Ordering::Release);
         Ok(locator)
@@ -183,6 +196,7 @@ impl Segments {
 
     /// Makes every envelope appended so far durable.
     pub fn sync(&self) -> std::result::Result<(), String> {
+        let _syncing = self.syncing.lock().unwrap_or_else(|e| e.into_inner());
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }

@@ -345,12 +345,19 @@ impl Wal {
         })
     }
 
-    /// Appends one state change's writes as one record.
+    /// Appends one state change's writes as one record. If the write
+    /// fails part-way (a full disk), the file is cut back to its last whole
+    /// record: replay stops at a torn record, and must not lose the
+    /// records written after it.
     pub fn append(&mut self, ops: &[Op]) -> Result<()> {
         let record = encode(ops);
-        (&*self.file)
-            .write_all(&record)
-            .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
+        let path = self.dir.join(file_name(self.epoch));
+        if let Err(e) = (&*self.file).write_all(&record) {
+            if let Err(cut) = self.file.set_len(self.bytes) {
+                tracing::error!(file = %path.display(), error = %cut, "cannot cut the store log back after a failed write");
+            }
+            return Err(io_error(&path, e));
+        }
         self.bytes += record.len() as u64;
         Ok(())
     }
@@ -367,6 +374,12 @@ impl Wal {
     /// Starts a new file; returns the epoch whose files may be deleted
     /// once sled has been flushed.
     pub fn rotate(&mut self) -> Result<u64> {
+        // Records appended since the last group commit (by a transaction
+        // off the writer thread) are made durable here, not by a later
+        // group commit, which syncs only the new file.
+        self.file
+            .sync_data()
+            .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
         let next = Wal::create(self.dir.clone(), self.epoch + 1)?;
         *self = next;
         Ok(self.epoch)
