@@ -1,7 +1,8 @@
 //! The durable store: the only module that imports sled.
 //!
 //! Trees (all keys documented in `keys`):
-//! - `envelopes`: message key → signed envelope bytes, written once;
+//! - `envelopes`: message key → locator of the signed envelope bytes in
+//!   the envelope segments (see `segments`), written once;
 //! - `sent`: message key → [`SentRecord`] for messages this node sent
 //!   (also the idempotency record: it holds the submit request digest);
 //! - `inbound`: message key → [`InboundRecord`] for messages in custody;
@@ -65,6 +66,11 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("the store's writer has stopped (the node is shutting down)")]
     WriterStopped,
+    #[error(
+        "the store refuses changes since its disk failed ({0}); restart the node once the disk is healthy: \
+         the log is replayed at start"
+    )]
+    Failed(String),
 }
 
 impl From<sled::Error> for Error {
@@ -140,6 +146,10 @@ struct Shared {
     wal: std::sync::Mutex<Wal>,
     /// Envelope bytes; the `envelopes` tree holds their locators.
     segments: Segments,
+    /// Set when a write or sync of the log or the segments failed: the
+    /// disk may have dropped data that later syncs would not bring back,
+    /// so every later change is refused until a restart replays the log.
+    failed: std::sync::Mutex<Option<String>>,
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -228,16 +238,20 @@ impl Store {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let segments = Segments::open(dir)?;
         // A log record whose envelope did not reach its segment was never
-        // acknowledged (segments are synced first): replay stops there.
-        let envelopes_present = |ops: &[wal::Op]| {
-            ops.iter().all(|op| {
-                op.tree as usize != ENVELOPES
-                    || op
-                        .value
-                        .as_deref()
-                        .and_then(Locator::decode)
-                        .is_none_or(|at| segments.read(&at).is_ok())
-            })
+        // acknowledged (segments are synced first): replay stops there. A
+        // segment that cannot be read fails the open instead.
+        let envelopes_present = |ops: &[wal::Op]| -> Result<bool> {
+            for op in ops {
+                if op.tree as usize != ENVELOPES {
+                    continue;
+                }
+                if let Some(at) = op.value.as_deref().and_then(Locator::decode)
+                    && !segments.holds(&at)?
+                {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
         };
         let (wal, replayed) = Wal::recover(dir, &db, &trees, &envelopes_present)?;
         if replayed > 0 {
@@ -253,6 +267,7 @@ impl Store {
                 trees,
                 wal: std::sync::Mutex::new(wal),
                 segments,
+                failed: std::sync::Mutex::new(None),
                 jobs: std::sync::Mutex::new(Some(tx)),
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
@@ -286,11 +301,10 @@ impl Store {
     /// disk.
     ///
     /// Group commit: the writer runs every change queued while the previous
-    /// batch was flushed, then calls sled's `flush` once for all of them.
-    /// Running changes on one thread keeps them from contending for sled's
-    /// global transaction lock, and keeps transactions off the async
-    /// runtime. Nothing else flushes: concurrent flushes can deadlock sled
-    /// 0.34.7.
+    /// batch was synced, then syncs the envelope segment and the log once
+    /// for all of them. Running changes on one thread keeps transactions
+    /// off the async runtime. sled itself is flushed only by checkpoints,
+    /// one at a time: concurrent flushes can deadlock sled 0.34.7.
     pub async fn write<T: Send + 'static>(
         &self,
         op: impl FnOnce(&Store) -> Result<T> + Send + 'static,
@@ -352,6 +366,23 @@ impl Store {
         self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Refuses every later change: the disk failed under the log or the
+    /// segments (see `Shared::failed`).
+    fn fail(&self, why: impl Into<String>) -> Error {
+        let why = why.into();
+        tracing::error!(error = %why, "store disk failure: refusing changes until the node restarts");
+        let mut failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let first = failed.get_or_insert(why).clone();
+        Error::Store(StoreError::Failed(first))
+    }
+
+    fn check_healthy(&self) -> Result<()> {
+        match &*self.shared.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(why) => Err(Error::Store(StoreError::Failed(why.clone()))),
+            None => Ok(()),
+        }
+    }
+
     fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {
         // A panic while the lock was held left at most a record that was
         // written but not applied; replay at the next open applies it.
@@ -394,6 +425,7 @@ impl Store {
     /// are durable after the next [`Store::flush`].
     fn transact<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T> {
         let mut wal = self.lock_wal();
+        self.check_healthy()?;
         let tx = Tx::new(&self.shared.trees);
         let out = f(&tx)?;
         let mut ops = tx.into_ops();
@@ -401,13 +433,19 @@ impl Store {
             if op.tree as usize == ENVELOPES
                 && let Some(bytes) = &op.value
             {
-                let at = self.shared.segments.append(bytes)?;
+                let at = self
+                    .shared
+                    .segments
+                    .append(bytes)
+                    .map_err(|e| self.fail(e.to_string()))?;
                 op.value = Some(at.encode().to_vec());
             }
         }
         if !ops.is_empty() {
-            wal.append(&ops)?;
-            wal::apply(&self.shared.trees, &ops)?;
+            wal.append(&ops).map_err(|e| self.fail(e.to_string()))?;
+            // Logged but not (wholly) applied: only a replay at the next
+            // start makes the trees whole again.
+            wal::apply(&self.shared.trees, &ops).map_err(|e| self.fail(e.to_string()))?;
         }
         Ok(out)
     }
@@ -1401,8 +1439,14 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             let started = std::time::Instant::now();
             let file = store.lock_wal().file();
             // Envelopes first: a durable log record never names an
-            // envelope that is not on disk.
-            let result = store.shared.segments.sync().and_then(|()| wal::sync(&file));
+            // envelope that is not on disk. After a failed sync the pages
+            // may be gone for good, so nothing is acknowledged any more.
+            let result = store
+                .check_healthy()
+                .map_err(|e| e.to_string())
+                .and_then(|()| store.shared.segments.sync())
+                .and_then(|()| wal::sync(&file))
+                .map_err(|e| store.fail(e).to_string());
             store
                 .shared
                 .flush_seconds

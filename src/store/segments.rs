@@ -10,11 +10,12 @@
 //! Each record is its length, its CRC-32 and the bytes. A segment is
 //! written before the log record that references it, and synced before
 //! the log at every group commit and before every checkpoint, so a
-//! locator that sled or the log holds always names bytes on disk. Replay
-//! checks that each locator names a whole record before applying it.
+//! locator in a durable log record, or in sled after a checkpoint, names
+//! bytes on disk. Replay checks that each locator names a whole record
+//! before applying it.
 //!
-//! Files are `envelopes/<number>.seg`; a new one starts past
-//! [`SEGMENT_BYTES`]. Nothing is ever deleted from them.
+//! Files are `envelopes/<number>.seg`; a new one starts at every open and
+//! past [`SEGMENT_BYTES`]. Nothing is ever deleted from them.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -113,7 +114,9 @@ impl Segments {
                 last = last.max(n);
             }
         }
-        let active = Self::open_file(&dir, last.max(1))?;
+        // Each start appends to a new file: a locator that survived in sled
+        // from before a power loss can never name bytes written after it.
+        let active = Self::open_file(&dir, last + 1)?;
         Ok(Segments {
             dir,
             active: Mutex::new(active),
@@ -252,6 +255,27 @@ impl Segments {
         Ok(bytes)
     }
 
+    /// Whether `at` names a whole record: `Ok(false)` if the file is
+    /// missing or too short or the checksum differs (a write a crash cut
+    /// short), an error if the file cannot be read at all.
+    pub fn holds(&self, at: &Locator) -> Result<bool> {
+        let path = self.dir.join(file_name(at.segment));
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io_error(&path, e)),
+        };
+        let mut record = vec![0; 8 + at.len as usize];
+        match file.read_exact_at(&mut record, at.offset) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(io_error(&path, e)),
+        }
+        let len = u32::from_le_bytes(record[..4].try_into().unwrap_or_default());
+        let crc = u32::from_le_bytes(record[4..8].try_into().unwrap_or_default());
+        Ok(len == at.len && crc32fast::hash(&record[8..]) == crc)
+    }
+
     /// The bytes a stored `envelopes` value stands for.
     pub fn resolve(&self, value: &[u8]) -> Result<Vec<u8>> {
         match Locator::decode(value) {
@@ -279,8 +303,19 @@ mod tests {
         let s = Segments::open(tmp.path()).expect("reopen");
         assert_eq!(s.read(&a).expect("read"), b"first envelope");
         assert_eq!(s.resolve(&b.encode()).expect("read"), vec![7; 3000]);
+        assert!(s.holds(&b).expect("holds"));
+        // A new start appends to a new file.
         let c = s.append(b"after reopening").expect("append");
-        assert_eq!(c.offset, b.offset + 8 + 3000);
+        assert_eq!((c.segment, c.offset), (a.segment + 1, 0));
+        let cut = Locator {
+            len: b.len + 1,
+            ..b
+        };
+        assert!(!s.holds(&cut).expect("past the end"));
+        assert!(
+            !s.holds(&Locator { segment: 99, ..a })
+                .expect("no such file")
+        );
         // A value that is not a locator is an envelope stored inline.
         assert_eq!(s.resolve(b"inline bytes").expect("inline"), b"inline bytes");
         // A flipped byte on disk is found, not returned.

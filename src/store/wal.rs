@@ -11,20 +11,30 @@
 //!    CRC-32, payload), with a `write` to the file: from then on a
 //!    SIGKILL of the process cannot lose it;
 //! 3. they are applied to the sled trees with plain inserts and removes;
-//! 4. group commit: before any caller is answered, `sync` makes every
-//!    record appended so far durable with one `fdatasync`.
+//! 4. group commit: before a caller of `Store::write` is answered, `sync`
+//!    makes every record appended so far durable with one `fdatasync`.
+//!    (Transactions run off the writer thread, such as leases, are made
+//!    durable by the next group commit.)
 //!
-//! Because step 2 comes before step 3, sled never holds a change the log
+//! Because step 2 comes before step 3, after a crash of the process
+//! (SIGKILL: the page cache survives) sled never holds a change the log
 //! lacks. So, at open, replaying the records in order over whatever sled
 //! had made durable gives exactly the state after the last record: a key
 //! a record touched ends with its last record's value, and a key no record
 //! touched did not change since the last checkpoint. A record cut short
 //! by a crash fails its CRC and ends the replay; it was never answered.
 //!
-//! Checkpoint: the log starts a new file, sled is flushed (which covers
-//! every change applied before the flush began), and the older files are
-//! deleted. Files are named by a growing epoch number, so a crash between
-//! the steps only means replaying one more file.
+//! Power loss: every acknowledged change is in the synced log and is
+//! replayed. A change still in flight (not yet synced, not answered) may
+//! be partly in sled if sled's pages for it reached the disk first (a
+//! checkpoint's flush or the kernel's writeback); applying changes to sled
+//! only after the group's sync would close that gap.
+//!
+//! Checkpoint: the log starts a new file (after syncing the old one), sled
+//! is flushed (which covers every change applied before the flush began,
+//! and maybe some applied during it), and the older files are deleted.
+//! Files are named by a growing epoch number, so a crash between the steps
+//! only means replaying one more file.
 
 use crate::error::{Error, Result};
 use sled::{IVec, Tree};
@@ -176,6 +186,37 @@ pub(super) fn apply(trees: &[Tree], ops: &[Op]) -> Result<()> {
     Ok(())
 }
 
+/// The next whole record at the start of `rest`: its length with the
+/// header, and its writes. `None` if it is cut short, fails its CRC, is
+/// empty (a zero-filled tail reads as length 0, CRC 0) or names an
+/// envelope that `complete` finds missing.
+fn next_record(
+    rest: &[u8],
+    complete: &dyn Fn(&[Op]) -> Result<bool>,
+) -> Result<Option<(usize, Vec<Op>)>> {
+    if rest.len() < 8 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
+    let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
+    if len == 0 || len > MAX_RECORD {
+        return Ok(None);
+    }
+    let Some(payload) = rest.get(8..8 + len) else {
+        return Ok(None);
+    };
+    if crc32fast::hash(payload) != crc {
+        return Ok(None);
+    }
+    let Some(ops) = decode(payload) else {
+        return Ok(None);
+    };
+    if !complete(&ops)? {
+        return Ok(None);
+    }
+    Ok(Some((8 + len, ops)))
+}
+
 fn encode(ops: &[Op]) -> Vec<u8> {
     let size: usize = ops
         .iter()
@@ -276,49 +317,69 @@ fn sync_dir(dir: &Path) -> Result<()> {
 impl Wal {
     /// Replays the log in `data_dir` over `trees`, makes the result
     /// durable in sled, and opens a fresh log file. Returns the log and
-    /// how many records were replayed. Replay stops, as at a torn record,
-    /// at a record whose writes `complete` refuses.
+    /// how many records were replayed.
+    ///
+    /// The newest file may end in a record a crash cut short (or whose
+    /// envelope `complete` finds incomplete): it was never acknowledged,
+    /// and replay ends there. The same in an older file means the disk
+    /// lost acknowledged data (files are synced before the next one
+    /// starts): the open fails, naming the file and offset, and nothing is
+    /// deleted.
     pub fn recover(
         data_dir: &Path,
         db: &sled::Db,
         trees: &[Tree],
-        complete: &dyn Fn(&[Op]) -> bool,
+        complete: &dyn Fn(&[Op]) -> Result<bool>,
     ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let found = epochs(&dir)?;
         let mut replayed = 0;
-        for &epoch in &found {
+        for (i, &epoch) in found.iter().enumerate() {
             let path = dir.join(file_name(epoch));
             let mut data = Vec::new();
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(|e| io_error(&path, e))?;
             let mut rest = data.as_slice();
-            while rest.len() >= 8 {
-                let len = u32::from_le_bytes(rest[..4].try_into().unwrap_or_default()) as usize;
-                let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or_default());
-                let Some(payload) = rest.get(8..8 + len).filter(|_| len <= MAX_RECORD) else {
+            while !rest.is_empty() {
+                let Some(ops) = next_record(rest, complete)? else {
                     break;
                 };
-                let Some(ops) = (crc32fast::hash(payload) == crc)
-                    .then(|| decode(payload))
-                    .flatten()
-                    .filter(|ops| complete(ops))
-                else {
-                    break;
-                };
-                apply(trees, &ops)?;
+                apply(trees, &ops.1)?;
                 replayed += 1;
-                rest = &rest[8 + len..];
+                rest = &rest[ops.0..];
             }
-            if !rest.is_empty() {
-                tracing::warn!(
-                    file = %path.display(),
-                    bytes = rest.len(),
-                    "store log ends in an incomplete record (a write cut short by a crash, never acknowledged); ignoring it"
-                );
+            if rest.is_empty() {
+                continue;
             }
+            let offset = data.len() - rest.len();
+            if i + 1 < found.len() {
+                return Err(Error::corrupt(
+                    "wal",
+                    format!(
+                        "{} has an incomplete record at byte {offset}, but a newer log file follows: \
+                         acknowledged changes may be lost; nothing was deleted",
+                        path.display()
+                    ),
+                ));
+            }
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                bytes = rest.len(),
+                "store log ends in an incomplete record (a write cut short by a crash, never acknowledged); dropping it"
+            );
+            // Cut it off now: should this open crash after starting the
+            // next file, the next open must not take it for a gap.
+            File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_len(offset as u64)?;
+                    f.sync_all()
+                })
+                .map_err(|e| io_error(&path, e))?;
         }
         if !found.is_empty() {
             db.flush()?;
@@ -444,7 +505,7 @@ mod tests {
             let (db, trees) = open(tmp.path());
             trees[1].insert(b"b", b"old").expect("insert");
             db.flush().expect("flush");
-            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| true).expect("wal");
+            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
             // The writes reach the log but not sled (the process dies
             // before sled wrote them out).
             wal.append(&ops()).expect("append");
@@ -459,7 +520,8 @@ mod tests {
                 .expect("write");
         }
         let (db, trees) = open(tmp.path());
-        let (wal, replayed) = Wal::recover(tmp.path(), &db, &trees, &|_| true).expect("recover");
+        let (wal, replayed) =
+            Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
         assert_eq!(replayed, 1);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),
@@ -471,6 +533,31 @@ mod tests {
             epochs(&tmp.path().join(DIR)).expect("list"),
             vec![wal.epoch]
         );
+    }
+
+    #[test]
+    fn a_zero_filled_tail_ends_the_replay_and_a_gap_in_an_older_file_fails_the_open() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, trees) = open(tmp.path());
+        let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+        wal.append(&ops()).expect("append");
+        // Power loss can leave zeros where the last pages were.
+        (&*wal.file()).write_all(&[0; 64]).expect("zeros");
+        wal.append(&ops()[..1]).expect("a record after the zeros");
+        let first = wal.epoch;
+        let path = tmp.path().join(DIR).join(file_name(first));
+        let kept = std::fs::read(&path).expect("read");
+        drop(wal);
+        let (wal, replayed) =
+            Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+        assert_eq!(replayed, 1, "replay ends at the zeros");
+        // The same file again, now followed by a newer one: acknowledged
+        // records may sit behind the gap, so the open fails and keeps both.
+        std::fs::write(&path, &kept).expect("restore the older file");
+        let err = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect_err("gap");
+        assert!(err.to_string().contains("newer log file follows"), "{err}");
+        assert!(path.exists());
+        assert!(tmp.path().join(DIR).join(file_name(wal.epoch)).exists());
     }
 
     #[test]
