@@ -7,10 +7,14 @@
 //! - `audit`: seq → the entry's stored form (`AuditEntry::encode`)
 //!   followed by its 32-byte hash;
 //! - `audit_index`: message key + seq → (), the entries about a message;
-//! - `audit_head`: `head` → seq + hash of the last entry. Every append
-//!   reads and writes it in its transaction; transactions run one at a
-//!   time under the store log's lock (`Store::transact`), so two appends
-//!   can never read the same head, whichever thread runs them;
+//! - `audit_head`: `head` → seq + hash of the last entry. The head lives
+//!   in memory: every append reads and advances it in its transaction,
+//!   and transactions run one at a time under the store log's lock
+//!   (`Store::transact`), so two appends can never read the same head,
+//!   whichever thread runs them. The record is written once per group
+//!   commit, before its sync, so it names the last entry whenever the
+//!   store is at rest; at open it is taken forward over entries the log
+//!   replayed, never back;
 //! - `checkpoints`: node + seq → signed checkpoint, this node's own and
 //!   those its peers sent it to witness.
 //!
@@ -62,6 +66,11 @@ impl Note {
     }
 }
 
+/// What the head record says.
+pub(super) fn head_record(trees: &[sled::Tree]) -> Result<(u64, [u8; 32])> {
+    Ok(head_of(trees[AUDIT_HEAD].get(HEAD_KEY)?.as_deref()))
+}
+
 fn head_of(raw: Option<&[u8]>) -> (u64, [u8; 32]) {
     match raw {
         Some(v) if v.len() == 40 => (
@@ -100,7 +109,7 @@ impl Store {
         if !self.shared.audit_log {
             return Ok(());
         }
-        let (seq, prev_hash) = head_of(t[AUDIT_HEAD].get(HEAD_KEY)?.as_deref());
+        let (seq, prev_hash) = t.audit_head.get();
         let entry = AuditEntry {
             seq: seq + 1,
             time_ms: crate::now_ms(),
@@ -116,10 +125,49 @@ impl Store {
         value.extend_from_slice(&hash);
         t[AUDIT].insert(entry.seq.to_be_bytes(), value)?;
         t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), [])?;
-        let mut head = entry.seq.to_be_bytes().to_vec();
-        head.extend_from_slice(&hash);
-        t[AUDIT_HEAD].insert(HEAD_KEY, head)?;
+        t.audit_head.set((entry.seq, hash));
         Ok(())
+    }
+
+    /// Writes the head record if the chain grew since it was last
+    /// written: once per group commit, before its sync, rather than in
+    /// every change (it was a third of the log's cost on submit).
+    pub(super) fn store_audit_head(&self) -> Result<()> {
+        let head = {
+            let cache = self.lock_head();
+            if cache.head == cache.stored {
+                return Ok(());
+            }
+            cache.head
+        };
+        let mut record = head.0.to_be_bytes().to_vec();
+        record.extend_from_slice(&head.1);
+        self.transact(|t| {
+            t[AUDIT_HEAD].insert(HEAD_KEY, &record)?;
+            Ok(())
+        })?;
+        self.lock_head().stored = head;
+        Ok(())
+    }
+
+    /// The head to append after, at open: the head record, or the chain's
+    /// last entry if the chain runs past it (entries replayed from the
+    /// store's log after a crash, before their group wrote the record).
+    /// A chain that ends before the head record is left so: `audit
+    /// verify` names the missing entries.
+    pub(super) fn initial_audit_head(trees: &[sled::Tree]) -> Result<(u64, [u8; 32])> {
+        let record = head_of(trees[AUDIT_HEAD].get(HEAD_KEY)?.as_deref());
+        let last = match trees[AUDIT].last()? {
+            Some((k, v)) if k.len() == 8 && v.len() >= 32 => Some((
+                keys::first_u64(&k),
+                v[v.len() - 32..].try_into().unwrap_or(GENESIS_HASH),
+            )),
+            _ => None,
+        };
+        Ok(match last {
+            Some(last) if last.0 > record.0 => last,
+            _ => record,
+        })
     }
 
     /// Whether state changes are logged (`[audit] log` in the node file).
@@ -128,9 +176,10 @@ impl Store {
     }
 
     /// Sequence number and hash of the chain's last entry ((0, zeros) when
-    /// empty), as the head record says.
+    /// empty): the head new entries are appended after. The head record
+    /// in the store is this value as of the last group commit.
     pub fn audit_head(&self) -> Result<(u64, [u8; 32])> {
-        Ok(head_of(self.tree(AUDIT_HEAD).get(HEAD_KEY)?.as_deref()))
+        Ok(self.lock_head().head)
     }
 
     /// Stored `audit` records with `from <= seq <= to`, at most `limit`,

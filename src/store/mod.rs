@@ -146,6 +146,8 @@ struct Shared {
     wal: std::sync::Mutex<Wal>,
     /// Envelope bytes; the `envelopes` tree holds their locators.
     segments: Segments,
+    /// The audit chain's head, and what the head record says.
+    head: std::sync::Mutex<HeadCache>,
     /// Set when a write or sync of the log or the segments failed: the
     /// disk may have dropped data that later syncs would not bring back,
     /// so every later change is refused until a restart replays the log.
@@ -254,6 +256,8 @@ impl Store {
             Ok(true)
         };
         let (wal, replayed) = Wal::recover(dir, &db, &trees, &envelopes_present)?;
+        let head = Store::initial_audit_head(&trees)?;
+        let stored = audit::head_record(&trees)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
@@ -268,6 +272,7 @@ impl Store {
                 wal: std::sync::Mutex::new(wal),
                 segments,
                 failed: std::sync::Mutex::new(None),
+                head: std::sync::Mutex::new(HeadCache { head, stored }),
                 jobs: std::sync::Mutex::new(Some(tx)),
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
@@ -383,6 +388,10 @@ impl Store {
         }
     }
 
+    fn lock_head(&self) -> std::sync::MutexGuard<'_, HeadCache> {
+        self.shared.head.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_wal(&self) -> std::sync::MutexGuard<'_, Wal> {
         // A panic while the lock was held left at most a record that was
         // written but not applied; replay at the next open applies it.
@@ -426,8 +435,10 @@ impl Store {
     fn transact<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T> {
         let mut wal = self.lock_wal();
         self.check_healthy()?;
-        let tx = Tx::new(&self.shared.trees);
+        let head = self.lock_head().head;
+        let tx = Tx::new(&self.shared.trees, head);
         let out = f(&tx)?;
+        let new_head = tx.audit_head.get();
         let mut ops = tx.into_ops();
         for op in &mut ops {
             if op.tree as usize == ENVELOPES
@@ -446,6 +457,9 @@ impl Store {
             // Logged but not (wholly) applied: only a replay at the next
             // start makes the trees whole again.
             wal::apply(&self.shared.trees, &ops).map_err(|e| self.fail(e.to_string()))?;
+        }
+        if new_head != head {
+            self.lock_head().head = new_head;
         }
         Ok(out)
     }
@@ -1390,6 +1404,13 @@ impl QueuedReceipt {
     }
 }
 
+/// The audit chain's head in memory, and the value of the head record.
+#[derive(Debug)]
+struct HeadCache {
+    head: (u64, [u8; 32]),
+    stored: (u64, [u8; 32]),
+}
+
 /// A state change queued for the writer thread, returning what to tell its
 /// caller once the batch it ran in is on disk.
 type Job = Box<dyn FnOnce(&Store) -> Completion + Send>;
@@ -1437,6 +1458,9 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 }
             }
             let started = std::time::Instant::now();
+            if let Err(e) = store.store_audit_head() {
+                tracing::error!(error = %e, "writing the audit head record failed");
+            }
             let file = store.lock_wal().file();
             // Envelopes first: a durable log record never names an
             // envelope that is not on disk. After a failed sync the pages
@@ -1479,6 +1503,9 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
     });
     // Shutting down: leave sled complete, so that the next open has
     // nothing to replay.
+    if let Err(e) = store.store_audit_head() {
+        tracing::error!(error = %e, "writing the audit head record failed");
+    }
     if let Err(e) = store.checkpoint() {
         tracing::error!(error = %e, "final store checkpoint failed; the next start replays the log");
     }

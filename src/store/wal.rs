@@ -137,10 +137,13 @@ impl TxTree {
 pub(super) struct Tx {
     trees: Vec<TxTree>,
     ops: Rc<RefCell<Vec<Op>>>,
+    /// The audit chain's head (sequence number, hash) as this change sees
+    /// it: the store keeps the head in memory (see `Store::append_audit`).
+    pub audit_head: std::cell::Cell<(u64, [u8; 32])>,
 }
 
 impl Tx {
-    pub fn new(trees: &[Tree]) -> Tx {
+    pub fn new(trees: &[Tree], audit_head: (u64, [u8; 32])) -> Tx {
         let ops = Rc::new(RefCell::new(Vec::new()));
         let trees = trees
             .iter()
@@ -151,7 +154,11 @@ impl Tx {
                 ops: Rc::clone(&ops),
             })
             .collect();
-        Tx { trees, ops }
+        Tx {
+            trees,
+            ops,
+            audit_head: std::cell::Cell::new(audit_head),
+        }
     }
 
     pub fn into_ops(self) -> Vec<Op> {
