@@ -184,6 +184,7 @@ impl Broker {
             lease_deadline_ms: 0,
             queue_key: Vec::new(),
             delivered_receipt_key: Vec::new(),
+            audit_seqs: Vec::new(),
         };
         Ok(Custody {
             message,

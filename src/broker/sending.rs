@@ -200,6 +200,7 @@ impl Broker {
             created_at_ms: now,
             expires_at_ms: header.expires_at_ms,
             outbox_key: None,
+            audit_seqs: Vec::new(),
         };
         // The answer comes after the writer's flush on the duplicate path
         // too: the original may not have reached the disk yet.

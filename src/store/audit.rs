@@ -6,7 +6,9 @@
 //! Trees:
 //! - `audit`: seq → the entry's stored form (`AuditEntry::encode`)
 //!   followed by its 32-byte hash;
-//! - `audit_index`: message key + seq → (), the entries about a message;
+//! - `audit_index`: message key + seq → (), the entries about a message
+//!   that has no record at this node, and every message's entries in
+//!   stores written before the records listed them (`audit_seqs`);
 //! - `audit_head`: `head` → seq + hash of the last entry. The head lives
 //!   in memory: every append reads and advances it in its transaction,
 //!   and transactions run one at a time under the store log's lock
@@ -124,7 +126,9 @@ impl Store {
         let hash = entry.hash();
         value.extend_from_slice(&hash);
         t[AUDIT].insert(entry.seq.to_be_bytes(), value)?;
-        t[AUDIT_INDEX].insert(index_key(&keys::message(message), entry.seq), [])?;
+        t.audit_appended
+            .borrow_mut()
+            .push((keys::message(message), entry.seq));
         t.audit_head.set((entry.seq, hash));
         Ok(())
     }
@@ -210,16 +214,51 @@ impl Store {
             .collect()
     }
 
-    /// Sequence numbers of the entries about `message`, in order.
+    /// Notes, at commit, each audit entry the change appended in its
+    /// message's record (sent or in custody): that costs no extra write,
+    /// as the change almost always rewrites the record anyway. An entry
+    /// about a message with no record here goes to `audit_index`.
+    pub(super) fn index_audit_entries(&self, t: &Tx) -> TxResult<()> {
+        let appended = t.audit_appended.take();
+        for (key, seq) in appended {
+            if let Some(raw) = t[SENT].get(&key)? {
+                let mut r: SentRecord = records::decode("sent", &raw).map_err(TxError::Abort)?;
+                r.audit_seqs.push(seq);
+                t[SENT].insert(&key, records::encode(&r))?;
+            } else if let Some(raw) = t[INBOUND].get(&key)? {
+                let mut r: InboundRecord =
+                    records::decode("inbound", &raw).map_err(TxError::Abort)?;
+                r.audit_seqs.push(seq);
+                t[INBOUND].insert(&key, records::encode(&r))?;
+            } else {
+                t[AUDIT_INDEX].insert(index_key(&key, seq), [])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sequence numbers of the entries about `message`, in order: those
+    /// its record lists, and those in `audit_index` (older stores, and
+    /// messages without a record).
     pub fn audit_seqs_of(&self, message: &MessageRef) -> Result<Vec<u64>> {
-        let prefix = keys::receipts_prefix(&keys::message(message));
-        self.tree(AUDIT_INDEX)
+        let key = keys::message(message);
+        let prefix = keys::receipts_prefix(&key);
+        let mut seqs = self
+            .tree(AUDIT_INDEX)
             .scan_prefix(&prefix)
             .map(|kv| {
                 let (k, _) = kv?;
                 Ok(keys::first_u64(&k[prefix.len()..]))
             })
-            .collect()
+            .collect::<Result<Vec<u64>>>()?;
+        if let Some(r) = self.sent(message)? {
+            seqs.extend(r.audit_seqs);
+        } else if let Some(r) = self.inbound(message)? {
+            seqs.extend(r.audit_seqs);
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        Ok(seqs)
     }
 
     /// Stores a checkpoint of `node` (this node's own or a peer's). The

@@ -438,6 +438,7 @@ impl Store {
         let head = self.lock_head().head;
         let tx = Tx::new(&self.shared.trees, head);
         let out = f(&tx)?;
+        self.index_audit_entries(&tx)?;
         let new_head = tx.audit_head.get();
         let mut ops = tx.into_ops();
         for op in &mut ops {

@@ -17,6 +17,10 @@ pub struct SentRecord {
     pub expires_at_ms: u64,
     /// The outbox entry, while the message waits for its peer.
     pub outbox_key: Option<Vec<u8>>,
+    /// Sequence numbers of the audit entries about this message, oldest
+    /// first, kept by the store (`Store::transact`). Stores written before
+    /// this field kept them in the `audit_index` tree only.
+    pub audit_seqs: Vec<u64>,
 }
 
 /// State of a message in this node's custody.
@@ -35,6 +39,8 @@ pub struct InboundRecord {
     pub queue_key: Vec<u8>,
     /// Where the `delivered` receipt is stored, to answer a repeat delivery.
     pub delivered_receipt_key: Vec<u8>,
+    /// As [`SentRecord::audit_seqs`].
+    pub audit_seqs: Vec<u64>,
 }
 
 pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
@@ -42,8 +48,86 @@ pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     postcard::to_allocvec(record).unwrap_or_default()
 }
 
-pub(super) fn decode<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T> {
-    postcard::from_bytes(bytes).map_err(|e| Error::corrupt(what, e))
+pub(super) fn decode<T: Record>(what: &str, bytes: &[u8]) -> Result<T> {
+    postcard::from_bytes(bytes)
+        .or_else(|e| T::legacy(bytes).ok_or(e))
+        .map_err(|e| Error::corrupt(what, e))
+}
+
+/// A stored record, and how to read the form older stores wrote.
+pub(super) trait Record: for<'a> Deserialize<'a> {
+    fn legacy(_bytes: &[u8]) -> Option<Self> {
+        None
+    }
+}
+
+impl Record for SentRecord {
+    fn legacy(bytes: &[u8]) -> Option<Self> {
+        let r: legacy::SentRecord = postcard::from_bytes(bytes).ok()?;
+        Some(SentRecord {
+            state: r.state,
+            recipient: r.recipient,
+            kind: r.kind,
+            request_digest: r.request_digest,
+            header_sha256: r.header_sha256,
+            created_at_ms: r.created_at_ms,
+            expires_at_ms: r.expires_at_ms,
+            outbox_key: r.outbox_key,
+            audit_seqs: Vec::new(),
+        })
+    }
+}
+
+impl Record for InboundRecord {
+    fn legacy(bytes: &[u8]) -> Option<Self> {
+        let r: legacy::InboundRecord = postcard::from_bytes(bytes).ok()?;
+        Some(InboundRecord {
+            state: r.state,
+            kind: r.kind,
+            header_sha256: r.header_sha256,
+            expires_at_ms: r.expires_at_ms,
+            attempts: r.attempts,
+            lease_id: r.lease_id,
+            lease_deadline_ms: r.lease_deadline_ms,
+            queue_key: r.queue_key,
+            delivered_receipt_key: r.delivered_receipt_key,
+            audit_seqs: Vec::new(),
+        })
+    }
+}
+
+impl Record for OperatorEvent {}
+impl Record for PauseRecord {}
+
+/// The records as stores wrote them before `audit_seqs`.
+mod legacy {
+    use crate::model::{InboundState, MessageKind, SentState};
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    pub struct SentRecord {
+        pub state: SentState,
+        pub recipient: String,
+        pub kind: MessageKind,
+        pub request_digest: [u8; 32],
+        pub header_sha256: [u8; 32],
+        pub created_at_ms: u64,
+        pub expires_at_ms: u64,
+        pub outbox_key: Option<Vec<u8>>,
+    }
+
+    #[derive(Deserialize)]
+    pub struct InboundRecord {
+        pub state: InboundState,
+        pub kind: MessageKind,
+        pub header_sha256: [u8; 32],
+        pub expires_at_ms: u64,
+        pub attempts: u32,
+        pub lease_id: u64,
+        pub lease_deadline_ms: u64,
+        pub queue_key: Vec<u8>,
+        pub delivered_receipt_key: Vec<u8>,
+    }
 }
 
 /// An operator's action on one message, kept in its history.

@@ -140,6 +140,9 @@ pub(super) struct Tx {
     /// The audit chain's head (sequence number, hash) as this change sees
     /// it: the store keeps the head in memory (see `Store::append_audit`).
     pub audit_head: std::cell::Cell<(u64, [u8; 32])>,
+    /// Audit entries appended by this change: (message key, seq). The
+    /// store notes each in the message's record when the change commits.
+    pub audit_appended: RefCell<Vec<(Vec<u8>, u64)>>,
 }
 
 impl Tx {
@@ -158,14 +161,28 @@ impl Tx {
             trees,
             ops,
             audit_head: std::cell::Cell::new(audit_head),
+            audit_appended: RefCell::new(Vec::new()),
         }
     }
 
+    /// The writes, one per key: a key written twice keeps its last write
+    /// (in the place of that write).
     pub fn into_ops(self) -> Vec<Op> {
         drop(self.trees);
-        Rc::try_unwrap(self.ops)
+        let ops = Rc::try_unwrap(self.ops)
             .map(RefCell::into_inner)
-            .unwrap_or_else(|shared| shared.borrow().clone())
+            .unwrap_or_else(|shared| shared.borrow().clone());
+        let mut out: Vec<Op> = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Some(i) = out
+                .iter()
+                .position(|o| o.tree == op.tree && o.key == op.key)
+            {
+                out.remove(i);
+            }
+            out.push(op);
+        }
+        out
     }
 }
 

@@ -782,6 +782,7 @@ fn concurrent_appends_form_one_gapless_chain() {
                         created_at_ms: 1,
                         expires_at_ms: u64::MAX,
                         outbox_key: None,
+                        audit_seqs: Vec::new(),
                     };
                     store
                         .submit(&message, b"envelope", &record, &receipt)
