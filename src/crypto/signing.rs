@@ -320,31 +320,50 @@ impl Keyring {
     /// [`Keyring::verify_envelope`] for a batch, with one batch signature
     /// check: each envelope gets the outcome it would get alone.
     pub fn verify_envelopes(&self, envelopes: &[SignedEnvelope]) -> Vec<Result<EnvelopeHeader>> {
-        let headers: Vec<Result<EnvelopeHeader>> = envelopes
-            .iter()
-            .map(|e| EnvelopeHeader::decode(&e.header))
-            .collect();
-        let signed: Vec<Option<Signed<'_>>> = headers
-            .iter()
-            .zip(envelopes)
-            .map(|(h, e)| {
-                let h = h.as_ref().ok()?;
-                Some(Signed {
-                    node_id: &h.sender_node,
-                    key_id: &h.signing_key_id,
-                    at_ms: h.created_at_ms,
-                    bytes: &e.header,
-                    signature: &e.signature,
-                })
-            })
-            .collect();
-        let checked = self.check_many("envelope header", &signed, ENVELOPE_DOMAIN);
-        drop(signed);
+        let headers = self.verify_decoded(
+            "envelope header",
+            ENVELOPE_DOMAIN,
+            envelopes,
+            |e| EnvelopeHeader::decode(&e.header),
+            |e, h| Signed {
+                node_id: &h.sender_node,
+                key_id: &h.signing_key_id,
+                at_ms: h.created_at_ms,
+                bytes: &e.header,
+                signature: &e.signature,
+            },
+        );
         headers
             .into_iter()
-            .zip(checked)
             .zip(envelopes)
-            .map(|((h, c), e)| h.and(c).and_then(|()| e.open()))
+            .map(|(h, e)| h.and_then(|_| e.open()))
+            .collect()
+    }
+
+    /// Decodes each of `items` and checks all their signatures in one
+    /// batch ([`Keyring::check_many`]): an item that does not decode gets
+    /// its decoding error, any other the outcome of its check.
+    fn verify_decoded<I, T>(
+        &self,
+        what: &str,
+        domain: &[u8],
+        items: &[I],
+        decode: impl Fn(&I) -> Result<T>,
+        signed: impl for<'a> Fn(&'a I, &'a T) -> Signed<'a>,
+    ) -> Vec<Result<T>> {
+        let decoded: Vec<Result<T>> = items.iter().map(decode).collect();
+        let checked = {
+            let signed: Vec<Option<Signed<'_>>> = decoded
+                .iter()
+                .zip(items)
+                .map(|(d, item)| d.as_ref().ok().map(|d| signed(item, d)))
+                .collect();
+            self.check_many(what, &signed, domain)
+        };
+        decoded
+            .into_iter()
+            .zip(checked)
+            .map(|(d, c)| c.and(d))
             .collect()
     }
 
@@ -384,31 +403,19 @@ impl Keyring {
     /// [`Keyring::verify_receipt`] for a batch, with one batch signature
     /// check: each receipt gets the outcome it would get alone.
     pub fn verify_receipts(&self, receipts: &[SignedReceipt]) -> Vec<Result<Receipt>> {
-        let decoded: Vec<Result<Receipt>> = receipts
-            .iter()
-            .map(|r| Receipt::decode(&r.receipt))
-            .collect();
-        let signed: Vec<Option<Signed<'_>>> = decoded
-            .iter()
-            .zip(receipts)
-            .map(|(r, s)| {
-                let r = r.as_ref().ok()?;
-                Some(Signed {
-                    node_id: &r.issuer_node,
-                    key_id: &r.signing_key_id,
-                    at_ms: r.issued_at_ms,
-                    bytes: &s.receipt,
-                    signature: &s.signature,
-                })
-            })
-            .collect();
-        let checked = self.check_many("receipt", &signed, RECEIPT_DOMAIN);
-        drop(signed);
-        decoded
-            .into_iter()
-            .zip(checked)
-            .map(|(r, c)| c.and(r))
-            .collect()
+        self.verify_decoded(
+            "receipt",
+            RECEIPT_DOMAIN,
+            receipts,
+            |s| Receipt::decode(&s.receipt),
+            |s, r| Signed {
+                node_id: &r.issuer_node,
+                key_id: &r.signing_key_id,
+                at_ms: r.issued_at_ms,
+                bytes: &s.receipt,
+                signature: &s.signature,
+            },
+        )
     }
 
     /// Checks the node's signature over the checkpoint bytes as they are.
