@@ -25,14 +25,17 @@
 //! by a crash fails its CRC and ends the replay; it was never answered.
 //!
 //! Power loss: every acknowledged change is in the synced log and is
-//! replayed. A change still in flight (not yet synced, not answered) may
-//! be partly in sled if sled's pages for it reached the disk first (a
-//! checkpoint's flush or the kernel's writeback); applying changes to sled
-//! only after the group's sync would close that gap.
+//! replayed. Checkpoints flush sled under the log's lock, after syncing
+//! the log, so a flush never writes a change the log could lose. What
+//! remains is the kernel writing back sled's unsynced pages on its own in
+//! the few milliseconds before a group's sync (it waits seconds before
+//! writing back dirty pages): a change in flight then could be partly in
+//! sled. Applying changes to sled only after the group's sync would close
+//! that gap too.
 //!
 //! Checkpoint: the log starts a new file (after syncing the old one), sled
-//! is flushed (which covers every change applied before the flush began,
-//! and maybe some applied during it), and the older files are deleted.
+//! is flushed while no change can be applied, and the older files are
+//! deleted.
 //! Files are named by a growing epoch number, so a crash between the steps
 //! only means replaying one more file.
 
