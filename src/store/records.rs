@@ -163,3 +163,49 @@ pub struct PauseRecord {
     pub at_ms: u64,
     pub principal: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record as stores wrote it before `audit_seqs`: the same fields,
+    /// in the same order, without the last one.
+    #[derive(Serialize)]
+    struct OldSentRecord {
+        state: SentState,
+        recipient: String,
+        kind: MessageKind,
+        request_digest: [u8; 32],
+        header_sha256: [u8; 32],
+        created_at_ms: u64,
+        expires_at_ms: u64,
+        outbox_key: Option<Vec<u8>>,
+    }
+
+    #[test]
+    fn records_written_before_audit_seqs_still_decode() {
+        let old = OldSentRecord {
+            state: SentState::Delivered,
+            recipient: "public_security".into(),
+            kind: MessageKind::ClueTransfer,
+            request_digest: [1; 32],
+            header_sha256: [2; 32],
+            created_at_ms: 3,
+            expires_at_ms: 4,
+            outbox_key: Some(vec![5]),
+        };
+        let bytes = postcard::to_allocvec(&old).expect("encode");
+        let r: SentRecord = decode("sent", &bytes).expect("legacy form");
+        assert_eq!(
+            (r.state, r.recipient.as_str(), r.outbox_key.as_deref()),
+            (SentState::Delivered, "public_security", Some(&[5u8][..]))
+        );
+        assert!(r.audit_seqs.is_empty());
+        // The current form round-trips, and garbage is still refused.
+        let mut current = r.clone();
+        current.audit_seqs = vec![7, 9];
+        let back: SentRecord = decode("sent", &encode(&current)).expect("current form");
+        assert_eq!(back, current);
+        assert!(decode::<SentRecord>("sent", &[0xff; 3]).is_err());
+    }
+}
