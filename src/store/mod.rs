@@ -1146,8 +1146,9 @@ impl Store {
     }
 
     /// SHA-256 over every record of every tree, in order (envelopes by
-    /// their bytes), and the end of the envelope segments: equal digests
-    /// mean equal stores. Tests use it to show that a refusal changed
+    /// their bytes), and the end of the envelope segments (which also
+    /// moves at every start): equal digests within one run of a node mean
+    /// that nothing was written. Tests use it to show that a refusal changed
     /// nothing. Checkpoints (and the head record, which the log's entries
     /// already cover) are left out: background tasks sign and witness them
     /// at any time, whatever callers do.
