@@ -64,7 +64,7 @@ pub fn verify_store(
             } else {
                 Err(Error::invalid(format!(
                     "the head record names entry #{} but the chain ends at entry #{} \
-                     (entries were removed or added outside the log)",
+                     (entries were removed outside the log)",
                     head.0, last.0
                 )))
             }

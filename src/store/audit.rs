@@ -14,14 +14,16 @@
 //!   and transactions run one at a time under the store log's lock
 //!   (`Store::transact`), so two appends can never read the same head,
 //!   whichever thread runs them. The record is written once per group
-//!   commit, before its sync, so it names the last entry whenever the
-//!   store is at rest; at open it is taken forward over entries the log
-//!   replayed, never back;
+//!   commit, before its sync, so it names the last entry as of that
+//!   commit (changes made off the writer thread since, such as leases,
+//!   can be ahead of it). At open the head is taken forward to the
+//!   chain's last entry when the chain runs past the record, never back:
+//!   a chain that ends before the record is reported by `audit verify`;
 //! - `checkpoints`: node + seq → signed checkpoint, this node's own and
 //!   those its peers sent it to witness.
 //!
-//! Sequence numbers come from the head record, not from `generate_id`, so
-//! the chain has no gaps even after a crash.
+//! Sequence numbers come from the head, not from `generate_id`, so the
+//! chain has no gaps even after a crash.
 
 use super::{
     AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, INBOUND, InboundRecord, RECEIPTS, SENT,

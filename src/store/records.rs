@@ -61,9 +61,18 @@ pub(super) trait Record: for<'a> Deserialize<'a> {
     }
 }
 
+/// The legacy form of a record, only if it takes up every byte (postcard
+/// ignores trailing bytes: a damaged new record must not pass as old).
+fn legacy_whole<T: for<'a> Deserialize<'a>>(bytes: &[u8]) -> Option<T> {
+    match postcard::take_from_bytes::<T>(bytes) {
+        Ok((r, [])) => Some(r),
+        _ => None,
+    }
+}
+
 impl Record for SentRecord {
     fn legacy(bytes: &[u8]) -> Option<Self> {
-        let r: legacy::SentRecord = postcard::from_bytes(bytes).ok()?;
+        let r: legacy::SentRecord = legacy_whole(bytes)?;
         Some(SentRecord {
             state: r.state,
             recipient: r.recipient,
@@ -80,7 +89,7 @@ impl Record for SentRecord {
 
 impl Record for InboundRecord {
     fn legacy(bytes: &[u8]) -> Option<Self> {
-        let r: legacy::InboundRecord = postcard::from_bytes(bytes).ok()?;
+        let r: legacy::InboundRecord = legacy_whole(bytes)?;
         Some(InboundRecord {
             state: r.state,
             kind: r.kind,
@@ -207,5 +216,9 @@ mod tests {
         let back: SentRecord = decode("sent", &encode(&current)).expect("current form");
         assert_eq!(back, current);
         assert!(decode::<SentRecord>("sent", &[0xff; 3]).is_err());
+        // A new record whose list is cut short is not taken for an old one.
+        let mut cut = encode(&current);
+        cut.truncate(cut.len() - 1);
+        assert!(decode::<SentRecord>("sent", &cut).is_err());
     }
 }

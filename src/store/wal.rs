@@ -464,7 +464,8 @@ impl Wal {
     pub fn rotate(&mut self) -> Result<u64> {
         // Records appended since the last group commit (by a transaction
         // off the writer thread) are made durable here, not by a later
-        // group commit, which syncs only the new file.
+        // group commit, which syncs only the new file. The caller latches
+        // the store if this fails.
         self.file
             .sync_data()
             .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
