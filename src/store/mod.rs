@@ -455,11 +455,12 @@ impl Store {
             if op.tree as usize == ENVELOPES
                 && let Some(bytes) = &op.value
             {
-                let at = self
-                    .shared
-                    .segments
-                    .append(bytes)
-                    .map_err(|e| self.fail(e.to_string()))?;
+                let at = self.shared.segments.append(bytes).map_err(|e| match e {
+                    // A refusal (an envelope too large to locate) is not a
+                    // disk failure.
+                    Error::InvalidArgument(_) => e,
+                    e => self.fail(e.to_string()),
+                })?;
                 op.value = Some(at.encode().to_vec());
             }
         }
