@@ -386,6 +386,10 @@ fn address(text: &str) -> Result<pb::MessageAddress> {
     })
 }
 
+fn addresses(texts: &[String]) -> Result<Vec<pb::MessageAddress>> {
+    texts.iter().map(|t| address(t)).collect()
+}
+
 fn print_outcomes(verb: &str, r: &pb::ActionResponse, json: bool) -> Result<()> {
     if json {
         print!(
@@ -492,10 +496,7 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             all,
             json,
         } => {
-            let messages = messages
-                .iter()
-                .map(|m| address(m))
-                .collect::<Result<Vec<_>>>()?;
+            let messages = addresses(&messages)?;
             let r = admin(&client)?
                 .requeue(pb::RequeueRequest { messages, all })
                 .await
@@ -509,10 +510,7 @@ pub async fn dlq(args: DlqArgs) -> Result<()> {
             reason,
             json,
         } => {
-            let messages = messages
-                .iter()
-                .map(|m| address(m))
-                .collect::<Result<Vec<_>>>()?;
+            let messages = addresses(&messages)?;
             let r = admin(&client)?
                 .discard(pb::DiscardRequest { messages, reason })
                 .await

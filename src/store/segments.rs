@@ -210,70 +210,62 @@ impl Segments {
         })
     }
 
-    fn file(&self, number: u64) -> Result<Arc<File>> {
+    fn file(&self, number: u64) -> std::io::Result<Arc<File>> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = files.get(&number) {
             return Ok(Arc::clone(f));
         }
-        let path = self.dir.join(file_name(number));
-        let file = Arc::new(File::open(&path).map_err(|e| {
-            Error::corrupt(
-                "envelopes",
-                format!("segment {} cannot be opened: {e}", path.display()),
-            )
-        })?);
+        let file = Arc::new(File::open(self.dir.join(file_name(number)))?);
         files.insert(number, Arc::clone(&file));
         Ok(file)
     }
 
-    /// The envelope at `at`, checked against its CRC.
-    pub fn read(&self, at: &Locator) -> Result<Vec<u8>> {
-        let mut record = vec![0; 8 + at.len as usize];
-        self.file(at.segment)?
-            .read_exact_at(&mut record, at.offset)
-            .map_err(|e| {
-                Error::corrupt(
-                    "envelopes",
-                    format!(
-                        "segment {} has no record of {} bytes at {}: {e}",
-                        at.segment, at.len, at.offset
-                    ),
-                )
-            })?;
-        let len = u32::from_le_bytes(record[..4].try_into().unwrap_or_default());
-        let crc = u32::from_le_bytes(record[4..8].try_into().unwrap_or_default());
-        let bytes = record.split_off(8);
-        if len != at.len || crc32fast::hash(&bytes) != crc {
-            return Err(Error::corrupt(
-                "envelopes",
-                format!(
-                    "the record at {} in segment {} does not match its locator or checksum",
-                    at.offset, at.segment
-                ),
-            ));
-        }
-        Ok(bytes)
-    }
-
-    /// Whether `at` names a whole record: `Ok(false)` if the file is
-    /// missing or too short or the checksum differs (a write a crash cut
-    /// short), an error if the file cannot be read at all.
-    pub fn holds(&self, at: &Locator) -> Result<bool> {
-        let path = self.dir.join(file_name(at.segment));
-        let file = match File::open(&path) {
+    /// The bytes of the record `at` names, or `None` if there is no whole
+    /// record there: the file is missing or too short, or the length or
+    /// checksum differs (a write a crash cut short, or damage).
+    fn record_at(&self, at: &Locator) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::ErrorKind::{NotFound, UnexpectedEof};
+        let file = match self.file(at.segment) {
             Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(e) => return Err(io_error(&path, e)),
+            Err(e) if e.kind() == NotFound => return Ok(None),
+            Err(e) => return Err(e),
         };
         let mut record = vec![0; 8 + at.len as usize];
         match file.read_exact_at(&mut record, at.offset) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
-            Err(e) => return Err(io_error(&path, e)),
+            Err(e) if e.kind() == UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
         }
         let len = u32::from_le_bytes(record[..4].try_into().unwrap_or_default());
         let crc = u32::from_le_bytes(record[4..8].try_into().unwrap_or_default());
-        Ok(len == at.len && crc32fast::hash(&record[8..]) == crc)
+        let bytes = record.split_off(8);
+        Ok((len == at.len && crc32fast::hash(&bytes) == crc).then_some(bytes))
+    }
+
+    /// The envelope at `at`, checked against its CRC.
+    pub fn read(&self, at: &Locator) -> Result<Vec<u8>> {
+        match self.record_at(at) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(Error::corrupt(
+                "envelopes",
+                format!(
+                    "segment {} has no whole record of {} bytes at {} matching its locator and checksum",
+                    at.segment, at.len, at.offset
+                ),
+            )),
+            Err(e) => Err(Error::corrupt(
+                "envelopes",
+                format!("segment {} cannot be read: {e}", at.segment),
+            )),
+        }
+    }
+
+    /// Whether `at` names a whole record (see `record_at`); an error if
+    /// the segment cannot be read at all.
+    pub fn holds(&self, at: &Locator) -> Result<bool> {
+        self.record_at(at)
+            .map(|r| r.is_some())
+            .map_err(|e| io_error(&self.dir.join(file_name(at.segment)), e))
     }
 
     /// The bytes a stored `envelopes` value stands for.
