@@ -156,8 +156,8 @@ impl PublicKeyEntry {
         })?;
         if key.is_weak() {
             // A small-order key would let one signature verify for many
-            // messages; with none in the trust list, batch verification
-            // accepts exactly what `verify_strict` accepts for real keys.
+            // messages; `verify_strict` refuses such keys too, so the
+            // trust list refuses them up front with a clear message.
             return Err(Error::invalid(format!(
                 "public key {key_id} is a weak (small-order) point"
             )));
@@ -177,6 +177,7 @@ impl PublicKeyEntry {
 }
 
 /// Signed bytes with the signer's claims about who signed them and when.
+#[derive(Clone, Copy)]
 struct Signed<'a> {
     node_id: &'a str,
     key_id: &'a str,
@@ -264,10 +265,15 @@ impl Keyring {
         Ok((entry.key, signature))
     }
 
-    /// Checks many signatures at once: one batch verification (about half
-    /// the cost of checking each), and only if the batch fails, each one
-    /// alone to find which. The outcome of each is what [`Keyring::check`]
-    /// gives it.
+    /// Checks many signatures, each with `verify_strict` alone.
+    ///
+    /// No batch equation is used on purpose: a random-linear-combination
+    /// batch check passes a signature whose `R` carries a small-order
+    /// (torsion) component whenever the random coefficient cancels it,
+    /// which `verify_strict` refuses. A node that took such an object
+    /// would hold evidence that fails every strict verifier, its own
+    /// `verify` included; so whatever a node accepts must pass the same
+    /// check an auditor runs offline.
     /// `None` items (objects that did not even decode) are skipped.
     fn check_many(
         &self,
@@ -275,31 +281,13 @@ impl Keyring {
         signed: &[Option<Signed<'_>>],
         domain: &[u8],
     ) -> Vec<Result<()>> {
-        let mut outcomes = Vec::with_capacity(signed.len());
-        let mut batch = Vec::new();
-        for (i, s) in signed.iter().enumerate() {
-            let prepared = match s {
+        signed
+            .iter()
+            .map(|s| match s {
                 None => Ok(()),
-                Some(s) => self.prepare(what, s).map(|(key, signature)| {
-                    batch.push((i, signing_input(domain, s.bytes), signature, key));
-                }),
-            };
-            outcomes.push(prepared);
-        }
-        let batch_ok = batch.len() > 1 && {
-            let inputs: Vec<&[u8]> = batch.iter().map(|b| b.1.as_slice()).collect();
-            let signatures: Vec<Signature> = batch.iter().map(|b| b.2).collect();
-            let keys: Vec<VerifyingKey> = batch.iter().map(|b| b.3).collect();
-            ed25519_dalek::verify_batch(&inputs, &signatures, &keys).is_ok()
-        };
-        if !batch_ok {
-            for (i, input, signature, key) in &batch {
-                if let Some(s) = &signed[*i] {
-                    outcomes[*i] = strict(what, s, *key, input, signature);
-                }
-            }
-        }
-        outcomes
+                Some(s) => self.check(what, *s, domain),
+            })
+            .collect()
     }
 
     /// Checks the sender node's signature over the header bytes as they
@@ -317,8 +305,8 @@ impl Keyring {
         envelope.open()
     }
 
-    /// [`Keyring::verify_envelope`] for a batch, with one batch signature
-    /// check: each envelope gets the outcome it would get alone.
+    /// [`Keyring::verify_envelope`] for a batch: each envelope gets the
+    /// outcome it would get alone.
     pub fn verify_envelopes(&self, envelopes: &[SignedEnvelope]) -> Vec<Result<EnvelopeHeader>> {
         let headers = self.verify_decoded(
             "envelope header",
@@ -340,9 +328,9 @@ impl Keyring {
             .collect()
     }
 
-    /// Decodes each of `items` and checks all their signatures in one
-    /// batch ([`Keyring::check_many`]): an item that does not decode gets
-    /// its decoding error, any other the outcome of its check.
+    /// Decodes each of `items` and checks their signatures
+    /// ([`Keyring::check_many`]): an item that does not decode gets its
+    /// decoding error, any other the outcome of its check.
     fn verify_decoded<I, T>(
         &self,
         what: &str,
@@ -400,8 +388,8 @@ impl Keyring {
         Ok(r)
     }
 
-    /// [`Keyring::verify_receipt`] for a batch, with one batch signature
-    /// check: each receipt gets the outcome it would get alone.
+    /// [`Keyring::verify_receipt`] for a batch: each receipt gets the
+    /// outcome it would get alone.
     pub fn verify_receipts(&self, receipts: &[SignedReceipt]) -> Vec<Result<Receipt>> {
         self.verify_decoded(
             "receipt",

@@ -8,11 +8,13 @@
 //! limited to feedback, and a node whose principals may submit once per
 //! second. Then each case runs against that state.
 
+use crate::forge;
 use crate::harness::*;
 use cluebridge::client::Connection;
 use cluebridge::config::{NodeFile, PrincipalFile};
 use cluebridge::crypto::NodeSigner;
 use cluebridge::crypto::certs::Ca;
+use cluebridge::crypto::signing::{ENVELOPE_DOMAIN, RECEIPT_DOMAIN};
 use cluebridge::model::{MessageKind, Receipt, ReceiptKind, SentState, sha256};
 use cluebridge::now_ms;
 use cluebridge::pb;
@@ -118,6 +120,22 @@ fn refusal(r: pb::DeliverResponse) -> Status {
         }
         other => panic!("envelope was not refused: {other:?}"),
     }
+}
+
+/// The refusal of every envelope of a `Peer.Deliver` batch (the first
+/// one's as a status); panics if any envelope was taken.
+fn every_refusal(r: pb::DeliverResponse) -> Status {
+    assert!(
+        r.outcomes
+            .iter()
+            .all(|o| matches!(o.outcome, Some(pb::deliver_outcome::Outcome::Refused(_)))),
+        "an envelope was taken into custody: {r:?}"
+    );
+    refusal(r)
+}
+
+fn read_key(fed: &TestFederation, node: &str) -> String {
+    std::fs::read_to_string(fed.dev.dir.join(format!("keys/{node}.ed25519"))).expect("key")
 }
 
 fn receipt_refusal(r: pb::ReturnReceiptsResponse) -> Status {
@@ -424,6 +442,35 @@ async fn attempt(w: &World, case: &str) -> Status {
             });
             deliver_to_security(w, DISCIPLINE, e).await
         }
+        "envelopes whose signature R carries a small-order point" => {
+            // A hostile member signs with its own key and adds the point of
+            // order 2 to R. A batch equation over two such signatures passes
+            // whenever the sum of its random coefficients is even (one call
+            // in two); ten calls would all be refused by chance one time in
+            // a thousand. Strict verification refuses every one.
+            let signer = fed.signer(DISCIPLINE);
+            let seed = forge::seed_of(&read_key(fed, DISCIPLINE));
+            let mut first = None;
+            for call in 0..10 {
+                let envelopes = (0..2)
+                    .map(|i| {
+                        let mut e = envelope(w, &format!("p-14-{call}-{i}"), |_| {});
+                        let input = [ENVELOPE_DOMAIN, &e.header].concat();
+                        e.signature = forge::torsion_signature(&signer, &seed, &input, 4);
+                        e
+                    })
+                    .collect();
+                let refused = every_refusal(
+                    fed.peer_as(DISCIPLINE, SECURITY)
+                        .deliver(pb::DeliverRequest { envelopes })
+                        .await
+                        .expect("deliver call")
+                        .into_inner(),
+                );
+                first.get_or_insert(refused);
+            }
+            first.expect("ten calls")
+        }
         "too many envelopes in one Peer call" => {
             let e = envelope(w, "p-13", |_| {});
             err(
@@ -491,6 +538,51 @@ async fn attempt(w: &World, case: &str) -> Status {
                     .expect("return receipts call")
                     .into_inner(),
             )
+        }
+        "an acknowledged receipt whose signature R carries a small-order point" => {
+            let status = d
+                .get_status(pb::GetStatusRequest {
+                    message_id: "seed-1".into(),
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            let signer = fed.signer(SECURITY);
+            let seed = forge::seed_of(&read_key(fed, SECURITY));
+            let mut first = None;
+            for _ in 0..10 {
+                let receipts = (0..2)
+                    .map(|_| {
+                        let receipt = Receipt {
+                            message_id: "seed-1".into(),
+                            sender_node: DISCIPLINE.into(),
+                            kind: ReceiptKind::Acknowledged,
+                            issuer_node: SECURITY.into(),
+                            issued_at_ms: now_ms(),
+                            reason: String::new(),
+                            header_sha256: sha256(&status.envelope_header),
+                            signing_key_id: "public_security-k1".into(),
+                            attempt: 2,
+                        };
+                        let mut signed = signer.sign_receipt(&receipt);
+                        let input = [RECEIPT_DOMAIN, &signed.receipt].concat();
+                        signed.signature = forge::torsion_signature(&signer, &seed, &input, 4);
+                        signed.to_wire()
+                    })
+                    .collect();
+                let answer = fed
+                    .peer_as(SECURITY, DISCIPLINE)
+                    .return_receipts(pb::ReturnReceiptsRequest { receipts })
+                    .await
+                    .expect("return receipts call")
+                    .into_inner();
+                assert!(
+                    answer.outcomes.iter().all(|o| o.refused.is_some()),
+                    "a forged receipt was stored: {answer:?}"
+                );
+                first.get_or_insert(receipt_refusal(answer));
+            }
+            first.expect("ten calls")
         }
         // ------------------------------------------------ certificates, roles
         "no client certificate" => {
@@ -764,6 +856,16 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "feedback via Peer naming a message never sent",
         Code::PermissionDenied,
         "which this node never sent",
+    ),
+    (
+        "envelopes whose signature R carries a small-order point",
+        Code::PermissionDenied,
+        "envelope header signature does not verify with key \"discipline-k1\"",
+    ),
+    (
+        "an acknowledged receipt whose signature R carries a small-order point",
+        Code::PermissionDenied,
+        "receipt signature does not verify with key \"public_security-k1\"",
     ),
     (
         "too many envelopes in one Peer call",

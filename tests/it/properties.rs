@@ -2,8 +2,11 @@
 //! receipt, signing then verifying succeeds; flipping any single bit of
 //! the header, payload or signature makes verification fail; decoding
 //! arbitrary bytes never panics; checking a batch gives each item the
-//! outcome it gets alone.
+//! outcome it gets alone; a signature whose R carries a small-order
+//! component is refused alone and in any batch.
 
+use crate::forge::{passes_cofactored, seed_of, torsion_signature};
+use cluebridge::crypto::signing::{ENVELOPE_DOMAIN, RECEIPT_DOMAIN};
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use cluebridge::model::{
@@ -172,6 +175,43 @@ proptest! {
         let alone: Vec<_> = envelopes.iter().map(|e| keyring.verify_envelope(e).map_err(|e| e.to_string())).collect();
         let batch: Vec<_> = keyring.verify_envelopes(&envelopes).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
         prop_assert_eq!(batch, alone);
+    }
+
+    #[test]
+    fn torsion_in_r_is_refused_alone_and_in_every_batch(
+        receipts in proptest::collection::vec(receipt(), 1..12),
+        (h, payload) in envelope(),
+        forged in proptest::collection::vec(0usize..8, 12),
+    ) {
+        // 0 = an honest signature; 1..=7 = R carries EIGHT_TORSION[i],
+        // which a batch equation with an even random coefficient cancels
+        // (orders 2 and 4 often, order 8 one time in eight).
+        let (signer, keyring) = signer_and_keyring();
+        let seed = seed_of(&signer.to_text());
+        let public = signer.verifying_key().to_bytes();
+        let mut signed: Vec<SignedReceipt> = receipts.iter().map(|r| signer.sign_receipt(r)).collect();
+        let mut envelopes = vec![signer.seal(&h, payload); signed.len()];
+        for (i, &t) in forged.iter().take(signed.len()).enumerate().filter(|(_, t)| **t > 0) {
+            let input = [RECEIPT_DOMAIN, &signed[i].receipt].concat();
+            signed[i].signature = torsion_signature(&signer, &seed, &input, t);
+            prop_assert!(passes_cofactored(&public, &input, &signed[i].signature));
+            let input = [ENVELOPE_DOMAIN, &envelopes[i].header].concat();
+            envelopes[i].signature = torsion_signature(&signer, &seed, &input, t);
+            prop_assert!(passes_cofactored(&public, &input, &envelopes[i].signature));
+        }
+        let receipts_checked = keyring.verify_receipts(&signed);
+        let envelopes_checked = keyring.verify_envelopes(&envelopes);
+        for (i, (r, e)) in receipts_checked.iter().zip(&envelopes_checked).enumerate() {
+            if forged[i] > 0 {
+                prop_assert!(r.as_ref().is_err_and(|e| e.to_string().contains("does not verify")));
+                prop_assert!(e.as_ref().is_err_and(|e| e.to_string().contains("does not verify")));
+                prop_assert!(keyring.verify_receipt(&signed[i]).is_err());
+                prop_assert!(keyring.verify_envelope(&envelopes[i]).is_err());
+            } else {
+                prop_assert!(r.is_ok(), "honest receipt {i} refused: {r:?}");
+                prop_assert!(e.is_ok(), "honest envelope {i} refused: {e:?}");
+            }
+        }
     }
 
     #[test]
