@@ -8,7 +8,7 @@ use crate::model::{
     SignedReceipt,
 };
 use crate::now_ms;
-use crate::store::{InboundOutcome, InboundRecord};
+use crate::store::{Holder, InboundOutcome, InboundRecord};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -18,6 +18,17 @@ struct Custody {
     envelope: Vec<u8>,
     record: InboundRecord,
     delivered: SignedReceipt,
+}
+
+/// A new lease id: random, so that no receiver can guess another's.
+/// Ids are never 0 (the API's "no lease").
+fn new_lease_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// A message leased to a receiver.
@@ -185,6 +196,7 @@ impl Broker {
             queue_key: Vec::new(),
             delivered_receipt_key: Vec::new(),
             audit_seqs: Vec::new(),
+            lease_holder: String::new(),
         };
         Ok(Custody {
             message,
@@ -203,7 +215,7 @@ impl Broker {
         lease_ms: u64,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<std::result::Result<Leased, (tokio::sync::OwnedSemaphorePermit, Option<u64>)>> {
-        let lease_id = self.store().next_seq()?;
+        let lease_id = new_lease_id();
         let now = now_ms();
         let deadline = now + lease_ms;
         let leased = {
@@ -212,8 +224,13 @@ impl Broker {
                 .lease_lock
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            self.store()
-                .lease_next(now, lease_id, deadline, receiver.receive_kinds.as_ref())?
+            self.store().lease_next(
+                now,
+                lease_id,
+                deadline,
+                &receiver.name,
+                receiver.receive_kinds.as_ref(),
+            )?
         };
         let lease = match leased {
             Ok(lease) => lease,
@@ -325,8 +342,9 @@ impl Broker {
         let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
         {
             let (message, receipt) = (message.clone(), receipt.clone());
+            let holder = Holder::Principal(receiver.name.clone());
             self.store()
-                .write(move |s| s.settle(&message, lease_id, state, &receipt))
+                .write(move |s| s.settle(&message, lease_id, &holder, state, &receipt))
                 .await?;
         }
         self.end_lease(lease_id);
@@ -355,7 +373,8 @@ impl Broker {
             )));
         }
         self.receivers_record(receiver, message)?;
-        self.end_lease_attempt(message, lease_id, delay_ms, "released")?;
+        let holder = Holder::Principal(receiver.name.clone());
+        self.end_lease_attempt(message, lease_id, &holder, delay_ms, "released")?;
         self.store().flush().await?;
         Ok(())
     }
@@ -374,7 +393,8 @@ impl Broker {
         self.receivers_record(receiver, message)?;
         let lease_ms = self.lease_length_ms(lease_seconds)?;
         let deadline = now_ms() + lease_ms;
-        self.store().extend(message, lease_id, deadline)?;
+        let holder = Holder::Principal(receiver.name.clone());
+        self.store().extend(message, lease_id, &holder, deadline)?;
         self.store().flush().await?;
         Ok(deadline)
     }
@@ -385,6 +405,7 @@ impl Broker {
         &self,
         message: &MessageRef,
         lease_id: u64,
+        holder: &Holder,
         delay_ms: u64,
         how: &str,
     ) -> Result<()> {
@@ -401,8 +422,13 @@ impl Broker {
                     record.attempts
                 ),
             );
-            self.store()
-                .settle(message, lease_id, InboundState::DeadLetter, &receipt)?;
+            self.store().settle(
+                message,
+                lease_id,
+                holder,
+                InboundState::DeadLetter,
+                &receipt,
+            )?;
             tracing::warn!(%message, attempts = record.attempts, "dead-lettered");
             self.metrics().dead_lettered.inc();
             self.wake_peer(&message.sender_node);
@@ -410,6 +436,7 @@ impl Broker {
             self.store().requeue(
                 message,
                 lease_id,
+                holder,
                 now_ms() + delay_ms,
                 how == "released",
                 how,
@@ -428,7 +455,7 @@ impl Broker {
         for (message, lease_id) in &lapsed {
             let attempts = self.custody_record(message)?.attempts;
             let backoff = base.saturating_mul(1 << attempts.saturating_sub(1).min(6));
-            match self.end_lease_attempt(message, *lease_id, backoff, "lapsed") {
+            match self.end_lease_attempt(message, *lease_id, &Holder::Node, backoff, "lapsed") {
                 Ok(()) => {}
                 // Settled between the scan and now: nothing to do.
                 Err(Error::FailedPrecondition(_)) => {}
@@ -494,7 +521,8 @@ impl Broker {
     /// Puts a lease that never reached its receiver (the stream closed
     /// while sending) straight back in the inbox.
     pub fn return_unsent(&self, message: &MessageRef, lease_id: u64) {
-        if let Err(e) = self.end_lease_attempt(message, lease_id, 0, "not sent: stream closed") {
+        let how = "not sent: stream closed";
+        if let Err(e) = self.end_lease_attempt(message, lease_id, &Holder::Node, 0, how) {
             tracing::warn!(%message, error = %e, "could not return an unsent lease");
         }
     }

@@ -206,6 +206,14 @@ pub struct OutboxEntry {
     pub envelope: Vec<u8>,
 }
 
+/// Who ends a lease: the principal that holds it, or the node itself
+/// (a lapsed lease, a delivery that never reached its stream).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Principal(String),
+    Node,
+}
+
 /// One leased message handed to a receiver.
 #[derive(Debug)]
 pub struct Lease {
@@ -769,6 +777,7 @@ impl Store {
         now_ms: u64,
         lease_id: u64,
         deadline_ms: u64,
+        holder: &str,
         kinds: Option<&BTreeSet<MessageKind>>,
     ) -> Result<std::result::Result<Lease, Option<u64>>> {
         loop {
@@ -795,6 +804,7 @@ impl Store {
                 record.attempts += 1;
                 record.lease_id = lease_id;
                 record.lease_deadline_ms = deadline_ms;
+                record.lease_holder = holder.to_string();
                 record.queue_key = lease_key.clone();
                 t[LEASES].insert(lease_key.as_slice(), &msg_key)?;
                 t[INBOUND].insert(&msg_key, records::encode(&record))?;
@@ -850,12 +860,16 @@ impl Store {
     }
 
     /// Runs `change` on a leased message's record if `lease_id` is its
-    /// current lease, inside one transaction with the queue moves it asks
-    /// for. Refuses with `NotFound` / `FailedPrecondition` otherwise.
+    /// current lease and `holder` may end it, inside one transaction with
+    /// the queue moves it asks for. Refuses with `PermissionDenied` when
+    /// the lease is another principal's and `FailedPrecondition` when it
+    /// is not current; neither refusal tells the message's state, which
+    /// is its receivers' business.
     fn with_lease<T>(
         &self,
         message: &MessageRef,
         lease_id: u64,
+        holder: &Holder,
         change: impl Fn(&Tx, &[u8], &mut InboundRecord) -> TxResult<T>,
     ) -> Result<T> {
         let key = keys::message(message);
@@ -863,9 +877,16 @@ impl Store {
             let mut record = custody_record(t, &key, message)?;
             if record.state != InboundState::Leased || record.lease_id != lease_id {
                 return abort(Error::FailedPrecondition(format!(
-                    "lease {lease_id} is not the current lease of {message} (it lapsed or was \
-                     settled; the message is now {:?}, attempt {})",
-                    record.state, record.attempts
+                    "lease {lease_id} is not the current lease of {message}: it lapsed, was \
+                     released or settled, or was never issued"
+                )));
+            }
+            if let Holder::Principal(name) = holder
+                && *name != record.lease_holder
+            {
+                return abort(Error::PermissionDenied(format!(
+                    "lease {lease_id} of {message} is not your lease: only the principal that \
+                     received the message may settle, release or extend it"
                 )));
             }
             t[LEASES].remove(record.queue_key.as_slice())?;
@@ -881,6 +902,7 @@ impl Store {
         &self,
         message: &MessageRef,
         lease_id: u64,
+        holder: &Holder,
         state: InboundState,
         receipt: &SignedReceipt,
     ) -> Result<()> {
@@ -898,7 +920,7 @@ impl Store {
         };
         let now = crate::now_ms().to_be_bytes();
         let reason = receipt.open().map(|r| r.reason).unwrap_or_default();
-        self.with_lease(message, lease_id, |t, key, record| {
+        self.with_lease(message, lease_id, holder, |t, key, record| {
             record.state = state;
             record.queue_key.clear();
             queued.insert(t)?;
@@ -922,6 +944,7 @@ impl Store {
         &self,
         message: &MessageRef,
         lease_id: u64,
+        holder: &Holder,
         ready_at_ms: u64,
         released: bool,
         why: &str,
@@ -932,7 +955,7 @@ impl Store {
         } else {
             AuditEvent::Redelivered
         };
-        self.with_lease(message, lease_id, |t, key, record| {
+        self.with_lease(message, lease_id, holder, |t, key, record| {
             record.state = InboundState::Inbox;
             record.queue_key = inbox_key.clone();
             t[INBOX].insert(inbox_key.as_slice(), key)?;
@@ -951,9 +974,15 @@ impl Store {
     }
 
     /// Moves a lease's deadline.
-    pub fn extend(&self, message: &MessageRef, lease_id: u64, deadline_ms: u64) -> Result<()> {
+    pub fn extend(
+        &self,
+        message: &MessageRef,
+        lease_id: u64,
+        holder: &Holder,
+        deadline_ms: u64,
+    ) -> Result<()> {
         let lease_key = keys::pair(deadline_ms, lease_id);
-        self.with_lease(message, lease_id, |t, key, record| {
+        self.with_lease(message, lease_id, holder, |t, key, record| {
             record.lease_deadline_ms = deadline_ms;
             record.queue_key = lease_key.clone();
             t[LEASES].insert(lease_key.as_slice(), key)?;

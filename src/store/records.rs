@@ -41,6 +41,9 @@ pub struct InboundRecord {
     pub delivered_receipt_key: Vec<u8>,
     /// As [`SentRecord::audit_seqs`].
     pub audit_seqs: Vec<u64>,
+    /// The principal that holds the current lease: only it may settle,
+    /// release or extend the lease.
+    pub lease_holder: String,
 }
 
 pub(super) fn encode<T: Serialize>(record: &T) -> Vec<u8> {
@@ -101,6 +104,7 @@ impl Record for InboundRecord {
             queue_key: r.queue_key,
             delivered_receipt_key: r.delivered_receipt_key,
             audit_seqs: Vec::new(),
+            lease_holder: String::new(),
         })
     }
 }

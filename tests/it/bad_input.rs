@@ -25,6 +25,9 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 const FEEDBACK_READER: &str = "feedback-reader";
+/// A second receiving system of public security: it must not touch the
+/// leases of `backoffice`.
+const OTHER_RECEIVER: &str = "other-receiver";
 
 fn tune(n: &mut NodeFile) {
     if n.node_id == SECURITY {
@@ -32,6 +35,11 @@ fn tune(n: &mut NodeFile) {
             name: FEEDBACK_READER.into(),
             roles: vec!["receive".into()],
             receive_kinds: Some(vec!["feedback".into()]),
+        });
+        n.principals.push(PrincipalFile {
+            name: OTHER_RECEIVER.into(),
+            roles: vec!["receive".into()],
+            receive_kinds: None,
         });
     }
     if n.node_id == JUDICIAL {
@@ -322,6 +330,52 @@ async fn attempt(w: &World, case: &str) -> Status {
                 lease: Some(w.stale.clone()),
             })
             .await,
+            case,
+        ),
+        "ack with a guessed lease id" => {
+            let mut guessed = w.live.clone();
+            guessed.lease_id = guessed.lease_id.wrapping_add(1);
+            err(
+                s.ack(pb::AckRequest {
+                    lease: Some(guessed),
+                })
+                .await,
+                case,
+            )
+        }
+        "ack of another principal's lease" => err(
+            as_client(fed, SECURITY, OTHER_RECEIVER)
+                .ack(pb::AckRequest {
+                    lease: Some(w.live.clone()),
+                })
+                .await,
+            case,
+        ),
+        "reject of another principal's lease" => err(
+            as_client(fed, SECURITY, OTHER_RECEIVER)
+                .reject(pb::RejectRequest {
+                    lease: Some(w.live.clone()),
+                    reason: "taken over".into(),
+                })
+                .await,
+            case,
+        ),
+        "release of another principal's lease" => err(
+            as_client(fed, SECURITY, OTHER_RECEIVER)
+                .release(pb::ReleaseRequest {
+                    lease: Some(w.live.clone()),
+                    delay_ms: 3_600_000,
+                })
+                .await,
+            case,
+        ),
+        "extend of another principal's lease" => err(
+            as_client(fed, SECURITY, OTHER_RECEIVER)
+                .extend_lease(pb::ExtendLeaseRequest {
+                    lease: Some(w.live.clone()),
+                    lease_seconds: 3600,
+                })
+                .await,
             case,
         ),
         "ack without a lease" => err(s.ack(pb::AckRequest { lease: None }).await, case),
@@ -776,6 +830,31 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "is not the current lease of discipline/seed-1",
     ),
     (
+        "ack with a guessed lease id",
+        Code::FailedPrecondition,
+        "is not the current lease of discipline/seed-1: it lapsed, was released or settled",
+    ),
+    (
+        "ack of another principal's lease",
+        Code::PermissionDenied,
+        "of discipline/seed-1 is not your lease",
+    ),
+    (
+        "reject of another principal's lease",
+        Code::PermissionDenied,
+        "is not your lease",
+    ),
+    (
+        "release of another principal's lease",
+        Code::PermissionDenied,
+        "is not your lease",
+    ),
+    (
+        "extend of another principal's lease",
+        Code::PermissionDenied,
+        "is not your lease",
+    ),
+    (
         "ack without a lease",
         Code::InvalidArgument,
         "lease is required",
@@ -929,9 +1008,24 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
     ),
 ];
 
+/// Whether a refusal about a lease tells its state or attempt, which
+/// belong to the lease's holder.
+fn reveals_receiving(message: &str) -> bool {
+    ["Leased", "Inbox", "attempt", "leased by", "acknowledged"]
+        .iter()
+        .any(|w| message.contains(w))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_clear_status_and_changes_nothing() {
     let w = prepare().await;
+    // Lease ids are unguessable: two successive ones are far apart.
+    assert!(
+        w.stale.lease_id.abs_diff(w.live.lease_id) > 1 << 32,
+        "lease ids {} and {} are neighbours",
+        w.stale.lease_id,
+        w.live.lease_id
+    );
     // Let the last receipts and wake-ups settle before the first snapshot.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut failures = Vec::new();
@@ -948,6 +1042,11 @@ async fn every_bad_input_gets_a_clear_status_and_changes_nothing() {
         } else if !status.message().contains(says) {
             failures.push(format!(
                 "{case}: message {:?} does not say {says:?}",
+                status.message()
+            ));
+        } else if case.contains("lease") && reveals_receiving(status.message()) {
+            failures.push(format!(
+                "{case}: message {:?} tells how the message is being received",
                 status.message()
             ));
         }
