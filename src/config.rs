@@ -209,6 +209,11 @@ pub struct Limits {
     pub max_release_delay_ms: u64,
     /// How far in the future a peer's `created_at` may be.
     pub max_clock_skew_ms: u64,
+    /// How long after a signing key's `not_after` this node still takes
+    /// envelopes and receipts signed with it (they may have waited in an
+    /// outbox during an outage). Beyond it, a retired key's signature is
+    /// refused whatever time the object claims.
+    pub retired_key_grace_ms: u64,
     /// Envelopes or receipts accepted in one `Peer` call.
     pub max_peer_batch: usize,
     /// Submits per second one principal may make (sustained; bursts of up
@@ -227,6 +232,7 @@ impl Default for Limits {
             max_outstanding_per_stream: 1024,
             max_release_delay_ms: 3_600_000,
             max_clock_skew_ms: 5 * 60 * 1000,
+            retired_key_grace_ms: 3 * 24 * 3600 * 1000,
             max_peer_batch: 1024,
             submit_rate_per_sec: 2000,
         }

@@ -2,7 +2,7 @@
 //! and checkpoints, for principals holding the `audit` role.
 
 use super::authorize;
-use crate::broker::{Broker, MessageFilter};
+use crate::broker::{Broker, MessageFilter, PageToken};
 use crate::model::{AuditEntry, MessageKind, Role, SignedCheckpoint};
 use crate::pb;
 use std::pin::Pin;
@@ -148,10 +148,14 @@ impl pb::audit_server::Audit for AuditService {
                 k => Some(MessageKind::from_wire(k)?),
             },
             limit,
+            after: match r.page_token.as_str() {
+                "" => None,
+                token => Some(PageToken::decode(token)?),
+            },
         };
-        let messages = self
-            .broker
-            .list_messages(&filter)?
+        let page = self.broker.list_messages(&filter)?;
+        let messages = page
+            .messages
             .into_iter()
             .map(|m| pb::MessageSummary {
                 sender_node: m.message.sender_node,
@@ -165,7 +169,10 @@ impl pb::audit_server::Audit for AuditService {
                 created_at_ms: m.created_at_ms,
             })
             .collect();
-        Ok(Response::new(pb::ListMessagesResponse { messages }))
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages,
+            next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),
+        }))
     }
 
     async fn get_checkpoints(

@@ -21,6 +21,73 @@ pub struct MessageFilter {
     pub peer: Option<String>,
     pub kind: Option<MessageKind>,
     pub limit: usize,
+    /// Start after this message (a previous page's last one).
+    pub after: Option<PageToken>,
+}
+
+/// Where a page of `ListMessages` ended: the sort key of its last message.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PageToken {
+    /// Newest first: the creation time, reversed.
+    pub newest_first: std::cmp::Reverse<u64>,
+    pub sender_node: String,
+    pub message_id: String,
+}
+
+impl PageToken {
+    fn of(m: &MessageSummary) -> PageToken {
+        PageToken {
+            newest_first: std::cmp::Reverse(m.created_at_ms),
+            sender_node: m.message.sender_node.clone(),
+            message_id: m.message.message_id.clone(),
+        }
+    }
+
+    /// The token's text form: `created_at_ms/sender_node/message_id`.
+    pub fn encode(&self) -> String {
+        format!(
+            "{}/{}/{}",
+            self.newest_first.0, self.sender_node, self.message_id
+        )
+    }
+
+    pub fn decode(text: &str) -> Result<PageToken> {
+        let bad = || Error::invalid(format!("page_token {text:?} is not one this node gave out"));
+        let mut parts = text.splitn(3, '/');
+        let (Some(at), Some(node), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad());
+        };
+        validate_id("page_token sender_node", node).map_err(|_| bad())?;
+        validate_id("page_token message_id", id).map_err(|_| bad())?;
+        Ok(PageToken {
+            newest_first: std::cmp::Reverse(at.parse().map_err(|_| bad())?),
+            sender_node: node.to_string(),
+            message_id: id.to_string(),
+        })
+    }
+}
+
+/// About how many bytes of summaries one `ListMessages` answer holds: far
+/// below a client's default 4 MiB message limit, whatever the subjects.
+pub const LIST_ANSWER_BUDGET: usize = 1024 * 1024;
+
+/// One page of `ListMessages`.
+#[derive(Clone, Debug)]
+pub struct MessagePage {
+    pub messages: Vec<MessageSummary>,
+    /// Set when more messages match.
+    pub next: Option<PageToken>,
+}
+
+impl MessageSummary {
+    /// About what the summary costs on the wire.
+    fn wire_size(&self) -> usize {
+        64 + self.message.sender_node.len()
+            + self.message.message_id.len()
+            + self.peer.len()
+            + self.case_reference.len()
+            + self.subject.len()
+    }
 }
 
 /// One message as `ListMessages` shows it.
@@ -93,10 +160,20 @@ impl Broker {
                 c.node
             )));
         }
+        let skew = self.config().limits.max_clock_skew_ms;
+        if c.time_ms > now_ms().saturating_add(skew) {
+            return Err(Error::invalid(format!(
+                "checkpoint is signed {} ms in the future; at most {skew} ms of clock skew is allowed",
+                c.time_ms - now_ms()
+            )));
+        }
+        let store = self.store().clone();
         let peer = peer.to_string();
-        self.store()
-            .write(move |s| s.put_checkpoint(&peer, c.seq, &signed))
+        // Reads and the write run off the async workers; one peer's
+        // checkpoints come one at a time from its checkpointer.
+        tokio::task::spawn_blocking(move || witness_blocking(&store, &peer, &c, &signed))
             .await
+            .map_err(|e| Error::Unavailable(format!("witness task failed: {e}")))?
     }
 
     /// The receipt bundle of a message that passed through this node, as
@@ -166,8 +243,10 @@ impl Broker {
             .map_err(|e| Error::Unavailable(format!("encoding the bundle failed: {e}")))
     }
 
-    /// Messages this node sent or holds that match `filter`, newest first.
-    pub fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<MessageSummary>> {
+    /// Messages this node sent or holds that match `filter`, newest first,
+    /// one page at a time: at most `filter.limit` and about
+    /// [`LIST_ANSWER_BUDGET`] bytes.
+    pub fn list_messages(&self, filter: &MessageFilter) -> Result<MessagePage> {
         let store = self.store();
         let mut out = Vec::new();
         let mut consider = |message: MessageRef,
@@ -218,8 +297,103 @@ impl Broker {
             let peer = message.sender_node.clone();
             consider(message, "received", peer, record.state.as_str())?;
         }
-        out.sort_by_key(|m| std::cmp::Reverse(m.created_at_ms));
-        out.truncate(filter.limit);
-        Ok(out)
+        out.sort_by_cached_key(PageToken::of);
+        if let Some(after) = &filter.after {
+            out.retain(|m| PageToken::of(m) > *after);
+        }
+        let mut used = 0;
+        let fits = out
+            .iter()
+            .take(filter.limit)
+            .take_while(|m| {
+                used += m.wire_size();
+                used <= LIST_ANSWER_BUDGET
+            })
+            .count()
+            .max(out.len().min(1));
+        let next = (fits < out.len()).then(|| PageToken::of(&out[fits - 1]));
+        out.truncate(fits);
+        Ok(MessagePage {
+            messages: out,
+            next,
+        })
     }
+}
+
+/// How fast a node's audit chain can plausibly grow: a witnessed
+/// checkpoint may be at most this many entries per second (of signing
+/// time) ahead of the last one witnessed. Peak throughput writes a few
+/// entries per message, far below this.
+pub const MAX_CHAIN_GROWTH_PER_SEC: u64 = 1_000_000;
+
+/// The witness rules: the same checkpoint again changes nothing; one that
+/// contradicts the checkpoint held for its entry is refused and kept (a
+/// few per node) as evidence; otherwise it must move forward from the
+/// latest witnessed one, in entries and in time, and not implausibly far;
+/// and at most one per second of signing time is kept.
+fn witness_blocking(
+    store: &crate::store::Store,
+    peer: &str,
+    c: &Checkpoint,
+    signed: &SignedCheckpoint,
+) -> Result<()> {
+    if let Some(held) = store.checkpoint_at(peer, c.seq)? {
+        if held.checkpoint == signed.checkpoint {
+            return Ok(());
+        }
+        let kept = store.keep_equivocation(peer, c.seq, signed)?;
+        tracing::error!(
+            peer,
+            seq = c.seq,
+            kept,
+            "a peer signed two different checkpoints for one entry"
+        );
+        return Err(Error::AlreadyExists(format!(
+            "a different checkpoint of node {peer} at entry {} is already held; the node has \
+             signed two histories (the first one is kept, this one {})",
+            c.seq,
+            if kept {
+                "is kept as evidence"
+            } else {
+                "is not: enough evidence is kept"
+            }
+        )));
+    }
+    let mut replaces = None;
+    if let Some(latest) = store.latest_checkpoint(peer)? {
+        let l = latest.open()?;
+        if c.seq < l.seq || c.time_ms < l.time_ms {
+            return Err(Error::FailedPrecondition(format!(
+                "checkpoint at entry {} (signed at {}) is older than the latest witnessed \
+                 checkpoint of {peer} (entry {}, signed at {}); witnessed checkpoints only move \
+                 forward",
+                c.seq,
+                crate::format_time(c.time_ms),
+                l.seq,
+                crate::format_time(l.time_ms)
+            )));
+        }
+        let elapsed_secs = (c.time_ms - l.time_ms) / 1000 + 1;
+        let plausible = l
+            .seq
+            .saturating_add(MAX_CHAIN_GROWTH_PER_SEC.saturating_mul(elapsed_secs));
+        if c.seq > plausible {
+            return Err(Error::invalid(format!(
+                "checkpoint at entry {} is {} entries ahead of the latest witnessed checkpoint \
+                 of {peer} (entry {}), signed {elapsed_secs} s later; a chain grows by at most \
+                 {MAX_CHAIN_GROWTH_PER_SEC} entries per second",
+                c.seq,
+                c.seq - l.seq,
+                l.seq
+            )));
+        }
+        // One checkpoint per second of the peer's signing time is kept: a
+        // newer one within the same second replaces the latest (it covers
+        // more of the chain), so a member sending many cannot grow the
+        // witness's store faster than time passes.
+        if c.time_ms < l.time_ms.saturating_add(1000) {
+            replaces = Some(l.seq);
+        }
+    }
+    store.put_checkpoint(peer, c.seq, signed, replaces)
 }

@@ -146,6 +146,8 @@ impl Broker {
             )));
         }
         let header = verified?;
+        super::validate::check_header(config, &header)?;
+        self.check_key_not_retired(&header.sender_node, &header.signing_key_id, now)?;
         if header.expires_at_ms <= now {
             return Err(Error::FailedPrecondition(format!(
                 "envelope {} expired at {} (now {now})",
@@ -328,13 +330,7 @@ impl Broker {
                         "a rejection needs a reason; it travels to the sender in the signed receipt",
                     ));
                 }
-                let max = self.config().limits.max_reason_len;
-                if reason.len() > max {
-                    return Err(Error::invalid(format!(
-                        "reason is {} bytes long; the limit is {max}",
-                        reason.len()
-                    )));
-                }
+                super::validate::check_reason(self.config(), reason)?;
                 (ReceiptKind::Rejected, InboundState::Rejected, reason)
             }
         };

@@ -7,8 +7,9 @@ mod audit;
 mod custody;
 mod operations;
 mod sending;
+mod validate;
 
-pub use audit::{MessageFilter, MessageSummary};
+pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};
 pub use custody::Leased;
 pub use operations::{
     DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,

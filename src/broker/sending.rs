@@ -72,16 +72,6 @@ pub struct Status {
     pub signature: Vec<u8>,
 }
 
-fn check_len(what: &str, value: &str, max: usize) -> Result<()> {
-    if value.len() > max {
-        return Err(Error::invalid(format!(
-            "{what} is {} bytes long; the limit is {max}",
-            value.len()
-        )));
-    }
-    Ok(())
-}
-
 impl Broker {
     /// Validates, signs and durably stores a message; answers only after
     /// the store is flushed.
@@ -106,22 +96,6 @@ impl Broker {
                 recipient.id
             )));
         }
-        if input.subject.trim().is_empty() {
-            return Err(Error::invalid(
-                "subject is empty; every message needs a subject",
-            ));
-        }
-        check_len("subject", &input.subject, limits.max_subject_len)?;
-        check_len(
-            "case_reference",
-            &input.case_reference,
-            limits.max_case_reference_len,
-        )?;
-        check_len(
-            "content_type",
-            &input.content_type,
-            limits.max_content_type_len,
-        )?;
         if input.payload.len() > limits.max_payload_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "payload is {} bytes; this node accepts at most {}",
@@ -186,6 +160,7 @@ impl Broker {
             reply_by_ms: input.reply_by_ms,
             signing_key_id: self.signer().key_id().to_string(),
         };
+        super::validate::check_header(config, &header)?;
         let message = header.message_ref();
         let request_digest = input.digest();
         let envelope = self.signer().seal(&header, input.payload);
@@ -201,6 +176,7 @@ impl Broker {
             expires_at_ms: header.expires_at_ms,
             outbox_key: None,
             audit_seqs: Vec::new(),
+            conflict_recorded: false,
         };
         // The answer comes after the writer's flush on the duplicate path
         // too: the original may not have reached the disk yet.
@@ -423,6 +399,8 @@ impl Broker {
         kinds: &[ReceiptKind],
     ) -> Result<crate::model::Receipt> {
         let r = verified?;
+        self.check_key_not_retired(&r.issuer_node, &r.signing_key_id, now_ms())?;
+        super::validate::check_reason(self.config(), &r.reason)?;
         if r.issuer_node != peer {
             return Err(Error::PermissionDenied(format!(
                 "receipt issued by {:?} was returned by node {peer:?}; a node returns only its own receipts",

@@ -48,6 +48,32 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether `c` may change how a terminal or an editor shows the text
+/// around it: C0 and C1 controls, DEL, and the bidirectional overrides,
+/// embeddings, isolates and marks.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Checks a free-text field (a subject, a case reference, a reason):
+/// printable text only. `allow_lines` lets a multi-line field keep its
+/// line breaks and tabs.
+pub fn check_text(what: &str, value: &str, allow_lines: bool) -> Result<()> {
+    let found = value
+        .char_indices()
+        .find(|(_, c)| is_unsafe_char(*c) && !(allow_lines && matches!(c, '\n' | '\t')));
+    match found {
+        None => Ok(()),
+        Some((at, c)) => Err(Error::invalid(format!(
+            "{what} contains the control character U+{:04X} at byte {at}; only printable text \
+             is allowed (control and bidirectional-override characters can disguise what a \
+             reader sees)",
+            c as u32
+        ))),
+    }
+}
+
 /// The kind of agency a node belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -370,6 +396,28 @@ mod tests {
         let err = validate_id("message id", "a b").unwrap_err().to_string();
         assert!(err.contains("' '"), "{err}");
         assert!(validate_id("message id", "a\0b").is_err());
+    }
+
+    #[test]
+    fn text_fields_refuse_controls_and_bidi_overrides_but_keep_any_script() {
+        assert!(check_text("subject", "误告陷害 — case 12, résumé", false).is_ok());
+        for bad in [
+            "a\u{1b}]0;x\u{7}",
+            "a\u{9b}2J",
+            "a\u{7f}",
+            "abc\u{202e}fed",
+            "x\u{2067}y",
+            "a\nb",
+            "\0",
+        ] {
+            let e = check_text("subject", bad, false).unwrap_err().to_string();
+            assert!(
+                e.contains("subject contains the control character U+"),
+                "{bad:?}: {e}"
+            );
+        }
+        assert!(check_text("reason", "line one\n\tline two", true).is_ok());
+        assert!(check_text("reason", "line\u{1b}[2J", true).is_err());
     }
 
     #[test]

@@ -20,14 +20,16 @@
 //!   chain's last entry when the chain runs past the record, never back:
 //!   a chain that ends before the record is reported by `audit verify`;
 //! - `checkpoints`: node + seq → signed checkpoint, this node's own and
-//!   those its peers sent it to witness.
+//!   those its peers sent it to witness;
+//! - `equivocations`: node + seq + digest → a peer's checkpoint that
+//!   contradicts the one held for the same entry (a few per node).
 //!
 //! Sequence numbers come from the head, not from `generate_id`, so the
 //! chain has no gaps even after a crash.
 
 use super::{
-    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, INBOUND, InboundRecord, RECEIPTS, SENT,
-    SentRecord, Store, Tx, TxError, TxResult, keys, records,
+    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, EQUIVOCATIONS, INBOUND, InboundRecord, RECEIPTS,
+    SENT, SentRecord, Store, Tx, TxError, TxResult, keys, records,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -100,6 +102,9 @@ fn index_key(message_key: &[u8], seq: u64) -> Vec<u8> {
     k.extend_from_slice(&seq.to_be_bytes());
     k
 }
+
+/// Contradicting checkpoints kept per node as evidence.
+pub const MAX_EQUIVOCATIONS: usize = 8;
 
 fn checkpoint_key(node: &str, seq: u64) -> Vec<u8> {
     keys::peer_queue(node, seq)
@@ -267,10 +272,22 @@ impl Store {
     /// same checkpoint again changes nothing; a different one for the same
     /// sequence number is refused and the first is kept: it is evidence
     /// that the node signed two histories.
-    pub fn put_checkpoint(&self, node: &str, seq: u64, signed: &SignedCheckpoint) -> Result<()> {
+    /// With `replaces`, the checkpoint held for that entry is removed in
+    /// the same transaction (a witness keeps one checkpoint per second of
+    /// a peer's signing time).
+    pub fn put_checkpoint(
+        &self,
+        node: &str,
+        seq: u64,
+        signed: &SignedCheckpoint,
+        replaces: Option<u64>,
+    ) -> Result<()> {
         let key = checkpoint_key(node, seq);
         let bytes = signed.encode();
         self.transact(|t| {
+            if let Some(old) = replaces.filter(|old| *old != seq) {
+                t[CHECKPOINTS].remove(checkpoint_key(node, old))?;
+            }
             let Some(held) = t[CHECKPOINTS].get(&key)? else {
                 t[CHECKPOINTS].insert(&key, &bytes)?;
                 return Ok(());
@@ -288,6 +305,51 @@ impl Store {
                  the node has signed two histories (the first one is kept)"
             ))))
         })
+    }
+
+    /// The checkpoint of `node` held for entry `seq`, if any.
+    pub fn checkpoint_at(&self, node: &str, seq: u64) -> Result<Option<SignedCheckpoint>> {
+        self.tree(CHECKPOINTS)
+            .get(checkpoint_key(node, seq))?
+            .map(|v| SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("checkpoints", e)))
+            .transpose()
+    }
+
+    /// Keeps a checkpoint of `node` that contradicts one already held for
+    /// the same entry: signed evidence that the node signed two histories.
+    /// At most [`MAX_EQUIVOCATIONS`] are kept per node, so a member cannot
+    /// fill the store with them; returns whether this one was kept.
+    pub fn keep_equivocation(
+        &self,
+        node: &str,
+        seq: u64,
+        signed: &SignedCheckpoint,
+    ) -> Result<bool> {
+        let mut key = checkpoint_key(node, seq);
+        key.extend_from_slice(&crate::model::sha256(&signed.checkpoint)[..8]);
+        let prefix = keys::peer_prefix(node);
+        let bytes = signed.encode();
+        self.transact(|t| {
+            if t[EQUIVOCATIONS].get(&key)?.is_some() {
+                return Ok(true);
+            }
+            if self.tree(EQUIVOCATIONS).scan_prefix(&prefix).count() >= MAX_EQUIVOCATIONS {
+                return Ok(false);
+            }
+            t[EQUIVOCATIONS].insert(key.as_slice(), bytes.as_slice())?;
+            Ok(true)
+        })
+    }
+
+    /// The contradicting checkpoints kept of `node`.
+    pub fn equivocations(&self, node: &str) -> Result<Vec<SignedCheckpoint>> {
+        self.tree(EQUIVOCATIONS)
+            .scan_prefix(keys::peer_prefix(node))
+            .map(|kv| {
+                let (_, v) = kv?;
+                SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("equivocations", e))
+            })
+            .collect()
     }
 
     /// Stores a checkpoint this node signed of its own chain, and notes

@@ -25,6 +25,16 @@ pub fn parse_message(key: &[u8]) -> Option<MessageRef> {
     })
 }
 
+/// `0xFF message-key`: where the contradicting final receipt about a
+/// message is kept in the equivocations tree (node ids are ASCII, so this
+/// never meets a checkpoint's `node \0 seq` key).
+pub fn contradicting_receipt(message_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(message_key.len() + 1);
+    k.push(0xFF);
+    k.extend_from_slice(message_key);
+    k
+}
+
 /// `peer \0`: prefix of one peer's queue in the outbox trees.
 pub fn peer_prefix(peer: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(peer.len() + 1);

@@ -36,7 +36,7 @@ mod records;
 mod segments;
 mod wal;
 
-pub use audit::parse_record as parse_audit_record;
+pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 
 pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
 
@@ -96,7 +96,8 @@ const AUDIT: usize = 13;
 const AUDIT_INDEX: usize = 14;
 const AUDIT_HEAD: usize = 15;
 const CHECKPOINTS: usize = 16;
-const TREE_NAMES: [&str; 17] = [
+const EQUIVOCATIONS: usize = 17;
+const TREE_NAMES: [&str; 18] = [
     "envelopes",
     "sent",
     "inbound",
@@ -114,6 +115,7 @@ const TREE_NAMES: [&str; 17] = [
     "audit_index",
     "audit_head",
     "checkpoints",
+    "equivocations",
 ];
 
 fn abort<T>(e: Error) -> TxResult<T> {
@@ -204,6 +206,14 @@ pub struct Counts {
 pub struct OutboxEntry {
     pub message_key: Vec<u8>,
     pub envelope: Vec<u8>,
+}
+
+/// Whether a final receipt of `kind` contradicts a message already in
+/// final `state`: one final word per message, except the moves that
+/// `SentState::after` allows (a requeued dead letter settled after all).
+fn contradicts(state: SentState, kind: ReceiptKind) -> bool {
+    let final_kind = !matches!(kind, ReceiptKind::Accepted | ReceiptKind::Delivered);
+    final_kind && state.is_terminal() && state.after(kind).is_none()
 }
 
 /// Who ends a lease: the principal that holds it, or the node itself
@@ -660,7 +670,25 @@ impl Store {
                 Err(e) => return abort(e),
             };
             if t[RECEIPTS].get(&receipt_key)?.is_some() {
-                return Ok(record.state);
+                return Ok(Ok(record.state));
+            }
+            if contradicts(record.state, kind) {
+                // A second, different final word about a settled message:
+                // refused, and the first such receipt is kept in the log
+                // (bytes and signature) as evidence of what the peer signed.
+                if !record.conflict_recorded {
+                    record.conflict_recorded = true;
+                    t[SENT].insert(key.as_slice(), records::encode(&record))?;
+                    t[EQUIVOCATIONS].insert(keys::contradicting_receipt(&key), bytes.as_slice())?;
+                    let detail = format!(
+                        "refused a contradicting {kind} receipt by {} (SHA-256 {}), kept as evidence",
+                        opened.issuer_node,
+                        hex::encode(receipt_digest)
+                    );
+                    let note = Note::new(event, record.state.as_str(), detail);
+                    self.append_audit(t, message, &note)?;
+                }
+                return Ok(Err(record.state));
             }
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
             t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
@@ -674,8 +702,24 @@ impl Store {
             let note =
                 Note::new(event, record.state.as_str(), detail.clone()).receipt(receipt_digest);
             self.append_audit(t, message, &note)?;
-            Ok(record.state)
+            Ok(Ok(record.state))
+        })?
+        .map_err(|state| {
+            Error::FailedPrecondition(format!(
+                "{message} is already {}; a {kind} receipt that contradicts it is refused (the \
+                 first contradicting receipt is recorded in the audit log)",
+                state.as_str()
+            ))
         })
+    }
+
+    /// The contradicting final receipt kept about `message`, if one came.
+    pub fn contradicting_receipt(&self, message: &MessageRef) -> Result<Option<SignedReceipt>> {
+        let key = keys::contradicting_receipt(&keys::message(message));
+        self.tree(EQUIVOCATIONS)
+            .get(key)?
+            .map(|v| SignedReceipt::decode(&v).map_err(|e| Error::corrupt("equivocations", e)))
+            .transpose()
     }
 
     /// Receipts about sent messages stored after `cursor`, oldest first.
@@ -1191,7 +1235,7 @@ impl Store {
         h.update(segment.to_be_bytes());
         h.update(end.to_be_bytes());
         for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
-            if i == CHECKPOINTS || i == AUDIT_HEAD {
+            if i == CHECKPOINTS || i == AUDIT_HEAD || i == EQUIVOCATIONS {
                 continue;
             }
             h.update((name.len() as u64).to_be_bytes());

@@ -21,6 +21,9 @@ pub struct SentRecord {
     /// first, kept by the store (`Store::transact`). Stores written before
     /// this field kept them in the `audit_index` tree only.
     pub audit_seqs: Vec<u64>,
+    /// A final receipt contradicting the message's final state came back
+    /// and was recorded in the audit log; later ones are refused unrecorded.
+    pub conflict_recorded: bool,
 }
 
 /// State of a message in this node's custody.
@@ -86,6 +89,7 @@ impl Record for SentRecord {
             expires_at_ms: r.expires_at_ms,
             outbox_key: r.outbox_key,
             audit_seqs: Vec::new(),
+            conflict_recorded: false,
         })
     }
 }

@@ -783,6 +783,7 @@ fn concurrent_appends_form_one_gapless_chain() {
                         expires_at_ms: u64::MAX,
                         outbox_key: None,
                         audit_seqs: Vec::new(),
+                        conflict_recorded: false,
                     };
                     store
                         .submit(&message, b"envelope", &record, &receipt)

@@ -252,6 +252,21 @@ async fn attempt(w: &World, case: &str) -> Status {
             r.subject = "s".repeat(257);
             err(d.submit(r).await, case)
         }
+        "a control sequence in the subject" => {
+            let mut r = to_s("k-10");
+            r.subject = "title\u{1b}]0;owned\u{7}".into();
+            err(d.submit(r).await, case)
+        }
+        "a right-to-left override in the case reference" => {
+            let mut r = to_s("k-11");
+            r.case_reference = "CASE-\u{202e}21".into();
+            err(d.submit(r).await, case)
+        }
+        "a reply-by time before the message" => {
+            let mut r = to_s("k-12");
+            r.reply_by_ms = 1;
+            err(d.submit(r).await, case)
+        }
         "time to live beyond the maximum" => {
             let mut r = to_s("k-7");
             r.ttl_seconds = 10 * 365 * 24 * 3600;
@@ -379,6 +394,14 @@ async fn attempt(w: &World, case: &str) -> Status {
             case,
         ),
         "ack without a lease" => err(s.ack(pb::AckRequest { lease: None }).await, case),
+        "reject with a reason that clears the screen" => err(
+            s.reject(pb::RejectRequest {
+                lease: Some(w.live.clone()),
+                reason: "no\u{1b}[2J".into(),
+            })
+            .await,
+            case,
+        ),
         "reject without a reason" => err(
             s.reject(pb::RejectRequest {
                 lease: Some(w.live.clone()),
@@ -524,6 +547,80 @@ async fn attempt(w: &World, case: &str) -> Status {
                 first.get_or_insert(refused);
             }
             first.expect("ten calls")
+        }
+        "a peer's subject beyond the limit" => {
+            let e = envelope(w, "p-20", |h| h.subject = "s".repeat(8 * 1024));
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's case reference beyond the limit" => {
+            let e = envelope(w, "p-21", |h| h.case_reference = "c".repeat(129));
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's content type beyond the limit" => {
+            let e = envelope(w, "p-22", |h| h.content_type = "t".repeat(129));
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's subject with a control sequence" => {
+            let e = envelope(w, "p-23", |h| h.subject = "\u{1b}[2Jclean".into());
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's principal with a right-to-left override" => {
+            let e = envelope(w, "p-24", |h| {
+                h.sender_principal = "back\u{202e}office".into()
+            });
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's empty subject" => {
+            let e = envelope(w, "p-25", |h| h.subject = " ".into());
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's created_at of zero" => {
+            let e = envelope(w, "p-26", |h| h.created_at_ms = 0);
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's expires_at at the end of time" => {
+            let e = envelope(w, "p-27", |h| h.expires_at_ms = u64::MAX);
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's expires_at before its created_at" => {
+            let e = envelope(w, "p-28", |h| {
+                h.created_at_ms = now_ms() + 60_000;
+                h.expires_at_ms = now_ms() + 30_000;
+            });
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's feedback-only field on a clue transfer" => {
+            let e = envelope(w, "p-29", |h| h.correlation_id = "seed-1".into());
+            deliver_to_security(w, DISCIPLINE, e).await
+        }
+        "a peer's receipt with a control sequence in its reason" => {
+            let status = d
+                .get_status(pb::GetStatusRequest {
+                    message_id: "seed-1".into(),
+                })
+                .await
+                .expect("status")
+                .into_inner();
+            let receipt = Receipt {
+                message_id: "seed-1".into(),
+                sender_node: DISCIPLINE.into(),
+                kind: ReceiptKind::Rejected,
+                issuer_node: SECURITY.into(),
+                issued_at_ms: now_ms(),
+                reason: "bad\u{1b}]0;title\u{7}".into(),
+                header_sha256: sha256(&status.envelope_header),
+                signing_key_id: "public_security-k1".into(),
+                attempt: 2,
+            };
+            receipt_refusal(
+                fed.peer_as(SECURITY, DISCIPLINE)
+                    .return_receipts(pb::ReturnReceiptsRequest {
+                        receipts: vec![fed.signer(SECURITY).sign_receipt(&receipt).to_wire()],
+                    })
+                    .await
+                    .expect("return receipts call")
+                    .into_inner(),
+            )
         }
         "too many envelopes in one Peer call" => {
             let e = envelope(w, "p-13", |_| {});
@@ -779,6 +876,21 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
     ),
     ("subject too long", Code::InvalidArgument, "subject"),
     (
+        "a control sequence in the subject",
+        Code::InvalidArgument,
+        "subject contains the control character U+001B at byte 5",
+    ),
+    (
+        "a right-to-left override in the case reference",
+        Code::InvalidArgument,
+        "case_reference contains the control character U+202E",
+    ),
+    (
+        "a reply-by time before the message",
+        Code::InvalidArgument,
+        "reply_by_ms 1 is before created_at_ms",
+    ),
+    (
         "time to live beyond the maximum",
         Code::InvalidArgument,
         "exceeds this node's maximum",
@@ -858,6 +970,11 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "ack without a lease",
         Code::InvalidArgument,
         "lease is required",
+    ),
+    (
+        "reject with a reason that clears the screen",
+        Code::InvalidArgument,
+        "reason contains the control character U+001B",
     ),
     (
         "reject without a reason",
@@ -945,6 +1062,61 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
         "an acknowledged receipt whose signature R carries a small-order point",
         Code::PermissionDenied,
         "receipt signature does not verify with key \"public_security-k1\"",
+    ),
+    (
+        "a peer's subject beyond the limit",
+        Code::InvalidArgument,
+        "subject is 8192 bytes long; the limit is 256",
+    ),
+    (
+        "a peer's case reference beyond the limit",
+        Code::InvalidArgument,
+        "case_reference is 129 bytes long; the limit is 128",
+    ),
+    (
+        "a peer's content type beyond the limit",
+        Code::InvalidArgument,
+        "content_type is 129 bytes long; the limit is 128",
+    ),
+    (
+        "a peer's subject with a control sequence",
+        Code::InvalidArgument,
+        "subject contains the control character U+001B at byte 0",
+    ),
+    (
+        "a peer's principal with a right-to-left override",
+        Code::InvalidArgument,
+        "sender_principal",
+    ),
+    (
+        "a peer's empty subject",
+        Code::InvalidArgument,
+        "subject is empty",
+    ),
+    (
+        "a peer's created_at of zero",
+        Code::InvalidArgument,
+        "created_at_ms is 0",
+    ),
+    (
+        "a peer's expires_at at the end of time",
+        Code::InvalidArgument,
+        "this node's maximum time to live is 7776000 s",
+    ),
+    (
+        "a peer's expires_at before its created_at",
+        Code::InvalidArgument,
+        "is not after created_at_ms",
+    ),
+    (
+        "a peer's feedback-only field on a clue transfer",
+        Code::InvalidArgument,
+        "correlation_id is only for feedback",
+    ),
+    (
+        "a peer's receipt with a control sequence in its reason",
+        Code::InvalidArgument,
+        "reason contains the control character U+001B",
     ),
     (
         "too many envelopes in one Peer call",

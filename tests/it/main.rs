@@ -11,6 +11,7 @@ mod custody;
 mod deploy_files;
 mod forge;
 mod harness;
+mod hostile;
 mod identities;
 mod message_path;
 mod operations;
