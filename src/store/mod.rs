@@ -31,6 +31,7 @@
 //! awaits [`Store::flush`], which joins the group commit.
 
 mod audit;
+mod durable;
 pub mod keys;
 mod records;
 mod segments;
@@ -141,6 +142,8 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Shared {
+    /// The store's data directory, which is also sled's directory.
+    dir: std::path::PathBuf,
     db: sled::Db,
     trees: Vec<Tree>,
     /// The write-ahead log. Its lock also serialises transactions: one
@@ -243,6 +246,8 @@ impl Store {
     /// audit entries (only to measure the log's cost: it voids the
     /// tamper-evidence guarantee).
     pub fn open_with(dir: &Path, audit_log: bool) -> Result<Store> {
+        durable::create_dir_durably(dir)
+            .map_err(|e| Error::Unavailable(format!("cannot create the store directory: {e}")))?;
         let db = sled::Config::new()
             .path(dir)
             // The page cache is the bulk of a node's memory; queued messages
@@ -285,6 +290,7 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::channel();
         let store = Store {
             shared: Arc::new(Shared {
+                dir: dir.to_path_buf(),
                 db,
                 trees,
                 wal: std::sync::Mutex::new(wal),
@@ -420,17 +426,33 @@ impl Store {
     /// it covers. Runs when the writer stops; while it runs, the writer
     /// hands checkpoints to its own thread.
     fn checkpoint(&self) -> Result<()> {
-        let epoch = self.lock_wal().rotate()?;
+        let epoch = self.rotate_log()?;
         self.flush_to(epoch)
     }
 
-    /// The second half of a checkpoint: flushes sled, then deletes the
-    /// log files before `epoch`.
+    /// The first half of a checkpoint: starts a new log file and returns
+    /// the epoch whose older files `flush_to` may delete. The envelope
+    /// segments are synced first, under the log's lock, because the old
+    /// file is synced here and may hold records (of changes made off the
+    /// writer thread) naming envelopes that no group commit synced yet.
+    fn rotate_log(&self) -> Result<u64> {
+        let mut wal = self.lock_wal();
+        self.shared.segments.sync().map_err(|e| self.fail(e))?;
+        wal.rotate()
+    }
+
+    /// The second half of a checkpoint: flushes sled, makes sled's files
+    /// durable, then deletes the log files before `epoch`. Blocks for a
+    /// flush and one fsync per file of sled: runs on the checkpoint
+    /// thread, or when the writer stops.
     ///
     /// The log's lock is held across the flush (about 10 ms every 8 MiB
     /// of log), after syncing the segments and the log: so every change
     /// the flush writes to disk is already durable in the log, and a power
-    /// loss can never leave sled with part of a change the log lost.
+    /// loss can never leave sled with part of a change the log lost. The
+    /// fsyncs of sled's files run after the lock is released, so that
+    /// changes are not held up by them; they make durable what the flush
+    /// wrote (see `durable`), and only then may the older log files go.
     fn flush_to(&self, epoch: u64) -> Result<()> {
         {
             let wal = self.lock_wal();
@@ -440,7 +462,17 @@ impl Store {
             wal::sync(&wal.file()).map_err(|e| self.fail(e))?;
             self.shared.db.flush()?;
         }
-        self.lock_wal().remove_before(epoch)
+        // A failed fsync of sled's files latches too: the pages it lost
+        // are gone from sled, and a later fsync that succeeds would not
+        // bring them back, so the log files holding them must stay.
+        let synced = durable::sync_sled(&self.shared.dir)
+            .map_err(|e| self.fail(format!("syncing the index files: {e}")))?;
+        tracing::debug!(
+            files = synced.synced().len(),
+            epoch,
+            "store checkpoint: sled flushed and synced; deleting the older log files"
+        );
+        self.lock_wal().remove_before(epoch, &synced)
     }
 
     /// The envelope bytes an `envelopes` value stands for.
@@ -1574,7 +1606,7 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             {
                 // Records appended from here on go to the new file; the
                 // flush that follows covers every change in the old ones.
-                let rotated = store.lock_wal().rotate();
+                let rotated = store.rotate_log();
                 match rotated {
                     Ok(epoch) => {
                         let _ = checkpoints.send(epoch);
@@ -1595,5 +1627,56 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
     }
     if let Err(e) = store.checkpoint() {
         tracing::error!(error = %e, "final store checkpoint failed; the next start replays the log");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The order that keeps a power cut from losing a change: the log
+    /// files a checkpoint deletes go only after sled's files and
+    /// directory were fsynced, and the log's directory is synced after.
+    #[test]
+    fn a_checkpoint_syncs_sled_before_it_deletes_the_old_log() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("node");
+        let store = Store::open(&dir).expect("open");
+        let pause = PauseRecord {
+            at_ms: 1,
+            principal: "operator".into(),
+        };
+        store.set_paused("peer", Some(&pause)).expect("change");
+        let log = dir.join(wal::DIR);
+        let old = std::fs::read_dir(&log)
+            .expect("list")
+            .map(|e| e.expect("entry").path())
+            .collect::<Vec<_>>();
+        assert_eq!(old.len(), 1, "{old:?}");
+        durable::take_trace();
+
+        store.checkpoint().expect("checkpoint");
+
+        let trace = durable::take_trace();
+        let at = |step: &str| {
+            trace
+                .iter()
+                .position(|s| s == step)
+                .unwrap_or_else(|| panic!("no step {step:?} in {trace:?}"))
+        };
+        let sled_synced = at(&format!("sled {}", dir.display()));
+        let removed = at(&format!("remove {}", old[0].display()));
+        assert!(sled_synced < removed, "{trace:?}");
+        assert!(at(&format!("dir {}", dir.display())) < sled_synced);
+        assert_eq!(
+            trace.last(),
+            Some(&format!("dir {}", log.display())),
+            "the removal is made durable: {trace:?}"
+        );
+        assert!(!old[0].exists());
+        store.close();
+        drop(store);
+        let reopened = Store::open(&dir).expect("reopen");
+        assert_eq!(reopened.paused_peers().expect("paused").len(), 1);
     }
 }

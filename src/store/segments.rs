@@ -101,7 +101,7 @@ fn file_name(number: u64) -> String {
 impl Segments {
     pub fn open(data_dir: &Path) -> Result<Segments> {
         let dir = data_dir.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        super::durable::create_dir_durably(&dir).map_err(|e| io_error(&dir, e))?;
         let mut last = 0;
         for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
             let entry = entry.map_err(|e| io_error(&dir, e))?;
@@ -135,9 +135,7 @@ impl Segments {
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
         let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_error(dir, e))?;
+        super::durable::sync_dir(dir).map_err(|e| io_error(dir, e))?;
         Ok(Active {
             number,
             file: Arc::new(file),

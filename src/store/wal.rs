@@ -25,20 +25,26 @@
 //! by a crash fails its CRC and ends the replay; it was never answered.
 //!
 //! Power loss: every acknowledged change is in the synced log and is
-//! replayed. Checkpoints flush sled under the log's lock, after syncing
-//! the log, so a flush never writes a change the log could lose. What
-//! remains is the kernel writing back sled's unsynced pages on its own in
-//! the few milliseconds before a group's sync (it waits seconds before
-//! writing back dirty pages): a change in flight then could be partly in
-//! sled. Applying changes to sled only after the group's sync would close
-//! that gap too.
+//! replayed. A log file is deleted only after sled's files are durable,
+//! and sled's `flush()` does not make them so (it never fsyncs, see
+//! `durable`): a checkpoint flushes sled, fsyncs each of sled's files and
+//! its directory, and only then deletes the older log files and fsyncs the
+//! log's directory. Checkpoints flush sled under the log's lock, after
+//! syncing the envelope segments and the log, so the flush never writes a
+//! change the log could lose. What remains is sled writing out a full
+//! buffer, or the kernel writing back sled's pages, before a group's sync:
+//! a change in flight then could be partly in sled (and the fsyncs of a
+//! checkpoint, which run outside the log's lock, may make such a write
+//! durable sooner). Applying changes to sled only after the group's sync
+//! would close that gap too.
 //!
-//! Checkpoint: the log starts a new file (after syncing the old one), sled
-//! is flushed while no change can be applied, and the older files are
-//! deleted.
+//! Checkpoint: the log starts a new file (after syncing the segments and
+//! the old file), sled is flushed while no change can be applied, sled's
+//! files are fsynced, and the older files are deleted.
 //! Files are named by a growing epoch number, so a crash between the steps
 //! only means replaying one more file.
 
+use super::durable::{self, SledSynced};
 use crate::error::{Error, Result};
 use sled::{IVec, Tree};
 use std::cell::RefCell;
@@ -336,9 +342,7 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
+    durable::sync_dir(dir).map_err(|e| io_error(dir, e))
 }
 
 impl Wal {
@@ -359,7 +363,7 @@ impl Wal {
         complete: &dyn Fn(&[Op]) -> Result<bool>,
     ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        durable::create_dir_durably(&dir).map_err(|e| io_error(&dir, e))?;
         let found = epochs(&dir)?;
         let mut replayed = 0;
         for (i, &epoch) in found.iter().enumerate() {
@@ -408,12 +412,14 @@ impl Wal {
                 })
                 .map_err(|e| io_error(&path, e))?;
         }
-        if !found.is_empty() {
-            db.flush()?;
-        }
+        // The replayed changes (and, in a new store, sled's first files)
+        // become durable in sled before the files that held them go. Also
+        // with nothing to replay: sled writes its `conf` unsynced at open.
+        db.flush()?;
+        let synced = durable::sync_sled(data_dir).map_err(|e| io_error(data_dir, e))?;
         let epoch = found.last().map_or(1, |e| e + 1);
         let wal = Wal::create(dir, epoch)?;
-        wal.remove_before(epoch)?;
+        wal.remove_before(epoch, &synced)?;
         Ok((wal, replayed))
     }
 
@@ -474,11 +480,14 @@ impl Wal {
         Ok(self.epoch)
     }
 
-    /// Deletes the files older than `epoch` (their changes are in sled).
-    pub fn remove_before(&self, epoch: u64) -> Result<()> {
+    /// Deletes the files older than `epoch`, then syncs the log's
+    /// directory. Their changes must be durable in sled: `_synced` is the
+    /// proof that sled's files were fsynced after the flush that wrote
+    /// them (a flush alone is not durable, see `durable`).
+    pub fn remove_before(&self, epoch: u64, _synced: &SledSynced) -> Result<()> {
         for old in epochs(&self.dir)?.into_iter().filter(|e| *e < epoch) {
             let path = self.dir.join(file_name(old));
-            std::fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            durable::remove_file(&path).map_err(|e| io_error(&path, e))?;
         }
         sync_dir(&self.dir)
     }
@@ -586,6 +595,34 @@ mod tests {
         assert!(err.to_string().contains("newer log file follows"), "{err}");
         assert!(path.exists());
         assert!(tmp.path().join(DIR).join(file_name(wal.epoch)).exists());
+    }
+
+    #[test]
+    fn recovery_deletes_the_replayed_files_only_after_syncing_sled() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, trees) = open(tmp.path());
+        let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+        wal.append(&ops()).expect("append");
+        let replayed = tmp.path().join(DIR).join(file_name(wal.epoch));
+        drop(wal);
+        durable::take_trace();
+
+        let (wal, n) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+
+        assert_eq!(n, 1);
+        let dir = tmp.path().join(DIR);
+        assert_eq!(
+            durable::take_trace(),
+            [
+                format!("dir {}", tmp.path().display()),
+                format!("sled {}", tmp.path().display()),
+                // The new log file is created, then the replayed one goes.
+                format!("dir {}", dir.display()),
+                format!("remove {}", replayed.display()),
+                format!("dir {}", dir.display()),
+            ]
+        );
+        assert_eq!(epochs(&dir).expect("list"), vec![wal.epoch]);
     }
 
     #[test]

@@ -1,0 +1,233 @@
+//! Making the store's files durable: an `fsync` of each file, and of its
+//! directory after a create, rename or remove.
+//!
+//! sled 0.34.7 does not make its own files durable. Its `flush()` writes
+//! its buffers with `sync_file_range`, which waits for the write-back of
+//! the data pages but neither commits the file's metadata (its size, its
+//! new blocks) nor flushes the disk's write cache: the kernel's manual
+//! says it makes no promise after a crash. sled writes its `conf` file
+//! without any sync, and renames its snapshot files without syncing the
+//! directory. So a log file, the only synced copy of the changes it
+//! holds, may be deleted only after [`sync_sled`] has fsynced every file
+//! of sled and its directories; the [`SledSynced`] it returns is what
+//! [`super::wal::Wal::remove_before`] asks for.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Proof that sled's files were fsynced after its last `flush()`, and the
+/// files and directories that were (in the order they were synced).
+#[derive(Debug)]
+pub(super) struct SledSynced {
+    synced: Vec<PathBuf>,
+}
+
+impl SledSynced {
+    /// The files and directories synced, directories last.
+    pub fn synced(&self) -> &[PathBuf] {
+        &self.synced
+    }
+}
+
+/// Whether `name`, an entry of sled's directory, is one of sled's files:
+/// its page file `db`, its `conf`, and its snapshots `snap.<lsn>` (with
+/// the `.generating` ones it is still writing). Everything else there is
+/// the store's own (`wal/`, `envelopes/`) or not the store's at all.
+fn is_sled_file(name: &str) -> bool {
+    name == "db" || name == "conf" || name.starts_with("snap.")
+}
+
+/// Fsyncs every file of the sled database in `dir` (found by listing the
+/// directory: `db`, `conf`, `snap.*`, `blobs/*`), then `blobs/` and `dir`
+/// itself, so that what sled's last `flush()` wrote survives a power cut.
+/// Call it after `flush()`; it blocks for one fsync per file, so it runs on
+/// the checkpoint thread or at open, never on the writer's hot path.
+///
+/// A file that disappears between the listing and its sync (sled removes
+/// an older snapshot or a freed blob at any time) is skipped: its removal
+/// is made durable by the sync of the directory that follows.
+pub(super) fn sync_sled(dir: &Path) -> io::Result<SledSynced> {
+    let mut synced = Vec::new();
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if is_sled_file(&entry.file_name().to_string_lossy()) && entry.file_type()?.is_file() {
+            files.push(entry.path());
+        }
+    }
+    let blobs = dir.join("blobs");
+    let has_blobs = blobs.is_dir();
+    if has_blobs {
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files.sort();
+    for path in files {
+        match File::open(&path).and_then(|f| f.sync_all()) {
+            Ok(()) => synced.push(path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(with_path(&path, e)),
+        }
+    }
+    if has_blobs {
+        sync_dir(&blobs)?;
+        synced.push(blobs);
+    }
+    sync_dir(dir)?;
+    synced.push(dir.to_path_buf());
+    trace(|| format!("sled {}", dir.display()));
+    Ok(SledSynced { synced })
+}
+
+/// Fsyncs a directory: makes the creates, renames and removes of its
+/// entries durable.
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| with_path(dir, e))?;
+    trace(|| format!("dir {}", dir.display()));
+    Ok(())
+}
+
+/// Creates `dir` (and its missing parents) and fsyncs the parent of each
+/// directory it created, so that the new directories survive a power cut.
+pub(super) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at {
+        if path.as_os_str().is_empty() || path.exists() {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    std::fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
+    for created in missing.into_iter().rev() {
+        match created.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
+            _ => sync_dir(Path::new("."))?,
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file; the caller syncs its directory afterwards.
+pub(super) fn remove_file(path: &Path) -> io::Result<()> {
+    std::fs::remove_file(path).map_err(|e| with_path(path, e))?;
+    trace(|| format!("remove {}", path.display()));
+    Ok(())
+}
+
+fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The durability steps taken on this thread, in order: what the tests
+    /// check the order of.
+    static TRACE: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+#[cfg(test)]
+fn trace(event: impl FnOnce() -> String) {
+    TRACE.with(|t| t.borrow_mut().push(event()));
+}
+
+#[cfg(not(test))]
+fn trace(_: impl FnOnce() -> String) {}
+
+/// The steps traced on this thread since the last call.
+#[cfg(test)]
+pub(super) fn take_trace() -> Vec<String> {
+    TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_file_of_sled_is_synced_then_its_directories_and_nothing_of_the_store() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("data");
+        create_dir_durably(&dir.join("wal")).expect("wal dir");
+        std::fs::write(dir.join("wal").join("00000000000000000001.log"), b"x").expect("log");
+        std::fs::write(dir.join("node.toml"), b"not sled's").expect("other file");
+        {
+            let db = sled::Config::new()
+                .path(&dir)
+                .flush_every_ms(None)
+                .open()
+                .expect("open");
+            // Large enough for sled to keep it in a blob file.
+            db.insert(b"big", vec![7u8; 4 * 1024 * 1024])
+                .expect("insert");
+            db.insert(b"small", b"v").expect("insert");
+            db.flush().expect("flush");
+        }
+        // Reopened after a close, sled has also written a snapshot.
+        let db = sled::Config::new()
+            .path(&dir)
+            .flush_every_ms(None)
+            .open()
+            .expect("reopen");
+        db.flush().expect("flush");
+        take_trace();
+
+        let synced = sync_sled(&dir).expect("sync");
+        let names: Vec<String> = synced
+            .synced()
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&dir)
+                    .expect("inside the directory")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        for must in ["db", "conf"] {
+            assert!(names.iter().any(|n| n == must), "{must} not in {names:?}");
+        }
+        assert!(names.iter().any(|n| n.starts_with("snap.")), "{names:?}");
+        assert!(names.iter().any(|n| n.starts_with("blobs/")), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("wal") || n == "node.toml"),
+            "{names:?}"
+        );
+        // The directories come after every file in them: blobs/, then the
+        // database directory itself.
+        assert_eq!(&names[names.len() - 2..], ["blobs", ""]);
+        assert_eq!(
+            take_trace(),
+            [
+                format!("dir {}", dir.join("blobs").display()),
+                format!("dir {}", dir.display()),
+                format!("sled {}", dir.display()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_created_directory_is_made_durable_in_its_parent() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        take_trace();
+        create_dir_durably(&tmp.path().join("a/b")).expect("create");
+        assert_eq!(
+            take_trace(),
+            [
+                format!("dir {}", tmp.path().display()),
+                format!("dir {}", tmp.path().join("a").display()),
+            ]
+        );
+        create_dir_durably(&tmp.path().join("a/b")).expect("exists");
+        assert!(take_trace().is_empty(), "nothing created, nothing synced");
+    }
+}
