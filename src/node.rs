@@ -49,7 +49,7 @@ pub async fn run(
 fn open_store(config: &NodeConfig) -> Result<Store> {
     crate::file_modes::prepare_data_dir(&config.data_dir)
         .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-    Ok(Store::open_with(&config.data_dir, config.audit.log)?)
+    Store::open_with(&config.data_dir, config.audit.log)
 }
 
 /// Binds the metrics listener from inside a runtime but outside `async`.
