@@ -9,6 +9,7 @@ mod config_files;
 mod crash;
 mod custody;
 mod deploy_files;
+#[cfg(unix)]
 mod file_modes;
 mod harness;
 mod identities;
