@@ -6,6 +6,8 @@
 # its peers by compose service name. Run from deploy/ with a cluebridge
 # binary on PATH (or CLUEBRIDGE=/path/to/cluebridge). For trials only: every
 # container sees every key; a real federation gives each node its own.
+# The files are private (0600, directories 0700): run it as root, or chown
+# the result to 10001:10001 as it says, so that the containers can read them.
 set -eu
 bin=${CLUEBRIDGE:-cluebridge}
 dir=${1:-federation}
@@ -39,4 +41,12 @@ for node in discipline personnel public_security judicial; do
     sed -i -e "s|https://127.0.0.1:$port\"|https://$node:7401\"|" "$dir/federation.toml"
     port=$((port + 1))
 done
-echo "federation for compose written to $dir"
+# `up` made every file 0600 and every directory 0700 (a node refuses keys
+# others can read); the containers run as uid/gid 10001 and must own them.
+if [ "$(id -u)" = 0 ]; then
+    chown -R 10001:10001 "$dir"
+    echo "federation for compose written to $dir (owned by 10001:10001)"
+else
+    echo "federation for compose written to $dir"
+    echo "now give it to the containers' user: sudo chown -R 10001:10001 $dir"
+fi

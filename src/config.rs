@@ -5,6 +5,7 @@
 
 use crate::crypto::tls::FederationCa;
 use crate::crypto::{Keyring, NodeSigner, PublicKeyEntry};
+use crate::file_modes::{self, FileClass};
 use crate::format_time;
 use crate::model::{AgencyKind, MessageKind, Principal, Role, Route, RoutePolicy, validate_id};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,20 @@ fn err(file: &Path, message: impl Into<String>) -> ConfigError {
         file: file.to_path_buf(),
         message: message.into(),
     }
+}
+
+/// Refuses a file a node reads whose mode is open to other users (see
+/// [`file_modes`]); `field` is the node file's field that names it.
+fn check_mode(
+    node_file: &Path,
+    field: &str,
+    file: &Path,
+    class: FileClass,
+) -> Result<(), ConfigError> {
+    file_modes::check(file, class).map_err(|e| match field {
+        "" => err(node_file, e.to_string()),
+        _ => err(node_file, format!("{field}: {e}")),
+    })
 }
 
 fn read(file: &Path) -> Result<String, ConfigError> {
@@ -282,6 +297,8 @@ pub struct NodeEntry {
 #[derive(Clone, Debug)]
 pub struct Federation {
     pub name: String,
+    /// Where the CA certificate was read from.
+    pub ca_path: PathBuf,
     pub ca_pem: String,
     /// The CA, parsed for checking callers' certificates.
     pub ca: FederationCa,
@@ -376,6 +393,7 @@ impl Federation {
         let policy = RoutePolicy::new(routes).map_err(|e| err(path, format!("route: {e}")))?;
         Ok(Federation {
             name: file.name,
+            ca_path,
             ca_pem,
             ca,
             nodes,
@@ -568,12 +586,40 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    /// Reads and checks a node file and every file it names. A key open to
+    /// group or others, or a configuration file or certificate they may
+    /// write, is refused before it is used.
     pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        if path.exists() {
+            check_mode(path, "", path, FileClass::Config)?;
+        }
         let text = read(path)?;
         let file: NodeFile =
             toml::from_str(&text).map_err(|e| err(path, format!("invalid: {e}")))?;
         let fed_path = resolve(path, &file.federation);
+        if fed_path.exists() {
+            check_mode(path, "federation", &fed_path, FileClass::Config)?;
+        }
         let federation = Federation::load(&fed_path)?;
+        check_mode(
+            path,
+            "federation: ca_cert",
+            &federation.ca_path,
+            FileClass::Config,
+        )?;
+        let key_path = resolve(path, &file.signing_key);
+        let (tls_cert_path, tls_key_path) =
+            (resolve(path, &file.tls_cert), resolve(path, &file.tls_key));
+        for (field, file, class) in [
+            ("signing_key", &key_path, FileClass::PrivateKey),
+            ("tls_cert", &tls_cert_path, FileClass::Config),
+            ("tls_key", &tls_key_path, FileClass::PrivateKey),
+        ] {
+            // A missing file is reported by the read below, with its field.
+            if file.exists() {
+                check_mode(path, field, file, class)?;
+            }
+        }
         validate_id("node_id", &file.node_id).map_err(|e| err(path, format!("node_id: {e}")))?;
         let entry = federation.node(&file.node_id).ok_or_else(|| {
             err(
@@ -599,7 +645,6 @@ impl NodeConfig {
                     .map_err(|e| err(path, format!("metrics_listen: {a:?} is not host:port: {e}")))
             })
             .transpose()?;
-        let key_path = resolve(path, &file.signing_key);
         let key_text = read(&key_path).map_err(|e| err(path, format!("signing_key: {e}")))?;
         let signer = NodeSigner::from_text(&file.node_id, &file.signing_key_id, &key_text)
             .map_err(|e| err(path, format!("signing_key: {}: {e}", key_path.display())))?;
@@ -625,10 +670,8 @@ impl NodeConfig {
                 ),
             ));
         }
-        let cert_pem = read(&resolve(path, &file.tls_cert))
-            .map_err(|e| err(path, format!("tls_cert: {e}")))?;
-        let key_pem =
-            read(&resolve(path, &file.tls_key)).map_err(|e| err(path, format!("tls_key: {e}")))?;
+        let cert_pem = read(&tls_cert_path).map_err(|e| err(path, format!("tls_cert: {e}")))?;
+        let key_pem = read(&tls_key_path).map_err(|e| err(path, format!("tls_key: {e}")))?;
         let now = crate::now_ms();
         let tls_not_after_ms = check_tls_cert(&cert_pem, &file.node_id, now)
             .map_err(|e| err(path, format!("tls_cert: {e}")))?;

@@ -72,7 +72,8 @@ impl DevFederation {
         ports: [u16; 4],
         tune: impl Fn(&mut NodeFile),
     ) -> Result<DevFederation> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        crate::file_modes::create_private_dir(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
         let mut entries = Vec::new();
         let mut node_files = Vec::new();
         for (kind, port) in NODES.iter().zip(ports) {

@@ -4,6 +4,7 @@
 //! - [`model`]: domain types, envelopes, receipts, route policy (pure);
 //! - [`crypto`]: signing keys, signatures, TLS, certificate generation;
 //! - [`config`]: node configuration and the federation trust list;
+//! - [`file_modes`]: the modes a node's keys, configuration and data may have;
 //! - [`store`]: the sled store, the only place that knows sled;
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
@@ -26,6 +27,7 @@ pub mod crypto;
 pub mod delivery;
 pub mod devfed;
 pub mod error;
+pub mod file_modes;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -24,7 +24,11 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cluebridge::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Errors may quote what a node or a file said: escaped.
+            eprintln!(
+                "error: {}",
+                cluebridge::cli::escape_block(&format!("{e:#}"))
+            );
             std::process::ExitCode::FAILURE
         }
     }

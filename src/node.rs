@@ -38,9 +38,18 @@ pub async fn run(
         })?),
         None => None,
     };
-    let store = Store::open_with(&config.data_dir, config.audit.log)?;
+    let store = open_store(&config)?;
     let broker = Broker::new(config, store)?;
     serve(broker, listener, metrics, shutdown).await
+}
+
+/// Opens the node's store in its data directory, made private first (0700,
+/// created or tightened) so that no other user reads the journal's
+/// envelopes.
+fn open_store(config: &NodeConfig) -> Result<Store> {
+    crate::file_modes::prepare_data_dir(&config.data_dir)
+        .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
+    Store::open_with(&config.data_dir, config.audit.log)
 }
 
 /// Binds the metrics listener from inside a runtime but outside `async`.
@@ -236,7 +245,7 @@ impl RunningNode {
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
         let metrics = bind_metrics(&config)?;
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-        let store = Store::open_with(&config.data_dir, config.audit.log)?;
+        let store = open_store(&config)?;
         let broker = Broker::new(config, store)?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(broker.clone(), listener, metrics, async move {

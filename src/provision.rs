@@ -6,7 +6,8 @@
 //! certificate at the paths its node file names, and a client certificate
 //! for every `[[principal]]` at `clients/<node-id>/<name>.pem` (and
 //! `-key.pem`) beside `federation.toml`. The public signing keys are written
-//! into `federation.toml` in place, comments kept. Private keys are 0600.
+//! into `federation.toml` in place, comments kept. Private keys are 0600,
+//! directories made for them 0700.
 
 use crate::config::{FederationFile, NodeFile, parse_endpoint, resolve};
 use crate::crypto::NodeSigner;
@@ -54,11 +55,13 @@ pub struct Made {
     pub kept: bool,
 }
 
-/// Writes `contents` to `path` (parents created), 0600 when `private`,
-/// synced to disk.
+/// Writes `contents` to `path`, synced to disk. A private file is 0600; any
+/// other is 0644 at most (never writable by group or others, whatever the
+/// umask or the mode of a file it replaces). Missing parent directories are
+/// created 0700.
 pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
+        crate::file_modes::create_private_dir(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let mut options = std::fs::OpenOptions::new();
@@ -72,12 +75,21 @@ pub fn write_file(path: &Path, contents: &str, private: bool) -> Result<()> {
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
-    if private {
+    {
         // `mode` applies only to new files; an overwritten one keeps its
         // old mode unless it is set again.
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        let old = f
+            .metadata()
+            .with_context(|| format!("reading the mode of {}", path.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        let wanted = if private { 0o600 } else { old & 0o755 };
+        if old != wanted {
+            f.set_permissions(std::fs::Permissions::from_mode(wanted))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
     }
     f.write_all(contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

@@ -97,11 +97,16 @@ fn load_witnessed(paths: &[PathBuf]) -> Result<Vec<SignedCheckpoint>> {
     Ok(out)
 }
 
+/// Prints a report; its details quote the evidence (subjects, reasons,
+/// node ids), so they are escaped (see `render`).
 fn finish(report: &Report, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(report)?);
+        println!(
+            "{}",
+            super::escape_json(&serde_json::to_string_pretty(report)?)
+        );
     } else {
-        print!("{}", report.render());
+        print!("{}", super::escape_block(&report.render()));
     }
     if !report.passed {
         let first = report

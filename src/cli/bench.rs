@@ -223,6 +223,8 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    // Before anything is created: the nodes' keys and data are private.
+    crate::file_modes::restrict_umask();
     if args.submitters == 0 || args.duration == 0 {
         bail!("--submitters and --duration must be at least 1");
     }

@@ -1,5 +1,6 @@
 //! Client subcommands against a running node: send, receive, status, watch.
 
+use super::render::{escape, escape_block};
 use crate::client::Connection;
 use crate::config::Federation;
 use crate::devfed::DevFederation;
@@ -105,18 +106,18 @@ impl ClientArgs {
     }
 }
 
-/// Turns a refusal into a message a person can act on.
+/// Turns a refusal into a message a person can act on. The node's message
+/// is escaped: it may quote what a caller sent.
 pub(super) fn explain(status: tonic::Status) -> anyhow::Error {
+    let message = escape(status.message());
     match status.code() {
         tonic::Code::Unavailable => anyhow::anyhow!(
-            "node unavailable: {} (is it running, and is the endpoint right?)",
-            status.message()
+            "node unavailable: {message} (is it running, and is the endpoint right?)"
         ),
         tonic::Code::PermissionDenied => anyhow::anyhow!(
-            "permission denied: {} (use the certificate of a principal that holds the role)",
-            status.message()
+            "permission denied: {message} (use the certificate of a principal that holds the role)"
         ),
-        code => anyhow::anyhow!("refused ({code:?}): {}", status.message()),
+        code => anyhow::anyhow!("refused ({code:?}): {message}"),
     }
 }
 
@@ -264,25 +265,34 @@ pub async fn receive(args: ReceiveArgs) -> Result<()> {
             .clone()
             .context("delivery without envelope")?;
         let header = EnvelopeHeader::decode(&envelope.header)?;
+        // Everything below came from the network: escaped (see `render`).
         println!(
             "message {} from {} (attempt {})",
-            header.message_id, header.sender_node, delivery.attempt
+            escape(&header.message_id),
+            escape(&header.sender_node),
+            delivery.attempt
         );
         println!("  kind:         {}", header.kind);
-        println!("  subject:      {}", header.subject);
+        println!("  subject:      {}", escape(&header.subject));
         if !header.case_reference.is_empty() {
-            println!("  case:         {}", header.case_reference);
+            println!("  case:         {}", escape(&header.case_reference));
         }
         if !header.correlation_id.is_empty() {
-            println!("  answers:      {}", header.correlation_id);
+            println!("  answers:      {}", escape(&header.correlation_id));
         }
-        println!("  submitted by: {}", header.sender_principal);
+        println!("  submitted by: {}", escape(&header.sender_principal));
         println!(
             "  content type: {} ({} bytes)",
-            header.content_type, header.payload_length
+            escape(&header.content_type),
+            header.payload_length
         );
         match std::str::from_utf8(&envelope.payload) {
-            Ok(text) if text.len() <= 4096 => println!("  payload:      {text}"),
+            // A block: its lines are kept, each indented under the label,
+            // so that a payload cannot pass for the next message's lines.
+            Ok(text) if text.len() <= 4096 => println!(
+                "  payload:      {}",
+                escape_block(text).replace('\n', "\n                ")
+            ),
             _ => println!(
                 "  payload:      ({} bytes, not shown)",
                 envelope.payload.len()
@@ -307,7 +317,7 @@ pub async fn receive(args: ReceiveArgs) -> Result<()> {
                 })
                 .await
                 .map_err(explain)?;
-            println!("  -> rejected: {reason}");
+            println!("  -> rejected: {}", escape(reason));
         } else {
             client
                 .release(pb::ReleaseRequest { lease, delay_ms: 0 })
@@ -353,8 +363,8 @@ pub async fn status(args: StatusArgs) -> Result<()> {
         .into_inner();
     println!(
         "message {} to {}: {}",
-        s.message_id,
-        s.recipient_node,
+        escape(&s.message_id),
+        escape(&s.recipient_node),
         state_name(s.state)
     );
     let receipts: Vec<_> = s
@@ -401,7 +411,7 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
         print!(
             "cursor {} message {} now {}\n{}",
             event.cursor,
-            r.message_id,
+            escape(&r.message_id),
             state_name(event.state),
             super::timeline(&[receipt], keyring.as_ref())
         );

@@ -14,7 +14,8 @@ Makes, from federation.toml and the node files that point at it:
   - a client certificate for every [[principal]] of a node file, at
     clients/<node-id>/<name>.pem and <name>-key.pem beside federation.toml.
 It writes each node's public signing key into federation.toml (comments are
-kept). Private keys are written with mode 0600.
+kept). Private keys are written with mode 0600, directories it makes 0700;
+a node refuses to start with a key that group or others can read.
 
 Key rotation: add a [[node.key]] with a new id (and not_before) to
 federation.toml, point the node file's signing_key and signing_key_id at

@@ -9,7 +9,7 @@ mod render;
 mod serve;
 mod up;
 
-pub use render::timeline;
+pub use render::{escape, escape_block, escape_json, timeline};
 
 use clap::{Parser, Subcommand};
 

@@ -1,9 +1,12 @@
 //! Operator subcommands against a node's Admin service: queues, peers,
 //! dead letters and one message's history. Tables for people, `--json` for
 //! scripts, `--watch` to refresh in place. Nothing here shows a payload:
-//! the Admin service never returns one.
+//! the Admin service never returns one. Every cell of a table and every
+//! field printed is escaped (see `render`): peers' errors, case references,
+//! reasons and principals come from the network.
 
 use super::client_cmds::{ClientArgs, explain};
+use super::render::{escape, escape_json};
 use crate::devfed::OPERATOR_NAME;
 use crate::format_time;
 use crate::model::MessageKind;
@@ -149,10 +152,14 @@ where
     }
 }
 
-/// Columns padded to their widest cell, two spaces apart.
+/// Columns padded to their widest cell, two spaces apart; cells escaped.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape(cell)).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -169,7 +176,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         out.trim_end().to_string() + "\n"
     };
     let mut out = line(headers.to_vec());
-    for row in rows {
+    for row in &rows {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
@@ -212,8 +219,10 @@ fn peer_state(n: i32) -> &'static str {
     }
 }
 
+/// JSON for scripts, with characters that would act on a terminal written
+/// as JSON escapes.
 fn pretty(v: &serde_json::Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+    escape_json(&serde_json::to_string_pretty(v).unwrap_or_default()) + "\n"
 }
 
 pub async fn queues(args: QueuesArgs) -> Result<()> {
@@ -404,10 +413,11 @@ fn print_outcomes(verb: &str, r: &pb::ActionResponse, json: bool) -> Result<()> 
         );
     } else {
         for o in &r.outcomes {
+            let (sender, id) = (escape(&o.sender_node), escape(&o.message_id));
             if o.done {
-                println!("{verb} {}/{}", o.sender_node, o.message_id);
+                println!("{verb} {sender}/{id}");
             } else {
-                println!("NOT {verb} {}/{}: {}", o.sender_node, o.message_id, o.error);
+                println!("NOT {verb} {sender}/{id}: {}", escape(&o.error));
             }
         }
         println!("{} of {} {verb}", r.done, r.outcomes.len());
@@ -554,19 +564,23 @@ pub async fn message(args: MessageArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let (sender, recipient) = (escape(&m.sender_node), escape(&m.recipient_node));
     println!(
-        "message {}/{}: {} ({})",
-        m.sender_node, m.message_id, m.state, m.side
+        "message {sender}/{}: {} ({})",
+        escape(&m.message_id),
+        escape(&m.state),
+        escape(&m.side)
     );
     println!("  kind:         {}", kind_name(m.kind));
-    println!("  from → to:    {} → {}", m.sender_node, m.recipient_node);
+    println!("  from → to:    {sender} → {recipient}");
     if !m.case_reference.is_empty() {
-        println!("  case:         {}", m.case_reference);
+        println!("  case:         {}", escape(&m.case_reference));
     }
-    println!("  submitted by: {}", m.sender_principal);
+    println!("  submitted by: {}", escape(&m.sender_principal));
     println!(
         "  content:      {} ({} bytes, not shown to operators)",
-        m.content_type, m.payload_length
+        escape(&m.content_type),
+        m.payload_length
     );
     println!("  created:      {}", when(m.created_at_ms));
     println!("  expires:      {}", when(m.expires_at_ms));

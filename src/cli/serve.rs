@@ -12,6 +12,8 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything is created: the store's files are the node's alone.
+    crate::file_modes::restrict_umask();
     let config = crate::config::NodeConfig::load(&args.config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -30,6 +30,8 @@ pub struct UpArgs {
 }
 
 pub async fn run(args: UpArgs) -> Result<()> {
+    // Before anything is created: keys, node files and data are private.
+    crate::file_modes::restrict_umask();
     let dev = match DevFederation::open(&args.dir) {
         Some(dev) => {
             println!("using the development federation in {}", args.dir.display());

@@ -168,3 +168,60 @@ async fn watch_refreshes_until_interrupted() {
         .expect("status");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_shows_control_characters_escaped() {
+    use cluebridge::model::SentState;
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    // A window-title change, a clear-screen, a CSI as one C1 character, a
+    // right-to-left override, and a second line; and Chinese text, kept.
+    let payload = "before\x1b]0;owned\x07\x1b[2J\x1b[H\u{9b}31m\u{202e}txt.exe\nsecond line 线索";
+    submit(
+        &mut discipline,
+        submit_request(
+            "cli-esc-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            payload.as_bytes(),
+        ),
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "cli-esc-1",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["receive", "--node", SECURITY, "--ack", "--dir"])
+        .arg(&fed.dev.dir)
+        .output()
+        .await
+        .expect("run cluebridge receive");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.contains(&0x1b), "raw ESC in:\n{stdout:?}");
+    assert!(!out.stdout.contains(&0x07), "raw BEL in:\n{stdout:?}");
+    for raw in ['\u{9b}', '\u{202e}'] {
+        assert!(!stdout.contains(raw), "raw {raw:?} in:\n{stdout:?}");
+    }
+    assert!(
+        stdout.contains(
+            "  payload:      before\\x1b]0;owned\\x07\\x1b[2J\\x1b[H\\u{9b}31m\\u{202e}txt.exe\n\
+             \x20               second line 线索\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("message cli-esc-1 from discipline"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("-> acknowledged"), "{stdout}");
+}

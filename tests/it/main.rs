@@ -9,6 +9,8 @@ mod config_files;
 mod crash;
 mod custody;
 mod deploy_files;
+#[cfg(unix)]
+mod file_modes;
 mod forge;
 mod harness;
 mod hostile;
