@@ -23,21 +23,10 @@ use crate::model::SignedReceipt;
 use crate::format_time;
 use std::fmt::Write;
 
-/// Characters that change how text is laid out or read: bidirectional
-/// embeddings, overrides, isolates and marks, and the Unicode line and
-/// paragraph separators.
-fn is_bidi_or_separator(c: char) -> bool {
-    matches!(
-        c,
-        '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-            | '\u{061c}' | '\u{2028}' | '\u{2029}'
-    )
-}
-
-/// Whether `c` must not reach a terminal as it is: C0 and C1 controls, DEL,
-/// and the characters of [`is_bidi_or_separator`].
+/// Whether `c` must not reach a terminal as it is: the same characters
+/// the API refuses in header text fields.
 fn is_unsafe(c: char) -> bool {
-    c.is_control() || is_bidi_or_separator(c)
+    crate::model::is_unsafe_char(c)
 }
 
 fn push_escaped(out: &mut String, c: char) {

@@ -49,11 +49,21 @@ pub fn validate_id(what: &str, id: &str) -> Result<()> {
 }
 
 /// Whether `c` may change how a terminal or an editor shows the text
-/// around it: C0 and C1 controls, DEL, and the bidirectional overrides,
-/// embeddings, isolates and marks.
+/// around it: C0 and C1 controls, DEL (`char::is_control` is exactly
+/// category Cc), the bidirectional embeddings, overrides, isolates and
+/// marks, and the Unicode line and paragraph separators.
 pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{200E}'
+                | '\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{061C}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
 }
 
 /// Checks a free-text field (a subject, a case reference, a reason):
