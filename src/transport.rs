@@ -312,8 +312,8 @@ impl Refusals {
             tracing::warn!(
                 refused = n,
                 latest = %remote,
-                "{cap} ({value}) reached: refused {n} connection(s) in the last {} s at most; \
-                 connections already open are served",
+                "{cap} ({value}) reached: refused {n} connection(s) since the last such line \
+                 (one per {} s at most); connections already open are served",
                 LOG_EVERY.as_secs()
             )
         });
