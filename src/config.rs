@@ -821,3 +821,50 @@ impl NodeConfig {
             .filter(move |n| n.id != self.node_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_size_limits_follow_the_payload_and_batch_limits() {
+        let limits = Limits::default();
+        let sizes = limits.message_limits();
+        assert_eq!(sizes.client, 1024 * 1024 + 10 * 1024);
+        assert_eq!(sizes.peer, 1024 * sizes.client);
+        let small = Limits {
+            max_payload_bytes: 1000,
+            max_peer_batch: 2,
+            ..Limits::default()
+        };
+        assert_eq!(small.message_limits().peer, 2 * (1000 + 10 * 1024));
+    }
+
+    #[test]
+    fn connection_limits_that_contradict_each_other_are_refused_by_name() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let refusal = |l: Limits| l.validate().expect_err("refused");
+        let e = refusal(Limits {
+            max_anonymous_connections: 600,
+            ..Limits::default()
+        });
+        assert!(e.contains("limits.max_anonymous_connections"), "{e}");
+        let e = refusal(Limits {
+            idle_connection_secs: 40,
+            ..Limits::default()
+        });
+        assert!(
+            e.contains("limits.idle_connection_secs") && e.contains("40 s"),
+            "{e}"
+        );
+        let e = refusal(Limits {
+            max_connections: 0,
+            max_anonymous_connections: 0,
+            ..Limits::default()
+        });
+        assert!(
+            e.contains("limits.max_connections: must be at least 1"),
+            "{e}"
+        );
+    }
+}
