@@ -52,10 +52,12 @@ impl Connection {
             .connect_lazy())
     }
 
+    /// The node judges the size of a request (and says so with
+    /// `RESOURCE_EXHAUSTED`), so the client sets no limit of its own.
     pub fn broker(&self) -> Result<BrokerClient<Channel>> {
         Ok(BrokerClient::new(self.channel()?)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(64 * 1024 * 1024))
+            .max_encoding_message_size(usize::MAX))
     }
 
     pub fn audit(&self) -> Result<AuditClient<Channel>> {

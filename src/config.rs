@@ -209,7 +209,8 @@ impl DeliverySettings {
     }
 }
 
-/// Limits on what callers may send. Every field has a default.
+/// Limits on what callers may send, and on the connections and calls a
+/// node holds open at once. Every field has a default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -234,6 +235,30 @@ pub struct Limits {
     /// Submits per second one principal may make (sustained; bursts of up
     /// to one second's worth pass). 0 turns the limit off.
     pub submit_rate_per_sec: u32,
+    /// Connections open at once, TLS handshakes included; more are closed
+    /// as soon as they are accepted. Each holds a file descriptor, so keep
+    /// it well below the process's limit (`ulimit -n`).
+    pub max_connections: usize,
+    /// Of those, connections that presented no client certificate: they
+    /// can only be told `UNAUTHENTICATED`, so a few suffice.
+    pub max_anonymous_connections: usize,
+    /// A connection without a client certificate is closed this long after
+    /// its handshake, whatever it does.
+    pub anonymous_connection_secs: u64,
+    /// A connection from which nothing arrives for this long is closed.
+    /// The node's keepalive pings make a live client answer well before.
+    pub idle_connection_secs: u64,
+    /// The node pings each connection after this long without a frame from
+    /// it (HTTP/2 keepalive)…
+    pub keepalive_interval_secs: u64,
+    /// …and closes it if the ping is not answered within this long.
+    pub keepalive_timeout_secs: u64,
+    /// Calls open at once on one connection (HTTP/2 streams), long-lived
+    /// `Receive` and `WatchReceipts` streams included.
+    pub max_streams_per_connection: u32,
+    /// Calls the node handles at once over all connections; more wait
+    /// their turn. A streaming call counts until its stream is opened.
+    pub max_concurrent_calls: usize,
 }
 
 impl Default for Limits {
@@ -250,7 +275,85 @@ impl Default for Limits {
             retired_key_grace_ms: 3 * 24 * 3600 * 1000,
             max_peer_batch: 1024,
             submit_rate_per_sec: 2000,
+            max_connections: 512,
+            max_anonymous_connections: 32,
+            anonymous_connection_secs: 10,
+            idle_connection_secs: 120,
+            keepalive_interval_secs: 30,
+            keepalive_timeout_secs: 10,
+            max_streams_per_connection: 256,
+            max_concurrent_calls: 512,
         }
+    }
+}
+
+/// The largest request each service decodes, derived from [`Limits`] so
+/// that no caller can make a node buffer more than a legitimate call needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageLimits {
+    /// `Broker`, `Admin` and `Audit`: one payload and its header fields.
+    pub client: usize,
+    /// `Peer`: a full batch of envelopes, each with its payload.
+    pub peer: usize,
+}
+
+impl Limits {
+    /// Bytes a message carries besides its payload, at most: the ids,
+    /// digests, signature, times and protobuf framing (4 KiB), plus the
+    /// subject, case reference, content type and reason at four bytes a
+    /// character.
+    pub fn envelope_overhead_bytes(&self) -> usize {
+        const FIXED: usize = 4 * 1024;
+        let text = self.max_subject_len
+            + self.max_case_reference_len
+            + self.max_content_type_len
+            + self.max_reason_len;
+        FIXED.saturating_add(text.saturating_mul(4))
+    }
+
+    /// The request size limits of the services: the one place they are
+    /// computed.
+    pub fn message_limits(&self) -> MessageLimits {
+        let one = self
+            .max_payload_bytes
+            .saturating_add(self.envelope_overhead_bytes());
+        MessageLimits {
+            client: one,
+            peer: self.max_peer_batch.saturating_mul(one),
+        }
+    }
+
+    /// Checks the limits against each other; names the field at fault.
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_payload_bytes", self.max_payload_bytes as u64),
+            ("max_peer_batch", self.max_peer_batch as u64),
+            ("max_connections", self.max_connections as u64),
+            ("anonymous_connection_secs", self.anonymous_connection_secs),
+            ("keepalive_interval_secs", self.keepalive_interval_secs),
+            ("keepalive_timeout_secs", self.keepalive_timeout_secs),
+            (
+                "max_streams_per_connection",
+                u64::from(self.max_streams_per_connection),
+            ),
+            ("max_concurrent_calls", self.max_concurrent_calls as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("limits.{name}: must be at least 1"));
+        }
+        if self.max_anonymous_connections > self.max_connections {
+            return Err(
+                "limits.max_anonymous_connections: must not exceed limits.max_connections".into(),
+            );
+        }
+        if self.idle_connection_secs <= self.keepalive_interval_secs + self.keepalive_timeout_secs {
+            return Err(format!(
+                "limits.idle_connection_secs: must exceed keepalive_interval_secs + \
+                 keepalive_timeout_secs ({} s), or live clients would be cut off between pings",
+                self.keepalive_interval_secs + self.keepalive_timeout_secs
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -679,6 +782,7 @@ impl NodeConfig {
             .map_err(|e| err(path, format!("signing_key_id: {e}")))?;
         let principals = load_principals(&file.principals)
             .map_err(|(i, e)| err(path, format!("principal[{i}].{e}")))?;
+        file.limits.validate().map_err(|e| err(path, e))?;
         let d = &file.delivery;
         if d.max_deliveries == 0 {
             return Err(err(path, "delivery.max_deliveries: must be at least 1"));
@@ -764,5 +868,52 @@ impl NodeConfig {
             .nodes
             .values()
             .filter(move |n| n.id != self.node_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_size_limits_follow_the_payload_and_batch_limits() {
+        let limits = Limits::default();
+        let sizes = limits.message_limits();
+        assert_eq!(sizes.client, 1024 * 1024 + 10 * 1024);
+        assert_eq!(sizes.peer, 1024 * sizes.client);
+        let small = Limits {
+            max_payload_bytes: 1000,
+            max_peer_batch: 2,
+            ..Limits::default()
+        };
+        assert_eq!(small.message_limits().peer, 2 * (1000 + 10 * 1024));
+    }
+
+    #[test]
+    fn connection_limits_that_contradict_each_other_are_refused_by_name() {
+        assert_eq!(Limits::default().validate(), Ok(()));
+        let refusal = |l: Limits| l.validate().expect_err("refused");
+        let e = refusal(Limits {
+            max_anonymous_connections: 600,
+            ..Limits::default()
+        });
+        assert!(e.contains("limits.max_anonymous_connections"), "{e}");
+        let e = refusal(Limits {
+            idle_connection_secs: 40,
+            ..Limits::default()
+        });
+        assert!(
+            e.contains("limits.idle_connection_secs") && e.contains("40 s"),
+            "{e}"
+        );
+        let e = refusal(Limits {
+            max_connections: 0,
+            max_anonymous_connections: 0,
+            ..Limits::default()
+        });
+        assert!(
+            e.contains("limits.max_connections: must be at least 1"),
+            "{e}"
+        );
     }
 }

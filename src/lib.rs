@@ -12,6 +12,7 @@
 //! - [`api`]: the gRPC services and the peer link; protobuf ↔ domain, error → status;
 //! - [`metrics`]: counters, histograms and the Prometheus `/metrics` listener;
 //! - [`node`]: wires one node together and runs it until shutdown;
+//! - [`transport`]: accepted connections: TLS handshakes, connection caps, idle deadlines;
 //! - [`provision`]: keys and certificates from a federation's files;
 //! - [`devfed`]: generates a development federation (used by `up`);
 //! - [`client`]: a typed client used by the CLI, `bench` and tests;
@@ -33,6 +34,7 @@ pub mod model;
 pub mod node;
 pub mod provision;
 pub mod store;
+pub mod transport;
 
 /// Generated protobuf and gRPC code for `proto/cluebridge/v1`.
 #[allow(missing_docs, clippy::all)]

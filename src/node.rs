@@ -9,21 +9,20 @@ use crate::delivery;
 use crate::error::{Error, Result};
 use crate::pb;
 use crate::store::Store;
+use crate::transport;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::service::interceptor::InterceptedService;
+use tower::limit::GlobalConcurrencyLimitLayer;
 
-/// Largest gRPC message a node takes: a full `Peer` batch of large payloads.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest answer a node sends (a `Receive` delivery, a receipt bundle with
+/// its payload). Requests have limits of their own, derived from
+/// `[limits]` (`config::MessageLimits`).
+const MAX_ANSWER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Runs a node on `listener` until `shutdown` completes, then stops taking
 /// calls, ends streams and background tasks, and flushes the store.
@@ -98,23 +97,23 @@ async fn serve(
         .build_v1alpha()
         .map_err(|e| Error::invalid(format!("reflection descriptors: {e}")))?;
     let admin_service = pb::admin_server::AdminServer::new(AdminService::new(broker.clone()));
-    // Health and reflection have no roles, but only holders of a valid
-    // federation certificate may call them.
-    let members = || api::federation_members_only(config.federation.ca.clone());
     let acceptor = tls::server_acceptor(
         &config.tls.ca_pem,
         &config.tls.cert_pem,
         &config.tls.key_pem,
     )?;
+    let sizes = config.limits.message_limits();
     let broker_service =
         pb::broker_server::BrokerServer::new(BrokerService::new(broker.clone(), stop.clone()))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(sizes.client)
+            .max_encoding_message_size(MAX_ANSWER_BYTES);
     let peer_service = pb::peer_server::PeerServer::new(PeerService::new(broker.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(sizes.peer)
+        .max_encoding_message_size(MAX_ANSWER_BYTES);
     let audit_service = pb::audit_server::AuditServer::new(AuditService::new(broker.clone()))
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(sizes.client)
+        .max_encoding_message_size(MAX_ANSWER_BYTES);
+    let admin_service = admin_service.max_decoding_message_size(sizes.client);
     let addr = listener
         .local_addr()
         .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
@@ -133,15 +132,28 @@ async fn serve(
     // When shutdown began: the grace period counts from there.
     let began = std::sync::Arc::new(std::sync::OnceLock::new());
     let began_on_signal = began.clone();
+    let limits = &config.limits;
+    transport::check_descriptor_limit(limits.max_connections);
+    let secs = Duration::from_secs;
+    let incoming = transport::incoming(listener, acceptor, limits.into(), stop.clone());
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(secs(limits.keepalive_interval_secs)))
+        .http2_keepalive_timeout(Some(secs(limits.keepalive_timeout_secs)))
+        // Outermost: who may call what, before the body and before any wait.
+        .layer(api::GateLayer::new(config.clone()))
+        .layer(GlobalConcurrencyLimitLayer::new(
+            limits.max_concurrent_calls,
+        ))
+        .layer(api::OversizeLayer)
         .add_service(broker_service)
         .add_service(peer_service)
         .add_service(admin_service)
-        .add_service(InterceptedService::new(health_service, members()))
-        .add_service(InterceptedService::new(reflection, members()))
-        .add_service(InterceptedService::new(reflection_alpha, members()))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(audit_service)
-        .serve_with_incoming_shutdown(tls_incoming(listener, acceptor, stop.clone()), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             let _ = began_on_signal.set(Instant::now());
             tracing::info!("shutting down: no new calls, draining");
@@ -180,50 +192,6 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
-}
-
-/// Longest a TLS handshake may take before the connection is dropped.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Accepted connections after their TLS handshake. Each handshake runs in
-/// its own task under a deadline, so a slow or silent caller holds up no
-/// one else; failed handshakes are logged and dropped.
-fn tls_incoming(
-    listener: TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    stop: CancellationToken,
-) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        loop {
-            let (tcp, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = stop.cancelled() => return,
-                _ = tx.closed() => return,
-            };
-            // Without TCP_NODELAY, small answers wait for the caller's
-            // delayed ACK (tens of milliseconds per call).
-            let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }
 
 /// A node running in this process (for `up`, `bench` and tests).

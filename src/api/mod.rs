@@ -4,7 +4,9 @@
 mod admin;
 mod audit;
 mod broker;
+mod gate;
 mod health;
+mod oversize;
 mod peer;
 mod peer_link;
 
@@ -12,7 +14,9 @@ pub use admin::AdminService;
 pub use audit::AuditService;
 use audit::{checkpoint_from_wire, checkpoint_to_wire};
 pub use broker::BrokerService;
+pub use gate::GateLayer;
 pub use health::{HealthService, HealthSwitch};
+pub use oversize::OversizeLayer;
 pub use peer::PeerService;
 pub use peer_link::{PeerLink, Refusal};
 
@@ -21,6 +25,7 @@ use crate::crypto::tls::FederationCa;
 use crate::crypto::{PeerIdentity, tls};
 use crate::error::Error;
 use crate::model::{Principal, Role};
+use rustls::pki_types::CertificateDer;
 use tonic::{Request, Status};
 
 /// The one conversion from library errors to gRPC statuses.
@@ -47,32 +52,33 @@ impl From<Error> for Status {
     }
 }
 
+/// The caller's identity as the gate verified it before the body was
+/// read; handlers find it among the request's extensions (which only the
+/// server sets, never the caller).
+#[derive(Clone, Debug)]
+pub(crate) struct Verified(pub(crate) PeerIdentity);
+
 /// Who is calling: the identity in the caller's certificate, once it is
 /// shown to come from the federation CA and to be valid now.
 fn caller<T>(config: &NodeConfig, request: &Request<T>) -> Result<PeerIdentity, Status> {
-    certified(&config.federation.ca, request)
+    if let Some(Verified(identity)) = request.extensions().get::<Verified>() {
+        return Ok(identity.clone());
+    }
+    certified(&config.federation.ca, request.peer_certs().as_deref())
 }
 
-fn certified<T>(ca: &FederationCa, request: &Request<T>) -> Result<PeerIdentity, Status> {
+/// Checks the leaf of the certificates the caller presented, if any.
+fn certified(
+    ca: &FederationCa,
+    certs: Option<&Vec<CertificateDer<'static>>>,
+) -> Result<PeerIdentity, Status> {
     let no_cert = || {
         Status::unauthenticated(
             "no client certificate: connect with mTLS and a certificate from the federation CA",
         )
     };
-    let certs = request.peer_certs().ok_or_else(no_cert)?;
-    let leaf = certs.first().ok_or_else(no_cert)?;
+    let leaf = certs.and_then(|c| c.first()).ok_or_else(no_cert)?;
     Ok(tls::verify_client(ca, leaf.as_ref(), crate::now_ms())?)
-}
-
-/// An interceptor for services without roles (health, reflection): any
-/// node or principal with a valid federation certificate may call them.
-pub fn federation_members_only(
-    ca: FederationCa,
-) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |request| {
-        certified(&ca, &request)?;
-        Ok(request)
-    }
 }
 
 /// The calling principal, if it is a client of this node holding `role`.
@@ -83,28 +89,60 @@ pub(crate) fn authorize<T>(
     request: &Request<T>,
     role: Role,
 ) -> Result<Principal, Status> {
+    let principal = principal_of(config, caller(config, request)?)?;
+    require(principal, role)
+}
+
+/// The principal of this node that `identity` names, if the node file
+/// lists it.
+fn principal_of(config: &NodeConfig, identity: PeerIdentity) -> Result<&Principal, Status> {
     let node = &config.node_id;
-    match caller(config, request)? {
+    match identity {
         PeerIdentity::Client { node: of, name } if &of == node => {
-            let principal = config.principals.get(&name).ok_or_else(|| {
+            config.principals.get(&name).ok_or_else(|| {
                 Status::permission_denied(format!(
                     "client {name} is not a principal of node {node:?}: it is not listed in the node file"
                 ))
-            })?;
-            if !principal.has(role) {
-                let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
-                return Err(Status::permission_denied(format!(
-                    "principal {name} lacks the {role} role needed for this call (it has: {})",
-                    roles.join(", ")
-                )));
-            }
-            Ok(principal.clone())
+            })
         }
         PeerIdentity::Client { node: of, name } => Err(Status::permission_denied(format!(
             "client {name} is a principal of node {of:?}; this is node {node:?}"
         ))),
         PeerIdentity::Node(id) => Err(Status::permission_denied(format!(
             "node {id} presented a node certificate; this service is for client systems"
+        ))),
+    }
+}
+
+/// The principal, if it holds `role`.
+fn require(principal: &Principal, role: Role) -> Result<Principal, Status> {
+    if !principal.has(role) {
+        let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+        return Err(Status::permission_denied(format!(
+            "principal {} lacks the {role} role needed for this call (it has: {})",
+            principal.name,
+            roles.join(", ")
+        )));
+    }
+    Ok(principal.clone())
+}
+
+/// The calling node, if `identity` is another node of the federation.
+fn peer_node(config: &NodeConfig, identity: PeerIdentity) -> Result<String, Status> {
+    match identity {
+        PeerIdentity::Node(id) => {
+            if id == config.node_id {
+                return Err(Status::permission_denied("a node cannot deliver to itself"));
+            }
+            if config.federation.node(&id).is_none() {
+                return Err(Status::permission_denied(format!(
+                    "node {id:?} is not in this node's federation trust list"
+                )));
+            }
+            Ok(id)
+        }
+        other => Err(Status::permission_denied(format!(
+            "the Peer service is for federation nodes; {other} presented a client certificate"
         ))),
     }
 }

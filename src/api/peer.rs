@@ -1,8 +1,7 @@
 //! `cluebridge.v1.Peer`: node-to-node delivery of envelopes and receipts.
 
-use super::caller;
+use super::{caller, peer_node};
 use crate::broker::Broker;
-use crate::crypto::PeerIdentity;
 use crate::model::{SignedEnvelope, SignedReceipt};
 use crate::pb;
 use tonic::{Request, Response, Status};
@@ -20,22 +19,8 @@ impl PeerService {
 
     /// The calling node: a node certificate of another federation node.
     fn calling_node<T>(&self, request: &Request<T>) -> Result<String, Status> {
-        match caller(self.broker.config(), request)? {
-            PeerIdentity::Node(id) => {
-                if id == self.broker.node_id() {
-                    return Err(Status::permission_denied("a node cannot deliver to itself"));
-                }
-                if self.broker.config().federation.node(&id).is_none() {
-                    return Err(Status::permission_denied(format!(
-                        "node {id:?} is not in this node's federation trust list"
-                    )));
-                }
-                Ok(id)
-            }
-            other => Err(Status::permission_denied(format!(
-                "the Peer service is for federation nodes; {other} presented a client certificate"
-            ))),
-        }
+        let config = self.broker.config();
+        peer_node(config, caller(config, request)?)
     }
 }
 

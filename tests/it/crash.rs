@@ -19,7 +19,7 @@ fn spawn_serve(fed: &TestFederation, node: &str) -> Child {
 }
 
 /// Waits until the node answers a call.
-async fn wait_serving(fed: &TestFederation, node: &str) {
+pub(crate) async fn wait_serving(fed: &TestFederation, node: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut client = fed.client(node);
     loop {
