@@ -232,6 +232,10 @@ pub struct Limits {
     pub retired_key_grace_ms: u64,
     /// Envelopes or receipts accepted in one `Peer` call.
     pub max_peer_batch: usize,
+    /// Bytes of envelopes in one `Peer.Deliver` call: a forwarder fills its
+    /// batches up to this, and a node refuses a larger call before reading
+    /// it. Keep it the same on every node of the federation.
+    pub max_peer_batch_bytes: usize,
     /// Submits per second one principal may make (sustained; bursts of up
     /// to one second's worth pass). 0 turns the limit off.
     pub submit_rate_per_sec: u32,
@@ -274,6 +278,7 @@ impl Default for Limits {
             max_clock_skew_ms: 5 * 60 * 1000,
             retired_key_grace_ms: 3 * 24 * 3600 * 1000,
             max_peer_batch: 1024,
+            max_peer_batch_bytes: 16 * 1024 * 1024,
             submit_rate_per_sec: 2000,
             max_connections: 512,
             max_anonymous_connections: 32,
@@ -293,7 +298,8 @@ impl Default for Limits {
 pub struct MessageLimits {
     /// `Broker`, `Admin` and `Audit`: one payload and its header fields.
     pub client: usize,
-    /// `Peer`: a full batch of envelopes, each with its payload.
+    /// `Peer`: a batch of envelopes up to `max_peer_batch_bytes` (or one
+    /// envelope of the largest size).
     pub peer: usize,
 }
 
@@ -319,7 +325,12 @@ impl Limits {
             .saturating_add(self.envelope_overhead_bytes());
         MessageLimits {
             client: one,
-            peer: self.max_peer_batch.saturating_mul(one),
+            // Framing costs a few bytes per envelope; a single envelope
+            // larger than the byte cap still travels alone.
+            peer: self
+                .max_peer_batch_bytes
+                .max(one)
+                .saturating_add(self.max_peer_batch.saturating_mul(16)),
         }
     }
 
@@ -328,6 +339,7 @@ impl Limits {
         let positive = [
             ("max_payload_bytes", self.max_payload_bytes as u64),
             ("max_peer_batch", self.max_peer_batch as u64),
+            ("max_peer_batch_bytes", self.max_peer_batch_bytes as u64),
             ("max_connections", self.max_connections as u64),
             ("anonymous_connection_secs", self.anonymous_connection_secs),
             ("keepalive_interval_secs", self.keepalive_interval_secs),

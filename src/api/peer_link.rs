@@ -62,8 +62,8 @@ impl PeerLink {
         Ok(PeerLink {
             peer: peer.id.clone(),
             client: PeerClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024)
-                .max_encoding_message_size(64 * 1024 * 1024),
+                .max_decoding_message_size(config.limits.message_limits().peer)
+                .max_encoding_message_size(config.limits.message_limits().peer),
             timeout,
         })
     }

@@ -274,9 +274,16 @@ impl Broker {
         limit: usize,
     ) -> Result<Vec<(MessageRef, SignedEnvelope)>> {
         let now = now_ms();
+        let byte_cap = self.config().limits.max_peer_batch_bytes;
+        let mut bytes_taken = 0usize;
         let mut out = Vec::new();
         for entry in self.store().outbox_batch(peer, limit)? {
             let (msg_key, bytes) = (entry.message_key, entry.envelope);
+            // A batch ends at the byte cap; one envelope always goes.
+            bytes_taken = bytes_taken.saturating_add(bytes.len());
+            if bytes_taken > byte_cap && !out.is_empty() {
+                break;
+            }
             let message = keys::parse_message(&msg_key)
                 .ok_or_else(|| Error::corrupt("outbox", "bad message key"))?;
             let envelope =

@@ -269,3 +269,37 @@ async fn a_message_in_custody_expires_back_to_its_sender() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarder_splits_its_batches_at_the_peers_byte_cap() {
+    // Eight envelopes of 1 MiB wait while the recipient is down; the
+    // recipient takes at most 3 MiB of envelopes per call. Sent as one
+    // batch, they would be refused forever.
+    let tune =
+        |n: &mut cluebridge::config::NodeFile| n.limits.max_peer_batch_bytes = 3 * 1024 * 1024;
+    let mut fed = TestFederation::start_with(tune, &[DISCIPLINE]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let payload = vec![7u8; 1024 * 1024];
+    for i in 0..8 {
+        submit(
+            &mut discipline,
+            submit_request(
+                &format!("big-{i}"),
+                MessageKind::ClueTransfer,
+                SECURITY,
+                &payload,
+            ),
+        )
+        .await;
+    }
+    fed.restart(SECURITY).await;
+    for i in 0..8 {
+        wait_state(
+            &mut discipline,
+            &format!("big-{i}"),
+            SentState::Delivered,
+            20 * SECOND,
+        )
+        .await;
+    }
+}

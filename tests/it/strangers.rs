@@ -206,7 +206,8 @@ async fn size_limits_refuse_with_resource_exhausted_and_fit_the_largest_legitima
     largest.content_type = "t".repeat(limits.max_content_type_len);
     submit(&mut client, largest).await;
 
-    // The largest Peer batch: max_peer_batch envelopes of the largest payload.
+    // The largest Peer batch: max_peer_batch envelopes of the largest
+    // payload, within max_peer_batch_bytes.
     let signer = fed.signer(DISCIPLINE);
     let payload = vec![2u8; limits.max_payload_bytes];
     let envelopes = (0..limits.max_peer_batch)
