@@ -892,13 +892,15 @@ mod tests {
         let limits = Limits::default();
         let sizes = limits.message_limits();
         assert_eq!(sizes.client, 1024 * 1024 + 10 * 1024);
-        assert_eq!(sizes.peer, 1024 * sizes.client);
+        assert_eq!(sizes.peer, 16 * 1024 * 1024 + 1024 * 16);
+        // A byte cap below one envelope still lets the largest one through.
         let small = Limits {
             max_payload_bytes: 1000,
             max_peer_batch: 2,
+            max_peer_batch_bytes: 100,
             ..Limits::default()
         };
-        assert_eq!(small.message_limits().peer, 2 * (1000 + 10 * 1024));
+        assert_eq!(small.message_limits().peer, 1000 + 10 * 1024 + 2 * 16);
     }
 
     #[test]
