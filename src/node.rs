@@ -86,6 +86,12 @@ async fn serve(
     // Health: SERVING for the whole server and each service while the store
     // is open, NOT_SERVING from the moment shutdown begins.
     let (health, health_service) = HealthService::new(stop.clone());
+    let health = std::sync::Arc::new(health);
+    tasks.push(tokio::spawn(not_serving_when_latched(
+        broker.store().watch_failure(),
+        health.clone(),
+        stop.clone(),
+    )));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -192,6 +198,24 @@ async fn serve(
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
     result
+}
+
+/// Turns health to NOT_SERVING once the store latches on a disk failure:
+/// the node refuses every change until it is restarted, and probes and
+/// load balancers must see it.
+async fn not_serving_when_latched(
+    mut failure: tokio::sync::watch::Receiver<Option<String>>,
+    health: std::sync::Arc<api::HealthSwitch>,
+    stop: CancellationToken,
+) {
+    tokio::select! {
+        latched = failure.wait_for(Option::is_some) => {
+            if latched.is_ok() {
+                health.not_serving();
+            }
+        }
+        _ = stop.cancelled() => {}
+    }
 }
 
 /// A node running in this process (for `up`, `bench` and tests).

@@ -1,5 +1,6 @@
 //! `grpc.health.v1.Health`: SERVING while the node runs (its store open),
-//! NOT_SERVING from the moment shutdown begins, for the server as a whole
+//! NOT_SERVING from the moment shutdown begins or the store latches on a
+//! failed write or sync, for the server as a whole
 //! (`""`) and for each cluebridge service.
 //!
 //! Hand-written over tonic-health's generated types because `Watch`

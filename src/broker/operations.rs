@@ -494,6 +494,11 @@ impl Broker {
     pub fn render_metrics(&self) -> String {
         let m = &self.shared.metrics;
         let mut e = Exposition::default();
+        e.gauge(
+            "cluebridge_store_failed",
+            "1 while the store refuses changes after a failed write or sync (restart the node once the disk is healthy), else 0.",
+            if self.store().failure().is_some() { 1.0 } else { 0.0 },
+        );
         e.counter(
             "cluebridge_messages_submitted_total",
             "Submit calls, whatever their outcome.",

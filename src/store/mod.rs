@@ -156,7 +156,9 @@ struct Shared {
     /// Set when a write or sync of the log or the segments failed: the
     /// disk may have dropped data that later syncs would not bring back,
     /// so every later change is refused until a restart replays the log.
-    failed: std::sync::Mutex<Option<String>>,
+    /// A watch channel so the node can turn its health to NOT_SERVING the
+    /// moment it latches; it is sent from plain threads too.
+    failed: tokio::sync::watch::Sender<Option<String>>,
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -295,7 +297,7 @@ impl Store {
                 trees,
                 wal: std::sync::Mutex::new(wal),
                 segments,
-                failed: std::sync::Mutex::new(None),
+                failed: tokio::sync::watch::Sender::new(None),
                 head: std::sync::Mutex::new(HeadCache { head, stored }),
                 jobs: std::sync::Mutex::new(Some(tx)),
                 writer: std::sync::Mutex::new(None),
@@ -397,19 +399,39 @@ impl Store {
 
     /// Refuses every later change: the disk failed under the log or the
     /// segments (see `Shared::failed`).
+    /// The first failure is logged; later ones only return the error.
     fn fail(&self, why: impl Into<String>) -> Error {
         let why = why.into();
-        tracing::error!(error = %why, "store disk failure: refusing changes until the node restarts");
-        let mut failed = self.shared.failed.lock().unwrap_or_else(|e| e.into_inner());
-        let first = failed.get_or_insert(why).clone();
-        Error::Store(StoreError::Failed(first))
+        let mut first = None;
+        self.shared.failed.send_if_modified(|failed| match failed {
+            Some(held) => {
+                first = Some(held.clone());
+                false
+            }
+            None => {
+                tracing::error!(error = %why, "store disk failure: refusing changes until the node restarts (the log is replayed at start)");
+                *failed = Some(why.clone());
+                true
+            }
+        });
+        Error::Store(StoreError::Failed(first.unwrap_or(why)))
     }
 
     fn check_healthy(&self) -> Result<()> {
-        match &*self.shared.failed.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(why) => Err(Error::Store(StoreError::Failed(why.clone()))),
+        match self.failure() {
+            Some(why) => Err(Error::Store(StoreError::Failed(why))),
             None => Ok(()),
         }
+    }
+
+    /// Why the store refuses changes, if a write or sync failed.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failed.borrow().clone()
+    }
+
+    /// Tells when the store latches on a failure (see [`Store::failure`]).
+    pub fn watch_failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.shared.failed.subscribe()
     }
 
     fn lock_head(&self) -> std::sync::MutexGuard<'_, HeadCache> {
