@@ -32,6 +32,7 @@
 
 mod audit;
 mod durable;
+pub mod fs;
 pub mod keys;
 mod records;
 mod segments;
