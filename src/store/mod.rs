@@ -38,6 +38,9 @@ mod records;
 mod segments;
 mod wal;
 
+#[cfg(test)]
+mod power_cut_tests;
+
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 
 pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
