@@ -5,7 +5,8 @@
 //! - [`crypto`]: signing keys, signatures, TLS, certificate generation;
 //! - [`config`]: node configuration and the federation trust list;
 //! - [`file_modes`]: the modes a node's keys, configuration and data may have;
-//! - [`store`]: the sled store, the only place that knows sled;
+//! - [`store`]: the sled store, the only place that knows sled; its own files
+//!   go through one I/O layer (`store::fs`) that tests swap for a twin;
 //! - [`broker`]: the node's rules for submit, custody, leases, receipts;
 //! - [`delivery`]: background tasks: forwarders, lease and TTL sweeps;
 //! - [`audit`]: receipt bundles, offline verification of bundles and stores;

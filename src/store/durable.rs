@@ -11,7 +11,12 @@
 //! holds, may be deleted only after [`sync_sled`] has fsynced every file
 //! of sled and its directories; the [`SledSynced`] it returns is what
 //! [`super::wal::Wal::remove_before`] asks for.
+//!
+//! The store's own files go through [`Fs`] (`sync_dir`, `remove_file`,
+//! `create_dir_durably` take it); sled's files are always real ones, so
+//! [`sync_sled`] works on the real file system, whatever the log runs on.
 
+use super::fs::{Fs, RealFs};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -75,10 +80,10 @@ pub(super) fn sync_sled(dir: &Path) -> io::Result<SledSynced> {
         }
     }
     if has_blobs {
-        sync_dir(&blobs)?;
+        sync_dir(&RealFs, &blobs)?;
         synced.push(blobs);
     }
-    sync_dir(dir)?;
+    sync_dir(&RealFs, dir)?;
     synced.push(dir.to_path_buf());
     trace(|| format!("sled {}", dir.display()));
     Ok(SledSynced { synced })
@@ -86,45 +91,68 @@ pub(super) fn sync_sled(dir: &Path) -> io::Result<SledSynced> {
 
 /// Fsyncs a directory: makes the creates, renames and removes of its
 /// entries durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| with_path(dir, e))?;
+pub(super) fn sync_dir(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
+    fs.sync_dir(dir).map_err(|e| with_path(dir, e))?;
     trace(|| format!("dir {}", dir.display()));
     Ok(())
 }
 
 /// Creates `dir` (and its missing parents) and fsyncs the parent of each
 /// directory it created, so that the new directories survive a power cut.
-pub(super) fn create_dir_durably(dir: &Path) -> io::Result<()> {
+pub(super) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut at = Some(dir);
     while let Some(path) = at {
-        if path.as_os_str().is_empty() || path.exists() {
+        if path.as_os_str().is_empty() || fs.exists(path).map_err(|e| with_path(path, e))? {
             break;
         }
         missing.push(path);
         at = path.parent();
     }
-    std::fs::create_dir_all(dir).map_err(|e| with_path(dir, e))?;
+    for created in missing.iter().rev() {
+        match fs.create_dir(created) {
+            Ok(()) => {}
+            // Created meanwhile by someone else: its parent is synced below
+            // all the same.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(with_path(created, e)),
+        }
+    }
     for created in missing.into_iter().rev() {
         match created.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent)?,
-            _ => sync_dir(Path::new("."))?,
+            Some(parent) if !parent.as_os_str().is_empty() => sync_dir(fs, parent)?,
+            _ => sync_dir(fs, Path::new("."))?,
         }
     }
     Ok(())
 }
 
 /// Removes a file; the caller syncs its directory afterwards.
-pub(super) fn remove_file(path: &Path) -> io::Result<()> {
-    std::fs::remove_file(path).map_err(|e| with_path(path, e))?;
+pub(super) fn remove_file(fs: &dyn Fs, path: &Path) -> io::Result<()> {
+    fs.remove_file(path).map_err(|e| with_path(path, e))?;
     trace(|| format!("remove {}", path.display()));
     Ok(())
 }
 
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+/// An I/O error with the path it happened at; the original error stays
+/// its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+struct AtPath {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+/// `e`, naming `path`, with the same kind (a full disk stays `StorageFull`).
+pub(super) fn with_path(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(
+        e.kind(),
+        AtPath {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -156,7 +184,7 @@ mod tests {
     fn every_file_of_sled_is_synced_then_its_directories_and_nothing_of_the_store() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("data");
-        create_dir_durably(&dir.join("wal")).expect("wal dir");
+        create_dir_durably(&RealFs, &dir.join("wal")).expect("wal dir");
         std::fs::write(dir.join("wal").join("00000000000000000001.log"), b"x").expect("log");
         std::fs::write(dir.join("node.toml"), b"not sled's").expect("other file");
         {
@@ -219,7 +247,7 @@ mod tests {
     fn a_created_directory_is_made_durable_in_its_parent() {
         let tmp = tempfile::tempdir().expect("tmp");
         take_trace();
-        create_dir_durably(&tmp.path().join("a/b")).expect("create");
+        create_dir_durably(&RealFs, &tmp.path().join("a/b")).expect("create");
         assert_eq!(
             take_trace(),
             [
@@ -227,7 +255,7 @@ mod tests {
                 format!("dir {}", tmp.path().join("a").display()),
             ]
         );
-        create_dir_durably(&tmp.path().join("a/b")).expect("exists");
+        create_dir_durably(&RealFs, &tmp.path().join("a/b")).expect("exists");
         assert!(take_trace().is_empty(), "nothing created, nothing synced");
     }
 }

@@ -32,10 +32,14 @@
 
 mod audit;
 mod durable;
+pub mod fs;
 pub mod keys;
 mod records;
 mod segments;
 mod wal;
+
+#[cfg(test)]
+mod power_cut_tests;
 
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 
@@ -48,6 +52,7 @@ use crate::model::{
     sha256,
 };
 use audit::Note;
+use fs::{Fs, RealFs};
 use segments::{Locator, Segments};
 use sled::{IVec, Tree};
 use std::collections::BTreeSet;
@@ -67,6 +72,14 @@ pub enum StoreError {
     Sled(#[from] sled::Error),
     #[error("the store's writer has stopped (the node is shutting down)")]
     WriterStopped,
+    /// A file of the log or of the envelope segments failed to open,
+    /// read, write or sync; `what` names the file and the operation.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "the store refuses changes since its disk failed ({0}); restart the node once the disk is healthy: \
          the log is replayed at start"
@@ -248,8 +261,20 @@ impl Store {
     /// audit entries (only to measure the log's cost: it voids the
     /// tamper-evidence guarantee).
     pub fn open_with(dir: &Path, audit_log: bool) -> Result<Store> {
-        durable::create_dir_durably(dir)
-            .map_err(|e| Error::Unavailable(format!("cannot create the store directory: {e}")))?;
+        Self::open_on(Arc::new(RealFs), dir, audit_log)
+    }
+
+    /// Opens the store with its log (`wal/`) and envelope segments
+    /// (`envelopes/`) on `fs`, and sled's files in `dir` on the real file
+    /// system (sled does its own I/O). A node passes [`RealFs`]; a test may
+    /// pass a [`fs::SimFs`] to cut the power under the log and the segments.
+    pub fn open_on(fs: Arc<dyn Fs>, dir: &Path, audit_log: bool) -> Result<Store> {
+        durable::create_dir_durably(&RealFs, dir).map_err(|source| {
+            Error::Store(StoreError::Io {
+                what: format!("cannot create the store directory {}", dir.display()),
+                source,
+            })
+        })?;
         let db = sled::Config::new()
             .path(dir)
             // The page cache is the bulk of a node's memory; queued messages
@@ -263,7 +288,7 @@ impl Store {
             .iter()
             .map(|n| db.open_tree(n))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        let segments = Segments::open(dir)?;
+        let segments = Segments::open(Arc::clone(&fs), dir)?;
         // A log record whose envelope did not reach its segment was never
         // acknowledged (segments are synced first): replay stops there. A
         // segment that cannot be read fails the open instead.
@@ -280,7 +305,7 @@ impl Store {
             }
             Ok(true)
         };
-        let (wal, replayed) = Wal::recover(dir, &db, &trees, &envelopes_present)?;
+        let (wal, replayed) = Wal::recover(fs, dir, &db, &trees, &envelopes_present)?;
         let head = Store::initial_audit_head(&trees)?;
         let stored = audit::head_record(&trees)?;
         if replayed > 0 {
@@ -481,7 +506,7 @@ impl Store {
             // A failed sync here latches the store like one in a group
             // commit: the kernel reports a lost page to one fsync only.
             self.shared.segments.sync().map_err(|e| self.fail(e))?;
-            wal::sync(&wal.file()).map_err(|e| self.fail(e))?;
+            wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
             self.shared.db.flush()?;
         }
         // A failed fsync of sled's files latches too: the pages it lost
@@ -1610,7 +1635,7 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 .check_healthy()
                 .map_err(|e| e.to_string())
                 .and_then(|()| store.shared.segments.sync())
-                .and_then(|()| wal::sync(&file))
+                .and_then(|()| wal::sync(&*file))
                 .map_err(|e| store.fail(e).to_string());
             store
                 .shared

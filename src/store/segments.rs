@@ -17,11 +17,11 @@
 //! Files are `envelopes/<number>.seg`; a new one starts at every open and
 //! past [`SEGMENT_BYTES`]. Nothing is ever deleted from them.
 
+use super::StoreError;
+use super::durable;
+use super::fs::{Fs, FsFile};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,17 +72,18 @@ impl Locator {
 #[derive(Debug)]
 struct Active {
     number: u64,
-    file: Arc<File>,
+    file: Arc<dyn FsFile>,
     len: u64,
 }
 
 /// The open segment files.
 #[derive(Debug)]
 pub(super) struct Segments {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     active: Mutex<Active>,
     /// Read handles by segment number.
-    files: Mutex<HashMap<u64, Arc<File>>>,
+    files: Mutex<HashMap<u64, Arc<dyn FsFile>>>,
     /// Whether anything was appended since the last `sync`.
     dirty: AtomicBool,
     /// Held across a sync, so that a caller never returns while another
@@ -91,7 +92,10 @@ pub(super) struct Segments {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Unavailable(format!("envelope segment {}: {e}", path.display()))
+    Error::Store(StoreError::Io {
+        what: format!("envelope segment {}", path.display()),
+        source: e,
+    })
 }
 
 fn file_name(number: u64) -> String {
@@ -99,15 +103,13 @@ fn file_name(number: u64) -> String {
 }
 
 impl Segments {
-    pub fn open(data_dir: &Path) -> Result<Segments> {
+    /// Opens the segments in `data_dir` on `fs`, and starts a new file.
+    pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> Result<Segments> {
         let dir = data_dir.join(DIR);
-        super::durable::create_dir_durably(&dir).map_err(|e| io_error(&dir, e))?;
+        durable::create_dir_durably(&*fs, &dir).map_err(|e| io_error(&dir, e))?;
         let mut last = 0;
-        for entry in std::fs::read_dir(&dir).map_err(|e| io_error(&dir, e))? {
-            let entry = entry.map_err(|e| io_error(&dir, e))?;
-            let name = entry.file_name();
+        for name in fs.list_dir(&dir).map_err(|e| io_error(&dir, e))? {
             if let Some(n) = name
-                .to_string_lossy()
                 .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
             {
@@ -116,8 +118,9 @@ impl Segments {
         }
         // Each start appends to a new file: a locator that survived in sled
         // from before a power loss can never name bytes written after it.
-        let active = Self::open_file(&dir, last + 1)?;
+        let active = Self::open_file(&*fs, &dir, last + 1)?;
         Ok(Segments {
+            fs,
             dir,
             active: Mutex::new(active),
             files: Mutex::new(HashMap::new()),
@@ -126,21 +129,12 @@ impl Segments {
         })
     }
 
-    fn open_file(dir: &Path, number: u64) -> Result<Active> {
+    fn open_file(fs: &dyn Fs, dir: &Path, number: u64) -> Result<Active> {
         let path = dir.join(file_name(number));
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
-        super::durable::sync_dir(dir).map_err(|e| io_error(dir, e))?;
-        Ok(Active {
-            number,
-            file: Arc::new(file),
-            len,
-        })
+        let file = fs.open_append(&path).map_err(|e| io_error(&path, e))?;
+        let len = file.len().map_err(|e| io_error(&path, e))?;
+        durable::sync_dir(fs, dir).map_err(|e| io_error(dir, e))?;
+        Ok(Active { number, file, len })
     }
 
     fn lock_active(&self) -> std::sync::MutexGuard<'_, Active> {
@@ -160,7 +154,7 @@ impl Segments {
                 .file
                 .sync_data()
                 .map_err(|e| io_error(&self.dir.join(file_name(active.number)), e))?;
-            let next = Self::open_file(&self.dir, active.number + 1)?;
+            let next = Self::open_file(&*self.fs, &self.dir, active.number + 1)?;
             *active = next;
         }
         let mut record = Vec::with_capacity(8 + bytes.len());
@@ -172,14 +166,14 @@ impl Segments {
             offset: active.len,
             len,
         };
-        if let Err(e) = (&*active.file).write_all(&record) {
+        if let Err(e) = active.file.append(&record) {
             // Cut a partly written record off, so that the next append
             // lands where `active.len` says.
             let path = self.dir.join(file_name(active.number));
             if let Err(cut) = active.file.set_len(active.len) {
                 tracing::error!(file = %path.display(), error = %cut, "cannot cut an envelope segment back after a failed write");
-                if let Ok(m) = active.file.metadata() {
-                    active.len = m.len();
+                if let Ok(len) = active.file.len() {
+                    active.len = len;
                 }
             }
             return Err(io_error(&path, e));
@@ -208,12 +202,12 @@ impl Segments {
         })
     }
 
-    fn file(&self, number: u64) -> std::io::Result<Arc<File>> {
+    fn file(&self, number: u64) -> std::io::Result<Arc<dyn FsFile>> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = files.get(&number) {
             return Ok(Arc::clone(f));
         }
-        let file = Arc::new(File::open(self.dir.join(file_name(number)))?);
+        let file = self.fs.open_read(&self.dir.join(file_name(number)))?;
         files.insert(number, Arc::clone(&file));
         Ok(file)
     }
@@ -278,19 +272,24 @@ impl Segments {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fs::RealFs;
+
+    fn open(dir: &Path) -> Result<Segments> {
+        Segments::open(Arc::new(RealFs), dir)
+    }
 
     #[test]
     fn appended_envelopes_read_back_after_reopening_and_damage_is_named() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (a, b) = {
-            let s = Segments::open(tmp.path()).expect("open");
+            let s = open(tmp.path()).expect("open");
             let a = s.append(b"first envelope").expect("append");
             let b = s.append(&[7; 3000]).expect("append");
             s.sync().expect("sync");
             (a, b)
         };
         assert_eq!(Locator::decode(&b.encode()), Some(b));
-        let s = Segments::open(tmp.path()).expect("reopen");
+        let s = open(tmp.path()).expect("reopen");
         assert_eq!(s.read(&a).expect("read"), b"first envelope");
         assert_eq!(s.resolve(&b.encode()).expect("read"), vec![7; 3000]);
         assert!(s.holds(&b).expect("holds"));
@@ -313,7 +312,7 @@ mod tests {
         let mut raw = std::fs::read(&path).expect("read file");
         raw[10] ^= 1;
         std::fs::write(&path, raw).expect("write file");
-        let fresh = Segments::open(tmp.path()).expect("reopen");
+        let fresh = open(tmp.path()).expect("reopen");
         let err = fresh.read(&a).expect_err("damaged");
         assert!(err.to_string().contains("checksum"), "{err}");
         let past_end = Locator {

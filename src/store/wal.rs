@@ -44,12 +44,12 @@
 //! Files are named by a growing epoch number, so a crash between the steps
 //! only means replaying one more file.
 
+use super::StoreError;
 use super::durable::{self, SledSynced};
+use super::fs::{Fs, FsFile};
 use crate::error::{Error, Result};
 use sled::{IVec, Tree};
 use std::cell::RefCell;
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -311,9 +311,10 @@ fn decode(mut payload: &[u8]) -> Option<Vec<Op>> {
 /// The open log: the file records are appended to.
 #[derive(Debug)]
 pub(super) struct Wal {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     epoch: u64,
-    file: Arc<File>,
+    file: Arc<dyn FsFile>,
     /// Bytes appended to the current file.
     bytes: u64,
 }
@@ -323,12 +324,9 @@ fn file_name(epoch: u64) -> String {
 }
 
 /// The log files in `dir`, oldest first.
-fn epochs(dir: &Path) -> Result<Vec<u64>> {
+fn epochs(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
-        let entry = entry.map_err(|e| io_error(dir, e))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
+    for name in fs.list_dir(dir).map_err(|e| io_error(dir, e))? {
         if let Some(epoch) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
             out.push(epoch);
         }
@@ -338,16 +336,20 @@ fn epochs(dir: &Path) -> Result<Vec<u64>> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::Unavailable(format!("store log {}: {e}", path.display()))
+    Error::Store(StoreError::Io {
+        what: format!("store log {}", path.display()),
+        source: e,
+    })
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
-    durable::sync_dir(dir).map_err(|e| io_error(dir, e))
+fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
+    durable::sync_dir(fs, dir).map_err(|e| io_error(dir, e))
 }
 
 impl Wal {
-    /// Replays the log in `data_dir` over `trees`, makes the result
-    /// durable in sled, and opens a fresh log file. Returns the log and
+    /// Replays the log in `data_dir` (on `fs`) over `trees`, makes the
+    /// result durable in sled (whose files are real ones, in `data_dir`),
+    /// and opens a fresh log file. Returns the log and
     /// how many records were replayed.
     ///
     /// The newest file may end in a record a crash cut short (or whose
@@ -357,21 +359,19 @@ impl Wal {
     /// starts): the open fails, naming the file and offset, and nothing is
     /// deleted.
     pub fn recover(
+        fs: Arc<dyn Fs>,
         data_dir: &Path,
         db: &sled::Db,
         trees: &[Tree],
         complete: &dyn Fn(&[Op]) -> Result<bool>,
     ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
-        durable::create_dir_durably(&dir).map_err(|e| io_error(&dir, e))?;
-        let found = epochs(&dir)?;
+        durable::create_dir_durably(&*fs, &dir).map_err(|e| io_error(&dir, e))?;
+        let found = epochs(&*fs, &dir)?;
         let mut replayed = 0;
         for (i, &epoch) in found.iter().enumerate() {
             let path = dir.join(file_name(epoch));
-            let mut data = Vec::new();
-            File::open(&path)
-                .and_then(|mut f| f.read_to_end(&mut data))
-                .map_err(|e| io_error(&path, e))?;
+            let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
             let mut rest = data.as_slice();
             while !rest.is_empty() {
                 let Some(ops) = next_record(rest, complete)? else {
@@ -403,12 +403,12 @@ impl Wal {
             );
             // Cut it off now: should this open crash after starting the
             // next file, the next open must not take it for a gap.
-            File::options()
-                .write(true)
-                .open(&path)
+            // `sync_data` makes the new length durable: fdatasync(2)
+            // flushes the size when reading the data depends on it.
+            fs.open_write(&path)
                 .and_then(|f| {
                     f.set_len(offset as u64)?;
-                    f.sync_all()
+                    f.sync_data()
                 })
                 .map_err(|e| io_error(&path, e))?;
         }
@@ -418,23 +418,20 @@ impl Wal {
         db.flush()?;
         let synced = durable::sync_sled(data_dir).map_err(|e| io_error(data_dir, e))?;
         let epoch = found.last().map_or(1, |e| e + 1);
-        let wal = Wal::create(dir, epoch)?;
+        let wal = Wal::create(fs, dir, epoch)?;
         wal.remove_before(epoch, &synced)?;
         Ok((wal, replayed))
     }
 
-    fn create(dir: PathBuf, epoch: u64) -> Result<Wal> {
+    fn create(fs: Arc<dyn Fs>, dir: PathBuf, epoch: u64) -> Result<Wal> {
         let path = dir.join(file_name(epoch));
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| io_error(&path, e))?;
-        sync_dir(&dir)?;
+        let file = fs.open_append(&path).map_err(|e| io_error(&path, e))?;
+        sync_dir(&*fs, &dir)?;
         Ok(Wal {
+            fs,
             dir,
             epoch,
-            file: Arc::new(file),
+            file,
             bytes: 0,
         })
     }
@@ -446,7 +443,7 @@ impl Wal {
     pub fn append(&mut self, ops: &[Op]) -> Result<()> {
         let record = encode(ops);
         let path = self.dir.join(file_name(self.epoch));
-        if let Err(e) = (&*self.file).write_all(&record) {
+        if let Err(e) = self.file.append(&record) {
             if let Err(cut) = self.file.set_len(self.bytes) {
                 tracing::error!(file = %path.display(), error = %cut, "cannot cut the store log back after a failed write");
             }
@@ -457,7 +454,7 @@ impl Wal {
     }
 
     /// The current file, to `sync` without holding the log.
-    pub fn file(&self) -> Arc<File> {
+    pub fn file(&self) -> Arc<dyn FsFile> {
         Arc::clone(&self.file)
     }
 
@@ -475,7 +472,7 @@ impl Wal {
         self.file
             .sync_data()
             .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
-        let next = Wal::create(self.dir.clone(), self.epoch + 1)?;
+        let next = Wal::create(Arc::clone(&self.fs), self.dir.clone(), self.epoch + 1)?;
         *self = next;
         Ok(self.epoch)
     }
@@ -485,22 +482,30 @@ impl Wal {
     /// proof that sled's files were fsynced after the flush that wrote
     /// them (a flush alone is not durable, see `durable`).
     pub fn remove_before(&self, epoch: u64, _synced: &SledSynced) -> Result<()> {
-        for old in epochs(&self.dir)?.into_iter().filter(|e| *e < epoch) {
+        for old in epochs(&*self.fs, &self.dir)?
+            .into_iter()
+            .filter(|e| *e < epoch)
+        {
             let path = self.dir.join(file_name(old));
-            durable::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            durable::remove_file(&*self.fs, &path).map_err(|e| io_error(&path, e))?;
         }
-        sync_dir(&self.dir)
+        sync_dir(&*self.fs, &self.dir)
     }
 }
 
 /// Makes everything written to `file` durable.
-pub(super) fn sync(file: &File) -> std::result::Result<(), String> {
+pub(super) fn sync(file: &dyn FsFile) -> std::result::Result<(), String> {
     file.sync_data().map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fs::RealFs;
+
+    fn real() -> Arc<dyn Fs> {
+        Arc::new(RealFs)
+    }
 
     fn ops() -> Vec<Op> {
         vec![
@@ -542,7 +547,8 @@ mod tests {
             let (db, trees) = open(tmp.path());
             trees[1].insert(b"b", b"old").expect("insert");
             db.flush().expect("flush");
-            let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+            let (mut wal, _) =
+                Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
             // The writes reach the log but not sled (the process dies
             // before sled wrote them out).
             wal.append(&ops()).expect("append");
@@ -552,13 +558,11 @@ mod tests {
                 key: b"c".to_vec(),
                 value: Some(b"lost".to_vec()),
             }]);
-            (&*wal.file())
-                .write_all(&torn[..torn.len() - 2])
-                .expect("write");
+            wal.file().append(&torn[..torn.len() - 2]).expect("write");
         }
         let (db, trees) = open(tmp.path());
         let (wal, replayed) =
-            Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
         assert_eq!(replayed, 1);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),
@@ -567,7 +571,7 @@ mod tests {
         assert_eq!(trees[1].get(b"b").expect("get"), None);
         assert_eq!(trees[1].get(b"c").expect("get"), None);
         assert_eq!(
-            epochs(&tmp.path().join(DIR)).expect("list"),
+            epochs(&RealFs, &tmp.path().join(DIR)).expect("list"),
             vec![wal.epoch]
         );
     }
@@ -576,22 +580,23 @@ mod tests {
     fn a_zero_filled_tail_ends_the_replay_and_a_gap_in_an_older_file_fails_the_open() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (db, trees) = open(tmp.path());
-        let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+        let (mut wal, _) =
+            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
         wal.append(&ops()).expect("append");
         // Power loss can leave zeros where the last pages were.
-        (&*wal.file()).write_all(&[0; 64]).expect("zeros");
+        wal.file().append(&[0; 64]).expect("zeros");
         wal.append(&ops()[..1]).expect("a record after the zeros");
         let first = wal.epoch;
         let path = tmp.path().join(DIR).join(file_name(first));
         let kept = std::fs::read(&path).expect("read");
         drop(wal);
         let (wal, replayed) =
-            Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
         assert_eq!(replayed, 1, "replay ends at the zeros");
         // The same file again, now followed by a newer one: acknowledged
         // records may sit behind the gap, so the open fails and keeps both.
         std::fs::write(&path, &kept).expect("restore the older file");
-        let err = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect_err("gap");
+        let err = Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect_err("gap");
         assert!(err.to_string().contains("newer log file follows"), "{err}");
         assert!(path.exists());
         assert!(tmp.path().join(DIR).join(file_name(wal.epoch)).exists());
@@ -601,13 +606,15 @@ mod tests {
     fn recovery_deletes_the_replayed_files_only_after_syncing_sled() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (db, trees) = open(tmp.path());
-        let (mut wal, _) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+        let (mut wal, _) =
+            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
         wal.append(&ops()).expect("append");
         let replayed = tmp.path().join(DIR).join(file_name(wal.epoch));
         drop(wal);
         durable::take_trace();
 
-        let (wal, n) = Wal::recover(tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+        let (wal, n) =
+            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
 
         assert_eq!(n, 1);
         let dir = tmp.path().join(DIR);
@@ -622,7 +629,7 @@ mod tests {
                 format!("dir {}", dir.display()),
             ]
         );
-        assert_eq!(epochs(&dir).expect("list"), vec![wal.epoch]);
+        assert_eq!(epochs(&RealFs, &dir).expect("list"), vec![wal.epoch]);
     }
 
     #[test]
