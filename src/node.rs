@@ -37,7 +37,7 @@ pub async fn run(
         })?),
         None => None,
     };
-    let store = open_store(&config)?;
+    let store = open_store(&config, std::sync::Arc::new(crate::store::fs::RealFs))?;
     let broker = Broker::new(config, store)?;
     serve(broker, listener, metrics, shutdown).await
 }
@@ -45,10 +45,10 @@ pub async fn run(
 /// Opens the node's store in its data directory, made private first (0700,
 /// created or tightened) so that no other user reads the journal's
 /// envelopes.
-fn open_store(config: &NodeConfig) -> Result<Store> {
+fn open_store(config: &NodeConfig, fs: std::sync::Arc<dyn crate::store::fs::Fs>) -> Result<Store> {
     crate::file_modes::prepare_data_dir(&config.data_dir)
         .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-    Store::open_with(&config.data_dir, config.audit.log)
+    Store::open_on(fs, &config.data_dir, config.audit.log)
 }
 
 /// Binds the metrics listener from inside a runtime but outside `async`.
@@ -194,9 +194,12 @@ async fn serve(
             "background tasks did not stop in time"
         );
     }
-    broker.store().flush().await?;
+    // The store closes whatever the last flush says (a latched store
+    // refuses it): a restart must find it unlocked, and replays the log.
+    let flushed = broker.store().flush().await;
     broker.store().close();
     tracing::info!(node = %config.node_id, "node stopped");
+    flushed?;
     result
 }
 
@@ -232,12 +235,26 @@ pub struct RunningNode {
 impl RunningNode {
     /// Opens the store and starts serving on `listener` in a task.
     pub fn start(config: NodeConfig, listener: TcpListener) -> Result<RunningNode> {
+        Self::start_on(
+            config,
+            listener,
+            std::sync::Arc::new(crate::store::fs::RealFs),
+        )
+    }
+
+    /// [`RunningNode::start`] with the store's log and envelope segments on
+    /// `fs`: tests pass a twin that can fail a sync or fill up.
+    pub fn start_on(
+        config: NodeConfig,
+        listener: TcpListener,
+        fs: std::sync::Arc<dyn crate::store::fs::Fs>,
+    ) -> Result<RunningNode> {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Unavailable(format!("listener has no address: {e}")))?;
         let metrics = bind_metrics(&config)?;
         let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
-        let store = open_store(&config)?;
+        let store = open_store(&config, fs)?;
         let broker = Broker::new(config, store)?;
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(serve(broker.clone(), listener, metrics, async move {

@@ -105,6 +105,24 @@ impl TestFederation {
 
     /// Starts a stopped node again on its port, with its data.
     pub async fn restart(&mut self, id: &str) {
+        self.restart_on(id, std::sync::Arc::new(cluebridge::store::fs::RealFs))
+            .await;
+    }
+
+    /// Stops a node without its clean stop's final flush: what a crash
+    /// leaves (the store's files as they are).
+    pub async fn abandon(&mut self, id: &str) {
+        let node = self.nodes.remove(id).expect("node running");
+        let _ = node.stop().await;
+    }
+
+    /// [`TestFederation::restart`] with the store's log and envelope
+    /// segments on `fs` (a twin that can fail syncs or fill up).
+    pub async fn restart_on(
+        &mut self,
+        id: &str,
+        fs: std::sync::Arc<dyn cluebridge::store::fs::Fs>,
+    ) {
         let port = self.ports[id];
         let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
@@ -117,7 +135,9 @@ impl TestFederation {
                 Err(e) => panic!("cannot rebind {port}: {e}"),
             }
         };
-        self.launch(id, listener);
+        let node = RunningNode::start_on(self.config(id), listener, fs)
+            .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        self.nodes.insert(id.to_string(), node);
     }
 
     pub fn keyring(&self) -> Keyring {

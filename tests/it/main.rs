@@ -10,6 +10,7 @@ mod connections;
 mod crash;
 mod custody;
 mod deploy_files;
+mod disk_failure;
 #[cfg(unix)]
 mod file_modes;
 mod forge;
