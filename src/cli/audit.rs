@@ -183,7 +183,7 @@ pub async fn run(args: AuditArgs) -> Result<()> {
 }
 
 fn verify_store(args: StoreVerifyArgs) -> Result<()> {
-    if !args.data_dir.join("conf").exists() {
+    if !holds_a_store(&args.data_dir) {
         bail!(
             "{} holds no node store (expected the data_dir of a node file)",
             args.data_dir.display()
@@ -236,4 +236,9 @@ async fn checkpoints(args: CheckpointsArgs) -> Result<()> {
         args.output.display()
     );
     Ok(())
+}
+
+/// Whether `dir` holds a node's store: its journal.
+fn holds_a_store(dir: &std::path::Path) -> bool {
+    dir.join(crate::store::JOURNAL_DIR).is_dir()
 }

@@ -7,6 +7,7 @@ mod gen_certs;
 mod ops;
 mod render;
 mod serve;
+mod store;
 mod up;
 
 pub use render::{escape, escape_block, escape_json, timeline};
@@ -72,6 +73,8 @@ pub enum Command {
     Verify(audit::VerifyArgs),
     /// Audit log tools: check a stopped node's store, fetch checkpoints.
     Audit(audit::AuditArgs),
+    /// Store maintenance: rebuild a stopped node's index from its journal.
+    Store(store::StoreArgs),
 }
 
 /// How log lines look.
@@ -120,6 +123,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => audit::export(a).await,
         Command::Verify(a) => audit::verify(a),
         Command::Audit(a) => audit::run(a).await,
+        Command::Store(a) => store::run(a),
     }
 }
 

@@ -7,14 +7,14 @@
 //! new blocks) nor flushes the disk's write cache: the kernel's manual
 //! says it makes no promise after a crash. sled writes its `conf` file
 //! without any sync, and renames its snapshot files without syncing the
-//! directory. So a log file, the only synced copy of the changes it
-//! holds, may be deleted only after [`sync_sled`] has fsynced every file
-//! of sled and its directories; the [`SledSynced`] it returns is what
-//! [`super::wal::Wal::remove_before`] asks for.
+//! directory. So before the index counts a journal position as reached
+//! (`index::checkpoint`), [`sync_sled`] fsyncs every file of sled and its
+//! directories; the [`SledSynced`] it returns names them.
 //!
-//! The store's own files go through [`Fs`] (`sync_dir`, `remove_file`,
+//! The store's own files go through [`Fs`] (`sync_dir` and
 //! `create_dir_durably` take it); sled's files are always real ones, so
-//! [`sync_sled`] works on the real file system, whatever the log runs on.
+//! [`sync_sled`] works on the real file system, whatever the journal runs
+//! on.
 
 use super::fs::{Fs, RealFs};
 use std::fs::File;
@@ -124,13 +124,6 @@ pub(super) fn create_dir_durably(fs: &dyn Fs, dir: &Path) -> io::Result<()> {
             _ => sync_dir(fs, Path::new("."))?,
         }
     }
-    Ok(())
-}
-
-/// Removes a file; the caller syncs its directory afterwards.
-pub(super) fn remove_file(fs: &dyn Fs, path: &Path) -> io::Result<()> {
-    fs.remove_file(path).map_err(|e| with_path(path, e))?;
-    trace(|| format!("remove {}", path.display()));
     Ok(())
 }
 

@@ -33,6 +33,7 @@
 mod audit;
 mod durable;
 pub mod fs;
+mod index;
 pub mod keys;
 mod records;
 mod segments;
@@ -42,6 +43,8 @@ mod wal;
 mod power_cut_tests;
 
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
+/// The journal's directory inside a store's data directory.
+pub use wal::DIR as JOURNAL_DIR;
 
 pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
 
@@ -111,7 +114,8 @@ const AUDIT_INDEX: usize = 14;
 const AUDIT_HEAD: usize = 15;
 const CHECKPOINTS: usize = 16;
 const EQUIVOCATIONS: usize = 17;
-const TREE_NAMES: [&str; 18] = [
+const META: usize = 18;
+const TREE_NAMES: [&str; 19] = [
     "envelopes",
     "sent",
     "inbound",
@@ -130,6 +134,7 @@ const TREE_NAMES: [&str; 18] = [
     "audit_head",
     "checkpoints",
     "equivocations",
+    "meta",
 ];
 
 fn abort<T>(e: Error) -> TxResult<T> {
@@ -155,7 +160,7 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Shared {
-    /// The store's data directory, which is also sled's directory.
+    /// The store's data directory (sled, the index, lives in `index/`).
     dir: std::path::PathBuf,
     db: sled::Db,
     trees: Vec<Tree>,
@@ -184,6 +189,10 @@ struct Shared {
     /// Whether state changes append audit entries (always, except in a
     /// benchmark that measures what the log costs).
     audit_log: bool,
+    /// The next number [`Store::next_seq`] hands out.
+    seq: std::sync::atomic::AtomicU64,
+    /// The counter as the last journal record carried it.
+    logged_seq: std::sync::atomic::AtomicU64,
 }
 
 /// What `submit` found.
@@ -275,19 +284,8 @@ impl Store {
                 source,
             })
         })?;
-        let db = sled::Config::new()
-            .path(dir)
-            // The page cache is the bulk of a node's memory; queued messages
-            // live on disk, not here.
-            .cache_capacity(64 * 1024 * 1024)
-            // sled is flushed at the log's checkpoints, not on a timer:
-            // the log makes changes durable.
-            .flush_every_ms(None)
-            .open()?;
-        let trees = TREE_NAMES
-            .iter()
-            .map(|n| db.open_tree(n))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let (db, trees) = index::open(dir)?;
+        let indexed = index::position(&trees)?;
         let segments = Segments::open(Arc::clone(&fs), dir)?;
         // A log record whose envelope did not reach its segment was never
         // acknowledged (segments are synced first): replay stops there. A
@@ -305,13 +303,19 @@ impl Store {
             }
             Ok(true)
         };
-        let (wal, replayed) = Wal::recover(fs, dir, &db, &trees, &envelopes_present)?;
+        let (wal, replayed) = Wal::recover(fs, dir, &trees, &envelopes_present, indexed)?;
+        // The replayed changes become durable in the index, with the
+        // position they reach (also with nothing replayed: sled writes its
+        // `conf` unsynced at open).
+        index::checkpoint(dir, &db, &trees, wal.position()).map_err(|e| index::failed(dir, e))?;
+        let next_seq = index::next_seq(&trees)?;
         let head = Store::initial_audit_head(&trees)?;
         let stored = audit::head_record(&trees)?;
         if replayed > 0 {
             tracing::info!(
                 records = replayed,
-                "replayed the store log over the trees (the node stopped without a checkpoint)"
+                rebuilt = indexed.is_none(),
+                "replayed the journal into the index"
             );
         }
         let (tx, rx) = std::sync::mpsc::channel();
@@ -329,6 +333,8 @@ impl Store {
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
                 audit_log,
+                seq: std::sync::atomic::AtomicU64::new(next_seq),
+                logged_seq: std::sync::atomic::AtomicU64::new(0),
             }),
         };
         let writer_store = store.clone();
@@ -344,13 +350,43 @@ impl Store {
         Ok(store)
     }
 
+    /// Rebuilds the index of the stopped store in `dir` from its journal:
+    /// removes sled's files and replays every journal record into new
+    /// ones. Refused while a node has the store open (the index is locked).
+    /// Returns the rebuilt store's record counts.
+    pub fn reindex(dir: &Path) -> Result<Counts> {
+        if !dir.join(wal::DIR).is_dir() {
+            return Err(Error::NotFound(format!(
+                "{} holds no store journal (expected the data_dir of a node file)",
+                dir.display()
+            )));
+        }
+        // Opening first tells a running node's store (locked) from a
+        // stopped one before anything is removed.
+        let store = Store::open(dir)?;
+        store.close();
+        drop(store);
+        index::remove(dir)?;
+        let store = Store::open(dir)?;
+        let counts = store.counts();
+        store.close();
+        Ok(counts)
+    }
+
     fn tree(&self, i: usize) -> &Tree {
         &self.shared.trees[i]
     }
 
     /// A fresh, strictly increasing sequence number (not contiguous).
+    ///
+    /// Kept by the store, not by sled: every journal record that follows
+    /// the issue of a number carries the counter, so a replay (even into a
+    /// rebuilt index) never hands out a number twice.
     pub fn next_seq(&self) -> Result<u64> {
-        Ok(self.shared.db.generate_id()?)
+        Ok(self
+            .shared
+            .seq
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel))
     }
 
     /// Runs a state change on the writer thread and answers once it is on
@@ -501,25 +537,25 @@ impl Store {
     /// changes are not held up by them; they make durable what the flush
     /// wrote (see `durable`), and only then may the older log files go.
     fn flush_to(&self, epoch: u64) -> Result<()> {
-        {
-            let wal = self.lock_wal();
-            // A failed sync here latches the store like one in a group
-            // commit: the kernel reports a lost page to one fsync only.
-            self.shared.segments.sync().map_err(|e| self.fail(e))?;
-            wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
-            self.shared.db.flush()?;
-        }
-        // A failed fsync of sled's files latches too: the pages it lost
-        // are gone from sled, and a later fsync that succeeds would not
-        // bring them back, so the log files holding them must stay.
-        let synced = durable::sync_sled(&self.shared.dir)
-            .map_err(|e| self.fail(format!("syncing the index files: {e}")))?;
+        // Everything runs under the journal's lock: the index must never
+        // hold, durably, a change whose journal record is not synced yet.
+        // A failed sync latches the store like one in a group commit: the
+        // kernel reports a lost page to one fsync only.
+        let wal = self.lock_wal();
+        self.shared.segments.sync().map_err(|e| self.fail(e))?;
+        wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
+        index::checkpoint(
+            &self.shared.dir,
+            &self.shared.db,
+            &self.shared.trees,
+            wal.position(),
+        )
+        .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
         tracing::debug!(
-            files = synced.synced().len(),
             epoch,
-            "store checkpoint: sled flushed and synced; deleting the older log files"
+            "store checkpoint: the index is durable up to the journal's end"
         );
-        self.lock_wal().remove_before(epoch, &synced)
+        Ok(())
     }
 
     /// The envelope bytes an `envelopes` value stands for.
@@ -548,6 +584,18 @@ impl Store {
         self.index_audit_entries(&tx)?;
         let new_head = tx.audit_head.get();
         let mut ops = tx.into_ops();
+        // The counter of `next_seq` travels with the record that follows
+        // the numbers it handed out (see `Store::next_seq`).
+        let seq = self.shared.seq.load(std::sync::atomic::Ordering::Acquire);
+        if !ops.is_empty()
+            && self
+                .shared
+                .logged_seq
+                .swap(seq, std::sync::atomic::Ordering::AcqRel)
+                != seq
+        {
+            ops.push(index::seq_op(seq));
+        }
         for op in &mut ops {
             if op.tree as usize == ENVELOPES
                 && let Some(bytes) = &op.value
@@ -1314,7 +1362,7 @@ impl Store {
         h.update(segment.to_be_bytes());
         h.update(end.to_be_bytes());
         for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
-            if i == CHECKPOINTS || i == AUDIT_HEAD || i == EQUIVOCATIONS {
+            if i == CHECKPOINTS || i == AUDIT_HEAD || i == EQUIVOCATIONS || i == META {
                 continue;
             }
             h.update((name.len() as u64).to_be_bytes());
@@ -1681,11 +1729,12 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
 
-    /// The order that keeps a power cut from losing a change: the log
-    /// files a checkpoint deletes go only after sled's files and
-    /// directory were fsynced, and the log's directory is synced after.
+    /// A checkpoint makes the index durable (sled's files fsynced) up to
+    /// the journal's end, and deletes nothing: the journal is the truth.
+    /// An index lost afterwards is rebuilt from the journal at the next
+    /// open, and the counter of `next_seq` goes on where it was.
     #[test]
-    fn a_checkpoint_syncs_sled_before_it_deletes_the_old_log() {
+    fn a_checkpoint_syncs_the_index_and_keeps_the_journal_and_a_lost_index_is_rebuilt() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("node");
         let store = Store::open(&dir).expect("open");
@@ -1694,36 +1743,35 @@ mod tests {
             principal: "operator".into(),
         };
         store.set_paused("peer", Some(&pause)).expect("change");
-        let log = dir.join(wal::DIR);
-        let old = std::fs::read_dir(&log)
-            .expect("list")
-            .map(|e| e.expect("entry").path())
-            .collect::<Vec<_>>();
-        assert_eq!(old.len(), 1, "{old:?}");
+        let issued = store.next_seq().expect("seq");
+        store
+            .set_paused("other", Some(&pause))
+            .expect("a record after the number");
+        let journal = dir.join(wal::DIR);
+        let files = || std::fs::read_dir(&journal).expect("list").count();
+        let before = files();
         durable::take_trace();
 
         store.checkpoint().expect("checkpoint");
 
         let trace = durable::take_trace();
-        let at = |step: &str| {
-            trace
-                .iter()
-                .position(|s| s == step)
-                .unwrap_or_else(|| panic!("no step {step:?} in {trace:?}"))
-        };
-        let sled_synced = at(&format!("sled {}", dir.display()));
-        let removed = at(&format!("remove {}", old[0].display()));
-        assert!(sled_synced < removed, "{trace:?}");
-        assert!(at(&format!("dir {}", dir.display())) < sled_synced);
-        assert_eq!(
-            trace.last(),
-            Some(&format!("dir {}", log.display())),
-            "the removal is made durable: {trace:?}"
+        assert!(
+            trace.contains(&format!("sled {}", index::dir(&dir).display())),
+            "{trace:?}"
         );
-        assert!(!old[0].exists());
+        assert!(files() > before, "a new journal file, and no file deleted");
         store.close();
         drop(store);
-        let reopened = Store::open(&dir).expect("reopen");
-        assert_eq!(reopened.paused_peers().expect("paused").len(), 1);
+        index::remove(&dir).expect("lose the index");
+        let reopened = Store::open(&dir).expect("reopen: rebuilt from the journal");
+        assert_eq!(reopened.paused_peers().expect("paused").len(), 2);
+        assert!(
+            reopened.next_seq().expect("seq") > issued,
+            "no number is handed out twice"
+        );
+        reopened.close();
+        drop(reopened);
+        let reopened = Store::open(&dir).expect("reopen, nothing to replay");
+        assert_eq!(reopened.paused_peers().expect("paused").len(), 2);
     }
 }

@@ -45,7 +45,7 @@
 //! only means replaying one more file.
 
 use super::StoreError;
-use super::durable::{self, SledSynced};
+use super::durable;
 use super::fs::{Fs, FsFile};
 use crate::error::{Error, Result};
 use sled::{IVec, Tree};
@@ -55,7 +55,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 /// The log directory inside a store's data directory.
-pub const DIR: &str = "wal";
+pub const DIR: &str = "journal";
 
 /// A record longer than this is not one the log wrote: the length is
 /// torn or the file is damaged.
@@ -346,33 +346,73 @@ fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
     durable::sync_dir(fs, dir).map_err(|e| io_error(dir, e))
 }
 
+/// A place in the journal: a file and a byte offset in it. The index
+/// (sled) notes the position its state reflects at every checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Position {
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+impl Position {
+    pub fn encode(self) -> [u8; 16] {
+        let mut out = [0; 16];
+        out[..8].copy_from_slice(&self.epoch.to_be_bytes());
+        out[8..].copy_from_slice(&self.offset.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Position> {
+        let bytes: &[u8; 16] = bytes.try_into().ok()?;
+        Some(Position {
+            epoch: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            offset: u64::from_be_bytes(bytes[8..].try_into().ok()?),
+        })
+    }
+}
+
 impl Wal {
-    /// Replays the log in `data_dir` (on `fs`) over `trees`, makes the
-    /// result durable in sled (whose files are real ones, in `data_dir`),
-    /// and opens a fresh log file. Returns the log and
-    /// how many records were replayed.
+    /// Replays the journal in `data_dir` (on `fs`) over `trees` from
+    /// `from` (the position the index last made durable; `None` replays
+    /// every file: a new or rebuilt index), and opens a fresh file.
+    /// Returns the journal and how many records were replayed. No file is
+    /// ever deleted: the journal is the store's truth and its evidence.
     ///
     /// The newest file may end in a record a crash cut short (or whose
     /// envelope `complete` finds incomplete): it was never acknowledged,
     /// and replay ends there. The same in an older file means the disk
     /// lost acknowledged data (files are synced before the next one
-    /// starts): the open fails, naming the file and offset, and nothing is
-    /// deleted.
+    /// starts): the open fails, naming the file and offset.
     pub fn recover(
         fs: Arc<dyn Fs>,
         data_dir: &Path,
-        db: &sled::Db,
         trees: &[Tree],
         complete: &dyn Fn(&[Op]) -> Result<bool>,
+        from: Option<Position>,
     ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
         durable::create_dir_durably(&*fs, &dir).map_err(|e| io_error(&dir, e))?;
         let found = epochs(&*fs, &dir)?;
         let mut replayed = 0;
         for (i, &epoch) in found.iter().enumerate() {
+            let start = match from {
+                Some(p) if epoch < p.epoch => continue,
+                Some(p) if epoch == p.epoch => p.offset as usize,
+                _ => 0,
+            };
             let path = dir.join(file_name(epoch));
             let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
-            let mut rest = data.as_slice();
+            let Some(mut rest) = data.get(start..) else {
+                return Err(Error::corrupt(
+                    "journal",
+                    format!(
+                        "{} is {} bytes long, but the index was made durable at byte {start} \
+                         of it: the journal lost synced data",
+                        path.display(),
+                        data.len()
+                    ),
+                ));
+            };
             while !rest.is_empty() {
                 let Some(ops) = next_record(rest, complete)? else {
                     break;
@@ -387,10 +427,10 @@ impl Wal {
             let offset = data.len() - rest.len();
             if i + 1 < found.len() {
                 return Err(Error::corrupt(
-                    "wal",
+                    "journal",
                     format!(
-                        "{} has an incomplete record at byte {offset}, but a newer log file follows: \
-                         acknowledged changes may be lost; nothing was deleted",
+                        "{} has an incomplete record at byte {offset}, but a newer journal file \
+                         follows: acknowledged changes may be lost",
                         path.display()
                     ),
                 ));
@@ -399,7 +439,7 @@ impl Wal {
                 file = %path.display(),
                 offset,
                 bytes = rest.len(),
-                "store log ends in an incomplete record (a write cut short by a crash, never acknowledged); dropping it"
+                "the journal ends in an incomplete record (a write cut short by a crash, never acknowledged); dropping it"
             );
             // Cut it off now: should this open crash after starting the
             // next file, the next open must not take it for a gap.
@@ -412,15 +452,17 @@ impl Wal {
                 })
                 .map_err(|e| io_error(&path, e))?;
         }
-        // The replayed changes (and, in a new store, sled's first files)
-        // become durable in sled before the files that held them go. Also
-        // with nothing to replay: sled writes its `conf` unsynced at open.
-        db.flush()?;
-        let synced = durable::sync_sled(data_dir).map_err(|e| io_error(data_dir, e))?;
         let epoch = found.last().map_or(1, |e| e + 1);
         let wal = Wal::create(fs, dir, epoch)?;
-        wal.remove_before(epoch, &synced)?;
         Ok((wal, replayed))
+    }
+
+    /// Where the next record will be written.
+    pub fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.bytes,
+        }
     }
 
     fn create(fs: Arc<dyn Fs>, dir: PathBuf, epoch: u64) -> Result<Wal> {
@@ -462,8 +504,8 @@ impl Wal {
         self.bytes
     }
 
-    /// Starts a new file; returns the epoch whose files may be deleted
-    /// once sled has been flushed.
+    /// Starts a new file (files stay small enough to read, copy and
+    /// archive one by one); returns its epoch.
     pub fn rotate(&mut self) -> Result<u64> {
         // Records appended since the last group commit (by a transaction
         // off the writer thread) are made durable here, not by a later
@@ -475,21 +517,6 @@ impl Wal {
         let next = Wal::create(Arc::clone(&self.fs), self.dir.clone(), self.epoch + 1)?;
         *self = next;
         Ok(self.epoch)
-    }
-
-    /// Deletes the files older than `epoch`, then syncs the log's
-    /// directory. Their changes must be durable in sled: `_synced` is the
-    /// proof that sled's files were fsynced after the flush that wrote
-    /// them (a flush alone is not durable, see `durable`).
-    pub fn remove_before(&self, epoch: u64, _synced: &SledSynced) -> Result<()> {
-        for old in epochs(&*self.fs, &self.dir)?
-            .into_iter()
-            .filter(|e| *e < epoch)
-        {
-            let path = self.dir.join(file_name(old));
-            durable::remove_file(&*self.fs, &path).map_err(|e| io_error(&path, e))?;
-        }
-        sync_dir(&*self.fs, &self.dir)
     }
 }
 
@@ -548,7 +575,7 @@ mod tests {
             trees[1].insert(b"b", b"old").expect("insert");
             db.flush().expect("flush");
             let (mut wal, _) =
-                Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+                Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("wal");
             // The writes reach the log but not sled (the process dies
             // before sled wrote them out).
             wal.append(&ops()).expect("append");
@@ -560,9 +587,9 @@ mod tests {
             }]);
             wal.file().append(&torn[..torn.len() - 2]).expect("write");
         }
-        let (db, trees) = open(tmp.path());
+        let (_db, trees) = open(tmp.path());
         let (wal, replayed) =
-            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+            Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("recover");
         assert_eq!(replayed, 1);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),
@@ -570,18 +597,18 @@ mod tests {
         );
         assert_eq!(trees[1].get(b"b").expect("get"), None);
         assert_eq!(trees[1].get(b"c").expect("get"), None);
-        assert_eq!(
-            epochs(&RealFs, &tmp.path().join(DIR)).expect("list"),
-            vec![wal.epoch]
-        );
+        // Nothing is deleted: the replayed file stays beside the new one.
+        let files = epochs(&RealFs, &tmp.path().join(DIR)).expect("list");
+        assert_eq!(files.len(), 2, "{files:?}");
+        assert_eq!(files.last(), Some(&wal.epoch));
     }
 
     #[test]
     fn a_zero_filled_tail_ends_the_replay_and_a_gap_in_an_older_file_fails_the_open() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (db, trees) = open(tmp.path());
+        let (_db, trees) = open(tmp.path());
         let (mut wal, _) =
-            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+            Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("wal");
         wal.append(&ops()).expect("append");
         // Power loss can leave zeros where the last pages were.
         wal.file().append(&[0; 64]).expect("zeros");
@@ -591,45 +618,65 @@ mod tests {
         let kept = std::fs::read(&path).expect("read");
         drop(wal);
         let (wal, replayed) =
-            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
+            Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("recover");
         assert_eq!(replayed, 1, "replay ends at the zeros");
         // The same file again, now followed by a newer one: acknowledged
         // records may sit behind the gap, so the open fails and keeps both.
         std::fs::write(&path, &kept).expect("restore the older file");
-        let err = Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect_err("gap");
-        assert!(err.to_string().contains("newer log file follows"), "{err}");
+        let err = Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect_err("gap");
+        assert!(
+            err.to_string().contains("newer journal file follows"),
+            "{err}"
+        );
         assert!(path.exists());
         assert!(tmp.path().join(DIR).join(file_name(wal.epoch)).exists());
     }
 
     #[test]
-    fn recovery_deletes_the_replayed_files_only_after_syncing_sled() {
+    fn replay_starts_at_the_indexed_position_and_keeps_every_file() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (db, trees) = open(tmp.path());
+        let (_db, trees) = open(tmp.path());
         let (mut wal, _) =
-            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("wal");
+            Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("wal");
         wal.append(&ops()).expect("append");
-        let replayed = tmp.path().join(DIR).join(file_name(wal.epoch));
+        // The index holds everything up to here.
+        let indexed = wal.position();
+        wal.append(&[Op {
+            tree: 1,
+            key: b"late".to_vec(),
+            value: Some(b"x".to_vec()),
+        }])
+        .expect("append");
         drop(wal);
-        durable::take_trace();
-
-        let (wal, n) =
-            Wal::recover(real(), tmp.path(), &db, &trees, &|_| Ok(true)).expect("recover");
-
-        assert_eq!(n, 1);
-        let dir = tmp.path().join(DIR);
+        trees[0].clear().expect("clear");
+        let (_, n) = Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), Some(indexed))
+            .expect("recover");
+        assert_eq!(n, 1, "only the record after the position");
         assert_eq!(
-            durable::take_trace(),
-            [
-                format!("dir {}", tmp.path().display()),
-                format!("sled {}", tmp.path().display()),
-                // The new log file is created, then the replayed one goes.
-                format!("dir {}", dir.display()),
-                format!("remove {}", replayed.display()),
-                format!("dir {}", dir.display()),
-            ]
+            trees[0].get(b"a").expect("get"),
+            None,
+            "before the position: not replayed"
         );
-        assert_eq!(epochs(&RealFs, &dir).expect("list"), vec![wal.epoch]);
+        assert!(trees[1].get(b"late").expect("get").is_some());
+        // A rebuilt index replays every file.
+        let (_, n) =
+            Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), None).expect("recover");
+        assert_eq!(n, 2);
+        assert_eq!(
+            trees[0].get(b"a").expect("get").as_deref(),
+            Some(&b"two"[..])
+        );
+        // A position past the end of its file: the journal lost synced data.
+        let beyond = Position {
+            epoch: indexed.epoch,
+            offset: 1 << 20,
+        };
+        let err = Wal::recover(real(), tmp.path(), &trees, &|_| Ok(true), Some(beyond))
+            .expect_err("journal shorter than the index");
+        assert!(
+            err.to_string().contains("the journal lost synced data"),
+            "{err}"
+        );
     }
 
     #[test]

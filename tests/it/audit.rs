@@ -318,7 +318,7 @@ fn data_dir(fed: &TestFederation, node: &str) -> PathBuf {
 fn edited(src: &Path, name: &str, edit: impl FnOnce(&sled::Db)) -> PathBuf {
     let dir = src.with_file_name(format!("edited-{name}"));
     copy_dir(src, &dir);
-    let db = sled::open(&dir).expect("open copy");
+    let db = sled::open(dir.join("index")).expect("open copy");
     edit(&db);
     db.flush().expect("flush");
     drop(db);

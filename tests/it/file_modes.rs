@@ -197,7 +197,7 @@ async fn the_data_directory_is_private_whatever_the_umask() {
     // A data directory someone opened up is tightened at the next start,
     // and the node says so.
     chmod(&data, 0o755);
-    let conf = data.join("conf");
+    let conf = data.join("index").join("conf");
     chmod(&conf, 0o644);
     let stderr = serve_once_under_umask_022(&fed, "modes-2").await;
     assert!(

@@ -22,4 +22,5 @@ mod operations;
 mod properties;
 mod raw;
 mod refusals;
+mod reindex;
 mod strangers;

@@ -444,8 +444,10 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
             a.after_kib
         );
     }
+    // A leak would add about as much as the first attack kept (~20 MiB);
+    // the allocator's own caches vary by a few MiB with the scheduling.
     assert!(
-        second.after_kib <= first.after_kib + 8 * MIB_KIB,
+        second.after_kib <= first.after_kib + 16 * MIB_KIB,
         "the second attack added to the first: {} KiB after it, {} KiB after the first",
         second.after_kib,
         first.after_kib

@@ -1,0 +1,146 @@
+//! The index: sled, holding the store's trees, derived from the journal.
+//!
+//! sled is never the only copy of anything: every change is a journal
+//! record first, and the index notes (in its `meta` tree) the journal
+//! position its durable state reflects. At open the journal is replayed
+//! from that position; an index that is missing, or that sled reports
+//! damaged, is rebuilt from the whole journal (`cluebridge store reindex`
+//! does the same on demand). sled's `flush()` is not durable on its own
+//! (see `durable`): a checkpoint flushes it, fsyncs its files and only
+//! then counts the position as reached.
+
+use super::wal::{Op, Position};
+use super::{META, StoreError, TREE_NAMES, durable};
+use crate::error::{Error, Result};
+use sled::Tree;
+use std::path::{Path, PathBuf};
+
+/// The index's directory inside a store's data directory.
+pub const DIR: &str = "index";
+
+/// `meta` key: the journal position the durable index reflects. Written
+/// by checkpoints only, never journaled.
+const POSITION_KEY: &[u8] = b"journal-position";
+/// `meta` key: the next number `Store::next_seq` hands out. Journaled.
+const SEQ_KEY: &[u8] = b"next-seq";
+
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(DIR)
+}
+
+/// Opens the index in `data_dir`, or a new one if sled finds the old one
+/// damaged (the damaged files are moved aside, then removed: the journal
+/// holds everything they held).
+pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<Tree>)> {
+    let path = dir(data_dir);
+    match open_at(&path) {
+        Err(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
+        | Err(sled::Error::Unsupported(_)) => {
+            tracing::warn!(
+                index = %path.display(),
+                "the index is damaged; rebuilding it from the journal (nothing is lost: the journal holds every change)"
+            );
+            remove(data_dir)?;
+            open_at(&path).map_err(|e| failed(data_dir, e))
+        }
+        other => other.map_err(|e| failed(data_dir, e)),
+    }
+}
+
+fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Error> {
+    let db = sled::Config::new()
+        .path(path)
+        // The page cache is the bulk of a node's memory; queued messages
+        // live on disk, not here.
+        .cache_capacity(64 * 1024 * 1024)
+        // sled is flushed at checkpoints, not on a timer: the journal
+        // makes changes durable.
+        .flush_every_ms(None)
+        .open()?;
+    let trees = TREE_NAMES
+        .iter()
+        .map(|n| db.open_tree(n))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((db, trees))
+}
+
+/// Removes the index of a stopped store, durably; the next open rebuilds
+/// it from the journal.
+pub fn remove(data_dir: &Path) -> Result<()> {
+    let path = dir(data_dir);
+    if path.exists() {
+        std::fs::remove_dir_all(&path).map_err(|source| {
+            Error::Store(StoreError::Io {
+                what: format!("cannot remove the index {}", path.display()),
+                source,
+            })
+        })?;
+        durable::sync_dir(&super::fs::RealFs, data_dir).map_err(|source| {
+            Error::Store(StoreError::Io {
+                what: format!("cannot sync {}", data_dir.display()),
+                source,
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// A sled failure while opening the index, named as such.
+pub fn failed(data_dir: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(format!(
+        "the index in {} cannot be used: {e} (if no node runs on this data directory, \
+         `cluebridge store reindex --data-dir {}` rebuilds it from the journal)",
+        dir(data_dir).display(),
+        data_dir.display()
+    ))
+}
+
+/// The journal position the durable index reflects; `None` for a new or
+/// rebuilt index (replay every journal file).
+pub fn position(trees: &[Tree]) -> Result<Option<Position>> {
+    let Some(raw) = trees[META].get(POSITION_KEY)? else {
+        return Ok(None);
+    };
+    Position::decode(&raw)
+        .map(Some)
+        .ok_or_else(|| Error::corrupt("meta", "the index's journal position does not decode"))
+}
+
+/// The next number to hand out, as the last replayed record left it.
+pub fn next_seq(trees: &[Tree]) -> Result<u64> {
+    Ok(trees[META]
+        .get(SEQ_KEY)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map_or(1, u64::from_be_bytes))
+}
+
+/// The journal write that carries the counter.
+pub(super) fn seq_op(next: u64) -> Op {
+    Op {
+        tree: META as u8,
+        key: SEQ_KEY.to_vec(),
+        value: Some(next.to_be_bytes().to_vec()),
+    }
+}
+
+/// Makes the index durable up to `reached`: notes the position, flushes
+/// sled and fsyncs its files. The caller holds the journal's lock, with
+/// the journal synced up to `reached`.
+pub fn checkpoint(data_dir: &Path, db: &sled::Db, trees: &[Tree], reached: Position) -> Result<()> {
+    trees[META].insert(POSITION_KEY, &reached.encode())?;
+    db.flush()?;
+    let path = dir(data_dir);
+    let synced = durable::sync_sled(&path).map_err(|source| {
+        Error::Store(StoreError::Io {
+            what: format!("syncing the index files in {}", path.display()),
+            source,
+        })
+    })?;
+    tracing::debug!(
+        files = synced.synced().len(),
+        epoch = reached.epoch,
+        offset = reached.offset,
+        "index durable up to the journal position"
+    );
+    Ok(())
+}
