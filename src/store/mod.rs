@@ -25,8 +25,11 @@
 //! Every state change is one transaction over these trees, and appends its
 //! audit entry in that same transaction (`append_audit`): a state change
 //! without its entry, or an entry without its change, cannot be stored.
-//! A transaction is one record of the store's write-ahead log (`wal`),
-//! written before its changes reach the trees and replayed at open.
+//! A transaction is one record of the store's journal (`wal`), written
+//! before its changes reach the trees. The journal is the truth and is
+//! never deleted; the trees (sled, in `index/`) are an index derived from
+//! it, replayed from the position they reflect at open and rebuilt from
+//! the whole journal when lost or damaged (`index`).
 //! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
@@ -164,7 +167,7 @@ struct Shared {
     dir: std::path::PathBuf,
     db: sled::Db,
     trees: Vec<Tree>,
-    /// The write-ahead log. Its lock also serialises transactions: one
+    /// The journal. Its lock also serialises transactions: one
     /// runs at a time, whichever thread calls it.
     wal: std::sync::Mutex<Wal>,
     /// Envelope bytes; the `envelopes` tree holds their locators.
@@ -273,7 +276,7 @@ impl Store {
         Self::open_on(Arc::new(RealFs), dir, audit_log)
     }
 
-    /// Opens the store with its log (`wal/`) and envelope segments
+    /// Opens the store with its journal (`journal/`) and envelope segments
     /// (`envelopes/`) on `fs`, and sled's files in `dir` on the real file
     /// system (sled does its own I/O). A node passes [`RealFs`]; a test may
     /// pass a [`fs::SimFs`] to cut the power under the log and the segments.

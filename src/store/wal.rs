@@ -1,5 +1,6 @@
-//! The store's write-ahead log: what makes a state change atomic and
-//! durable, while sled holds the state itself.
+//! The store's journal: what makes a state change atomic and durable. It
+//! is the truth; sled, which holds the state for reads, is an index
+//! derived from it.
 //!
 //! sled 0.34.7's multi-tree transactions cost about 135 µs for the nine
 //! keys of a submit, plain inserts about 50 µs (measured on the 2-core
@@ -24,25 +25,21 @@
 //! touched did not change since the last checkpoint. A record cut short
 //! by a crash fails its CRC and ends the replay; it was never answered.
 //!
-//! Power loss: every acknowledged change is in the synced log and is
-//! replayed. A log file is deleted only after sled's files are durable,
-//! and sled's `flush()` does not make them so (it never fsyncs, see
-//! `durable`): a checkpoint flushes sled, fsyncs each of sled's files and
-//! its directory, and only then deletes the older log files and fsyncs the
-//! log's directory. Checkpoints flush sled under the log's lock, after
-//! syncing the envelope segments and the log, so the flush never writes a
-//! change the log could lose. What remains is sled writing out a full
-//! buffer, or the kernel writing back sled's pages, before a group's sync:
-//! a change in flight then could be partly in sled (and the fsyncs of a
-//! checkpoint, which run outside the log's lock, may make such a write
-//! durable sooner). Applying changes to sled only after the group's sync
-//! would close that gap too.
+//! Power loss: every acknowledged change is in the synced journal and is
+//! replayed. The journal is never deleted: sled is an index derived from
+//! it (see `index`), made durable at checkpoints, which note the journal
+//! position the index reflects; an open replays from there, and an index
+//! that is lost or damaged is rebuilt from every file. Checkpoints run
+//! under the journal's lock after syncing the envelope segments and the
+//! journal, so the index never holds durably a change whose record is not
+//! synced. What remains is sled writing out a full buffer, or the kernel
+//! writing back sled's pages, before a group's sync: a change in flight
+//! could then be in sled's files without its record; such pages are not
+//! fsynced, and applying changes to sled only after the group's sync will
+//! close that gap too.
 //!
-//! Checkpoint: the log starts a new file (after syncing the segments and
-//! the old file), sled is flushed while no change can be applied, sled's
-//! files are fsynced, and the older files are deleted.
-//! Files are named by a growing epoch number, so a crash between the steps
-//! only means replaying one more file.
+//! Files are named by a growing epoch number; a new one starts at every
+//! open and when the current one passes the checkpoint size.
 
 use super::StoreError;
 use super::durable;
@@ -54,7 +51,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// The log directory inside a store's data directory.
+/// The journal directory inside a store's data directory.
 pub const DIR: &str = "journal";
 
 /// A record longer than this is not one the log wrote: the length is
