@@ -84,62 +84,7 @@ impl pb::broker_server::Broker for BrokerService {
         let broker = self.broker.clone();
         let stop = self.stop.clone();
         let span = tracing::info_span!("receive", principal = %principal.name);
-        tokio::spawn(async move {
-            tracing::debug!("receive stream opened");
-            loop {
-                let mut permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = tx.closed() => return,
-                    _ = stop.cancelled() => return,
-                };
-                loop {
-                    // Registered before looking, so no wake-up is lost.
-                    let wake = broker.inbox_wake().notified();
-                    tokio::pin!(wake);
-                    wake.as_mut().enable();
-                    match broker.lease_next(&principal, lease_ms, permit) {
-                        Ok(Ok(leased)) => {
-                            let message = leased.header.message_ref();
-                            let delivery = pb::Delivery {
-                                sender_node: message.sender_node.clone(),
-                                message_id: message.message_id.clone(),
-                                kind: leased.header.kind.to_wire(),
-                                envelope: Some(leased.envelope.to_wire()),
-                                lease_id: leased.lease_id,
-                                attempt: leased.attempt,
-                                lease_expires_at_ms: leased.lease_expires_at_ms,
-                            };
-                            tracing::debug!(%message, attempt = leased.attempt, lease_id = leased.lease_id, "leased");
-                            if tx.send(Ok(delivery)).await.is_err() {
-                                broker.return_unsent(&message, leased.lease_id);
-                                return;
-                            }
-                            break;
-                        }
-                        Ok(Err((p, next_ready))) => {
-                            permit = p;
-                            let wait = next_ready
-                                .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
-                                .unwrap_or(Duration::from_secs(1))
-                                .min(Duration::from_secs(1));
-                            tokio::select! {
-                                _ = &mut wake => {}
-                                _ = tokio::time::sleep(wait) => {}
-                                _ = tx.closed() => return,
-                                _ = stop.cancelled() => return,
-                            }
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(e.into())).await;
-                            return;
-                        }
-                    }
-                }
-            }
-        }.instrument(span));
+        tokio::spawn(receive_loop(broker, principal, lease_ms, permits, tx, stop).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -331,4 +276,105 @@ fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "data_loss",
         Unauthenticated => "unauthenticated",
     }
+}
+
+/// Leases handed to a stream in one writer command, at most.
+const MAX_LEASE_BATCH: usize = 64;
+
+/// Feeds one `Receive` stream: leases as many ready messages as the
+/// stream has free slots (one group commit for them all), sends them, and
+/// waits for the inbox when it is empty. Ends when the stream closes or
+/// the node stops; a lease that could not be sent goes back at once.
+async fn receive_loop(
+    broker: Broker,
+    principal: Principal,
+    lease_ms: u64,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    tx: mpsc::Sender<Result<pb::Delivery, Status>>,
+    stop: CancellationToken,
+) {
+    tracing::debug!("receive stream opened");
+    loop {
+        let first = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = tx.closed() => return,
+            _ = stop.cancelled() => return,
+        };
+        let mut slots = vec![first];
+        while slots.len() < MAX_LEASE_BATCH {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => slots.push(p),
+                Err(_) => break,
+            }
+        }
+        loop {
+            // Registered before looking, so no wake-up is lost.
+            let wake = broker.inbox_wake().notified();
+            tokio::pin!(wake);
+            wake.as_mut().enable();
+            let batch = match broker.lease_many(&principal, lease_ms, slots).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            if !batch.leased.is_empty() {
+                // Unused slots go back to the stream's semaphore.
+                drop(batch.permits);
+                if !send_all(&broker, &tx, batch.leased).await {
+                    return;
+                }
+                break;
+            }
+            slots = batch.permits;
+            let wait = batch
+                .next_ready
+                .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            tokio::select! {
+                _ = &mut wake => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = tx.closed() => return,
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Sends leased messages down a stream; if it closed, puts back every
+/// lease not sent and says so (`false`).
+async fn send_all(
+    broker: &Broker,
+    tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+    leased: Vec<crate::broker::Leased>,
+) -> bool {
+    let mut leased = leased.into_iter();
+    while let Some(lease) = leased.next() {
+        let message = lease.header.message_ref();
+        tracing::debug!(%message, attempt = lease.attempt, lease_id = lease.lease_id, "leased");
+        let delivery = pb::Delivery {
+            sender_node: message.sender_node.clone(),
+            message_id: message.message_id.clone(),
+            kind: lease.header.kind.to_wire(),
+            envelope: Some(lease.envelope.to_wire()),
+            lease_id: lease.lease_id,
+            attempt: lease.attempt,
+            lease_expires_at_ms: lease.lease_expires_at_ms,
+        };
+        if tx.send(Ok(delivery)).await.is_err() {
+            broker.return_unsent(&message, lease.lease_id).await;
+            for rest in leased {
+                broker
+                    .return_unsent(&rest.header.message_ref(), rest.lease_id)
+                    .await;
+            }
+            return false;
+        }
+    }
+    true
 }

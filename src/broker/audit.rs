@@ -167,13 +167,12 @@ impl Broker {
                 c.time_ms - now_ms()
             )));
         }
-        let store = self.store().clone();
         let peer = peer.to_string();
-        // Reads and the write run off the async workers; one peer's
-        // checkpoints come one at a time from its checkpointer.
-        tokio::task::spawn_blocking(move || witness_blocking(&store, &peer, &c, &signed))
+        // One writer command: the rules read what earlier witnessed
+        // checkpoints left, and the store keeps this one, atomically.
+        self.store()
+            .write(move |s| witness_on(s, &peer, &c, &signed))
             .await
-            .map_err(|e| Error::Unavailable(format!("witness task failed: {e}")))?
     }
 
     /// The receipt bundle of a message that passed through this node, as
@@ -331,7 +330,7 @@ pub const MAX_CHAIN_GROWTH_PER_SEC: u64 = 1_000_000;
 /// few per node) as evidence; otherwise it must move forward from the
 /// latest witnessed one, in entries and in time, and not implausibly far;
 /// and at most one per second of signing time is kept.
-fn witness_blocking(
+fn witness_on(
     store: &crate::store::Store,
     peer: &str,
     c: &Checkpoint,

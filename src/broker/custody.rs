@@ -8,7 +8,7 @@ use crate::model::{
     SignedReceipt,
 };
 use crate::now_ms;
-use crate::store::{Holder, InboundOutcome, InboundRecord};
+use crate::store::{Holder, InboundOutcome, InboundRecord, Store};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -29,6 +29,16 @@ fn new_lease_id() -> u64 {
             return id;
         }
     }
+}
+
+/// What [`Broker::lease_many`] leased, and what it gives back.
+#[derive(Debug)]
+pub struct LeaseBatch {
+    pub leased: Vec<Leased>,
+    /// Permits no message was leased for.
+    pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// When nothing more was ready: when the next delayed message is.
+    pub next_ready: Option<u64>,
 }
 
 /// A message leased to a receiver.
@@ -208,37 +218,59 @@ impl Broker {
         })
     }
 
-    /// Leases the next ready message to a stream holding `permit`. Returns
-    /// `Err(when)` if nothing is ready: the time the next delayed message
-    /// becomes ready, if any.
-    pub fn lease_next(
+    /// Leases up to one ready message per permit to a stream, in one
+    /// writer command (one group commit for the lot). Returns the leases,
+    /// the permits left over, and, when the inbox ran dry, when the next
+    /// delayed message becomes ready (if any).
+    pub async fn lease_many(
         &self,
         receiver: &Principal,
         lease_ms: u64,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<std::result::Result<Leased, (tokio::sync::OwnedSemaphorePermit, Option<u64>)>> {
-        let lease_id = new_lease_id();
+        mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<LeaseBatch> {
         let now = now_ms();
         let deadline = now + lease_ms;
-        let leased = {
-            let _guard = self
-                .shared
-                .lease_lock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            self.store().lease_next(
-                now,
-                lease_id,
-                deadline,
-                &receiver.name,
-                receiver.receive_kinds.as_ref(),
-            )?
-        };
-        let lease = match leased {
-            Ok(lease) => lease,
-            Err(next) => return Ok(Err((permit, next))),
-        };
-        self.lock_permits().insert(lease_id, permit);
+        let (wanted, name, kinds) = (
+            permits.len(),
+            receiver.name.clone(),
+            receiver.receive_kinds.clone(),
+        );
+        let (leases, next_ready) = self
+            .store()
+            .write(move |s| {
+                let mut leases = Vec::new();
+                while leases.len() < wanted {
+                    let lease_id = new_lease_id();
+                    match s.lease_next(now, lease_id, deadline, &name, kinds.as_ref())? {
+                        Ok(lease) => leases.push((lease_id, lease)),
+                        Err(next) => return Ok((leases, next)),
+                    }
+                }
+                Ok((leases, None))
+            })
+            .await?;
+        let mut leased = Vec::with_capacity(leases.len());
+        for (lease_id, lease) in leases {
+            if let Some(permit) = permits.pop() {
+                self.lock_permits().insert(lease_id, permit);
+            }
+            leased.push(self.leased(lease_id, lease, now, deadline)?);
+        }
+        Ok(LeaseBatch {
+            leased,
+            permits,
+            next_ready,
+        })
+    }
+
+    /// A lease as a receiver gets it; counts its end-to-end time.
+    fn leased(
+        &self,
+        lease_id: u64,
+        lease: crate::store::Lease,
+        now: u64,
+        deadline: u64,
+    ) -> Result<Leased> {
         let envelope =
             SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let header =
@@ -253,13 +285,13 @@ impl Broker {
         } else {
             self.metrics().redelivered.inc();
         }
-        Ok(Ok(Leased {
+        Ok(Leased {
             envelope,
             header,
             lease_id,
             attempt: lease.record.attempts,
             lease_expires_at_ms: deadline,
-        }))
+        })
     }
 
     /// A new flow-control semaphore for one `Receive` stream.
@@ -370,9 +402,8 @@ impl Broker {
         }
         self.receivers_record(receiver, message)?;
         let holder = Holder::Principal(receiver.name.clone());
-        self.end_lease_attempt(message, lease_id, &holder, delay_ms, "released")?;
-        self.store().flush().await?;
-        Ok(())
+        self.end_lease_attempt(message, lease_id, holder, delay_ms, "released")
+            .await
     }
 
     /// Moves a lease's deadline to `lease_seconds` from now.
@@ -390,22 +421,44 @@ impl Broker {
         let lease_ms = self.lease_length_ms(lease_seconds)?;
         let deadline = now_ms() + lease_ms;
         let holder = Holder::Principal(receiver.name.clone());
-        self.store().extend(message, lease_id, &holder, deadline)?;
-        self.store().flush().await?;
+        let message = message.clone();
+        self.store()
+            .write(move |s| s.extend(&message, lease_id, &holder, deadline))
+            .await?;
         Ok(deadline)
     }
 
     /// Ends an attempt that was not settled: back to the inbox after a
     /// delay, or to the dead letters when the attempts are used up.
-    fn end_lease_attempt(
+    async fn end_lease_attempt(
         &self,
+        message: &MessageRef,
+        lease_id: u64,
+        holder: Holder,
+        delay_ms: u64,
+        how: &'static str,
+    ) -> Result<()> {
+        let (broker, message) = (self.clone(), message.clone());
+        self.store()
+            .write(move |s| {
+                broker.end_lease_attempt_on(s, &message, lease_id, &holder, delay_ms, how)
+            })
+            .await
+    }
+
+    /// [`Broker::end_lease_attempt`] on the store's writer thread.
+    fn end_lease_attempt_on(
+        &self,
+        s: &Store,
         message: &MessageRef,
         lease_id: u64,
         holder: &Holder,
         delay_ms: u64,
         how: &str,
     ) -> Result<()> {
-        let record = self.custody_record(message)?;
+        let record = s.inbound(message)?.ok_or_else(|| {
+            Error::NotFound(format!("no message {message} in this node's custody"))
+        })?;
         let max = self.config().delivery.max_deliveries;
         if record.attempts >= max {
             let receipt = self.issue(
@@ -418,7 +471,7 @@ impl Broker {
                     record.attempts
                 ),
             );
-            self.store().settle(
+            s.settle(
                 message,
                 lease_id,
                 holder,
@@ -429,7 +482,7 @@ impl Broker {
             self.metrics().dead_lettered.inc();
             self.wake_peer(&message.sender_node);
         } else {
-            self.store().requeue(
+            s.requeue(
                 message,
                 lease_id,
                 holder,
@@ -444,38 +497,63 @@ impl Broker {
     }
 
     /// Ends every lapsed lease: redelivery after a backoff that doubles
-    /// per attempt, or dead letter. Returns how many it handled.
-    pub fn sweep_lapsed_leases(&self) -> Result<usize> {
-        let base = self.config().delivery.redelivery_backoff_ms;
-        let lapsed = self.store().lapsed_leases(now_ms(), 512)?;
-        for (message, lease_id) in &lapsed {
-            let attempts = self.custody_record(message)?.attempts;
-            let backoff = base.saturating_mul(1 << attempts.saturating_sub(1).min(6));
-            match self.end_lease_attempt(message, *lease_id, &Holder::Node, backoff, "lapsed") {
-                Ok(()) => {}
-                // Settled between the scan and now: nothing to do.
-                Err(Error::FailedPrecondition(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(lapsed.len())
+    /// per attempt, or dead letter. Returns how many it handled. One
+    /// writer command for the lot.
+    pub async fn sweep_lapsed_leases(&self) -> Result<usize> {
+        let broker = self.clone();
+        self.store()
+            .write(move |s| {
+                let base = broker.config().delivery.redelivery_backoff_ms;
+                let lapsed = s.lapsed_leases(now_ms(), 512)?;
+                for (message, lease_id) in &lapsed {
+                    let Some(record) = s.inbound(message)? else {
+                        continue;
+                    };
+                    let backoff =
+                        base.saturating_mul(1 << record.attempts.saturating_sub(1).min(6));
+                    let ended = broker.end_lease_attempt_on(
+                        s,
+                        message,
+                        *lease_id,
+                        &Holder::Node,
+                        backoff,
+                        "lapsed",
+                    );
+                    match ended {
+                        Ok(()) => {}
+                        // Settled between the scan and now: nothing to do.
+                        Err(Error::FailedPrecondition(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(lapsed.len())
+            })
+            .await
     }
 
     /// Expires every message whose TTL passed and that is still waiting,
-    /// on either side. Returns how many index entries it handled.
-    pub fn sweep_expired(&self) -> Result<usize> {
-        let due = self.store().due_expiries(now_ms(), 512)?;
+    /// on either side. Returns how many index entries it handled. One
+    /// writer command for the lot.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        let broker = self.clone();
+        self.store()
+            .write(move |s| broker.sweep_expired_on(s))
+            .await
+    }
+
+    fn sweep_expired_on(&self, s: &Store) -> Result<usize> {
+        let due = s.due_expiries(now_ms(), 512)?;
         for (index_key, message) in &due {
             if message.sender_node == self.node_id() {
-                self.expire_sent(message, index_key)?;
+                self.expire_sent(s, message, index_key)?;
                 continue;
             }
-            let Some(record) = self.store().inbound(message)? else {
-                self.store().drop_expiry(index_key)?;
+            let Some(record) = s.inbound(message)? else {
+                s.drop_expiry(index_key)?;
                 continue;
             };
             if record.state.is_terminal() {
-                self.store().drop_expiry(index_key)?;
+                s.drop_expiry(index_key)?;
                 continue;
             }
             let receipt = self.issue(
@@ -485,7 +563,7 @@ impl Broker {
                 record.attempts,
                 "time to live passed before a receiver settled the message",
             );
-            self.store().expire_inbound(index_key, message, &receipt)?;
+            s.expire_inbound(index_key, message, &receipt)?;
             self.metrics().expired.add("custody", 1);
             if record.state == InboundState::Leased {
                 self.end_lease(record.lease_id);
@@ -510,15 +588,23 @@ impl Broker {
     }
 
     /// Drops receipts that `peer` took (or refused for good).
-    pub fn receipts_returned(&self, keys: &[Vec<u8>]) -> Result<()> {
-        self.store().remove_receipt_outbox(keys)
+    pub async fn receipts_returned(&self, keys: Vec<Vec<u8>>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.store()
+            .write(move |s| s.remove_receipt_outbox(&keys))
+            .await
     }
 
     /// Puts a lease that never reached its receiver (the stream closed
     /// while sending) straight back in the inbox.
-    pub fn return_unsent(&self, message: &MessageRef, lease_id: u64) {
+    pub async fn return_unsent(&self, message: &MessageRef, lease_id: u64) {
         let how = "not sent: stream closed";
-        if let Err(e) = self.end_lease_attempt(message, lease_id, &Holder::Node, 0, how) {
+        if let Err(e) = self
+            .end_lease_attempt(message, lease_id, Holder::Node, 0, how)
+            .await
+        {
             tracing::warn!(%message, error = %e, "could not return an unsent lease");
         }
     }

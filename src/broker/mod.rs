@@ -10,7 +10,7 @@ mod sending;
 mod validate;
 
 pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};
-pub use custody::Leased;
+pub use custody::{LeaseBatch, Leased};
 pub use operations::{
     DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,
     PeerStatus, PeerView, QueuesView, Side,
@@ -49,10 +49,6 @@ struct Shared {
     /// lets its stream take the next message. A std Mutex, not a tokio one:
     /// it is never held across an `.await`.
     permits: Mutex<HashMap<u64, OwnedSemaphorePermit>>,
-    /// Serialises leasing so two streams never race for one inbox entry
-    /// (the store transaction would also catch it, at the cost of retries).
-    /// A std Mutex: leasing is a short synchronous store call.
-    lease_lock: Mutex<()>,
     /// Submit token buckets by principal name.
     submit_buckets: Mutex<HashMap<String, Bucket>>,
     /// Counters and histograms for `/metrics`.
@@ -86,7 +82,6 @@ impl Broker {
                 inbox_wake: Notify::new(),
                 feed_wake: Notify::new(),
                 permits: Mutex::new(HashMap::new()),
-                lease_lock: Mutex::new(()),
                 submit_buckets: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 peers: Mutex::new(BTreeMap::new()),

@@ -8,7 +8,7 @@ use crate::model::{
     sha256, validate_id,
 };
 use crate::now_ms;
-use crate::store::{SentRecord, SubmitOutcome, keys};
+use crate::store::{SentRecord, Store, SubmitOutcome, keys};
 
 /// A submit request after protobuf decoding, before any rule is checked.
 #[derive(Clone, Debug, Default)]
@@ -268,7 +268,7 @@ impl Broker {
 
     /// Envelopes waiting for `peer`, oldest first; those whose TTL passed
     /// are expired on the way instead of being sent.
-    pub fn outbox_batch(
+    pub async fn outbox_batch(
         &self,
         peer: &str,
         limit: usize,
@@ -277,6 +277,7 @@ impl Broker {
         let byte_cap = self.config().limits.max_peer_batch_bytes;
         let mut bytes_taken = 0usize;
         let mut out = Vec::new();
+        let mut expired = Vec::new();
         for entry in self.store().outbox_batch(peer, limit)? {
             let (msg_key, bytes) = (entry.message_key, entry.envelope);
             // A batch ends at the byte cap; one envelope always goes.
@@ -291,10 +292,21 @@ impl Broker {
             let header = EnvelopeHeader::decode(&envelope.header)
                 .map_err(|e| Error::corrupt("envelopes", e))?;
             if header.expires_at_ms <= now {
-                self.expire_sent(&message, &keys::expiry(header.expires_at_ms, &msg_key))?;
+                expired.push((message, keys::expiry(header.expires_at_ms, &msg_key)));
                 continue;
             }
             out.push((message, envelope));
+        }
+        if !expired.is_empty() {
+            let broker = self.clone();
+            self.store()
+                .write(move |s| {
+                    for (message, index_key) in &expired {
+                        broker.expire_sent(s, message, index_key)?;
+                    }
+                    Ok(())
+                })
+                .await?;
         }
         Ok(out)
     }
@@ -445,12 +457,18 @@ impl Broker {
     }
 
     /// Expires a sent message that never left the outbox.
-    pub(super) fn expire_sent(&self, message: &MessageRef, index_key: &[u8]) -> Result<()> {
-        let Some(record) = self.store().sent(message)? else {
-            return self.store().drop_expiry(index_key);
+    /// Runs on the store's writer thread, inside `Store::write`.
+    pub(super) fn expire_sent(
+        &self,
+        s: &Store,
+        message: &MessageRef,
+        index_key: &[u8],
+    ) -> Result<()> {
+        let Some(record) = s.sent(message)? else {
+            return s.drop_expiry(index_key);
         };
         if record.state != SentState::Accepted {
-            return self.store().drop_expiry(index_key);
+            return s.drop_expiry(index_key);
         }
         let receipt = self.issue(
             message,
@@ -459,7 +477,7 @@ impl Broker {
             0,
             "time to live passed before the recipient node took custody",
         );
-        self.store().expire_sent(index_key, message, &receipt)?;
+        s.expire_sent(index_key, message, &receipt)?;
         self.metrics().expired.add("sent", 1);
         self.feed_wake().notify_waiters();
         Ok(())

@@ -133,7 +133,7 @@ impl Forwarder {
     }
 
     async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {
-        let envelopes = self.broker.outbox_batch(&self.peer, batch)?;
+        let envelopes = self.broker.outbox_batch(&self.peer, batch).await?;
         if envelopes.is_empty() {
             return Ok(false);
         }
@@ -199,7 +199,7 @@ impl Forwarder {
             }
         }
         let moved = !done.is_empty();
-        self.broker.receipts_returned(&done)?;
+        self.broker.receipts_returned(done).await?;
         Ok(moved)
     }
 

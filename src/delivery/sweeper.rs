@@ -11,25 +11,31 @@ const MAX_IDLE: Duration = Duration::from_millis(250);
 
 pub(super) async fn run(broker: Broker, stop: CancellationToken) {
     loop {
+        // Each sweep is one writer command: durable when it returns.
         let mut busy = false;
-        match broker.sweep_lapsed_leases() {
+        let mut failed = false;
+        match broker.sweep_lapsed_leases().await {
             Ok(n) => busy |= n > 0,
-            Err(e) => tracing::error!(error = %e, "lease sweep failed"),
-        }
-        match broker.sweep_expired() {
-            Ok(n) => busy |= n > 0,
-            Err(e) => tracing::error!(error = %e, "expiry sweep failed"),
-        }
-        if busy {
-            // Receipts of redeliveries and dead letters must be durable
-            // like any other state change; the flush is shared.
-            if let Err(e) = broker.store().flush().await {
-                tracing::error!(error = %e, "flush after sweep failed");
+            Err(e) => {
+                failed = true;
+                tracing::error!(error = %e, "lease sweep failed");
             }
+        }
+        match broker.sweep_expired().await {
+            Ok(n) => busy |= n > 0,
+            Err(e) => {
+                failed = true;
+                tracing::error!(error = %e, "expiry sweep failed");
+            }
+        }
+        if busy && !failed {
             continue;
         }
+        // After a failure (a latched store refuses every change), the
+        // lapsed leases stay lapsed: wait the full period, not until a
+        // deadline that has passed.
         let sleep = match broker.next_lease_deadline() {
-            Ok(Some(deadline)) => {
+            Ok(Some(deadline)) if !failed => {
                 Duration::from_millis(deadline.saturating_sub(now_ms()) + 1).min(MAX_IDLE)
             }
             _ => MAX_IDLE,

@@ -309,8 +309,7 @@ impl Store {
 
     /// The checkpoint of `node` held for entry `seq`, if any.
     pub fn checkpoint_at(&self, node: &str, seq: u64) -> Result<Option<SignedCheckpoint>> {
-        self.tree(CHECKPOINTS)
-            .get(checkpoint_key(node, seq))?
+        self.read(CHECKPOINTS, &checkpoint_key(node, seq))?
             .map(|v| SignedCheckpoint::decode(&v).map_err(|e| Error::corrupt("checkpoints", e)))
             .transpose()
     }

@@ -38,6 +38,7 @@ mod durable;
 pub mod fs;
 mod index;
 pub mod keys;
+mod pending;
 mod records;
 mod segments;
 mod wal;
@@ -192,6 +193,13 @@ struct Shared {
     /// Whether state changes append audit entries (always, except in a
     /// benchmark that measures what the log costs).
     audit_log: bool,
+    /// Changes journaled since the last sync: applied to the trees only
+    /// after the group commit's fsync (see `pending`).
+    pending: Arc<std::sync::Mutex<pending::Pending>>,
+    /// The journal position up to which the trees hold every change; a
+    /// checkpoint makes the index durable up to here. Under the journal's
+    /// lock.
+    applied: std::sync::Mutex<wal::Position>,
     /// The next number [`Store::next_seq`] hands out.
     seq: std::sync::atomic::AtomicU64,
     /// The counter as the last journal record carried it.
@@ -310,7 +318,8 @@ impl Store {
         // The replayed changes become durable in the index, with the
         // position they reach (also with nothing replayed: sled writes its
         // `conf` unsynced at open).
-        index::checkpoint(dir, &db, &trees, wal.position()).map_err(|e| index::failed(dir, e))?;
+        let applied = wal.position();
+        index::checkpoint(dir, &db, &trees, applied).map_err(|e| index::failed(dir, e))?;
         let next_seq = index::next_seq(&trees)?;
         let head = Store::initial_audit_head(&trees)?;
         let stored = audit::head_record(&trees)?;
@@ -336,6 +345,8 @@ impl Store {
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
                 audit_log,
+                pending: Arc::default(),
+                applied: std::sync::Mutex::new(applied),
                 seq: std::sync::atomic::AtomicU64::new(next_seq),
                 logged_seq: std::sync::atomic::AtomicU64::new(0),
             }),
@@ -498,6 +509,31 @@ impl Store {
         self.shared.failed.subscribe()
     }
 
+    fn lock_applied(&self) -> std::sync::MutexGuard<'_, wal::Position> {
+        self.shared
+            .applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies the changes journaled before the sync that just succeeded
+    /// to the trees, under the journal's lock (so a checkpoint sees the
+    /// trees and the applied position agree). From here readers see them.
+    fn apply_synced(&self) -> Result<()> {
+        let _wal = self.lock_wal();
+        let records = wal::lock(&self.shared.pending).take();
+        let Some(last) = records.last().map(|(_, end)| *end) else {
+            return Ok(());
+        };
+        for (ops, _) in &records {
+            // Journaled and synced but not (wholly) applied: only a replay
+            // at the next start makes the trees whole again.
+            wal::apply(&self.shared.trees, ops).map_err(|e| self.fail(e.to_string()))?;
+        }
+        *self.lock_applied() = last;
+        Ok(())
+    }
+
     fn lock_head(&self) -> std::sync::MutexGuard<'_, HeadCache> {
         self.shared.head.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -547,11 +583,12 @@ impl Store {
         let wal = self.lock_wal();
         self.shared.segments.sync().map_err(|e| self.fail(e))?;
         wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
+        let applied = *self.lock_applied();
         index::checkpoint(
             &self.shared.dir,
             &self.shared.db,
             &self.shared.trees,
-            wal.position(),
+            applied,
         )
         .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
         tracing::debug!(
@@ -579,10 +616,14 @@ impl Store {
     /// `f` fails). The writes go to the log first, then to the trees; they
     /// are durable after the next [`Store::flush`].
     fn transact<T>(&self, f: impl FnOnce(&Tx) -> TxResult<T>) -> Result<T> {
+        debug_assert!(
+            pending::on_writer(),
+            "a state change runs on the store's writer thread (Store::write)"
+        );
         let mut wal = self.lock_wal();
         self.check_healthy()?;
         let head = self.lock_head().head;
-        let tx = Tx::new(&self.shared.trees, head);
+        let tx = Tx::new(&self.shared.trees, &self.shared.pending, head);
         let out = f(&tx)?;
         self.index_audit_entries(&tx)?;
         let new_head = tx.audit_head.get();
@@ -614,9 +655,8 @@ impl Store {
         }
         if !ops.is_empty() {
             wal.append(&ops).map_err(|e| self.fail(e.to_string()))?;
-            // Logged but not (wholly) applied: only a replay at the next
-            // start makes the trees whole again.
-            wal::apply(&self.shared.trees, &ops).map_err(|e| self.fail(e.to_string()))?;
+            // Applied to the trees after the group commit's sync.
+            wal::lock(&self.shared.pending).push(&ops, wal.position());
         }
         if new_head != head {
             self.lock_head().head = new_head;
@@ -708,29 +748,64 @@ impl Store {
     }
 
     pub fn sent(&self, message: &MessageRef) -> Result<Option<SentRecord>> {
-        self.tree(SENT)
-            .get(keys::message(message))?
+        self.read(SENT, &keys::message(message))?
             .map(|v| records::decode("sent", &v))
             .transpose()
     }
 
     /// The signed envelope bytes of `message`, as they were stored.
     pub fn envelope(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
-        self.tree(ENVELOPES)
-            .get(keys::message(message))?
+        self.read(ENVELOPES, &keys::message(message))?
             .map(|v| self.envelope_bytes(&v))
             .transpose()
     }
 
     /// Every receipt stored about a message (unordered).
     pub fn receipts(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
-        self.tree(RECEIPTS)
-            .scan_prefix(keys::receipts_prefix(&keys::message(message)))
-            .map(|kv| {
-                let (_, v) = kv?;
-                SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipts", e))
-            })
+        self.read_prefix(RECEIPTS, &keys::receipts_prefix(&keys::message(message)))?
+            .iter()
+            .map(|v| SignedReceipt::decode(v).map_err(|e| Error::corrupt("receipts", e)))
             .collect()
+    }
+
+    /// `key` of `tree` as the next change sees it: on the writer thread,
+    /// changes journaled but not yet synced count; anywhere else only the
+    /// trees do, which hold synced changes alone.
+    fn read(&self, tree: usize, key: &[u8]) -> Result<Option<IVec>> {
+        if pending::on_writer() {
+            match wal::lock(&self.shared.pending).get(tree, key) {
+                pending::Seen::Removed => return Ok(None),
+                pending::Seen::Value(v) => return Ok(Some(IVec::from(v))),
+                pending::Seen::Unchanged => {}
+            }
+        }
+        Ok(self.tree(tree).get(key)?)
+    }
+
+    /// The values of `tree` under `prefix`, in key order, as [`Store::read`]
+    /// sees them.
+    fn read_prefix(&self, tree: usize, prefix: &[u8]) -> Result<Vec<IVec>> {
+        let mut out = std::collections::BTreeMap::new();
+        for kv in self.tree(tree).scan_prefix(prefix) {
+            let (k, v) = kv?;
+            out.insert(k.to_vec(), Some(v));
+        }
+        if pending::on_writer() {
+            for (k, v) in wal::lock(&self.shared.pending).with_prefix(tree, prefix) {
+                out.insert(k, v.map(IVec::from));
+            }
+        }
+        Ok(out.into_values().flatten().collect())
+    }
+
+    /// Whether a change not yet synced removed `key` from `tree` (on the
+    /// writer thread): such an entry is gone for the next change.
+    fn removed_pending(&self, tree: usize, key: &[u8]) -> bool {
+        pending::on_writer()
+            && matches!(
+                wal::lock(&self.shared.pending).get(tree, key),
+                pending::Seen::Removed
+            )
     }
 
     /// The oldest `limit` outbox entries for `peer`, oldest first.
@@ -935,8 +1010,7 @@ impl Store {
     }
 
     pub fn inbound(&self, message: &MessageRef) -> Result<Option<InboundRecord>> {
-        self.tree(INBOUND)
-            .get(keys::message(message))?
+        self.read(INBOUND, &keys::message(message))?
             .map(|v| records::decode("inbound", &v))
             .transpose()
     }
@@ -1014,15 +1088,22 @@ impl Store {
         now_ms: u64,
         kinds: Option<&BTreeSet<MessageKind>>,
     ) -> Result<Option<(IVec, IVec)>> {
-        let Some(kinds) = kinds else {
-            return Ok(self.tree(INBOX).first()?);
-        };
-        for entry in self.tree(INBOX).iter().take(MAX_KIND_SCAN) {
+        // Entries taken by a change not yet synced are skipped; entries a
+        // change not yet synced added wait for its sync.
+        for entry in self
+            .tree(INBOX)
+            .iter()
+            .filter(|e| !matches!(e, Ok((k, _)) if self.removed_pending(INBOX, k)))
+            .take(MAX_KIND_SCAN)
+        {
             let (inbox_key, msg_key) = entry?;
+            let Some(kinds) = kinds else {
+                return Ok(Some((inbox_key, msg_key)));
+            };
             if keys::first_u64(&inbox_key) > now_ms {
                 return Ok(Some((inbox_key, msg_key)));
             }
-            let Some(raw) = self.tree(INBOUND).get(&msg_key)? else {
+            let Some(raw) = self.read(INBOUND, &msg_key)? else {
                 continue;
             };
             let record: InboundRecord = records::decode("inbound", &raw)?;
@@ -1645,6 +1726,7 @@ const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
 /// batch: group commit. A checkpoint starts when the log has grown by
 /// [`CHECKPOINT_BYTES`] and runs beside the writer.
 fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
+    pending::enter_writer();
     // Whether a checkpoint is running.
     let running = std::sync::atomic::AtomicBool::new(false);
     let running = &running;
@@ -1687,7 +1769,8 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 .map_err(|e| e.to_string())
                 .and_then(|()| store.shared.segments.sync())
                 .and_then(|()| wal::sync(&*file))
-                .map_err(|e| store.fail(e).to_string());
+                .map_err(|e| store.fail(e).to_string())
+                .and_then(|()| store.apply_synced().map_err(|e| e.to_string()));
             store
                 .shared
                 .flush_seconds
@@ -1723,8 +1806,20 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
     if let Err(e) = store.store_audit_head() {
         tracing::error!(error = %e, "writing the audit head record failed");
     }
-    if let Err(e) = store.checkpoint() {
-        tracing::error!(error = %e, "final store checkpoint failed; the next start replays the log");
+    // The head record is synced and applied like any change (a latched
+    // store skips this: the next start replays the journal).
+    let synced = store.check_healthy().and_then(|()| {
+        let file = store.lock_wal().file();
+        store
+            .shared
+            .segments
+            .sync()
+            .and_then(|()| wal::sync(&*file))
+            .map_err(|e| store.fail(e))?;
+        store.apply_synced()
+    });
+    if let Err(e) = synced.and_then(|()| store.checkpoint()) {
+        tracing::error!(error = %e, "final store checkpoint failed; the next start replays the journal");
     }
 }
 
@@ -1736,8 +1831,8 @@ mod tests {
     /// the journal's end, and deletes nothing: the journal is the truth.
     /// An index lost afterwards is rebuilt from the journal at the next
     /// open, and the counter of `next_seq` goes on where it was.
-    #[test]
-    fn a_checkpoint_syncs_the_index_and_keeps_the_journal_and_a_lost_index_is_rebuilt() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_syncs_the_index_and_keeps_the_journal_and_a_lost_index_is_rebuilt() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = tmp.path().join("node");
         let store = Store::open(&dir).expect("open");
@@ -1745,10 +1840,15 @@ mod tests {
             at_ms: 1,
             principal: "operator".into(),
         };
-        store.set_paused("peer", Some(&pause)).expect("change");
+        let p = pause.clone();
+        store
+            .write(move |s| s.set_paused("peer", Some(&p)))
+            .await
+            .expect("change");
         let issued = store.next_seq().expect("seq");
         store
-            .set_paused("other", Some(&pause))
+            .write(move |s| s.set_paused("other", Some(&pause)))
+            .await
             .expect("a record after the number");
         let journal = dir.join(wal::DIR);
         let files = || std::fs::read_dir(&journal).expect("list").count();

@@ -44,12 +44,19 @@
 use super::StoreError;
 use super::durable;
 use super::fs::{Fs, FsFile};
+use super::pending::{Pending, Seen};
 use crate::error::{Error, Result};
 use sled::{IVec, Tree};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+/// Locks the pending changes; a panic while they were held leaves at most
+/// a change journaled and not applied, which replay applies.
+pub(super) fn lock(pending: &Mutex<Pending>) -> std::sync::MutexGuard<'_, Pending> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// The journal directory inside a store's data directory.
 pub const DIR: &str = "journal";
@@ -102,6 +109,9 @@ pub(super) struct TxTree {
     index: u8,
     tree: Tree,
     ops: Rc<RefCell<Vec<Op>>>,
+    /// Changes journaled by earlier transactions, not yet synced and so
+    /// not yet in the tree.
+    pending: Arc<Mutex<Pending>>,
 }
 
 impl TxTree {
@@ -114,6 +124,11 @@ impl TxTree {
             .find(|op| op.tree == self.index && op.key == key)
         {
             return Ok(op.value.as_deref().map(IVec::from));
+        }
+        match lock(&self.pending).get(self.index as usize, key) {
+            Seen::Removed => return Ok(None),
+            Seen::Value(v) => return Ok(Some(IVec::from(v))),
+            Seen::Unchanged => {}
         }
         Ok(self.tree.get(key)?)
     }
@@ -152,7 +167,7 @@ pub(super) struct Tx {
 }
 
 impl Tx {
-    pub fn new(trees: &[Tree], audit_head: (u64, [u8; 32])) -> Tx {
+    pub fn new(trees: &[Tree], pending: &Arc<Mutex<Pending>>, audit_head: (u64, [u8; 32])) -> Tx {
         let ops = Rc::new(RefCell::new(Vec::new()));
         let trees = trees
             .iter()
@@ -161,6 +176,7 @@ impl Tx {
                 index: i as u8,
                 tree: tree.clone(),
                 ops: Rc::clone(&ops),
+                pending: Arc::clone(pending),
             })
             .collect();
         Tx {

@@ -744,11 +744,11 @@ async fn the_audit_service_refuses_principals_without_the_audit_role() {
 
 // ------------------------------------------------------------ concurrency
 
-/// Appends from many threads at once, outside the writer thread, still
-/// form one gapless chain: the head is read and written in each append's
-/// transaction.
-#[test]
-fn concurrent_appends_form_one_gapless_chain() {
+/// Appends from many tasks at once, batched together by the writer,
+/// still form one gapless chain: the head is read and written in each
+/// append's transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_form_one_gapless_chain() {
     let tmp = tempfile::tempdir().expect("tmp");
     let store = Store::open(tmp.path()).expect("store");
     let threads: Vec<_> = (0..8)
@@ -756,7 +756,7 @@ fn concurrent_appends_form_one_gapless_chain() {
             let store = store.clone();
             let signer = DISCIPLINE.to_string();
             let s = cluebridge::crypto::NodeSigner::generate(DISCIPLINE, "discipline-k1");
-            std::thread::spawn(move || {
+            tokio::spawn(async move {
                 for i in 0..25 {
                     let message = MessageRef {
                         sender_node: signer.clone(),
@@ -786,14 +786,15 @@ fn concurrent_appends_form_one_gapless_chain() {
                         conflict_recorded: false,
                     };
                     store
-                        .submit(&message, b"envelope", &record, &receipt)
+                        .write(move |s| s.submit(&message, b"envelope", &record, &receipt))
+                        .await
                         .expect("submit");
                 }
             })
         })
         .collect();
     for t in threads {
-        t.join().expect("thread");
+        t.await.expect("task");
     }
     let (head, _) = store.audit_head().expect("head");
     assert_eq!(head, 200);
