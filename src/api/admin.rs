@@ -102,7 +102,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         self.authorize(&request)?;
-        let q = self.broker.queues(true)?;
+        let q = self.broker.queues()?;
         Ok(Response::new(pb::ListQueuesResponse {
             outboxes: q
                 .outboxes

@@ -262,14 +262,14 @@ impl Broker {
         ids
     }
 
-    /// Every queue's figures, read from the store now; outbox sizes in
-    /// bytes only `with_bytes` (it reads every waiting envelope).
-    pub fn queues(&self, with_bytes: bool) -> Result<QueuesView> {
+    /// Every queue's figures, from the store's counters: the same cost at
+    /// any backlog.
+    pub fn queues(&self) -> Result<QueuesView> {
         let now = now_ms();
         let age = |t: Option<u64>| t.map_or(0, |t| now.saturating_sub(t));
         let mut outboxes = Vec::new();
         for peer in self.peer_ids() {
-            let (depth, bytes, oldest) = self.store().outbox_stats(&peer, with_bytes)?;
+            let (depth, bytes, oldest) = self.store().outbox_stats(&peer)?;
             outboxes.push(OutboxView {
                 depth: depth as u64,
                 bytes,
@@ -558,9 +558,8 @@ impl Broker {
             &["custody", "sent"],
         );
 
-        // One walk over each queue per scrape; envelope sizes are left to
-        // ListQueues (reading every envelope is too much for a scrape).
-        match self.queues(false) {
+        // From the store's counters: a scrape costs the same at any backlog.
+        match self.queues() {
             Ok(q) => {
                 let per_peer = |f: &dyn Fn(&OutboxView) -> f64| -> Vec<(&str, f64)> {
                     q.outboxes.iter().map(|o| (o.peer.as_str(), f(o))).collect()
@@ -570,6 +569,12 @@ impl Broker {
                     "Envelopes waiting in a peer's outbox.",
                     "peer",
                     &per_peer(&|o| o.depth as f64),
+                );
+                e.labeled_gauge(
+                    "cluebridge_outbox_bytes",
+                    "Stored size of the envelopes waiting in a peer's outbox.",
+                    "peer",
+                    &per_peer(&|o| o.bytes as f64),
                 );
                 e.labeled_gauge(
                     "cluebridge_outbox_oldest_age_seconds",

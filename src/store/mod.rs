@@ -34,6 +34,7 @@
 //! awaits [`Store::flush`], which joins the group commit.
 
 mod audit;
+mod counters;
 mod durable;
 pub mod fs;
 mod index;
@@ -47,6 +48,7 @@ mod wal;
 mod power_cut_tests;
 
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
+pub use counters::OutboxDepth;
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;
 
@@ -200,6 +202,8 @@ struct Shared {
     /// checkpoint makes the index durable up to here. Under the journal's
     /// lock.
     applied: std::sync::Mutex<wal::Position>,
+    /// Queue depths, updated as changes are applied (see `counters`).
+    counters: std::sync::Mutex<counters::Counters>,
     /// The next number [`Store::next_seq`] hands out.
     seq: std::sync::atomic::AtomicU64,
     /// The counter as the last journal record carried it.
@@ -321,6 +325,7 @@ impl Store {
         let applied = wal.position();
         index::checkpoint(dir, &db, &trees, applied).map_err(|e| index::failed(dir, e))?;
         let next_seq = index::next_seq(&trees)?;
+        let counters = counters::Counters::count(&trees, crate::now_ms())?;
         let head = Store::initial_audit_head(&trees)?;
         let stored = audit::head_record(&trees)?;
         if replayed > 0 {
@@ -346,6 +351,7 @@ impl Store {
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
                 audit_log,
                 pending: Arc::default(),
+                counters: std::sync::Mutex::new(counters),
                 applied: std::sync::Mutex::new(applied),
                 seq: std::sync::atomic::AtomicU64::new(next_seq),
                 logged_seq: std::sync::atomic::AtomicU64::new(0),
@@ -509,6 +515,14 @@ impl Store {
         self.shared.failed.subscribe()
     }
 
+    fn lock_counters(&self) -> std::sync::MutexGuard<'_, counters::Counters> {
+        // Counters are plain numbers: a panic cannot leave them torn.
+        self.shared
+            .counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock_applied(&self) -> std::sync::MutexGuard<'_, wal::Position> {
         self.shared
             .applied
@@ -525,10 +539,13 @@ impl Store {
         let Some(last) = records.last().map(|(_, end)| *end) else {
             return Ok(());
         };
+        let now = crate::now_ms();
+        let mut counters = self.lock_counters();
         for (ops, _) in &records {
             // Journaled and synced but not (wholly) applied: only a replay
             // at the next start makes the trees whole again.
-            wal::apply(&self.shared.trees, ops).map_err(|e| self.fail(e.to_string()))?;
+            counters::apply_counted(&self.shared.trees, ops, &mut counters, now)
+                .map_err(|e| self.fail(e.to_string()))?;
         }
         *self.lock_applied() = last;
         Ok(())
@@ -829,9 +846,7 @@ impl Store {
     }
 
     pub fn outbox_depth(&self, peer: &str) -> usize {
-        self.tree(OUTBOX)
-            .scan_prefix(keys::peer_prefix(peer))
-            .count()
+        self.lock_counters().outbox(peer).count as usize
     }
 
     /// Records a receipt about a message this node sent and moves its state
@@ -1488,15 +1503,8 @@ impl Store {
 
     /// How many dead letters there are and when the oldest was made one.
     pub fn dead_letter_stats(&self) -> Result<(usize, Option<u64>)> {
-        let mut count = 0;
-        let mut oldest: Option<u64> = None;
-        for kv in self.tree(DEAD_LETTERS).iter() {
-            let (_, at) = kv?;
-            let at = keys::first_u64(&at);
-            count += 1;
-            oldest = Some(oldest.map_or(at, |o| o.min(at)));
-        }
-        Ok((count, oldest))
+        let (count, oldest) = self.lock_counters().dead_letters();
+        Ok((count as usize, oldest))
     }
 
     /// Puts a dead letter back in the inbox, ready at `ready_at_ms`, with
@@ -1625,49 +1633,47 @@ impl Store {
     /// reads every envelope), and the creation time of its oldest envelope.
     /// Walks the whole queue: for operators and metrics scrapes, not for
     /// hot paths.
-    pub fn outbox_stats(&self, peer: &str, with_bytes: bool) -> Result<(usize, u64, Option<u64>)> {
-        let mut depth = 0;
-        let mut bytes = 0u64;
-        let mut oldest = None;
-        for kv in self.tree(OUTBOX).scan_prefix(keys::peer_prefix(peer)) {
-            let (_, msg_key) = kv?;
-            depth += 1;
-            if with_bytes && let Some(env) = self.tree(ENVELOPES).get(&msg_key)? {
-                bytes += Locator::decode(&env).map_or(env.len() as u64, |at| u64::from(at.len));
+    pub fn outbox_stats(&self, peer: &str) -> Result<(usize, u64, Option<u64>)> {
+        let depth = self.lock_counters().outbox(peer);
+        let oldest = match self
+            .tree(OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .next()
+        {
+            Some(kv) => {
+                let (_, msg_key) = kv?;
+                self.tree(SENT)
+                    .get(&msg_key)?
+                    .map(|raw| records::decode::<SentRecord>("sent", &raw))
+                    .transpose()?
+                    .map(|r| r.created_at_ms)
             }
-            if oldest.is_none()
-                && let Some(raw) = self.tree(SENT).get(&msg_key)?
-            {
-                let r: SentRecord = records::decode("sent", &raw)?;
-                oldest = Some(r.created_at_ms);
-            }
-        }
-        Ok((depth, bytes, oldest))
+            None => None,
+        };
+        Ok((depth.count as usize, depth.bytes, oldest))
     }
 
     /// Receipts waiting to go back to `peer`.
     pub fn receipt_outbox_depth(&self, peer: &str) -> usize {
-        self.tree(RECEIPT_OUTBOX)
-            .scan_prefix(keys::peer_prefix(peer))
-            .count()
+        self.lock_counters().receipt_outbox(peer) as usize
     }
 
     /// The inbox at `now_ms`: ready entries, delayed entries, the earliest
-    /// ready time, and leases in flight.
+    /// ready time, and leases in flight. From the counters and one seek.
     pub fn inbox_stats(&self, now_ms: u64) -> Result<(usize, usize, Option<u64>, usize)> {
-        let mut ready = 0;
-        let mut earliest = None;
-        for kv in self.tree(INBOX).range(..keys::pair(now_ms, u64::MAX)) {
-            let (k, _) = kv?;
-            if earliest.is_none() {
-                earliest = Some(keys::first_u64(&k));
-            }
-            ready += 1;
-        }
-        let delayed = self.tree(INBOX).len().saturating_sub(ready);
-        Ok((ready, delayed, earliest, self.tree(LEASES).len()))
+        let ((ready, delayed), leases) = {
+            let c = self.lock_counters();
+            (c.inbox(now_ms), c.leases())
+        };
+        let earliest = match self.tree(INBOX).first()? {
+            Some((k, _)) if keys::first_u64(&k) <= now_ms => Some(keys::first_u64(&k)),
+            _ => None,
+        };
+        Ok((ready as usize, delayed as usize, earliest, leases as usize))
     }
 
+    /// Records per tree, counted by scanning each: for tests and offline
+    /// checks, never on a scrape.
     pub fn counts(&self) -> Counts {
         Counts {
             envelopes: self.tree(ENVELOPES).len(),

@@ -343,3 +343,34 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .parse()
         .expect("number")
 }
+
+/// The queue figures a node reports from its counters (`queues`, metrics)
+/// equal what a full scan of its store finds.
+pub fn assert_queue_counters(fed: &TestFederation, node: &str) {
+    let store = fed.node(node).broker.store();
+    let counts = store.counts();
+    let peers: Vec<&str> = NODES
+        .iter()
+        .map(|k| k.as_str())
+        .filter(|p| *p != node)
+        .collect();
+    let outbox: usize = peers
+        .iter()
+        .map(|p| store.outbox_stats(p).expect("outbox").0)
+        .sum();
+    let receipts: usize = peers.iter().map(|p| store.receipt_outbox_depth(p)).sum();
+    let (ready, delayed, _, leased) = store.inbox_stats(now_ms()).expect("inbox");
+    let (dead, _) = store.dead_letter_stats().expect("dead letters");
+    assert_eq!(outbox, counts.outbox, "{node}: outbox counter");
+    assert_eq!(
+        receipts, counts.receipt_outbox,
+        "{node}: receipt outbox counter"
+    );
+    assert_eq!(ready + delayed, counts.inbox, "{node}: inbox counter");
+    assert_eq!(leased, counts.leases, "{node}: lease counter");
+    assert_eq!(
+        dead,
+        store.dead_letters(usize::MAX).expect("list").len(),
+        "{node}: dead letter counter"
+    );
+}

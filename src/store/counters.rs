@@ -1,0 +1,177 @@
+//! Queue depths kept as counters, so that a metrics scrape or `queues`
+//! costs the same at ten messages and at ten million: updated as changes
+//! are applied to the index, counted once at open.
+
+use super::keys;
+use super::segments::Locator;
+use super::{DEAD_LETTERS, ENVELOPES, INBOX, LEASES, OUTBOX, RECEIPT_OUTBOX};
+use crate::error::Result;
+use sled::{IVec, Tree};
+use std::collections::{BTreeSet, HashMap};
+
+/// One peer's outbox: envelopes waiting, and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxDepth {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+/// The depths of every queue of the index.
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    outbox: HashMap<String, OutboxDepth>,
+    receipt_outbox: HashMap<String, u64>,
+    inbox: u64,
+    /// The inbox entries that were not ready when they were queued
+    /// (released with a delay, redelivered after a backoff), by key (ready
+    /// time first): the only ones that can be "delayed" at a later time.
+    delayed: BTreeSet<Vec<u8>>,
+    leases: u64,
+    /// Dead letters by the time they were set aside.
+    dead: BTreeSet<(u64, Vec<u8>)>,
+}
+
+/// The peer a `peer \0 …` queue key belongs to.
+fn peer_of(key: &[u8]) -> String {
+    let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
+    String::from_utf8_lossy(&key[..end]).into_owned()
+}
+
+impl Counters {
+    /// Counts every queue of the index: once, at open.
+    pub fn count(trees: &[Tree], now_ms: u64) -> Result<Counters> {
+        let mut c = Counters::default();
+        for kv in trees[OUTBOX].iter() {
+            let (k, v) = kv?;
+            c.changed(trees, OUTBOX, &k, None, Some(&v), now_ms);
+        }
+        for kv in trees[RECEIPT_OUTBOX].iter() {
+            let (k, v) = kv?;
+            c.changed(trees, RECEIPT_OUTBOX, &k, None, Some(&v), now_ms);
+        }
+        for kv in trees[INBOX].iter() {
+            let (k, v) = kv?;
+            c.changed(trees, INBOX, &k, None, Some(&v), now_ms);
+        }
+        c.leases = trees[LEASES].len() as u64;
+        for kv in trees[DEAD_LETTERS].iter() {
+            let (k, v) = kv?;
+            c.changed(trees, DEAD_LETTERS, &k, None, Some(&v), now_ms);
+        }
+        Ok(c)
+    }
+
+    /// Notes one applied write: `old` is what the key held before, `new`
+    /// what it holds now (`None`: absent).
+    pub fn changed(
+        &mut self,
+        trees: &[Tree],
+        tree: usize,
+        key: &[u8],
+        old: Option<&[u8]>,
+        new: Option<&[u8]>,
+        now_ms: u64,
+    ) {
+        let delta: i64 = match (old.is_some(), new.is_some()) {
+            (false, true) => 1,
+            (true, false) => -1,
+            _ => return,
+        };
+        let step = |n: &mut u64| *n = n.saturating_add_signed(delta);
+        match tree {
+            OUTBOX => {
+                let depth = self.outbox.entry(peer_of(key)).or_default();
+                step(&mut depth.count);
+                let message_key = new.or(old).unwrap_or_default();
+                let bytes = envelope_len(trees, message_key);
+                depth.bytes = depth.bytes.saturating_add_signed(delta * bytes as i64);
+            }
+            RECEIPT_OUTBOX => step(self.receipt_outbox.entry(peer_of(key)).or_default()),
+            INBOX => {
+                step(&mut self.inbox);
+                if delta > 0 && keys::first_u64(key) > now_ms {
+                    self.delayed.insert(key.to_vec());
+                } else if delta < 0 {
+                    self.delayed.remove(key);
+                }
+            }
+            LEASES => step(&mut self.leases),
+            DEAD_LETTERS => {
+                let at = keys::first_u64(new.or(old).unwrap_or_default());
+                if delta > 0 {
+                    self.dead.insert((at, key.to_vec()));
+                } else {
+                    self.dead.remove(&(at, key.to_vec()));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub fn outbox(&self, peer: &str) -> OutboxDepth {
+        self.outbox.get(peer).copied().unwrap_or_default()
+    }
+
+    pub fn receipt_outbox(&self, peer: &str) -> u64 {
+        self.receipt_outbox.get(peer).copied().unwrap_or(0)
+    }
+
+    /// Inbox entries ready at `now_ms` and delayed past it.
+    pub fn inbox(&self, now_ms: u64) -> (u64, u64) {
+        let future = keys::pair(now_ms.saturating_add(1), 0);
+        let delayed = self.delayed.range(future..).count() as u64;
+        (self.inbox.saturating_sub(delayed), delayed)
+    }
+
+    pub fn leases(&self) -> u64 {
+        self.leases
+    }
+
+    /// How many dead letters, and when the oldest was set aside.
+    pub fn dead_letters(&self) -> (u64, Option<u64>) {
+        (self.dead.len() as u64, self.dead.first().map(|(at, _)| *at))
+    }
+}
+
+/// The stored size of the envelope of `message_key` (0 if none).
+fn envelope_len(trees: &[Tree], message_key: &[u8]) -> u64 {
+    match trees[ENVELOPES].get(message_key) {
+        Ok(Some(v)) => Locator::decode(&v).map_or(v.len() as u64, |at| u64::from(at.len)),
+        _ => 0,
+    }
+}
+
+/// Applies one record's writes to the trees, in order, then notes each in
+/// `counters` (after the whole record, so that an outbox entry finds its
+/// envelope whatever the order of the writes).
+pub(super) fn apply_counted(
+    trees: &[Tree],
+    ops: &[super::wal::Op],
+    counters: &mut Counters,
+    now_ms: u64,
+) -> Result<()> {
+    let mut olds: Vec<Option<IVec>> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let tree = trees.get(op.tree as usize).ok_or_else(|| {
+            crate::error::Error::corrupt(
+                "journal",
+                format!("record names tree {} of {}", op.tree, trees.len()),
+            )
+        })?;
+        olds.push(match &op.value {
+            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+            None => tree.remove(op.key.as_slice())?,
+        });
+    }
+    for (op, old) in ops.iter().zip(&olds) {
+        counters.changed(
+            trees,
+            op.tree as usize,
+            &op.key,
+            old.as_deref(),
+            op.value.as_deref(),
+            now_ms,
+        );
+    }
+    Ok(())
+}
