@@ -280,7 +280,11 @@ pub async fn serve(
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 let path = path.split('?').next().unwrap_or("");
                 let (status, body) = match (method, path) {
-                    ("GET", "/metrics") => ("200 OK", render()),
+                    ("GET", "/metrics") => match tokio::task::spawn_blocking(render).await {
+                        // Rendering reads the store: off the async workers.
+                        Ok(text) => ("200 OK", text),
+                        Err(_) => ("500 Internal Server Error", String::new()),
+                    },
                     ("GET", _) => (
                         "404 Not Found",
                         "cluebridge serves only /metrics here\n".to_string(),

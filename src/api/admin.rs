@@ -102,7 +102,7 @@ impl pb::admin_server::Admin for AdminService {
         request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         self.authorize(&request)?;
-        let q = self.broker.queues()?;
+        let q = self.broker.read(|b| b.queues()).await?;
         Ok(Response::new(pb::ListQueuesResponse {
             outboxes: q
                 .outboxes
@@ -136,7 +136,13 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ListPeersResponse>, Status> {
         self.authorize(&request)?;
         Ok(Response::new(pb::ListPeersResponse {
-            peers: self.broker.peers()?.into_iter().map(peer_info).collect(),
+            peers: self
+                .broker
+                .read(|b| b.peers())
+                .await?
+                .into_iter()
+                .map(peer_info)
+                .collect(),
         }))
     }
 
@@ -149,7 +155,7 @@ impl pb::admin_server::Admin for AdminService {
             0 => 100,
             n => n as usize,
         };
-        let (list, total) = self.broker.dead_letters(limit)?;
+        let (list, total) = self.broker.read(move |b| b.dead_letters(limit)).await?;
         Ok(Response::new(pb::ListDeadLettersResponse {
             dead_letters: list
                 .into_iter()
@@ -228,7 +234,10 @@ impl pb::admin_server::Admin for AdminService {
             },
             message_id: r.message_id,
         };
-        let info = self.broker.message_info(&message)?;
+        let info = {
+            let message = message.clone();
+            self.broker.read(move |b| b.message_info(&message)).await?
+        };
         let h = info.header;
         Ok(Response::new(pb::GetMessageResponse {
             sender_node: h.sender_node,

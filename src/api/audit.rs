@@ -97,11 +97,12 @@ impl pb::audit_server::Audit for AuditService {
             )));
         }
         let (tx, rx) = mpsc::channel(16);
-        let store = self.broker.store().clone();
+        let broker = self.broker.clone();
         tokio::spawn(async move {
             let mut from = r.from_seq;
             while from <= to {
-                let batch = match store.audit_entries(from, to, EXPORT_CHUNK) {
+                let read = broker.read(move |b| b.store().audit_entries(from, to, EXPORT_CHUNK));
+                let batch = match read.await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(Status::from(e))).await;
@@ -153,7 +154,7 @@ impl pb::audit_server::Audit for AuditService {
                 token => Some(PageToken::decode(token)?),
             },
         };
-        let page = self.broker.list_messages(&filter)?;
+        let page = self.broker.read(move |b| b.list_messages(&filter)).await?;
         let messages = page
             .messages
             .into_iter()

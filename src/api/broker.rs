@@ -153,7 +153,8 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         self.authorize(&request, Role::Submit)?;
-        let status = self.broker.status(&request.into_inner().message_id)?;
+        let id = request.into_inner().message_id;
+        let status = self.broker.read(move |b| b.status(&id)).await?;
         Ok(Response::new(pb::GetStatusResponse {
             message_id: status.message.message_id,
             recipient_node: status.recipient,
@@ -180,7 +181,7 @@ impl pb::broker_server::Broker for BrokerService {
                 let wake = broker.feed_wake().notified();
                 tokio::pin!(wake);
                 wake.as_mut().enable();
-                let batch = match broker.feed_after(cursor, 256) {
+                let batch = match broker.read(move |b| b.feed_after(cursor, 256)).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;

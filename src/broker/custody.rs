@@ -579,12 +579,14 @@ impl Broker {
     }
 
     /// Receipts waiting to go back to `peer`.
-    pub fn receipt_outbox_batch(
+    pub async fn receipt_outbox_batch(
         &self,
         peer: &str,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, SignedReceipt)>> {
-        self.store().receipt_outbox_batch(peer, limit)
+        let peer = peer.to_string();
+        self.read(move |b| b.store().receipt_outbox_batch(&peer, limit))
+            .await
     }
 
     /// Drops receipts that `peer` took (or refused for good).

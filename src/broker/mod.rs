@@ -195,6 +195,19 @@ impl Broker {
         Ok(())
     }
 
+    /// Runs `read` — store reads that may touch the disk — on tokio's
+    /// blocking pool, never on an async worker (writes go to the store's
+    /// writer thread instead).
+    pub async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Broker) -> crate::error::Result<T> + Send + 'static,
+    ) -> crate::error::Result<T> {
+        let broker = self.clone();
+        tokio::task::spawn_blocking(move || read(&broker))
+            .await
+            .map_err(|e| crate::error::Error::Unavailable(format!("a store read failed: {e}")))?
+    }
+
     /// Gives a stream's flow-control slot back when its lease ends.
     fn end_lease(&self, lease_id: u64) {
         self.lock_permits().remove(&lease_id);

@@ -278,7 +278,12 @@ impl Broker {
         let mut bytes_taken = 0usize;
         let mut out = Vec::new();
         let mut expired = Vec::new();
-        for entry in self.store().outbox_batch(peer, limit)? {
+        let waiting = {
+            let peer = peer.to_string();
+            self.read(move |b| b.store().outbox_batch(&peer, limit))
+                .await?
+        };
+        for entry in waiting {
             let (msg_key, bytes) = (entry.message_key, entry.envelope);
             // A batch ends at the byte cap; one envelope always goes.
             bytes_taken = bytes_taken.saturating_add(bytes.len());

@@ -173,7 +173,7 @@ impl Forwarder {
     }
 
     async fn return_receipts(&mut self, batch: usize) -> Result<bool> {
-        let waiting = self.broker.receipt_outbox_batch(&self.peer, batch)?;
+        let waiting = self.broker.receipt_outbox_batch(&self.peer, batch).await?;
         if waiting.is_empty() {
             return Ok(false);
         }
