@@ -3,6 +3,7 @@
 
 use cluebridge::config::{
     AuditSettings, DeliverySettings, Federation, FederationFile, Limits, NodeConfig, NodeFile,
+    StoreSettings,
 };
 use std::path::Path;
 
@@ -33,6 +34,7 @@ fn example_files_parse_and_show_the_real_defaults() {
         assert_eq!(node.delivery, DeliverySettings::default());
         assert_eq!(node.limits, Limits::default());
         assert_eq!(node.audit, AuditSettings::default());
+        assert_eq!(node.store, StoreSettings::default());
         let names: Vec<&str> = node.principals.iter().map(|p| p.name.as_str()).collect();
         assert!(
             names.contains(&"operator") && names.contains(&"auditor"),
