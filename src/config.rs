@@ -137,6 +137,8 @@ pub struct NodeFile {
     pub limits: Limits,
     #[serde(default)]
     pub audit: AuditSettings,
+    #[serde(default)]
+    pub store: StoreSettings,
     /// The agency's client systems and what each may do.
     #[serde(rename = "principal", default)]
     pub principals: Vec<PrincipalFile>,
@@ -392,6 +394,29 @@ impl Default for AuditSettings {
             checkpoint_every_entries: 1000,
             checkpoint_interval_secs: 60,
             allow_payload_export: false,
+        }
+    }
+}
+
+/// The store's journal. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Size at which a journal file is closed, a new one started and the
+    /// index checkpointed: bounds the journal replayed at start and the
+    /// data each checkpoint writes.
+    pub journal_file_bytes: u64,
+}
+
+impl StoreSettings {
+    /// The smallest and largest `journal_file_bytes` taken.
+    pub const JOURNAL_FILE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            journal_file_bytes: crate::store::JOURNAL_FILE_BYTES,
         }
     }
 }
@@ -693,6 +718,7 @@ pub struct NodeConfig {
     pub delivery: DeliverySettings,
     pub limits: Limits,
     pub audit: AuditSettings,
+    pub store: StoreSettings,
     /// The agency's client systems by name.
     pub principals: BTreeMap<String, Principal>,
     /// When the node's TLS certificate stops being valid (Unix ms).
@@ -829,6 +855,12 @@ impl NodeConfig {
                 "audit.checkpoint_every_entries and audit.checkpoint_interval_secs: must be at least 1",
             ));
         }
+        if !StoreSettings::JOURNAL_FILE_BYTES_RANGE.contains(&file.store.journal_file_bytes) {
+            return Err(err(
+                path,
+                "store.journal_file_bytes: must be between 4096 (4 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
         Ok(NodeConfig {
             node_id: file.node_id.clone(),
             kind: entry.kind,
@@ -844,6 +876,7 @@ impl NodeConfig {
             delivery: file.delivery,
             limits: file.limits,
             audit: file.audit,
+            store: file.store,
             principals,
             tls_not_after_ms,
             federation: Arc::new(federation),

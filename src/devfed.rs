@@ -110,6 +110,7 @@ impl DevFederation {
                 delivery: Default::default(),
                 limits: Default::default(),
                 audit: Default::default(),
+                store: Default::default(),
                 principals: vec![
                     principal(CLIENT_NAME, &["submit", "receive"]),
                     principal(OPERATOR_NAME, &["operate"]),

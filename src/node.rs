@@ -48,7 +48,11 @@ pub async fn run(
 fn open_store(config: &NodeConfig, fs: std::sync::Arc<dyn crate::store::fs::Fs>) -> Result<Store> {
     crate::file_modes::prepare_data_dir(&config.data_dir)
         .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
-    Store::open_on(fs, &config.data_dir, config.audit.log)
+    let options = crate::store::StoreOptions {
+        audit_log: config.audit.log,
+        journal_file_bytes: config.store.journal_file_bytes,
+    };
+    Store::open_on(fs, &config.data_dir, options)
 }
 
 /// Binds the metrics listener from inside a runtime but outside `async`.

@@ -125,10 +125,18 @@ pub(super) fn seq_op(next: u64) -> Op {
 
 /// Makes the index durable up to `reached`: notes the position, flushes
 /// sled and fsyncs its files. The caller holds the journal's lock, with
-/// the journal synced up to `reached`.
-pub fn checkpoint(data_dir: &Path, db: &sled::Db, trees: &[Tree], reached: Position) -> Result<()> {
+/// the journal synced up to `reached`. `flushed` runs between sled's
+/// flush and the fsyncs (a crash point of the store's checkpoints).
+pub fn checkpoint(
+    data_dir: &Path,
+    db: &sled::Db,
+    trees: &[Tree],
+    reached: Position,
+    flushed: impl FnOnce(),
+) -> Result<()> {
     trees[META].insert(POSITION_KEY, &reached.encode())?;
     db.flush()?;
+    flushed();
     let path = dir(data_dir);
     let synced = durable::sync_sled(&path).map_err(|source| {
         Error::Store(StoreError::Io {

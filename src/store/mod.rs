@@ -35,6 +35,7 @@
 
 mod audit;
 mod counters;
+pub mod crash_points;
 mod durable;
 pub mod fs;
 mod index;
@@ -61,6 +62,7 @@ use crate::model::{
     sha256,
 };
 use audit::Note;
+use crash_points::Point;
 use fs::{Fs, RealFs};
 use segments::{Locator, Segments};
 use sled::{IVec, Tree};
@@ -195,6 +197,8 @@ struct Shared {
     /// Whether state changes append audit entries (always, except in a
     /// benchmark that measures what the log costs).
     audit_log: bool,
+    /// Journal file size that starts a new file and a checkpoint.
+    journal_file_bytes: u64,
     /// Changes journaled since the last sync: applied to the trees only
     /// after the group commit's fsync (see `pending`).
     pending: Arc<std::sync::Mutex<pending::Pending>>,
@@ -274,6 +278,29 @@ pub struct Lease {
     pub record: InboundRecord,
 }
 
+/// How a store runs: what a node file's `[store]` and `[audit]` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Whether state changes append audit entries (see [`Store::open_with`]).
+    pub audit_log: bool,
+    /// Journal file size that starts a new file and a checkpoint of the
+    /// index: bounds the replay at open and the dirty data each sled
+    /// flush writes.
+    pub journal_file_bytes: u64,
+}
+
+/// The default of [`StoreOptions::journal_file_bytes`]: 8 MiB.
+pub const JOURNAL_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            audit_log: true,
+            journal_file_bytes: JOURNAL_FILE_BYTES,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its group-commit
     /// flusher. Must be called inside a tokio runtime.
@@ -285,14 +312,19 @@ impl Store {
     /// audit entries (only to measure the log's cost: it voids the
     /// tamper-evidence guarantee).
     pub fn open_with(dir: &Path, audit_log: bool) -> Result<Store> {
-        Self::open_on(Arc::new(RealFs), dir, audit_log)
+        let options = StoreOptions {
+            audit_log,
+            ..StoreOptions::default()
+        };
+        Self::open_on(Arc::new(RealFs), dir, options)
     }
 
     /// Opens the store with its journal (`journal/`) and envelope segments
     /// (`envelopes/`) on `fs`, and sled's files in `dir` on the real file
     /// system (sled does its own I/O). A node passes [`RealFs`]; a test may
     /// pass a [`fs::SimFs`] to cut the power under the log and the segments.
-    pub fn open_on(fs: Arc<dyn Fs>, dir: &Path, audit_log: bool) -> Result<Store> {
+    pub fn open_on(fs: Arc<dyn Fs>, dir: &Path, options: StoreOptions) -> Result<Store> {
+        crash_points::arm_from_env()?;
         durable::create_dir_durably(&RealFs, dir).map_err(|source| {
             Error::Store(StoreError::Io {
                 what: format!("cannot create the store directory {}", dir.display()),
@@ -323,7 +355,7 @@ impl Store {
         // position they reach (also with nothing replayed: sled writes its
         // `conf` unsynced at open).
         let applied = wal.position();
-        index::checkpoint(dir, &db, &trees, applied).map_err(|e| index::failed(dir, e))?;
+        index::checkpoint(dir, &db, &trees, applied, || {}).map_err(|e| index::failed(dir, e))?;
         let next_seq = index::next_seq(&trees)?;
         let counters = counters::Counters::count(&trees, crate::now_ms())?;
         let head = Store::initial_audit_head(&trees)?;
@@ -349,7 +381,8 @@ impl Store {
                 writer: std::sync::Mutex::new(None),
                 flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
                 flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
-                audit_log,
+                audit_log: options.audit_log,
+                journal_file_bytes: options.journal_file_bytes.max(1),
                 pending: Arc::default(),
                 counters: std::sync::Mutex::new(counters),
                 applied: std::sync::Mutex::new(applied),
@@ -541,7 +574,10 @@ impl Store {
         };
         let now = crate::now_ms();
         let mut counters = self.lock_counters();
-        for (ops, _) in &records {
+        for (i, (ops, _)) in records.iter().enumerate() {
+            if i > 0 {
+                crash_points::cross(Point::DuringIndexBatch);
+            }
             // Journaled and synced but not (wholly) applied: only a replay
             // at the next start makes the trees whole again.
             counters::apply_counted(&self.shared.trees, ops, &mut counters, now)
@@ -561,9 +597,9 @@ impl Store {
         self.shared.wal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes sled hold every change so far and drops the log files that
-    /// it covers. Runs when the writer stops; while it runs, the writer
-    /// hands checkpoints to its own thread.
+    /// Starts a new journal file and makes the index durable up to what
+    /// it has applied. Runs when the writer stops; while it runs, the
+    /// writer hands checkpoints to its own thread.
     fn checkpoint(&self) -> Result<()> {
         let epoch = self.rotate_log()?;
         self.flush_to(epoch)
@@ -606,6 +642,7 @@ impl Store {
             &self.shared.db,
             &self.shared.trees,
             applied,
+            || crash_points::cross(Point::DuringCheckpoint),
         )
         .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
         tracing::debug!(
@@ -674,6 +711,7 @@ impl Store {
             wal.append(&ops).map_err(|e| self.fail(e.to_string()))?;
             // Applied to the trees after the group commit's sync.
             wal::lock(&self.shared.pending).push(&ops, wal.position());
+            crash_points::cross(Point::AfterAppend);
         }
         if new_head != head {
             self.lock_head().head = new_head;
@@ -1460,8 +1498,26 @@ impl Store {
         let (segment, end) = self.shared.segments.end();
         h.update(segment.to_be_bytes());
         h.update(end.to_be_bytes());
+        self.hash_trees(&mut h, &[CHECKPOINTS, AUDIT_HEAD, EQUIVOCATIONS, META])?;
+        Ok(h.finalize().into())
+    }
+
+    /// A digest of what the index holds: every tree but `meta` (which
+    /// notes journal positions), envelopes by their bytes, not by where
+    /// they lie. An index and its rebuild from the journal (`store
+    /// reindex` on a copy of a stopped store) must give the same digest;
+    /// crash tests compare them.
+    pub fn index_digest(&self) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        self.hash_trees(&mut h, &[META])?;
+        Ok(h.finalize().into())
+    }
+
+    fn hash_trees(&self, h: &mut sha2::Sha256, skip: &[usize]) -> Result<()> {
+        use sha2::Digest;
         for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
-            if i == CHECKPOINTS || i == AUDIT_HEAD || i == EQUIVOCATIONS || i == META {
+            if skip.contains(&i) {
                 continue;
             }
             h.update((name.len() as u64).to_be_bytes());
@@ -1479,7 +1535,7 @@ impl Store {
                 h.update(&v);
             }
         }
-        Ok(h.finalize().into())
+        Ok(())
     }
 
     // -------------------------------------------------------- operators
@@ -1722,15 +1778,11 @@ type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Most jobs run between two flushes.
 const MAX_BATCH: usize = 4096;
 
-/// Log size that triggers a checkpoint: bounds the replay at open and
-/// the dirty data each sled flush writes.
-const CHECKPOINT_BYTES: u64 = 8 * 1024 * 1024;
-
 /// The writer thread: runs queued state changes one after another, then
 /// makes the whole batch durable with one `fdatasync` of the log, then
 /// answers every caller. Jobs queued while a batch runs form the next
-/// batch: group commit. A checkpoint starts when the log has grown by
-/// [`CHECKPOINT_BYTES`] and runs beside the writer.
+/// batch: group commit. A checkpoint starts when the journal file has
+/// grown to [`StoreOptions::journal_file_bytes`] and runs beside the writer.
 fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
     pending::enter_writer();
     // Whether a checkpoint is running.
@@ -1776,7 +1828,11 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 .and_then(|()| store.shared.segments.sync())
                 .and_then(|()| wal::sync(&*file))
                 .map_err(|e| store.fail(e).to_string())
-                .and_then(|()| store.apply_synced().map_err(|e| e.to_string()));
+                .and_then(|()| {
+                    crash_points::cross(Point::AfterSync);
+                    store.apply_synced().map_err(|e| e.to_string())
+                });
+            crash_points::cross(Point::AfterApply);
             store
                 .shared
                 .flush_seconds
@@ -1788,7 +1844,7 @@ fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             for complete in completions {
                 complete(result.clone());
             }
-            if store.lock_wal().bytes() >= CHECKPOINT_BYTES
+            if store.lock_wal().bytes() >= store.shared.journal_file_bytes
                 && !running.swap(true, std::sync::atomic::Ordering::AcqRel)
             {
                 // Records appended from here on go to the new file; the

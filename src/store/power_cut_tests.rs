@@ -117,7 +117,7 @@ impl Submit {
 
 /// Opens the store in `dir` with its log and segments on `sim`.
 fn open(sim: &SimFs, dir: &Path) -> Store {
-    Store::open_on(Arc::new(sim.clone()), dir, true).expect("open the store")
+    Store::open_on(Arc::new(sim.clone()), dir, StoreOptions::default()).expect("open the store")
 }
 
 /// After a cut: stops the old store (its files are gone with its boot, so

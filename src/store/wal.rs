@@ -527,6 +527,7 @@ impl Wal {
         self.file
             .sync_data()
             .map_err(|e| io_error(&self.dir.join(file_name(self.epoch)), e))?;
+        super::crash_points::cross(super::crash_points::Point::DuringRotation);
         let next = Wal::create(Arc::clone(&self.fs), self.dir.clone(), self.epoch + 1)?;
         *self = next;
         Ok(self.epoch)

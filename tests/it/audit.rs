@@ -296,7 +296,7 @@ fn flips_fail_at_the_right_check(text: &str, trust: &cluebridge::crypto::Keyring
 
 // ------------------------------------------------------------ the store
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
     for entry in std::fs::read_dir(from).expect("read dir") {
         let entry = entry.expect("entry");

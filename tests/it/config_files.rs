@@ -3,6 +3,7 @@
 
 use cluebridge::config::{
     AuditSettings, DeliverySettings, Federation, FederationFile, Limits, NodeConfig, NodeFile,
+    StoreSettings,
 };
 use std::path::Path;
 
@@ -33,6 +34,7 @@ fn example_files_parse_and_show_the_real_defaults() {
         assert_eq!(node.delivery, DeliverySettings::default());
         assert_eq!(node.limits, Limits::default());
         assert_eq!(node.audit, AuditSettings::default());
+        assert_eq!(node.store, StoreSettings::default());
         let names: Vec<&str> = node.principals.iter().map(|p| p.name.as_str()).collect();
         assert!(
             names.contains(&"operator") && names.contains(&"auditor"),
@@ -73,6 +75,31 @@ fn a_mistake_names_its_file_and_field() {
         .to_string();
     assert!(
         err.contains("discipline.toml") && err.contains("listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_journal_file_size_out_of_range_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev = cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |n| {
+        n.store.journal_file_bytes = 65536;
+    })
+    .expect("dev");
+    let node_path = dev.node_file("discipline");
+    let config = NodeConfig::load(&node_path).expect("64 KiB is taken");
+    assert_eq!(config.store.journal_file_bytes, 65536);
+    let text = std::fs::read_to_string(&node_path).expect("read");
+    std::fs::write(
+        &node_path,
+        text.replace("journal_file_bytes = 65536", "journal_file_bytes = 100"),
+    )
+    .expect("write");
+    let err = NodeConfig::load(&node_path)
+        .expect_err("too small")
+        .to_string();
+    assert!(
+        err.contains("discipline.toml") && err.contains("store.journal_file_bytes"),
         "{err}"
     );
 }

@@ -8,6 +8,8 @@ mod cli_ops;
 mod config_files;
 mod connections;
 mod crash;
+#[cfg(unix)]
+mod crash_points;
 mod custody;
 mod deploy_files;
 mod disk_failure;
