@@ -245,8 +245,8 @@ impl Store {
     }
 
     /// Sequence numbers of the entries about `message`, in order: those
-    /// its record lists, and those in `audit_index` (older stores, and
-    /// messages without a record).
+    /// its record lists, and those in `audit_index` (entries about a message
+    /// that has no record of its own in this store).
     pub fn audit_seqs_of(&self, message: &MessageRef) -> Result<Vec<u64>> {
         let key = keys::message(message);
         let prefix = keys::receipts_prefix(&key);

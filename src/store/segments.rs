@@ -260,11 +260,14 @@ impl Segments {
             .map_err(|e| io_error(&self.dir.join(file_name(at.segment)), e))
     }
 
-    /// The bytes a stored `envelopes` value stands for.
+    /// The bytes a stored `envelopes` value (a locator) stands for.
     pub fn resolve(&self, value: &[u8]) -> Result<Vec<u8>> {
         match Locator::decode(value) {
             Some(at) => self.read(&at),
-            None => Ok(value.to_vec()),
+            None => Err(Error::corrupt(
+                "envelopes",
+                format!("a {}-byte value is not an envelope locator", value.len()),
+            )),
         }
     }
 }
@@ -305,8 +308,9 @@ mod tests {
             !s.holds(&Locator { segment: 99, ..a })
                 .expect("no such file")
         );
-        // A value that is not a locator is an envelope stored inline.
-        assert_eq!(s.resolve(b"inline bytes").expect("inline"), b"inline bytes");
+        // A value that is not a locator is damage, named as such.
+        let e = s.resolve(b"not a locator").expect_err("not a locator");
+        assert!(e.to_string().contains("is not an envelope locator"), "{e}");
         // A flipped byte on disk is found, not returned.
         let path = tmp.path().join(DIR).join(file_name(a.segment));
         let mut raw = std::fs::read(&path).expect("read file");
