@@ -412,7 +412,16 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
     let settle = 24 * MIB_KIB;
     let first = attack(&fed, pid, &mut client, baseline, settle).await;
     let second = attack(&fed, pid, &mut client, baseline, settle).await;
-    let fds_after = raw::open_fds(pid);
+    // The node closes the attackers' connections as it sees them go; on
+    // a loaded machine that can take a moment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fds_after = loop {
+        let now = raw::open_fds(pid);
+        if now <= fds_before || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     for (name, a) in [("first", &first), ("second", &second)] {
         eprintln!(
             "{name} attack: {} streams announcing 64 MiB each over {} connections without a \
