@@ -933,14 +933,16 @@ async fn every_kind_of_state_change_is_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_leaves_a_chain_that_agrees_with_its_store() {
     let fed = TestFederation::start_with(audited, &[]).await;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args(["serve", "--config"])
-        .arg(fed.dev.node_file(DISCIPLINE))
-        .env("CLUEBRIDGE_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn serve");
+    let mut child = ServeProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args(["serve", "--config"])
+            .arg(fed.dev.node_file(DISCIPLINE))
+            .env("CLUEBRIDGE_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn serve"),
+    );
     // Submitters keep going until the node dies under them.
     let deadline = Instant::now() + Duration::from_secs(30);
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));

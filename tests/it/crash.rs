@@ -4,18 +4,20 @@
 use crate::harness::*;
 use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn spawn_serve(fed: &TestFederation, node: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args(["serve", "--config"])
-        .arg(fed.dev.node_file(node))
-        .env("CLUEBRIDGE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn cluebridge serve")
+fn spawn_serve(fed: &TestFederation, node: &str) -> ServeProcess {
+    ServeProcess(
+        Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args(["serve", "--config"])
+            .arg(fed.dev.node_file(node))
+            .env("CLUEBRIDGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn cluebridge serve"),
+    )
 }
 
 /// Waits until the node answers a call.
@@ -192,20 +194,22 @@ async fn json_logs_carry_ids_and_never_payloads() {
     let fed = TestFederation::start_with(|_| {}, &[SECURITY]).await;
     let log_path = fed.dev.dir.join("discipline-log.jsonl");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args([
-            "--log-format",
-            "json",
-            "--log",
-            "debug",
-            "serve",
-            "--config",
-        ])
-        .arg(fed.dev.node_file(DISCIPLINE))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn cluebridge serve");
+    let mut child = ServeProcess(
+        Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args([
+                "--log-format",
+                "json",
+                "--log",
+                "debug",
+                "serve",
+                "--config",
+            ])
+            .arg(fed.dev.node_file(DISCIPLINE))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn cluebridge serve"),
+    );
     wait_serving(&fed, DISCIPLINE).await;
     let mut discipline = fed.client(DISCIPLINE);
     submit(

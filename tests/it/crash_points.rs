@@ -35,7 +35,7 @@ fn small_journal(node: &mut NodeFile) {
 /// `cluebridge serve` for the discipline node, with a crash point armed
 /// if `crash_at` says so. It runs in the federation's temporary directory,
 /// so that a core dump, on a system that writes them, goes away with it.
-fn spawn_sender(fed: &TestFederation, crash_at: Option<&str>) -> Child {
+fn spawn_sender(fed: &TestFederation, crash_at: Option<&str>) -> ServeProcess {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cluebridge"));
     command
         .args(["serve", "--config"])
@@ -48,7 +48,7 @@ fn spawn_sender(fed: &TestFederation, crash_at: Option<&str>) -> Child {
     if let Some(at) = crash_at {
         command.env(VARIABLE, at);
     }
-    command.spawn().expect("spawn cluebridge serve")
+    ServeProcess(command.spawn().expect("spawn cluebridge serve"))
 }
 
 /// Waits for the process to end by itself.

@@ -374,3 +374,29 @@ pub fn assert_queue_counters(fed: &TestFederation, node: &str) {
         "{node}: dead letter counter"
     );
 }
+
+/// A `cluebridge serve` process a test started: killed and reaped when
+/// dropped, so a test that fails half-way leaves no node running.
+#[derive(Debug)]
+pub struct ServeProcess(pub std::process::Child);
+
+impl std::ops::Deref for ServeProcess {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ServeProcess {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        // Already gone (killed and reaped by the test) is fine.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

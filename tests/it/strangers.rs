@@ -240,16 +240,18 @@ pub fn spawn_serve_logging(
     fed: &TestFederation,
     node: &str,
     log: &std::path::Path,
-) -> std::process::Child {
+) -> ServeProcess {
     let stderr = std::fs::File::create(log).expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args(["serve", "--config"])
-        .arg(fed.dev.node_file(node))
-        .env("CLUEBRIDGE_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn cluebridge serve")
+    ServeProcess(
+        Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args(["serve", "--config"])
+            .arg(fed.dev.node_file(node))
+            .env("CLUEBRIDGE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn cluebridge serve"),
+    )
 }
 
 const CONNECTIONS: usize = 16;
