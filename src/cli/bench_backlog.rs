@@ -39,7 +39,10 @@ pub struct BacklogFigures {
     /// Outbox depth to the recipient once the fill is done, as `queues`
     /// reports it.
     pub queued: u64,
-    /// The node's memory with the backlog, after the scrapes and calls.
+    /// The node's memory once the fill is done, before any scrape or call.
+    pub memory_after_fill: Memory,
+    /// The node's memory after the scrapes and `queues` calls below (which
+    /// walk the queues).
     pub memory: Memory,
     pub disk: Disk,
     /// `GET /metrics` on the node's metrics port, connection included.
@@ -121,7 +124,10 @@ pub struct Restart {
     pub to_queues_ms: f64,
     /// Outbox depth after the restart.
     pub queued: u64,
-    /// Memory once serving again, after that `queues` call.
+    /// Memory at the first health check answered SERVING: what opening
+    /// the store costs.
+    pub memory_at_serving: Memory,
+    /// Memory after that first `queues` call.
     pub memory: Memory,
     /// Disk of the data directory after the restart.
     pub disk_total: Usage,
@@ -161,6 +167,8 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
         println!("  first submit error: {e}");
     }
 
+    let pid = node.id().context("the node process has no id")?;
+    let memory_after_fill = memory_of(pid)?;
     let mut admin = operator.admin()?;
     let queued = outbox_depth(&mut admin, &args.to).await?;
     let mut queues_ms = Vec::new();
@@ -181,13 +189,13 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
     }
     let metrics_outbox_messages = gauge(&body, "cluebridge_outbox_messages", &args.to)
         .context("the scrape has no cluebridge_outbox_messages for the recipient")?;
-    let pid = node.id().context("the node process has no id")?;
     let memory = memory_of(pid)?;
     let disk = disk_of(&config.data_dir, queued)?;
     let (queues_ms, metrics_scrape_ms) = (Samples::of(queues_ms), Samples::of(scrape_ms));
     println!("  queued:    {queued} in the outbox (metrics say {metrics_outbox_messages})");
     println!(
-        "  memory:    VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+        "  memory:    VmRSS {:.1} MiB after the fill, {:.1} MiB after the calls; VmHWM {:.1} MiB",
+        mib(memory_after_fill.rss_bytes),
         mib(memory.rss_bytes),
         mib(memory.peak_rss_bytes)
     );
@@ -221,10 +229,11 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
     let (restarted, restart) = restart(args, &dev, &operator, &config.data_dir).await?;
     println!(
         "  restart after SIGKILL: serving in {:.0} ms (health), queues answered in {:.0} ms; \
-         {} queued; VmRSS {:.1} MiB, VmHWM {:.1} MiB",
+         {} queued; VmRSS {:.1} MiB when serving, {:.1} MiB after queues, VmHWM {:.1} MiB",
         restart.to_health_ms,
         restart.to_queues_ms,
         restart.queued,
+        mib(restart.memory_at_serving.rss_bytes),
         mib(restart.memory.rss_bytes),
         mib(restart.memory.peak_rss_bytes)
     );
@@ -236,6 +245,7 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
         payload_size: args.payload_size,
         fill,
         queued,
+        memory_after_fill,
         memory,
         disk,
         metrics_scrape_ms,
@@ -367,10 +377,11 @@ async fn restart(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let to_health_ms = ms(start.elapsed());
+    let pid = node.id().context("the restarted node has no process id")?;
+    let memory_at_serving = memory_of(pid)?;
     let mut admin = operator.admin()?;
     let queued = outbox_depth(&mut admin, &args.to).await?;
     let to_queues_ms = ms(start.elapsed());
-    let pid = node.id().context("the restarted node has no process id")?;
     let memory = memory_of(pid)?;
     let disk_total = disk_of(data_dir, queued)?.total;
     Ok((
@@ -379,6 +390,7 @@ async fn restart(
             to_health_ms,
             to_queues_ms,
             queued,
+            memory_at_serving,
             memory,
             disk_total,
         },

@@ -120,6 +120,7 @@ fn a_backlog_run_reports_every_figure_and_the_counts_match() {
     for path in [
         &["fill", "seconds"][..],
         &["fill", "per_s"],
+        &["memory_after_fill", "rss_bytes"],
         &["memory", "rss_bytes"],
         &["memory", "peak_rss_bytes"],
         &["disk", "total", "allocated_bytes"],
@@ -133,6 +134,7 @@ fn a_backlog_run_reports_every_figure_and_the_counts_match() {
         &["queues_ms", "max"],
         &["restart", "to_health_ms"],
         &["restart", "to_queues_ms"],
+        &["restart", "memory_at_serving", "rss_bytes"],
         &["restart", "memory", "rss_bytes"],
         &["restart", "memory", "peak_rss_bytes"],
         &["restart", "disk_total", "allocated_bytes"],
