@@ -1,7 +1,8 @@
 //! `cluebridge bench`: concurrent durable submits between two nodes, with a
 //! receiving application that acknowledges; reports accepted/s,
 //! received/s and end-to-end latency (submit start → received by the
-//! application).
+//! application). `--backlog N` measures a node holding N queued messages
+//! instead (see `bench_backlog`).
 
 use crate::client::Connection;
 use crate::config::NodeConfig;
@@ -64,17 +65,29 @@ pub struct BenchArgs {
     /// no receiver.
     #[arg(long, conflicts_with = "dir")]
     pub submit_only: bool,
+    /// Measure a node holding a backlog of N messages instead: start only
+    /// the sending node (as a `serve` process), fill its outbox with N
+    /// messages, then report its memory, its disk per message, the time of
+    /// a metrics scrape and of `queues`, and how soon it serves again after
+    /// a SIGKILL and a restart. `--duration`, `--warmup`, `--rate` and
+    /// `--outstanding` do not apply.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["dir", "in_process", "compare_audit", "submit_only"]
+    )]
+    pub backlog: Option<u64>,
 }
 
 /// The two nodes under test, when the bench started them.
-enum Nodes {
+pub(super) enum Nodes {
     None,
     InProcess(Vec<RunningNode>),
     Processes(Vec<tokio::process::Child>),
 }
 
 impl Nodes {
-    async fn stop(self) -> Result<()> {
+    pub(super) async fn stop(self) -> Result<()> {
         match self {
             Nodes::None => {}
             Nodes::InProcess(nodes) => {
@@ -102,7 +115,8 @@ impl Nodes {
 
 /// Creates a development federation in `dir` and starts the nodes `from`
 /// and `to`: in this process, or as `cluebridge serve` child processes.
-async fn start_nodes(
+/// With `--submit-only` or `--backlog`, only `from`.
+pub(super) async fn start_nodes(
     args: &BenchArgs,
     dir: &std::path::Path,
     audit_log: bool,
@@ -130,7 +144,7 @@ async fn start_nodes(
     }
     let ids: Vec<&str> = ids
         .into_iter()
-        .filter(|id| !args.submit_only || *id == args.from)
+        .filter(|id| !(args.submit_only || args.backlog.is_some()) || *id == args.from)
         .collect();
     // Only the two nodes under test run; the others' ports are closed, so
     // their forwarders back off quietly.
@@ -230,6 +244,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     if args.payload_size < 8 {
         bail!("--payload-size must be at least 8 (the send time travels in the payload)");
+    }
+    if let Some(backlog) = args.backlog {
+        let figures = super::bench_backlog::run(&args, backlog).await?;
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        return Ok(());
     }
     if !args.compare_audit {
         let figures = measure(&args, true).await?;

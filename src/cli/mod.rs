@@ -2,6 +2,7 @@
 
 mod audit;
 mod bench;
+mod bench_backlog;
 mod client_cmds;
 mod gen_certs;
 mod ops;

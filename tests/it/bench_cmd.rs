@@ -79,3 +79,76 @@ fn a_directory_without_a_federation_is_refused_by_name() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_backlog_run_reports_every_figure_and_the_counts_match() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let json = tmp.path().join("backlog.json");
+    let out = bench(&[
+        "--backlog",
+        "2000",
+        "--submitters",
+        "16",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("restart after SIGKILL"), "{stdout}");
+    let figures: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
+    let number = |path: &[&str]| {
+        path.iter()
+            .fold(&figures, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or_else(|| panic!("{path:?} missing in {figures}"))
+    };
+    // Every message accepted and queued, as the Admin call, the metrics and
+    // the restarted node all count them.
+    assert_eq!(number(&["backlog"]), 2000.0, "{figures}");
+    assert_eq!(number(&["fill", "accepted"]), 2000.0, "{figures}");
+    assert_eq!(number(&["fill", "submit_errors"]), 0.0, "{figures}");
+    assert_eq!(number(&["queued"]), 2000.0, "{figures}");
+    assert_eq!(number(&["metrics_outbox_messages"]), 2000.0, "{figures}");
+    assert_eq!(number(&["restart", "queued"]), 2000.0, "{figures}");
+    // Every other figure is there and positive (no timing bounds: machines
+    // differ).
+    for path in [
+        &["fill", "seconds"][..],
+        &["fill", "per_s"],
+        &["memory_after_fill", "rss_bytes"],
+        &["memory", "rss_bytes"],
+        &["memory", "peak_rss_bytes"],
+        &["disk", "total", "allocated_bytes"],
+        &["disk", "total", "apparent_bytes"],
+        &["disk", "allocated_per_message"],
+        &["disk", "apparent_per_message"],
+        &["metrics_scrape_ms", "median"],
+        &["metrics_scrape_ms", "max"],
+        &["metrics_scrape_bytes"],
+        &["queues_ms", "median"],
+        &["queues_ms", "max"],
+        &["restart", "to_health_ms"],
+        &["restart", "to_queues_ms"],
+        &["restart", "memory_at_serving", "rss_bytes"],
+        &["restart", "memory", "rss_bytes"],
+        &["restart", "memory", "peak_rss_bytes"],
+        &["restart", "disk_total", "allocated_bytes"],
+    ] {
+        assert!(number(path) > 0.0, "{path:?} in {figures}");
+    }
+    for area in ["journal", "envelopes", "index"] {
+        assert!(
+            number(&["disk", "areas", area, "apparent_bytes"]) > 0.0,
+            "{area} in {figures}"
+        );
+    }
+    assert!(
+        number(&["metrics_scrape_ms", "median"]) <= number(&["metrics_scrape_ms", "max"]),
+        "{figures}"
+    );
+}
