@@ -1,6 +1,7 @@
 //! Queue depths kept as counters, so that a metrics scrape or `queues`
 //! costs the same at ten messages and at ten million: updated as changes
-//! are applied to the index, counted once at open.
+//! are applied to the index; stored with it at checkpoints, and counted
+//! once at an open that replayed the journal.
 
 use super::keys;
 use super::segments::Locator;
@@ -10,14 +11,16 @@ use sled::{IVec, Tree};
 use std::collections::{BTreeSet, HashMap};
 
 /// One peer's outbox: envelopes waiting, and their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OutboxDepth {
     pub count: u64,
     pub bytes: u64,
 }
 
-/// The depths of every queue of the index.
-#[derive(Debug, Default)]
+/// The depths of every queue of the index. Stored with the index at each
+/// checkpoint, so that an open after a clean stop (nothing to replay)
+/// need not count the queues; after a crash they are counted once.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Counters {
     outbox: HashMap<String, OutboxDepth>,
     receipt_outbox: HashMap<String, u64>,

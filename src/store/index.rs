@@ -9,6 +9,7 @@
 //! (see `durable`): a checkpoint flushes it, fsyncs its files and only
 //! then counts the position as reached.
 
+use super::counters::Counters;
 use super::wal::{Op, Position};
 use super::{META, StoreError, TREE_NAMES, durable};
 use crate::error::{Error, Result};
@@ -21,6 +22,9 @@ pub const DIR: &str = "index";
 /// `meta` key: the journal position the durable index reflects. Written
 /// by checkpoints only, never journaled.
 const POSITION_KEY: &[u8] = b"journal-position";
+/// `meta` key: the queue counters as of the noted position. Written by
+/// checkpoints only, never journaled.
+const COUNTERS_KEY: &[u8] = b"queue-counters";
 /// `meta` key: the next number `Store::next_seq` hands out. Journaled.
 const SEQ_KEY: &[u8] = b"next-seq";
 
@@ -106,6 +110,20 @@ pub fn position(trees: &[Tree]) -> Result<Option<Position>> {
         .ok_or_else(|| Error::corrupt("meta", "the index's journal position does not decode"))
 }
 
+/// The counters as a checkpoint stores them.
+pub fn encode_counters(counters: &Counters) -> Vec<u8> {
+    // Serialising plain maps and numbers into a Vec cannot fail.
+    postcard::to_allocvec(counters).unwrap_or_default()
+}
+
+/// The queue counters noted with the index's position, if any (a new or
+/// rebuilt index has none: the open counts the queues once).
+pub fn counters(trees: &[Tree]) -> Result<Option<Counters>> {
+    Ok(trees[META]
+        .get(COUNTERS_KEY)?
+        .and_then(|raw| postcard::from_bytes(&raw).ok()))
+}
+
 /// The next number to hand out, as the last replayed record left it.
 pub fn next_seq(trees: &[Tree]) -> Result<u64> {
     Ok(trees[META]
@@ -132,9 +150,11 @@ pub fn checkpoint(
     db: &sled::Db,
     trees: &[Tree],
     reached: Position,
+    counters: &[u8],
     flushed: impl FnOnce(),
 ) -> Result<()> {
     trees[META].insert(POSITION_KEY, &reached.encode())?;
+    trees[META].insert(COUNTERS_KEY, counters)?;
     db.flush()?;
     flushed();
     let path = dir(data_dir);

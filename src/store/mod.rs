@@ -350,14 +350,40 @@ impl Store {
             }
             Ok(true)
         };
-        let (wal, replayed) = Wal::recover(fs, dir, &trees, &envelopes_present, indexed)?;
+        let (wal, replayed) = Wal::recover(
+            fs,
+            dir,
+            &mut |ops| wal::apply(&trees, ops),
+            &envelopes_present,
+            indexed,
+        )?;
+        // The counters noted with the index's position hold when nothing
+        // was replayed (a clean stop). After a crash the index may already
+        // hold some replayed changes (sled writes pages out before a
+        // checkpoint), so replayed writes cannot be counted as deltas: the
+        // queues are counted once instead.
+        let counters = match (indexed, replayed) {
+            (Some(_), 0) => index::counters(&trees)?,
+            _ => None,
+        };
+        let counters = match counters {
+            Some(c) => c,
+            None => counters::Counters::count(&trees, crate::now_ms())?,
+        };
         // The replayed changes become durable in the index, with the
-        // position they reach (also with nothing replayed: sled writes its
-        // `conf` unsynced at open).
+        // position they reach and the counters there (also with nothing
+        // replayed: sled writes its `conf` unsynced at open).
         let applied = wal.position();
-        index::checkpoint(dir, &db, &trees, applied, || {}).map_err(|e| index::failed(dir, e))?;
+        index::checkpoint(
+            dir,
+            &db,
+            &trees,
+            applied,
+            &index::encode_counters(&counters),
+            || {},
+        )
+        .map_err(|e| index::failed(dir, e))?;
         let next_seq = index::next_seq(&trees)?;
-        let counters = counters::Counters::count(&trees, crate::now_ms())?;
         let head = Store::initial_audit_head(&trees)?;
         let stored = audit::head_record(&trees)?;
         if replayed > 0 {
@@ -637,11 +663,14 @@ impl Store {
         self.shared.segments.sync().map_err(|e| self.fail(e))?;
         wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
         let applied = *self.lock_applied();
+        // Encoded first: scrapes need not wait for the flush and fsyncs.
+        let counters = index::encode_counters(&self.lock_counters());
         index::checkpoint(
             &self.shared.dir,
             &self.shared.db,
             &self.shared.trees,
             applied,
+            &counters,
             || crash_points::cross(Point::DuringCheckpoint),
         )
         .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;

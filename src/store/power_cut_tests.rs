@@ -338,7 +338,13 @@ fn put(key: &str, value: Vec<u8>) -> Vec<Op> {
 
 fn recover(sim: &SimFs, tmp: &Path, db: &sled::Db, trees: &[Tree]) -> Result<(Wal, usize)> {
     let _ = db;
-    Wal::recover(Arc::new(sim.clone()), tmp, trees, &|_| Ok(true), None)
+    Wal::recover(
+        Arc::new(sim.clone()),
+        tmp,
+        &mut |ops| wal::apply(trees, ops),
+        &|_| Ok(true),
+        None,
+    )
 }
 
 /// A record cut short by the power is dropped, and the file is cut back

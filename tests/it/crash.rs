@@ -73,6 +73,21 @@ async fn sigkill_after_accepting_loses_no_message() {
 
     let mut child = spawn_serve(&fed, DISCIPLINE);
     wait_serving(&fed, DISCIPLINE).await;
+    // The queue counters came back with the replay: every accepted message
+    // waits in the outbox, with its bytes.
+    let queues = fed
+        .admin(DISCIPLINE)
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .expect("queues")
+        .into_inner();
+    let outbox = queues
+        .outboxes
+        .iter()
+        .find(|o| o.peer == SECURITY)
+        .expect("outbox of public security");
+    assert_eq!(outbox.depth, N as u64, "{queues:?}");
+    assert!(outbox.bytes > N as u64 * 8, "{queues:?}");
     fed.restart(SECURITY).await;
 
     let mut security = fed.client(SECURITY);
