@@ -44,6 +44,7 @@ mod pending;
 mod records;
 mod segments;
 mod wal;
+mod writer;
 
 #[cfg(test)]
 mod power_cut_tests;
@@ -71,6 +72,7 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 use wal::{Tx, TxError, TxResult, Wal};
+use writer::{Job, writer};
 
 /// How many inbox entries a receiver limited to some message kinds looks
 /// past to find one of its kinds.
@@ -1797,121 +1799,6 @@ impl QueuedReceipt {
 struct HeadCache {
     head: (u64, [u8; 32]),
     stored: (u64, [u8; 32]),
-}
-
-/// A state change queued for the writer thread, returning what to tell its
-/// caller once the batch it ran in is on disk.
-type Job = Box<dyn FnOnce(&Store) -> Completion + Send>;
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-
-/// Most jobs run between two flushes.
-const MAX_BATCH: usize = 4096;
-
-/// The writer thread: runs queued state changes one after another, then
-/// makes the whole batch durable with one `fdatasync` of the log, then
-/// answers every caller. Jobs queued while a batch runs form the next
-/// batch: group commit. A checkpoint starts when the journal file has
-/// grown to [`StoreOptions::journal_file_bytes`] and runs beside the writer.
-fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
-    pending::enter_writer();
-    // Whether a checkpoint is running.
-    let running = std::sync::atomic::AtomicBool::new(false);
-    let running = &running;
-    std::thread::scope(|scope| {
-        // Checkpoints flush sled on their own thread: the group commit that
-        // started one is answered first; later changes wait for the log's
-        // lock while sled flushes (about 10 ms every 8 MiB of log).
-        let (checkpoints, due) = std::sync::mpsc::sync_channel::<u64>(1);
-        let checkpointer = store.clone();
-        std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn_scoped(scope, move || {
-                for epoch in due {
-                    if let Err(e) = checkpointer.flush_to(epoch) {
-                        tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
-                    }
-                    running.store(false, std::sync::atomic::Ordering::Release);
-                }
-            })
-            .map_err(|e| tracing::error!(error = %e, "cannot start the store checkpoint thread"))
-            .ok();
-        while let Ok(first) = jobs.recv() {
-            let mut completions = vec![first(&store)];
-            while completions.len() < MAX_BATCH {
-                match jobs.try_recv() {
-                    Ok(job) => completions.push(job(&store)),
-                    Err(_) => break,
-                }
-            }
-            let started = std::time::Instant::now();
-            if let Err(e) = store.store_audit_head() {
-                tracing::error!(error = %e, "writing the audit head record failed");
-            }
-            let file = store.lock_wal().file();
-            // Envelopes first: a durable log record never names an
-            // envelope that is not on disk. After a failed sync the pages
-            // may be gone for good, so nothing is acknowledged any more.
-            let result = store
-                .check_healthy()
-                .map_err(|e| e.to_string())
-                .and_then(|()| store.shared.segments.sync())
-                .and_then(|()| wal::sync(&*file))
-                .map_err(|e| store.fail(e).to_string())
-                .and_then(|()| {
-                    crash_points::cross(Point::AfterSync);
-                    store.apply_synced().map_err(|e| e.to_string())
-                });
-            crash_points::cross(Point::AfterApply);
-            store
-                .shared
-                .flush_seconds
-                .observe_duration(started.elapsed());
-            store.shared.flush_batch.observe(completions.len() as f64);
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "store flush failed");
-            }
-            for complete in completions {
-                complete(result.clone());
-            }
-            if store.lock_wal().bytes() >= store.shared.journal_file_bytes
-                && !running.swap(true, std::sync::atomic::Ordering::AcqRel)
-            {
-                // Records appended from here on go to the new file; the
-                // flush that follows covers every change in the old ones.
-                let rotated = store.rotate_log();
-                match rotated {
-                    Ok(epoch) => {
-                        let _ = checkpoints.send(epoch);
-                    }
-                    Err(e) => {
-                        store.fail(format!("cannot start a new store log file: {e}"));
-                        running.store(false, std::sync::atomic::Ordering::Release);
-                    }
-                }
-            }
-        }
-        drop(checkpoints);
-    });
-    // Shutting down: leave sled complete, so that the next open has
-    // nothing to replay.
-    if let Err(e) = store.store_audit_head() {
-        tracing::error!(error = %e, "writing the audit head record failed");
-    }
-    // The head record is synced and applied like any change (a latched
-    // store skips this: the next start replays the journal).
-    let synced = store.check_healthy().and_then(|()| {
-        let file = store.lock_wal().file();
-        store
-            .shared
-            .segments
-            .sync()
-            .and_then(|()| wal::sync(&*file))
-            .map_err(|e| store.fail(e))?;
-        store.apply_synced()
-    });
-    if let Err(e) = synced.and_then(|()| store.checkpoint()) {
-        tracing::error!(error = %e, "final store checkpoint failed; the next start replays the journal");
-    }
 }
 
 #[cfg(test)]
