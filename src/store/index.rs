@@ -51,6 +51,25 @@ pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<Tree>)> {
     }
 }
 
+/// A new, empty index in memory (sled's temporary database: `/dev/shm`
+/// on Linux), removed when dropped.
+pub fn open_temporary() -> Result<(sled::Db, Vec<Tree>)> {
+    let db = sled::Config::new()
+        .temporary(true)
+        .flush_every_ms(None)
+        .open()?;
+    let trees = TREE_NAMES
+        .iter()
+        .map(|n| db.open_tree(n))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok((db, trees))
+}
+
+/// Opens a copy of an index made elsewhere (for comparing it).
+pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<Tree>)> {
+    Ok(open_at(path)?)
+}
+
 fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Error> {
     let db = sled::Config::new()
         .path(path)

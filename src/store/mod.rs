@@ -41,6 +41,7 @@ pub mod fs;
 mod index;
 pub mod keys;
 mod pending;
+mod read_only;
 mod records;
 mod segments;
 mod wal;
@@ -65,7 +66,7 @@ use crate::model::{
 use audit::Note;
 use crash_points::Point;
 use fs::{Fs, RealFs};
-use segments::{Locator, Segments};
+use segments::Segments;
 use sled::{IVec, Tree};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -170,6 +171,9 @@ pub struct Store {
 
 #[derive(Debug)]
 struct Shared {
+    /// Opened for verification: no writer, nothing written (see
+    /// `read_only`).
+    read_only: bool,
     /// The store's data directory (sled, the index, lives in `index/`).
     dir: std::path::PathBuf,
     db: sled::Db,
@@ -339,19 +343,7 @@ impl Store {
         // A log record whose envelope did not reach its segment was never
         // acknowledged (segments are synced first): replay stops there. A
         // segment that cannot be read fails the open instead.
-        let envelopes_present = |ops: &[wal::Op]| -> Result<bool> {
-            for op in ops {
-                if op.tree as usize != ENVELOPES {
-                    continue;
-                }
-                if let Some(at) = op.value.as_deref().and_then(Locator::decode)
-                    && !segments.holds(&at)?
-                {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        };
+        let envelopes_present = |ops: &[wal::Op]| read_only::envelopes_present(&segments, ops);
         let (wal, replayed) = Wal::recover(
             fs,
             dir,
@@ -396,28 +388,19 @@ impl Store {
             );
         }
         let (tx, rx) = std::sync::mpsc::channel();
-        let store = Store {
-            shared: Arc::new(Shared {
-                dir: dir.to_path_buf(),
-                db,
-                trees,
-                wal: std::sync::Mutex::new(wal),
-                segments,
-                failed: tokio::sync::watch::Sender::new(None),
-                head: std::sync::Mutex::new(HeadCache { head, stored }),
-                jobs: std::sync::Mutex::new(Some(tx)),
-                writer: std::sync::Mutex::new(None),
-                flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
-                flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
-                audit_log: options.audit_log,
-                journal_file_bytes: options.journal_file_bytes.max(1),
-                pending: Arc::default(),
-                counters: std::sync::Mutex::new(counters),
-                applied: std::sync::Mutex::new(applied),
-                seq: std::sync::atomic::AtomicU64::new(next_seq),
-                logged_seq: std::sync::atomic::AtomicU64::new(0),
-            }),
-        };
+        let store = Store::assemble(Parts {
+            dir: dir.to_path_buf(),
+            db,
+            trees,
+            wal,
+            segments,
+            head: HeadCache { head, stored },
+            counters,
+            applied,
+            next_seq,
+            options,
+            jobs: Some(tx),
+        });
         let writer_store = store.clone();
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
@@ -429,6 +412,32 @@ impl Store {
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(store)
+    }
+
+    fn assemble(p: Parts) -> Store {
+        Store {
+            shared: Arc::new(Shared {
+                read_only: p.jobs.is_none(),
+                dir: p.dir,
+                db: p.db,
+                trees: p.trees,
+                wal: std::sync::Mutex::new(p.wal),
+                segments: p.segments,
+                failed: tokio::sync::watch::Sender::new(None),
+                head: std::sync::Mutex::new(p.head),
+                jobs: std::sync::Mutex::new(p.jobs),
+                writer: std::sync::Mutex::new(None),
+                flush_batch: Histogram::new(crate::metrics::COUNT_BUCKETS),
+                flush_seconds: Histogram::new(crate::metrics::SECONDS_BUCKETS),
+                audit_log: p.options.audit_log,
+                journal_file_bytes: p.options.journal_file_bytes.max(1),
+                pending: Arc::default(),
+                counters: std::sync::Mutex::new(p.counters),
+                applied: std::sync::Mutex::new(p.applied),
+                seq: std::sync::atomic::AtomicU64::new(p.next_seq),
+                logged_seq: std::sync::atomic::AtomicU64::new(0),
+            }),
+        }
     }
 
     /// Rebuilds the index of the stopped store in `dir` from its journal:
@@ -495,6 +504,11 @@ impl Store {
                 let _ = tx.send(answer);
             })
         });
+        if self.shared.read_only {
+            return Err(Error::FailedPrecondition(
+                "this store is open read-only (for verification): it takes no change".into(),
+            ));
+        }
         let sent = match &*self.lock_jobs() {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
@@ -1545,6 +1559,14 @@ impl Store {
         Ok(h.finalize().into())
     }
 
+    /// The digest of one tree's keys and values (envelopes by their bytes).
+    fn tree_digest(&self, i: usize, tree: &Tree) -> Result<[u8; 32]> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        self.hash_tree(&mut h, i, tree)?;
+        Ok(h.finalize().into())
+    }
+
     fn hash_trees(&self, h: &mut sha2::Sha256, skip: &[usize]) -> Result<()> {
         use sha2::Digest;
         for (i, (name, tree)) in TREE_NAMES.iter().zip(&self.shared.trees).enumerate() {
@@ -1553,6 +1575,14 @@ impl Store {
             }
             h.update((name.len() as u64).to_be_bytes());
             h.update(name.as_bytes());
+            self.hash_tree(h, i, tree)?;
+        }
+        Ok(())
+    }
+
+    fn hash_tree(&self, h: &mut sha2::Sha256, i: usize, tree: &Tree) -> Result<()> {
+        use sha2::Digest;
+        {
             for entry in tree.iter() {
                 let (k, v) = entry?;
                 let v = if i == ENVELOPES {
@@ -1792,6 +1822,22 @@ impl QueuedReceipt {
         t[RECEIPT_OUTBOX].insert(self.outbox_key.as_slice(), self.bytes.as_slice())?;
         Ok(())
     }
+}
+
+/// What an open puts together into a [`Store`].
+struct Parts {
+    dir: std::path::PathBuf,
+    db: sled::Db,
+    trees: Vec<Tree>,
+    wal: Wal,
+    segments: Segments,
+    head: HeadCache,
+    counters: counters::Counters,
+    applied: wal::Position,
+    next_seq: u64,
+    options: StoreOptions,
+    /// The writer's queue; `None` opens the store read-only.
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
 }
 
 /// The audit chain's head in memory, and the value of the head record.

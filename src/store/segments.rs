@@ -81,7 +81,8 @@ struct Active {
 pub(super) struct Segments {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
-    active: Mutex<Active>,
+    /// The file envelopes are appended to; none when opened read-only.
+    active: Mutex<Option<Active>>,
     /// Read handles by segment number.
     files: Mutex<HashMap<u64, Arc<dyn FsFile>>>,
     /// Whether anything was appended since the last `sync`.
@@ -122,7 +123,7 @@ impl Segments {
         Ok(Segments {
             fs,
             dir,
-            active: Mutex::new(active),
+            active: Mutex::new(Some(active)),
             files: Mutex::new(HashMap::new()),
             dirty: AtomicBool::new(false),
             syncing: Mutex::new(()),
@@ -137,7 +138,20 @@ impl Segments {
         Ok(Active { number, file, len })
     }
 
-    fn lock_active(&self) -> std::sync::MutexGuard<'_, Active> {
+    /// Opens the segments in `data_dir` for reading only: no file is
+    /// created, and an append is refused.
+    pub fn open_read_only(fs: Arc<dyn Fs>, data_dir: &Path) -> Segments {
+        Segments {
+            fs,
+            dir: data_dir.join(DIR),
+            active: Mutex::new(None),
+            files: Mutex::new(HashMap::new()),
+            dirty: AtomicBool::new(false),
+            syncing: Mutex::new(()),
+        }
+    }
+
+    fn lock_active(&self) -> std::sync::MutexGuard<'_, Option<Active>> {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -146,7 +160,12 @@ impl Segments {
     pub fn append(&self, bytes: &[u8]) -> Result<Locator> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::invalid("an envelope of 4 GiB or more cannot be stored"))?;
-        let mut active = self.lock_active();
+        let mut guard = self.lock_active();
+        let Some(active) = guard.as_mut() else {
+            return Err(Error::FailedPrecondition(
+                "the envelope segments are open read-only".into(),
+            ));
+        };
         if active.len >= SEGMENT_BYTES {
             // The full file is synced now, so `sync` only ever needs the
             // active one.
@@ -185,8 +204,9 @@ impl Segments {
 
     /// The active segment's number and length: grows with every append.
     pub fn end(&self) -> (u64, u64) {
-        let active = self.lock_active();
-        (active.number, active.len)
+        self.lock_active()
+            .as_ref()
+            .map_or((0, 0), |active| (active.number, active.len))
     }
 
     /// Makes every envelope appended so far durable.
@@ -195,7 +215,9 @@ impl Segments {
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let file = Arc::clone(&self.lock_active().file);
+        let Some(file) = self.lock_active().as_ref().map(|a| Arc::clone(&a.file)) else {
+            return Ok(());
+        };
         file.sync_data().map_err(|e| {
             self.dirty.store(true, Ordering::Release);
             format!("syncing envelope segments: {e}")

@@ -384,6 +384,94 @@ impl Position {
     }
 }
 
+/// What a walk over the journal found.
+#[derive(Debug)]
+pub(super) struct Replay {
+    /// Records passed to `apply`.
+    pub records: usize,
+    /// The newest journal file, if any.
+    pub last_epoch: Option<u64>,
+    /// An incomplete record at the end of the newest file (a write a
+    /// crash cut short, never acknowledged).
+    pub torn: Option<TornTail>,
+}
+
+/// Where the journal ends in an incomplete record.
+#[derive(Debug)]
+pub(super) struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+}
+
+/// Walks the journal in `data_dir` from `from` (every file when `None`),
+/// passing each whole record to `apply`. Reads only: never writes, cuts
+/// or creates a file, so it also serves a verifier on a full or read-only
+/// disk. An incomplete record ends the walk: in the newest file it is
+/// reported as a torn tail; in an older one it is a gap, an error that
+/// names the file and offset.
+pub(super) fn replay(
+    fs: &dyn Fs,
+    data_dir: &Path,
+    apply: &mut dyn FnMut(&[Op]) -> Result<()>,
+    complete: &dyn Fn(&[Op]) -> Result<bool>,
+    from: Option<Position>,
+) -> Result<Replay> {
+    let dir = data_dir.join(DIR);
+    let found = epochs(fs, &dir)?;
+    let mut out = Replay {
+        records: 0,
+        last_epoch: found.last().copied(),
+        torn: None,
+    };
+    for (i, &epoch) in found.iter().enumerate() {
+        let start = match from {
+            Some(p) if epoch < p.epoch => continue,
+            Some(p) if epoch == p.epoch => p.offset as usize,
+            _ => 0,
+        };
+        let path = dir.join(file_name(epoch));
+        let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
+        let Some(mut rest) = data.get(start..) else {
+            return Err(Error::corrupt(
+                "journal",
+                format!(
+                    "{} is {} bytes long, but the index was made durable at byte {start} \
+                     of it: the journal lost synced data",
+                    path.display(),
+                    data.len()
+                ),
+            ));
+        };
+        while !rest.is_empty() {
+            let Some(ops) = next_record(rest, complete)? else {
+                break;
+            };
+            apply(&ops.1)?;
+            out.records += 1;
+            rest = &rest[ops.0..];
+        }
+        if rest.is_empty() {
+            continue;
+        }
+        let offset = data.len() - rest.len();
+        if i + 1 < found.len() {
+            return Err(Error::corrupt(
+                "journal",
+                format!(
+                    "{} has an incomplete record at byte {offset}, but a newer journal file \
+                     follows: acknowledged changes may be lost",
+                    path.display()
+                ),
+            ));
+        }
+        out.torn = Some(TornTail {
+            path,
+            offset: offset as u64,
+        });
+    }
+    Ok(out)
+}
+
 impl Wal {
     /// Replays the journal in `data_dir` (on `fs`) through `apply` from
     /// `from` (the position the index last made durable; `None` replays
@@ -405,69 +493,36 @@ impl Wal {
     ) -> Result<(Wal, usize)> {
         let dir = data_dir.join(DIR);
         durable::create_dir_durably(&*fs, &dir).map_err(|e| io_error(&dir, e))?;
-        let found = epochs(&*fs, &dir)?;
-        let mut replayed = 0;
-        for (i, &epoch) in found.iter().enumerate() {
-            let start = match from {
-                Some(p) if epoch < p.epoch => continue,
-                Some(p) if epoch == p.epoch => p.offset as usize,
-                _ => 0,
-            };
-            let path = dir.join(file_name(epoch));
-            let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
-            let Some(mut rest) = data.get(start..) else {
-                return Err(Error::corrupt(
-                    "journal",
-                    format!(
-                        "{} is {} bytes long, but the index was made durable at byte {start} \
-                         of it: the journal lost synced data",
-                        path.display(),
-                        data.len()
-                    ),
-                ));
-            };
-            while !rest.is_empty() {
-                let Some(ops) = next_record(rest, complete)? else {
-                    break;
-                };
-                apply(&ops.1)?;
-                replayed += 1;
-                rest = &rest[ops.0..];
-            }
-            if rest.is_empty() {
-                continue;
-            }
-            let offset = data.len() - rest.len();
-            if i + 1 < found.len() {
-                return Err(Error::corrupt(
-                    "journal",
-                    format!(
-                        "{} has an incomplete record at byte {offset}, but a newer journal file \
-                         follows: acknowledged changes may be lost",
-                        path.display()
-                    ),
-                ));
-            }
+        let replay = replay(&*fs, data_dir, apply, complete, from)?;
+        if let Some(torn) = &replay.torn {
             tracing::warn!(
-                file = %path.display(),
-                offset,
-                bytes = rest.len(),
+                file = %torn.path.display(),
+                offset = torn.offset,
                 "the journal ends in an incomplete record (a write cut short by a crash, never acknowledged); dropping it"
             );
             // Cut it off now: should this open crash after starting the
             // next file, the next open must not take it for a gap.
             // `sync_data` makes the new length durable: fdatasync(2)
             // flushes the size when reading the data depends on it.
-            fs.open_write(&path)
+            fs.open_write(&torn.path)
                 .and_then(|f| {
-                    f.set_len(offset as u64)?;
+                    f.set_len(torn.offset)?;
                     f.sync_data()
                 })
-                .map_err(|e| io_error(&path, e))?;
+                .map_err(|e| io_error(&torn.path, e))?;
         }
-        let epoch = found.last().map_or(1, |e| e + 1);
+        let epoch = replay.last_epoch.map_or(1, |e| e + 1);
         let wal = Wal::create(fs, dir, epoch)?;
-        Ok((wal, replayed))
+        Ok((wal, replay.records))
+    }
+
+    /// A journal in memory that nothing appends to, for a store opened
+    /// read-only (which runs no writer).
+    pub fn detached() -> Result<Wal> {
+        let fs: Arc<dyn Fs> = Arc::new(super::fs::SimFs::new());
+        let dir = PathBuf::from("/read-only");
+        fs.create_dir(&dir).map_err(|e| io_error(&dir, e))?;
+        Wal::create(fs, dir, 1)
     }
 
     /// Where the next record will be written.

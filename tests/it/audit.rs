@@ -7,10 +7,11 @@ use cluebridge::audit::{CheckpointsFile, Report, bundle, store_check};
 use cluebridge::client::Connection;
 use cluebridge::config::NodeFile;
 use cluebridge::devfed::{AUDITOR_NAME, OPERATOR_NAME};
-use cluebridge::model::{Checkpoint, MessageKind, MessageRef, SentState, SignedCheckpoint};
+use cluebridge::model::{Checkpoint, MessageKind, MessageRef, SentState, SignedCheckpoint, sha256};
 use cluebridge::pb;
 use cluebridge::pb::audit_client::AuditClient;
 use cluebridge::store::{SentRecord, Store, parse_audit_record};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -333,6 +334,25 @@ pub fn check_store(dir: &Path, fed: &TestFederation, witnessed: &[SignedCheckpoi
     report
 }
 
+/// Every file under `dir` with its length and digest: what a read-only
+/// verifier must leave exactly as it found it.
+fn files_of(dir: &Path) -> BTreeMap<PathBuf, (u64, [u8; 32])> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("list") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.insert(path, (bytes.len() as u64, sha256(&bytes)));
+            }
+        }
+    }
+    out
+}
+
 fn message_key(sender: &str, id: &str) -> Vec<u8> {
     cluebridge::store::keys::message(&MessageRef {
         sender_node: sender.into(),
@@ -466,7 +486,13 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
         .expect("run audit verify");
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAIL  receipts"), "{stdout}");
+    // The binary checks the journal (the truth) read-only, and finds the
+    // node's index edited against it.
+    assert!(
+        stdout.contains("FAIL  index")
+            && stdout.contains("differs from its journal in the receipts tree"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -985,6 +1011,7 @@ async fn a_killed_node_leaves_a_chain_that_agrees_with_its_store() {
     for t in tasks {
         let _ = t.await;
     }
+    let before = files_of(&data_dir(&fed, DISCIPLINE));
     let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
         .args(["audit", "verify", "--data-dir"])
         .arg(data_dir(&fed, DISCIPLINE))
@@ -998,5 +1025,13 @@ async fn a_killed_node_leaves_a_chain_that_agrees_with_its_store() {
     assert!(
         !stdout.contains(" 0 message records"),
         "nothing was stored: {stdout}"
+    );
+    // After a SIGKILL the index lags its journal; brought forward as the
+    // next start would, it agrees. And the verifier wrote nothing.
+    assert!(stdout.contains("PASS  index"), "{stdout}");
+    assert_eq!(
+        files_of(&data_dir(&fed, DISCIPLINE)),
+        before,
+        "audit verify changed the data directory"
     );
 }

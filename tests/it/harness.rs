@@ -345,10 +345,29 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// The queue figures a node reports from its counters (`queues`, metrics)
-/// equal what a full scan of its store finds.
-pub fn assert_queue_counters(fed: &TestFederation, node: &str) {
+/// equal what a full scan of its store finds. The node is live (receipts
+/// go back, leases lapse), so the two readings are taken again until they
+/// agree, within a deadline.
+pub async fn assert_queue_counters(fed: &TestFederation, node: &str) {
+    let deadline = Instant::now() + 10 * SECOND;
+    loop {
+        let (counted, scanned) = queue_figures(fed, node);
+        if counted == scanned {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: counters {counted:?}, a scan finds {scanned:?} \
+             (outbox, receipt outbox, inbox, leases, dead letters)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// (outbox, receipt outbox, inbox, leases, dead letters) from the
+/// counters, then from a scan.
+fn queue_figures(fed: &TestFederation, node: &str) -> ([usize; 5], [usize; 5]) {
     let store = fed.node(node).broker.store();
-    let counts = store.counts();
     let peers: Vec<&str> = NODES
         .iter()
         .map(|k| k.as_str())
@@ -361,18 +380,18 @@ pub fn assert_queue_counters(fed: &TestFederation, node: &str) {
     let receipts: usize = peers.iter().map(|p| store.receipt_outbox_depth(p)).sum();
     let (ready, delayed, _, leased) = store.inbox_stats(now_ms()).expect("inbox");
     let (dead, _) = store.dead_letter_stats().expect("dead letters");
-    assert_eq!(outbox, counts.outbox, "{node}: outbox counter");
-    assert_eq!(
-        receipts, counts.receipt_outbox,
-        "{node}: receipt outbox counter"
-    );
-    assert_eq!(ready + delayed, counts.inbox, "{node}: inbox counter");
-    assert_eq!(leased, counts.leases, "{node}: lease counter");
-    assert_eq!(
-        dead,
-        store.dead_letters(usize::MAX).expect("list").len(),
-        "{node}: dead letter counter"
-    );
+    let counts = store.counts();
+    let listed = store.dead_letters(usize::MAX).expect("list").len();
+    (
+        [outbox, receipts, ready + delayed, leased, dead],
+        [
+            counts.outbox,
+            counts.receipt_outbox,
+            counts.inbox,
+            counts.leases,
+            listed,
+        ],
+    )
 }
 
 /// A `cluebridge serve` process a test started: killed and reaped when

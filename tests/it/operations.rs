@@ -306,8 +306,8 @@ async fn dead_letters_are_listed_requeued_delivered_and_discarded() {
         assert!(d.last_failure.contains("not settled"), "{}", d.last_failure);
     }
     assert_eq!(dead_letter_count(&fed, SECURITY).await, 2);
-    assert_queue_counters(&fed, SECURITY);
-    assert_queue_counters(&fed, DISCIPLINE);
+    assert_queue_counters(&fed, SECURITY).await;
+    assert_queue_counters(&fed, DISCIPLINE).await;
     let m = fed.metrics(SECURITY).await;
     assert_eq!(metric(&m, "cluebridge_messages_dead_lettered_total"), 2.0);
     assert_eq!(metric(&m, "cluebridge_dead_letter_messages"), 2.0);
@@ -439,12 +439,12 @@ async fn dead_letters_are_listed_requeued_delivered_and_discarded() {
 
     // The counters agree with the store, also as counted at a restart.
     for node in [DISCIPLINE, SECURITY] {
-        assert_queue_counters(&fed, node);
+        assert_queue_counters(&fed, node).await;
     }
     drop((stream, admin, security, discipline));
     fed.stop(SECURITY).await;
     fed.restart(SECURITY).await;
-    assert_queue_counters(&fed, SECURITY);
+    assert_queue_counters(&fed, SECURITY).await;
 
     // The operator's requeue and discard are in the audit chain: both
     // stores agree with their logs.

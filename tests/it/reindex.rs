@@ -144,8 +144,8 @@ async fn a_lost_or_rebuilt_index_loses_nothing() {
     {
         wait_state(&mut discipline, id, SentState::Acknowledged, 10 * SECOND).await;
     }
-    assert_queue_counters(&fed, DISCIPLINE);
-    assert_queue_counters(&fed, SECURITY);
+    assert_queue_counters(&fed, DISCIPLINE).await;
+    assert_queue_counters(&fed, SECURITY).await;
     fed.stop(DISCIPLINE).await;
     assert!(
         check_store(&dir, &fed, &[]).passed,
