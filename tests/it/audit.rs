@@ -364,8 +364,23 @@ fn message_key(sender: &str, id: &str) -> Vec<u8> {
 async fn edits_of_a_stopped_store_are_detected_and_named() {
     let mut fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
     redelivered_released_acked(&fed, "edit-1").await;
-    // Let the checkpointer sign the final head before stopping.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Until each node has signed a checkpoint of its final head.
+    for node in [DISCIPLINE, SECURITY] {
+        let store = fed.node(node).broker.store();
+        let deadline = Instant::now() + 20 * SECOND;
+        loop {
+            let (head, _) = store.audit_head().expect("head");
+            let signed = store.latest_checkpoint(node).expect("checkpoint");
+            if signed.is_some_and(|c| c.open().expect("checkpoint").seq == head) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} signed no checkpoint of its head"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
     fed.stop(DISCIPLINE).await;
     fed.stop(SECURITY).await;
     let sender_dir = data_dir(&fed, DISCIPLINE);
@@ -530,7 +545,7 @@ async fn a_rewritten_and_re_signed_history_contradicts_a_witnessed_checkpoint() 
             break held;
         }
         assert!(Instant::now() < deadline, "no witnessed checkpoint");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     };
     // Through the checkpoints file, as an auditor would carry it.
     let witnessed: Vec<SignedCheckpoint> = witnessed

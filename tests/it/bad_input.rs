@@ -97,6 +97,32 @@ async fn prepare() -> World {
     }
 }
 
+/// Waits until no receipt waits to go back at any node and two snapshots
+/// in a row are equal: the prepared state has stopped moving.
+async fn settle(fed: &TestFederation) {
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    let mut last = snapshot(fed);
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = snapshot(fed);
+        let waiting: usize = [DISCIPLINE, PERSONNEL, SECURITY, JUDICIAL]
+            .iter()
+            .flat_map(|n| {
+                let store = fed.node(n).broker.store();
+                [DISCIPLINE, PERSONNEL, SECURITY, JUDICIAL].map(|p| store.receipt_outbox_depth(p))
+            })
+            .sum();
+        if now == last && waiting == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the federation never settled"
+        );
+        last = now;
+    }
+}
+
 /// Every record of every node's store.
 fn snapshot(fed: &TestFederation) -> BTreeMap<&'static str, [u8; 32]> {
     [DISCIPLINE, PERSONNEL, SECURITY, JUDICIAL]
@@ -1198,8 +1224,8 @@ async fn every_bad_input_gets_a_clear_status_and_changes_nothing() {
         w.stale.lease_id,
         w.live.lease_id
     );
-    // Let the last receipts and wake-ups settle before the first snapshot.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until the last receipts are back and nothing moves any more.
+    settle(&w.fed).await;
     let mut failures = Vec::new();
     for (case, code, says) in CATALOGUE {
         let before = snapshot(&w.fed);

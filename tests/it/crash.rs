@@ -149,7 +149,12 @@ async fn sigterm_drains_and_keeps_every_accepted_submit() {
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The signal comes once submits are flowing: some answered already.
+    let deadline = Instant::now() + 20 * SECOND;
+    while accepted.lock().expect("lock").len() < 20 {
+        assert!(Instant::now() < deadline, "no submit was answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let signalled = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

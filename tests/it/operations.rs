@@ -485,17 +485,9 @@ async fn paused_peer_waits_across_a_restart_and_flows_after_resume() {
         )
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let queues = admin
-        .list_queues(pb::ListQueuesRequest {})
-        .await
-        .expect("queues")
-        .into_inner();
-    let outbox = queues
-        .outboxes
-        .iter()
-        .find(|o| o.peer == SECURITY)
-        .expect("security outbox");
+    // Wait until the node says the envelopes have waited half a second,
+    // ten times the first retry delay of an unpaused forwarder.
+    let outbox = outbox_waited(&mut admin, 500).await;
     assert_eq!(outbox.depth, 2);
     assert!(outbox.paused);
     assert!(outbox.bytes > 0);
@@ -531,7 +523,9 @@ async fn paused_peer_waits_across_a_restart_and_flows_after_resume() {
     let security = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
     assert_eq!(security.state, pb::PeerState::Paused as i32);
     assert_eq!(security.backlog, 2);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Half a second more after the restart: still held.
+    let now = outbox_waited(&mut admin, 0).await.oldest_age_ms;
+    outbox_waited(&mut admin, now + 500).await;
     let mut discipline = fed.client(DISCIPLINE);
     let s = discipline
         .get_status(pb::GetStatusRequest {
@@ -591,7 +585,7 @@ async fn a_down_peer_is_reported_with_its_error() {
             break;
         }
         assert!(Instant::now() < deadline, "peer never reported down: {p:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let m = fed.metrics(DISCIPLINE).await;
     assert_eq!(
@@ -756,7 +750,19 @@ async fn admin_refusals_say_what_was_wrong() {
         assert!(Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // Until the node's clock passes the dead letter's expiry.
+    let expires_at = admin
+        .list_dead_letters(pb::ListDeadLettersRequest { limit: 0 })
+        .await
+        .expect("list")
+        .into_inner()
+        .dead_letters[0]
+        .expires_at_ms;
+    let deadline = Instant::now() + 10 * SECOND;
+    while cluebridge::now_ms() <= expires_at {
+        assert!(Instant::now() < deadline, "the dead letter never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let r = admin
         .requeue(pb::RequeueRequest {
             messages: vec![],
@@ -771,4 +777,33 @@ async fn admin_refusals_say_what_was_wrong() {
     assert!(r.outcomes[0].error.contains("expired"), "{r:?}");
     // Still a dead letter: the refusal changed nothing.
     assert_eq!(dead_letter_count(&fed, SECURITY).await, 1);
+}
+
+/// Polls `ListQueues` until public security's outbox reports its oldest
+/// envelope has waited at least `age_ms`; returns that outbox.
+async fn outbox_waited(
+    admin: &mut cluebridge::pb::admin_client::AdminClient<tonic::transport::Channel>,
+    age_ms: u64,
+) -> pb::OutboxQueue {
+    let deadline = Instant::now() + 10 * SECOND;
+    loop {
+        let queues = admin
+            .list_queues(pb::ListQueuesRequest {})
+            .await
+            .expect("queues")
+            .into_inner();
+        let outbox = queues
+            .outboxes
+            .into_iter()
+            .find(|o| o.peer == SECURITY)
+            .expect("security outbox");
+        if outbox.oldest_age_ms >= age_ms {
+            return outbox;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outbox never aged: {outbox:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

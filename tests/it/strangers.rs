@@ -369,7 +369,7 @@ async fn attack(
                 message_id: "before".into(),
             })
             .await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     Attack {
         streams: CONNECTIONS * STREAMS_PER_CONNECTION * ROUNDS,
