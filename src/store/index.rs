@@ -58,6 +58,11 @@ pub fn open_temporary() -> Result<(sled::Db, Vec<Tree>)> {
         .temporary(true)
         .flush_every_ms(None)
         .open()?;
+    Ok(with_trees(db)?)
+}
+
+/// The store's trees of `db`, opened in their fixed order.
+fn with_trees(db: sled::Db) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Error> {
     let trees = TREE_NAMES
         .iter()
         .map(|n| db.open_tree(n))
@@ -80,11 +85,7 @@ fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Erro
         // makes changes durable.
         .flush_every_ms(None)
         .open()?;
-    let trees = TREE_NAMES
-        .iter()
-        .map(|n| db.open_tree(n))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok((db, trees))
+    with_trees(db)
 }
 
 /// Removes the index of a stopped store, durably; the next open rebuilds

@@ -603,6 +603,17 @@ mod tests {
         Arc::new(RealFs)
     }
 
+    /// Replays the journal in `dir` over `trees` from `from`.
+    fn recover(dir: &Path, trees: &[Tree], from: Option<Position>) -> Result<(Wal, usize)> {
+        Wal::recover(
+            real(),
+            dir,
+            &mut |ops| apply(trees, ops),
+            &|_| Ok(true),
+            from,
+        )
+    }
+
     fn ops() -> Vec<Op> {
         vec![
             Op {
@@ -643,14 +654,7 @@ mod tests {
             let (db, trees) = open(tmp.path());
             trees[1].insert(b"b", b"old").expect("insert");
             db.flush().expect("flush");
-            let (mut wal, _) = Wal::recover(
-                real(),
-                tmp.path(),
-                &mut |ops| apply(&trees, ops),
-                &|_| Ok(true),
-                None,
-            )
-            .expect("wal");
+            let (mut wal, _) = recover(tmp.path(), &trees, None).expect("wal");
             // The writes reach the log but not sled (the process dies
             // before sled wrote them out).
             wal.append(&ops()).expect("append");
@@ -663,14 +667,7 @@ mod tests {
             wal.file().append(&torn[..torn.len() - 2]).expect("write");
         }
         let (_db, trees) = open(tmp.path());
-        let (wal, replayed) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect("recover");
+        let (wal, replayed) = recover(tmp.path(), &trees, None).expect("recover");
         assert_eq!(replayed, 1);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),
@@ -688,14 +685,7 @@ mod tests {
     fn a_zero_filled_tail_ends_the_replay_and_a_gap_in_an_older_file_fails_the_open() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (_db, trees) = open(tmp.path());
-        let (mut wal, _) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect("wal");
+        let (mut wal, _) = recover(tmp.path(), &trees, None).expect("wal");
         wal.append(&ops()).expect("append");
         // Power loss can leave zeros where the last pages were.
         wal.file().append(&[0; 64]).expect("zeros");
@@ -704,26 +694,12 @@ mod tests {
         let path = tmp.path().join(DIR).join(file_name(first));
         let kept = std::fs::read(&path).expect("read");
         drop(wal);
-        let (wal, replayed) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect("recover");
+        let (wal, replayed) = recover(tmp.path(), &trees, None).expect("recover");
         assert_eq!(replayed, 1, "replay ends at the zeros");
         // The same file again, now followed by a newer one: acknowledged
         // records may sit behind the gap, so the open fails and keeps both.
         std::fs::write(&path, &kept).expect("restore the older file");
-        let err = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect_err("gap");
+        let err = recover(tmp.path(), &trees, None).expect_err("gap");
         assert!(
             err.to_string().contains("newer journal file follows"),
             "{err}"
@@ -736,14 +712,7 @@ mod tests {
     fn replay_starts_at_the_indexed_position_and_keeps_every_file() {
         let tmp = tempfile::tempdir().expect("tmp");
         let (_db, trees) = open(tmp.path());
-        let (mut wal, _) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect("wal");
+        let (mut wal, _) = recover(tmp.path(), &trees, None).expect("wal");
         wal.append(&ops()).expect("append");
         // The index holds everything up to here.
         let indexed = wal.position();
@@ -755,14 +724,7 @@ mod tests {
         .expect("append");
         drop(wal);
         trees[0].clear().expect("clear");
-        let (_, n) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            Some(indexed),
-        )
-        .expect("recover");
+        let (_, n) = recover(tmp.path(), &trees, Some(indexed)).expect("recover");
         assert_eq!(n, 1, "only the record after the position");
         assert_eq!(
             trees[0].get(b"a").expect("get"),
@@ -771,14 +733,7 @@ mod tests {
         );
         assert!(trees[1].get(b"late").expect("get").is_some());
         // A rebuilt index replays every file.
-        let (_, n) = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            None,
-        )
-        .expect("recover");
+        let (_, n) = recover(tmp.path(), &trees, None).expect("recover");
         assert_eq!(n, 2);
         assert_eq!(
             trees[0].get(b"a").expect("get").as_deref(),
@@ -789,14 +744,8 @@ mod tests {
             epoch: indexed.epoch,
             offset: 1 << 20,
         };
-        let err = Wal::recover(
-            real(),
-            tmp.path(),
-            &mut |ops| apply(&trees, ops),
-            &|_| Ok(true),
-            Some(beyond),
-        )
-        .expect_err("journal shorter than the index");
+        let err =
+            recover(tmp.path(), &trees, Some(beyond)).expect_err("journal shorter than the index");
         assert!(
             err.to_string().contains("the journal lost synced data"),
             "{err}"

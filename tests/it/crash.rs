@@ -8,16 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spawn_serve(fed: &TestFederation, node: &str) -> ServeProcess {
-    ServeProcess(
-        Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-            .args(["serve", "--config"])
-            .arg(fed.dev.node_file(node))
-            .env("CLUEBRIDGE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn cluebridge serve"),
-    )
+    spawn_serve_to(fed, node, Stdio::null())
 }
 
 /// Waits until the node answers a call.

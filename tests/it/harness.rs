@@ -394,6 +394,25 @@ fn queue_figures(fed: &TestFederation, node: &str) -> ([usize; 5], [usize; 5]) {
     )
 }
 
+/// Starts `cluebridge serve` for `node` (warnings and errors to
+/// `stderr`), killed when the returned handle drops.
+pub fn spawn_serve_to(
+    fed: &TestFederation,
+    node: &str,
+    stderr: std::process::Stdio,
+) -> ServeProcess {
+    ServeProcess(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args(["serve", "--config"])
+            .arg(fed.dev.node_file(node))
+            .env("CLUEBRIDGE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn cluebridge serve"),
+    )
+}
+
 /// A `cluebridge serve` process a test started: killed and reaped when
 /// dropped, so a test that fails half-way leaves no node running.
 #[derive(Debug)]

@@ -10,7 +10,6 @@ use crate::raw::{self, Who};
 use bytes::Bytes;
 use cluebridge::config::{Limits, NodeFile};
 use cluebridge::model::MessageKind;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -242,16 +241,7 @@ pub fn spawn_serve_logging(
     log: &std::path::Path,
 ) -> ServeProcess {
     let stderr = std::fs::File::create(log).expect("log file");
-    ServeProcess(
-        Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-            .args(["serve", "--config"])
-            .arg(fed.dev.node_file(node))
-            .env("CLUEBRIDGE_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn cluebridge serve"),
-    )
+    spawn_serve_to(fed, node, stderr.into())
 }
 
 const CONNECTIONS: usize = 16;
