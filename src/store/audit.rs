@@ -27,6 +27,7 @@
 //! Sequence numbers come from the head, not from `generate_id`, so the
 //! chain has no gaps even after a crash.
 
+use super::evidence::JournalReader;
 use super::{
     AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, EQUIVOCATIONS, INBOUND, InboundRecord, RECEIPTS,
     SENT, SentRecord, Store, Tx, TxError, TxResult, keys, records,
@@ -166,13 +167,20 @@ impl Store {
     /// store's log after a crash, before their group wrote the record).
     /// A chain that ends before the head record is left so: `audit
     /// verify` names the missing entries.
-    pub(super) fn initial_audit_head(trees: &[sled::Tree]) -> Result<(u64, [u8; 32])> {
+    pub(super) fn initial_audit_head(
+        trees: &[sled::Tree],
+        journal: &JournalReader,
+    ) -> Result<(u64, [u8; 32])> {
         let record = head_of(trees[AUDIT_HEAD].get(HEAD_KEY)?.as_deref());
         let last = match trees[AUDIT].last()? {
-            Some((k, v)) if k.len() == 8 && v.len() >= 32 => Some((
-                keys::first_u64(&k),
-                v[v.len() - 32..].try_into().unwrap_or(GENESIS_HASH),
-            )),
+            Some((k, v)) if k.len() == 8 => {
+                let v = journal.resolve("audit", &v)?;
+                let hash = v
+                    .len()
+                    .checked_sub(32)
+                    .and_then(|at| v[at..].try_into().ok());
+                hash.map(|h| (keys::first_u64(&k), h))
+            }
             _ => None,
         };
         Ok(match last {
@@ -203,7 +211,7 @@ impl Store {
             .take(limit)
         {
             let (k, v) = kv?;
-            out.push((keys::first_u64(&k), v.to_vec()));
+            out.push((keys::first_u64(&k), self.evidence(AUDIT, &v)?));
         }
         Ok(out)
     }
@@ -470,7 +478,7 @@ impl Store {
             let split = k.len().saturating_sub(17);
             let r = keys::parse_message(&k[..split])
                 .ok_or_else(|| Error::corrupt("receipts", "bad receipt key"))?;
-            Ok((r, k[split + 1..].to_vec(), v.to_vec()))
+            Ok((r, k[split + 1..].to_vec(), self.evidence(RECEIPTS, &v)?))
         })
     }
 }

@@ -80,7 +80,7 @@ fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Erro
         .path(path)
         // The page cache is the bulk of a node's memory; queued messages
         // live on disk, not here.
-        .cache_capacity(64 * 1024 * 1024)
+        .cache_capacity(16 * 1024 * 1024)
         // sled is flushed at checkpoints, not on a timer: the journal
         // makes changes durable.
         .flush_every_ms(None)

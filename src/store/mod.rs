@@ -6,11 +6,13 @@
 //! - `sent`: message key → [`SentRecord`] for messages this node sent
 //!   (also the idempotency record: it holds the submit request digest);
 //! - `inbound`: message key → [`InboundRecord`] for messages in custody;
-//! - `receipts`: message key + receipt digest → signed receipt bytes;
+//! - `receipts`: message key + receipt digest → where the signed receipt
+//!   lies in the journal;
 //! - `outbox`: peer + seq → message key, envelopes waiting for a peer;
 //! - `inbox`: ready-at + seq → message key, messages waiting for receivers;
 //! - `leases`: deadline + lease id → message key, messages held by receivers;
-//! - `receipt_outbox`: peer + seq → signed receipt bytes to return;
+//! - `receipt_outbox`: peer + seq → where a receipt to return lies in
+//!   the journal;
 //! - `feed`: seq → receipt key, the receipts about sent messages in the
 //!   order they were stored (the `WatchReceipts` cursor);
 //! - `expiry`: expires-at + message key → (), the TTL index;
@@ -20,7 +22,12 @@
 //!   actions on a message (requeue, discard);
 //! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused.
 //! - `audit`, `audit_index`, `audit_head`, `checkpoints`: the hash-chained
-//!   audit log and its signed checkpoints (see `audit`).
+//!   audit log and its signed checkpoints (see `audit`); `audit` maps each
+//!   entry's sequence number to where the entry lies in the journal.
+//!
+//! Evidence is kept once: audit entries and receipts live only in the
+//! journal records that wrote them, and their trees hold locators
+//! (`evidence`).
 //!
 //! Every state change is one transaction over these trees, and appends its
 //! audit entry in that same transaction (`append_audit`): a state change
@@ -37,6 +44,7 @@ mod audit;
 mod counters;
 pub mod crash_points;
 mod durable;
+mod evidence;
 pub mod fs;
 mod index;
 pub mod keys;
@@ -65,6 +73,7 @@ use crate::model::{
 };
 use audit::Note;
 use crash_points::Point;
+use evidence::JournalReader;
 use fs::{Fs, RealFs};
 use segments::Segments;
 use sled::{IVec, Tree};
@@ -183,6 +192,9 @@ struct Shared {
     wal: std::sync::Mutex<Wal>,
     /// Envelope bytes; the `envelopes` tree holds their locators.
     segments: Segments,
+    /// Audit entries and receipts, read back from the journal records
+    /// that wrote them; their trees hold locators (see `evidence`).
+    journal: JournalReader,
     /// The audit chain's head, and what the head record says.
     head: std::sync::Mutex<HeadCache>,
     /// Set when a write or sync of the log or the segments failed: the
@@ -340,6 +352,7 @@ impl Store {
         let (db, trees) = index::open(dir)?;
         let indexed = index::position(&trees)?;
         let segments = Segments::open(Arc::clone(&fs), dir)?;
+        let fs_for_reader = Arc::clone(&fs);
         // A log record whose envelope did not reach its segment was never
         // acknowledged (segments are synced first): replay stops there. A
         // segment that cannot be read fails the open instead.
@@ -347,7 +360,7 @@ impl Store {
         let (wal, replayed) = Wal::recover(
             fs,
             dir,
-            &mut |ops| wal::apply(&trees, ops),
+            &mut |ops, at| evidence::apply(&trees, ops, at),
             &envelopes_present,
             indexed,
         )?;
@@ -378,7 +391,8 @@ impl Store {
         )
         .map_err(|e| index::failed(dir, e))?;
         let next_seq = index::next_seq(&trees)?;
-        let head = Store::initial_audit_head(&trees)?;
+        let journal = JournalReader::new(Arc::clone(&fs_for_reader), dir);
+        let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
         if replayed > 0 {
             tracing::info!(
@@ -395,6 +409,7 @@ impl Store {
             wal,
             segments,
             head: HeadCache { head, stored },
+            journal,
             counters,
             applied,
             next_seq,
@@ -423,6 +438,7 @@ impl Store {
                 trees: p.trees,
                 wal: std::sync::Mutex::new(p.wal),
                 segments: p.segments,
+                journal: p.journal,
                 failed: tokio::sync::watch::Sender::new(None),
                 head: std::sync::Mutex::new(p.head),
                 jobs: std::sync::Mutex::new(p.jobs),
@@ -461,6 +477,27 @@ impl Store {
         let counts = store.counts();
         store.close();
         Ok(counts)
+    }
+
+    /// Rewrites the journal of the stopped store in `dir`: `edit` sees
+    /// every write of every record (tree name, key, value) and may change
+    /// it; lengths and CRCs are recomputed and the index is removed (the
+    /// next open rebuilds it from the rewritten journal). A tool for
+    /// drills and tests that show what `audit verify` catches when an
+    /// operator rewrites history — a node never calls it.
+    #[doc(hidden)]
+    pub fn rewrite_journal(
+        dir: &Path,
+        mut edit: impl FnMut(&str, &[u8], &mut Option<Vec<u8>>),
+    ) -> Result<usize> {
+        let store = Store::open(dir)?;
+        store.close();
+        drop(store);
+        let records = wal::rewrite(dir, &mut |tree, key, value| {
+            edit(TREE_NAMES.get(tree).copied().unwrap_or(""), key, value)
+        })?;
+        index::remove(dir)?;
+        Ok(records)
     }
 
     fn tree(&self, i: usize) -> &Tree {
@@ -702,6 +739,17 @@ impl Store {
         self.shared.segments.resolve(value)
     }
 
+    /// The bytes a value of an evidence tree (`audit`, `receipts`,
+    /// `receipt_outbox`) stands for: read from the journal.
+    fn evidence(&self, tree: usize, value: &[u8]) -> Result<Vec<u8>> {
+        self.shared.journal.resolve(TREE_NAMES[tree], value)
+    }
+
+    fn receipt_at(&self, tree: usize, value: &[u8]) -> Result<SignedReceipt> {
+        SignedReceipt::decode(&self.evidence(tree, value)?)
+            .map_err(|e| Error::corrupt(TREE_NAMES[tree], e))
+    }
+
     /// Group-commit figures: changes per flush, and flush durations.
     pub fn flush_histograms(&self) -> (&Histogram, &Histogram) {
         (&self.shared.flush_batch, &self.shared.flush_seconds)
@@ -753,9 +801,12 @@ impl Store {
             }
         }
         if !ops.is_empty() {
+            let at = wal.position();
             wal.append(&ops).map_err(|e| self.fail(e.to_string()))?;
-            // Applied to the trees after the group commit's sync.
-            wal::lock(&self.shared.pending).push(&ops, wal.position());
+            // Applied to the trees after the group commit's sync, evidence
+            // as locators into the record just written.
+            let indexed = evidence::index_form(&ops, at);
+            wal::lock(&self.shared.pending).push(&indexed, wal.position());
             crash_points::cross(Point::AfterAppend);
         }
         if new_head != head {
@@ -864,7 +915,7 @@ impl Store {
     pub fn receipts(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
         self.read_prefix(RECEIPTS, &keys::receipts_prefix(&keys::message(message)))?
             .iter()
-            .map(|v| SignedReceipt::decode(v).map_err(|e| Error::corrupt("receipts", e)))
+            .map(|v| self.receipt_at(RECEIPTS, v))
             .collect()
     }
 
@@ -1033,10 +1084,7 @@ impl Store {
             let (k, receipt_key) = kv?;
             let seq = keys::first_u64(&k);
             if let Some(v) = self.tree(RECEIPTS).get(&receipt_key)? {
-                out.push((
-                    seq,
-                    SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipts", e))?,
-                ));
+                out.push((seq, self.receipt_at(RECEIPTS, &v)?));
             }
         }
         Ok(out)
@@ -1101,8 +1149,9 @@ impl Store {
                         format!("delivered receipt of {message} is missing"),
                     )
                 })?;
-                let r = SignedReceipt::decode(&raw).map_err(|e| Error::corrupt("receipts", e))?;
-                Ok(InboundOutcome::AlreadyHeld(r))
+                Ok(InboundOutcome::AlreadyHeld(
+                    self.receipt_at(RECEIPTS, &raw)?,
+                ))
             }
         }
     }
@@ -1514,9 +1563,7 @@ impl Store {
             .take(limit)
             .map(|kv| {
                 let (k, v) = kv?;
-                let r =
-                    SignedReceipt::decode(&v).map_err(|e| Error::corrupt("receipt_outbox", e))?;
-                Ok((k.to_vec(), r))
+                Ok((k.to_vec(), self.receipt_at(RECEIPT_OUTBOX, &v)?))
             })
             .collect()
     }
@@ -1832,6 +1879,7 @@ struct Parts {
     wal: Wal,
     segments: Segments,
     head: HeadCache,
+    journal: JournalReader,
     counters: counters::Counters,
     applied: wal::Position,
     next_seq: u64,

@@ -341,7 +341,7 @@ fn recover(sim: &SimFs, tmp: &Path, db: &sled::Db, trees: &[Tree]) -> Result<(Wa
     Wal::recover(
         Arc::new(sim.clone()),
         tmp,
-        &mut |ops| wal::apply(trees, ops),
+        &mut |ops, _| wal::apply(trees, ops),
         &|_| Ok(true),
         None,
     )

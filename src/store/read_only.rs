@@ -5,6 +5,7 @@
 //! is full or mounted read-only, and what is checked is the truth.
 
 use super::counters::Counters;
+use super::evidence::{self, JournalReader};
 use super::fs::RealFs;
 use super::segments::{Locator, Segments};
 use super::wal::{self, Wal};
@@ -39,7 +40,7 @@ impl Store {
         let replay = wal::replay(
             &RealFs,
             dir,
-            &mut |ops| wal::apply(&trees, ops),
+            &mut |ops, at| evidence::apply(&trees, ops, at),
             &complete,
             None,
         )?;
@@ -49,7 +50,8 @@ impl Store {
                 .torn
                 .map(|t| format!("{} at byte {}", t.path.display(), t.offset)),
         };
-        let head = Store::initial_audit_head(&trees)?;
+        let journal = JournalReader::new(Arc::new(RealFs), dir);
+        let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
         // A journal no one writes to: a read-only store runs no writer.
         let detached = Wal::detached()?;
@@ -63,6 +65,7 @@ impl Store {
             wal: detached,
             segments,
             head: HeadCache { head, stored },
+            journal,
             applied,
             options: StoreOptions::default(),
             jobs: None,
@@ -98,7 +101,7 @@ impl Store {
         wal::replay(
             &RealFs,
             &self.shared.dir,
-            &mut |ops| wal::apply(&theirs, ops),
+            &mut |ops, at| evidence::apply(&theirs, ops, at),
             &complete,
             from,
         )?;

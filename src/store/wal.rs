@@ -263,6 +263,33 @@ fn next_record(
     Ok(Some((8 + len, ops)))
 }
 
+/// Where each op's value lies in its record's payload (`encode` lays
+/// them out): (start, length), `None` for a removal.
+pub(super) fn value_spans(ops: &[Op]) -> Vec<Option<(u32, u32)>> {
+    let mut at = 0usize;
+    ops.iter()
+        .map(|op| {
+            at += 6 + op.key.len();
+            op.value.as_ref().map(|v| {
+                let span = ((at + 4) as u32, v.len() as u32);
+                at += 4 + v.len();
+                span
+            })
+        })
+        .collect()
+}
+
+/// The payload length a record header announces, if it can be one.
+pub(super) fn payload_len(header: &[u8; 8]) -> Option<usize> {
+    let len = u32::from_le_bytes(header[..4].try_into().ok()?) as usize;
+    (len != 0 && len <= MAX_RECORD).then_some(len)
+}
+
+/// Whether a record's payload matches the CRC of its header.
+pub(super) fn crc_holds(header: &[u8; 8], payload: &[u8]) -> bool {
+    header[4..8] == crc32fast::hash(payload).to_le_bytes()
+}
+
 fn encode(ops: &[Op]) -> Vec<u8> {
     let size: usize = ops
         .iter()
@@ -332,7 +359,7 @@ pub(super) struct Wal {
     bytes: u64,
 }
 
-fn file_name(epoch: u64) -> String {
+pub(super) fn file_name(epoch: u64) -> String {
     format!("{epoch:020}.log")
 }
 
@@ -412,7 +439,7 @@ pub(super) struct TornTail {
 pub(super) fn replay(
     fs: &dyn Fs,
     data_dir: &Path,
-    apply: &mut dyn FnMut(&[Op]) -> Result<()>,
+    apply: &mut dyn FnMut(&[Op], Position) -> Result<()>,
     complete: &dyn Fn(&[Op]) -> Result<bool>,
     from: Option<Position>,
 ) -> Result<Replay> {
@@ -446,7 +473,11 @@ pub(super) fn replay(
             let Some(ops) = next_record(rest, complete)? else {
                 break;
             };
-            apply(&ops.1)?;
+            let at = Position {
+                epoch,
+                offset: (data.len() - rest.len()) as u64,
+            };
+            apply(&ops.1, at)?;
             out.records += 1;
             rest = &rest[ops.0..];
         }
@@ -472,6 +503,35 @@ pub(super) fn replay(
     Ok(out)
 }
 
+/// An edit of one journaled write: tree index, key, value.
+pub(super) type Edit<'a> = dyn FnMut(usize, &[u8], &mut Option<Vec<u8>>) + 'a;
+
+/// Rewrites every record of the journal in `data_dir` through `edit`
+/// (tree index, key, value), recomputing lengths and CRCs. For drills
+/// and tests of what `audit verify` catches when an operator rewrites
+/// history; never called by a node. Returns the records written.
+pub(super) fn rewrite(data_dir: &Path, edit: &mut Edit<'_>) -> Result<usize> {
+    let fs = super::fs::RealFs;
+    let dir = data_dir.join(DIR);
+    let mut records = 0;
+    for epoch in epochs(&fs, &dir)? {
+        let path = dir.join(file_name(epoch));
+        let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
+        let mut rest = data.as_slice();
+        let mut out = Vec::with_capacity(data.len());
+        while let Some((len, mut ops)) = next_record(rest, &|_| Ok(true))? {
+            for op in &mut ops {
+                edit(op.tree as usize, &op.key, &mut op.value);
+            }
+            out.extend_from_slice(&encode(&ops));
+            rest = &rest[len..];
+            records += 1;
+        }
+        std::fs::write(&path, out).map_err(|e| io_error(&path, e))?;
+    }
+    Ok(records)
+}
+
 impl Wal {
     /// Replays the journal in `data_dir` (on `fs`) through `apply` from
     /// `from` (the position the index last made durable; `None` replays
@@ -487,7 +547,7 @@ impl Wal {
     pub fn recover(
         fs: Arc<dyn Fs>,
         data_dir: &Path,
-        apply: &mut dyn FnMut(&[Op]) -> Result<()>,
+        apply: &mut dyn FnMut(&[Op], Position) -> Result<()>,
         complete: &dyn Fn(&[Op]) -> Result<bool>,
         from: Option<Position>,
     ) -> Result<(Wal, usize)> {
@@ -608,7 +668,7 @@ mod tests {
         Wal::recover(
             real(),
             dir,
-            &mut |ops| apply(trees, ops),
+            &mut |ops, _| apply(trees, ops),
             &|_| Ok(true),
             from,
         )

@@ -326,6 +326,19 @@ fn edited(src: &Path, name: &str, edit: impl FnOnce(&sled::Db)) -> PathBuf {
     dir
 }
 
+/// A copy of a stopped node's data directory whose journal an operator
+/// rewrote: `edit` sees every write of every record (tree, key, value).
+fn edited_journal(
+    src: &Path,
+    name: &str,
+    edit: impl FnMut(&str, &[u8], &mut Option<Vec<u8>>),
+) -> PathBuf {
+    let dir = src.with_file_name(format!("edited-{name}"));
+    copy_dir(src, &dir);
+    Store::rewrite_journal(&dir, edit).expect("rewrite the journal");
+    dir
+}
+
 pub fn check_store(dir: &Path, fed: &TestFederation, witnessed: &[SignedCheckpoint]) -> Report {
     let witnessed = (!witnessed.is_empty()).then_some(witnessed);
     let store = Store::open(dir).expect("open the stopped node's store");
@@ -440,15 +453,18 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
     assert_eq!(f.name, "chain");
     assert!(f.detail.contains("entry #3 is missing"), "{}", f.detail);
 
-    // An audit entry altered (its stored hash left as it was).
-    let dir = edited(&recipient_dir, "alter", |db| {
-        let audit = db.open_tree("audit").expect("tree");
-        let raw = audit.get(4u64.to_be_bytes()).expect("get").expect("entry");
-        let (mut entry, hash) = parse_audit_record(&raw).expect("parse");
+    // An audit entry altered in the journal (its stored hash left as it
+    // was, the record's CRC made to match).
+    let dir = edited_journal(&recipient_dir, "alter", |tree, key, value| {
+        if tree != "audit" || key != 4u64.to_be_bytes() {
+            return;
+        }
+        let raw = value.as_ref().expect("entry");
+        let (mut entry, hash) = parse_audit_record(raw).expect("parse");
         entry.detail = "attempt 9".into();
-        let mut value = entry.encode();
-        value.extend_from_slice(&hash);
-        audit.insert(4u64.to_be_bytes(), value).expect("insert");
+        let mut altered = entry.encode();
+        altered.extend_from_slice(&hash);
+        *value = Some(altered);
     });
     let f = check_store(&dir, &fed, &[])
         .first_failure()
@@ -461,26 +477,27 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
         f.detail
     );
 
-    // A stored receipt altered: its reason rewritten, signature kept.
-    let alter_receipt = |db: &sled::Db| {
-        let receipts = db.open_tree("receipts").expect("tree");
-        let (k, v) = receipts
-            .scan_prefix(&key)
-            .map(|kv| kv.expect("kv"))
-            .find(|(_, v)| {
-                cluebridge::model::SignedReceipt::decode(v)
-                    .and_then(|r| r.open())
-                    .map(|r| r.kind.as_str() == "acknowledged")
-                    .unwrap_or(false)
-            })
-            .expect("acknowledged receipt");
-        let mut signed = cluebridge::model::SignedReceipt::decode(&v).expect("decode");
+    // A stored receipt altered in the journal: its reason rewritten,
+    // signature kept.
+    let alter_receipt = |tree: &str, k: &[u8], value: &mut Option<Vec<u8>>| {
+        let Some(v) = value
+            .as_ref()
+            .filter(|_| tree == "receipts" && k.starts_with(&key))
+        else {
+            return;
+        };
+        let Ok(mut signed) = cluebridge::model::SignedReceipt::decode(v) else {
+            return;
+        };
         let mut r = signed.open().expect("open");
+        if r.kind.as_str() != "acknowledged" {
+            return;
+        }
         r.reason = "never received".into();
         signed.receipt = r.encode();
-        receipts.insert(k, signed.encode()).expect("insert");
+        *value = Some(signed.encode());
     };
-    let dir = edited(&sender_dir, "receipt", alter_receipt);
+    let dir = edited_journal(&sender_dir, "receipt", alter_receipt);
     let f = check_store(&dir, &fed, &[])
         .first_failure()
         .expect("detected")
@@ -496,16 +513,15 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
     // The binary names it too, and exits non-zero.
     let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
         .args(["audit", "verify", "--data-dir"])
-        .arg(edited(&sender_dir, "receipt-binary", alter_receipt))
+        .arg(edited_journal(&sender_dir, "receipt-binary", alter_receipt))
         .output()
         .expect("run audit verify");
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    // The binary checks the journal (the truth) read-only, and finds the
-    // node's index edited against it.
+    // The binary checks the journal (the truth) read-only.
     assert!(
-        stdout.contains("FAIL  index")
-            && stdout.contains("differs from its journal in the receipts tree"),
+        stdout.contains("FAIL  receipts")
+            && stdout.contains("acknowledged receipt of discipline/edit-1 was altered"),
         "{stdout}"
     );
 }
@@ -566,41 +582,46 @@ async fn a_rewritten_and_re_signed_history_contradicts_a_witnessed_checkpoint() 
     // The operator rewrites entry 1, recomputes every later hash and the
     // head, and re-signs every own checkpoint with the node's key.
     let signer = fed.signer(DISCIPLINE);
-    let rewritten = edited(&dir, "rewrite", |db| {
-        let audit = db.open_tree("audit").expect("tree");
-        let mut prev = [0u8; 32];
-        let mut hashes = std::collections::BTreeMap::new();
-        for kv in audit.iter() {
-            let (k, v) = kv.expect("kv");
-            let (mut entry, _) = parse_audit_record(&v).expect("parse");
-            if entry.seq == 1 {
-                entry.detail = "clue_transfer to judicial".into();
+    // The journal is walked in order: every entry comes before the head
+    // records and checkpoints that name it.
+    let mut prev = [0u8; 32];
+    let mut hashes = std::collections::BTreeMap::new();
+    let rewritten = edited_journal(&dir, "rewrite", |tree, key, value| {
+        let Some(v) = value.as_ref() else {
+            return;
+        };
+        match tree {
+            "audit" => {
+                let (mut entry, _) = parse_audit_record(v).expect("parse");
+                if entry.seq == 1 {
+                    entry.detail = "clue_transfer to judicial".into();
+                }
+                entry.prev_hash = prev;
+                let hash = entry.hash();
+                let mut value_now = entry.encode();
+                value_now.extend_from_slice(&hash);
+                *value = Some(value_now);
+                hashes.insert(entry.seq, hash);
+                prev = hash;
             }
-            entry.prev_hash = prev;
-            let hash = entry.hash();
-            let mut value = entry.encode();
-            value.extend_from_slice(&hash);
-            audit.insert(k, value).expect("insert");
-            hashes.insert(entry.seq, hash);
-            prev = hash;
-        }
-        let (last, head) = hashes.iter().next_back().expect("entries");
-        let mut head_record = last.to_be_bytes().to_vec();
-        head_record.extend_from_slice(head);
-        db.open_tree("audit_head")
-            .expect("tree")
-            .insert("head", head_record)
-            .expect("head");
-        let checkpoints = db.open_tree("checkpoints").expect("tree");
-        for kv in checkpoints.scan_prefix(format!("{DISCIPLINE}\0")) {
-            let (k, v) = kv.expect("kv");
-            let old = SignedCheckpoint::decode(&v).expect("decode");
-            let c = old.open().expect("open");
-            let resigned = signer.sign_checkpoint(&Checkpoint {
-                head_hash: hashes[&c.seq],
-                ..c
-            });
-            checkpoints.insert(k, resigned.encode()).expect("insert");
+            "audit_head" => {
+                let seq = u64::from_be_bytes(v[..8].try_into().expect("seq"));
+                if let Some(hash) = hashes.get(&seq) {
+                    let mut head_record = seq.to_be_bytes().to_vec();
+                    head_record.extend_from_slice(hash);
+                    *value = Some(head_record);
+                }
+            }
+            "checkpoints" if key.starts_with(format!("{DISCIPLINE}\0").as_bytes()) => {
+                let old = SignedCheckpoint::decode(v).expect("decode");
+                let c = old.open().expect("open");
+                let resigned = signer.sign_checkpoint(&Checkpoint {
+                    head_hash: hashes[&c.seq],
+                    ..c
+                });
+                *value = Some(resigned.encode());
+            }
+            _ => {}
         }
     });
     // On its own, the rewritten store is consistent…
