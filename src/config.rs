@@ -406,17 +406,24 @@ pub struct StoreSettings {
     /// index checkpointed: bounds the journal replayed at start and the
     /// data each checkpoint writes.
     pub journal_file_bytes: u64,
+    /// Journal bytes written between two snapshots of the live state (at
+    /// least: also twice the last snapshot's size): bounds the journal
+    /// replayed at start.
+    pub snapshot_journal_bytes: u64,
 }
 
 impl StoreSettings {
     /// The smallest and largest `journal_file_bytes` taken.
     pub const JOURNAL_FILE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4096..=(1 << 30);
+    /// The smallest and largest `snapshot_journal_bytes` taken.
+    pub const SNAPSHOT_JOURNAL_BYTES_RANGE: std::ops::RangeInclusive<u64> = 4096..=(1 << 40);
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             journal_file_bytes: crate::store::JOURNAL_FILE_BYTES,
+            snapshot_journal_bytes: crate::store::SNAPSHOT_JOURNAL_BYTES,
         }
     }
 }
@@ -859,6 +866,13 @@ impl NodeConfig {
             return Err(err(
                 path,
                 "store.journal_file_bytes: must be between 4096 (4 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
+        if !StoreSettings::SNAPSHOT_JOURNAL_BYTES_RANGE.contains(&file.store.snapshot_journal_bytes)
+        {
+            return Err(err(
+                path,
+                "store.snapshot_journal_bytes: must be between 4096 (4 KiB) and 1099511627776 (1 TiB)",
             ));
         }
         Ok(NodeConfig {

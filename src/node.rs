@@ -51,6 +51,7 @@ fn open_store(config: &NodeConfig, fs: std::sync::Arc<dyn crate::store::fs::Fs>)
     let options = crate::store::StoreOptions {
         audit_log: config.audit.log,
         journal_file_bytes: config.store.journal_file_bytes,
+        snapshot_journal_bytes: config.store.snapshot_journal_bytes,
     };
     Store::open_on(fs, &config.data_dir, options)
 }

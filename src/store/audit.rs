@@ -74,7 +74,7 @@ impl Note {
 }
 
 /// What the head record says.
-pub(super) fn head_record(trees: &[sled::Tree]) -> Result<(u64, [u8; 32])> {
+pub(super) fn head_record(trees: &[super::live::Tree]) -> Result<(u64, [u8; 32])> {
     Ok(head_of(trees[AUDIT_HEAD].get(HEAD_KEY)?.as_deref()))
 }
 
@@ -168,7 +168,7 @@ impl Store {
     /// A chain that ends before the head record is left so: `audit
     /// verify` names the missing entries.
     pub(super) fn initial_audit_head(
-        trees: &[sled::Tree],
+        trees: &[super::live::Tree],
         journal: &JournalReader,
     ) -> Result<(u64, [u8; 32])> {
         let record = head_of(trees[AUDIT_HEAD].get(HEAD_KEY)?.as_deref());

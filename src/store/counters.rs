@@ -1,13 +1,15 @@
 //! Queue depths kept as counters, so that a metrics scrape or `queues`
 //! costs the same at ten messages and at ten million: updated as changes
-//! are applied to the index; stored with it at checkpoints, and counted
-//! once at an open that replayed the journal.
+//! are applied to the live state, saved with it in each snapshot, and
+//! brought forward by the journal's replay at open (exactly: the live
+//! trees and the counters come from the same snapshot).
 
 use super::keys;
+use super::live::Tree;
 use super::segments::Locator;
 use super::{DEAD_LETTERS, ENVELOPES, INBOX, LEASES, OUTBOX, RECEIPT_OUTBOX};
 use crate::error::Result;
-use sled::{IVec, Tree};
+use sled::IVec;
 use std::collections::{BTreeSet, HashMap};
 
 /// One peer's outbox: envelopes waiting, and their bytes.
@@ -17,9 +19,8 @@ pub struct OutboxDepth {
     pub bytes: u64,
 }
 
-/// The depths of every queue of the index. Stored with the index at each
-/// checkpoint, so that an open after a clean stop (nothing to replay)
-/// need not count the queues; after a crash they are counted once.
+/// The depths of every live queue. Saved in each snapshot with the live
+/// trees, so that an open never counts the queues.
 #[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct Counters {
     outbox: HashMap<String, OutboxDepth>,
@@ -41,29 +42,6 @@ fn peer_of(key: &[u8]) -> String {
 }
 
 impl Counters {
-    /// Counts every queue of the index: once, at open.
-    pub fn count(trees: &[Tree], now_ms: u64) -> Result<Counters> {
-        let mut c = Counters::default();
-        for kv in trees[OUTBOX].iter() {
-            let (k, v) = kv?;
-            c.changed(trees, OUTBOX, &k, None, Some(&v), now_ms);
-        }
-        for kv in trees[RECEIPT_OUTBOX].iter() {
-            let (k, v) = kv?;
-            c.changed(trees, RECEIPT_OUTBOX, &k, None, Some(&v), now_ms);
-        }
-        for kv in trees[INBOX].iter() {
-            let (k, v) = kv?;
-            c.changed(trees, INBOX, &k, None, Some(&v), now_ms);
-        }
-        c.leases = trees[LEASES].len() as u64;
-        for kv in trees[DEAD_LETTERS].iter() {
-            let (k, v) = kv?;
-            c.changed(trees, DEAD_LETTERS, &k, None, Some(&v), now_ms);
-        }
-        Ok(c)
-    }
-
     /// Notes one applied write: `old` is what the key held before, `new`
     /// what it holds now (`None`: absent).
     pub fn changed(

@@ -37,15 +37,19 @@ pub(crate) enum Point {
     DuringRotation,
     /// Part of a group's changes is applied to the index, not all.
     DuringIndexBatch,
+    /// A snapshot of the live state is written, not yet synced or
+    /// published.
+    DuringSnapshot,
 }
 
-const POINTS: [(Point, &str); 6] = [
+const POINTS: [(Point, &str); 7] = [
     (Point::AfterAppend, "after-append"),
     (Point::AfterSync, "after-sync"),
     (Point::AfterApply, "after-apply"),
     (Point::DuringCheckpoint, "during-checkpoint"),
     (Point::DuringRotation, "during-rotation"),
     (Point::DuringIndexBatch, "during-index-batch"),
+    (Point::DuringSnapshot, "during-snapshot"),
 ];
 
 /// The armed point (`Point as u8`), 0 when none is.

@@ -79,7 +79,7 @@ pub(super) fn index_form(ops: &[Op], at: Position) -> Vec<Op> {
 }
 
 /// Applies the record written at `at` to the index, evidence as locators.
-pub(super) fn apply(trees: &[sled::Tree], ops: &[Op], at: Position) -> Result<()> {
+pub(super) fn apply(trees: &[super::live::Tree], ops: &[Op], at: Position) -> Result<()> {
     wal::apply(trees, &index_form(ops, at))
 }
 

@@ -9,11 +9,10 @@
 //! (see `durable`): a checkpoint flushes it, fsyncs its files and only
 //! then counts the position as reached.
 
-use super::counters::Counters;
+use super::live::Tree;
 use super::wal::{Op, Position};
 use super::{META, StoreError, TREE_NAMES, durable};
 use crate::error::{Error, Result};
-use sled::Tree;
 use std::path::{Path, PathBuf};
 
 /// The index's directory inside a store's data directory.
@@ -24,7 +23,6 @@ pub const DIR: &str = "index";
 const POSITION_KEY: &[u8] = b"journal-position";
 /// `meta` key: the queue counters as of the noted position. Written by
 /// checkpoints only, never journaled.
-const COUNTERS_KEY: &[u8] = b"queue-counters";
 /// `meta` key: the next number `Store::next_seq` hands out. Journaled.
 const SEQ_KEY: &[u8] = b"next-seq";
 
@@ -35,7 +33,7 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 /// Opens the index in `data_dir`, or a new one if sled finds the old one
 /// damaged (the damaged files are moved aside, then removed: the journal
 /// holds everything they held).
-pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<Tree>)> {
+pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
     let path = dir(data_dir);
     match open_at(&path) {
         Err(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
@@ -53,7 +51,7 @@ pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<Tree>)> {
 
 /// A new, empty index in memory (sled's temporary database: `/dev/shm`
 /// on Linux), removed when dropped.
-pub fn open_temporary() -> Result<(sled::Db, Vec<Tree>)> {
+pub fn open_temporary() -> Result<(sled::Db, Vec<sled::Tree>)> {
     let db = sled::Config::new()
         .temporary(true)
         .flush_every_ms(None)
@@ -62,7 +60,7 @@ pub fn open_temporary() -> Result<(sled::Db, Vec<Tree>)> {
 }
 
 /// The store's trees of `db`, opened in their fixed order.
-fn with_trees(db: sled::Db) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Error> {
+fn with_trees(db: sled::Db) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
     let trees = TREE_NAMES
         .iter()
         .map(|n| db.open_tree(n))
@@ -71,11 +69,11 @@ fn with_trees(db: sled::Db) -> std::result::Result<(sled::Db, Vec<Tree>), sled::
 }
 
 /// Opens a copy of an index made elsewhere (for comparing it).
-pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<Tree>)> {
+pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
     Ok(open_at(path)?)
 }
 
-fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<Tree>), sled::Error> {
+fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
     let db = sled::Config::new()
         .path(path)
         // The page cache is the bulk of a node's memory; queued messages
@@ -130,20 +128,6 @@ pub fn position(trees: &[Tree]) -> Result<Option<Position>> {
         .ok_or_else(|| Error::corrupt("meta", "the index's journal position does not decode"))
 }
 
-/// The counters as a checkpoint stores them.
-pub fn encode_counters(counters: &Counters) -> Vec<u8> {
-    // Serialising plain maps and numbers into a Vec cannot fail.
-    postcard::to_allocvec(counters).unwrap_or_default()
-}
-
-/// The queue counters noted with the index's position, if any (a new or
-/// rebuilt index has none: the open counts the queues once).
-pub fn counters(trees: &[Tree]) -> Result<Option<Counters>> {
-    Ok(trees[META]
-        .get(COUNTERS_KEY)?
-        .and_then(|raw| postcard::from_bytes(&raw).ok()))
-}
-
 /// The next number to hand out, as the last replayed record left it.
 pub fn next_seq(trees: &[Tree]) -> Result<u64> {
     Ok(trees[META]
@@ -170,11 +154,9 @@ pub fn checkpoint(
     db: &sled::Db,
     trees: &[Tree],
     reached: Position,
-    counters: &[u8],
     flushed: impl FnOnce(),
 ) -> Result<()> {
     trees[META].insert(POSITION_KEY, &reached.encode())?;
-    trees[META].insert(COUNTERS_KEY, counters)?;
     db.flush()?;
     flushed();
     let path = dir(data_dir);

@@ -41,6 +41,7 @@
 //! awaits [`Store::flush`], which joins the group commit.
 
 mod audit;
+mod checkpoint;
 mod counters;
 pub mod crash_points;
 mod durable;
@@ -48,10 +49,13 @@ mod evidence;
 pub mod fs;
 mod index;
 pub mod keys;
+mod live;
 mod pending;
 mod read_only;
 mod records;
+mod recovery;
 mod segments;
+mod snapshot;
 mod wal;
 mod writer;
 
@@ -59,6 +63,7 @@ mod writer;
 mod power_cut_tests;
 
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
+pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
 pub use counters::OutboxDepth;
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;
@@ -75,8 +80,9 @@ use audit::Note;
 use crash_points::Point;
 use evidence::JournalReader;
 use fs::{Fs, RealFs};
+use live::Tree;
 use segments::Segments;
-use sled::{IVec, Tree};
+use sled::IVec;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
@@ -185,8 +191,17 @@ struct Shared {
     read_only: bool,
     /// The store's data directory (sled, the index, lives in `index/`).
     dir: std::path::PathBuf,
+    /// The file layer under the journal, the segments and the snapshots.
+    fs: Arc<dyn Fs>,
     db: sled::Db,
     trees: Vec<Tree>,
+    /// The live trees' maps (also reachable through `trees`), for
+    /// snapshots.
+    live: Arc<live::Live>,
+    /// When the last snapshot was taken (see `checkpoint`).
+    snapshots: std::sync::Mutex<checkpoint::SnapshotState>,
+    /// Journal bytes that make a snapshot due.
+    snapshot_journal_bytes: u64,
     /// The journal. Its lock also serialises transactions: one
     /// runs at a time, whichever thread calls it.
     wal: std::sync::Mutex<Wal>,
@@ -305,6 +320,10 @@ pub struct StoreOptions {
     /// index: bounds the replay at open and the dirty data each sled
     /// flush writes.
     pub journal_file_bytes: u64,
+    /// Journal bytes written between two snapshots of the live state (at
+    /// least; twice the last snapshot's size when that is more): bounds
+    /// the replay at open.
+    pub snapshot_journal_bytes: u64,
 }
 
 /// The default of [`StoreOptions::journal_file_bytes`]: 8 MiB.
@@ -315,6 +334,7 @@ impl Default for StoreOptions {
         StoreOptions {
             audit_log: true,
             journal_file_bytes: JOURNAL_FILE_BYTES,
+            snapshot_journal_bytes: checkpoint::SNAPSHOT_JOURNAL_BYTES,
         }
     }
 }
@@ -349,69 +369,41 @@ impl Store {
                 source,
             })
         })?;
-        let (db, trees) = index::open(dir)?;
-        let indexed = index::position(&trees)?;
         let segments = Segments::open(Arc::clone(&fs), dir)?;
-        let fs_for_reader = Arc::clone(&fs);
-        // A log record whose envelope did not reach its segment was never
-        // acknowledged (segments are synced first): replay stops there. A
-        // segment that cannot be read fails the open instead.
-        let envelopes_present = |ops: &[wal::Op]| read_only::envelopes_present(&segments, ops);
-        let (wal, replayed) = Wal::recover(
-            fs,
-            dir,
-            &mut |ops, at| evidence::apply(&trees, ops, at),
-            &envelopes_present,
-            indexed,
-        )?;
-        // The counters noted with the index's position hold when nothing
-        // was replayed (a clean stop). After a crash the index may already
-        // hold some replayed changes (sled writes pages out before a
-        // checkpoint), so replayed writes cannot be counted as deltas: the
-        // queues are counted once instead.
-        let counters = match (indexed, replayed) {
-            (Some(_), 0) => index::counters(&trees)?,
-            _ => None,
-        };
-        let counters = match counters {
-            Some(c) => c,
-            None => counters::Counters::count(&trees, crate::now_ms())?,
-        };
+        let r = recovery::recover(Arc::clone(&fs), dir, &segments)?;
         // The replayed changes become durable in the index, with the
-        // position they reach and the counters there (also with nothing
-        // replayed: sled writes its `conf` unsynced at open).
-        let applied = wal.position();
-        index::checkpoint(
-            dir,
-            &db,
-            &trees,
-            applied,
-            &index::encode_counters(&counters),
-            || {},
-        )
-        .map_err(|e| index::failed(dir, e))?;
+        // position they reach (also with nothing replayed: sled writes
+        // its `conf` unsynced at open).
+        let applied = r.wal.position();
+        index::checkpoint(dir, &r.db, &r.trees, applied, || {})
+            .map_err(|e| index::failed(dir, e))?;
+        let trees = r.trees;
         let next_seq = index::next_seq(&trees)?;
-        let journal = JournalReader::new(Arc::clone(&fs_for_reader), dir);
+        let journal = JournalReader::new(Arc::clone(&fs), dir);
         let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
-        if replayed > 0 {
+        if r.replayed > 0 {
             tracing::info!(
-                records = replayed,
-                rebuilt = indexed.is_none(),
-                "replayed the journal into the index"
+                records = r.replayed,
+                rebuilt_index = r.rebuilt_index,
+                snapshot = ?r.snapshot.map(|at| (at.epoch, at.offset)),
+                "replayed the journal into the index and the live state"
             );
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let store = Store::assemble(Parts {
             dir: dir.to_path_buf(),
-            db,
+            fs,
+            db: r.db,
             trees,
-            wal,
+            live: r.live,
+            wal: r.wal,
             segments,
             head: HeadCache { head, stored },
             journal,
-            counters,
+            counters: r.counters,
             applied,
+            snapshot: r.snapshot,
             next_seq,
             options,
             jobs: Some(tx),
@@ -434,8 +426,20 @@ impl Store {
             shared: Arc::new(Shared {
                 read_only: p.jobs.is_none(),
                 dir: p.dir,
+                fs: p.fs,
                 db: p.db,
                 trees: p.trees,
+                live: p.live,
+                snapshots: std::sync::Mutex::new(checkpoint::SnapshotState {
+                    // No snapshot yet: the first checkpoint takes one.
+                    since: if p.snapshot.is_some() {
+                        0
+                    } else {
+                        u64::MAX / 2
+                    },
+                    last_size: 0,
+                }),
+                snapshot_journal_bytes: p.options.snapshot_journal_bytes.max(1),
                 wal: std::sync::Mutex::new(p.wal),
                 segments: p.segments,
                 journal: p.journal,
@@ -674,64 +678,6 @@ impl Store {
         // A panic while the lock was held left at most a record that was
         // written but not applied; replay at the next open applies it.
         self.shared.wal.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Starts a new journal file and makes the index durable up to what
-    /// it has applied. Runs when the writer stops; while it runs, the
-    /// writer hands checkpoints to its own thread.
-    fn checkpoint(&self) -> Result<()> {
-        let epoch = self.rotate_log()?;
-        self.flush_to(epoch)
-    }
-
-    /// The first half of a checkpoint: starts a new log file and returns
-    /// the epoch whose older files `flush_to` may delete. The envelope
-    /// segments are synced first, under the log's lock, because the old
-    /// file is synced here and may hold records (of changes made off the
-    /// writer thread) naming envelopes that no group commit synced yet.
-    fn rotate_log(&self) -> Result<u64> {
-        let mut wal = self.lock_wal();
-        self.shared.segments.sync().map_err(|e| self.fail(e))?;
-        wal.rotate()
-    }
-
-    /// The second half of a checkpoint: flushes sled, makes sled's files
-    /// durable, then deletes the log files before `epoch`. Blocks for a
-    /// flush and one fsync per file of sled: runs on the checkpoint
-    /// thread, or when the writer stops.
-    ///
-    /// The log's lock is held across the flush (about 10 ms every 8 MiB
-    /// of log), after syncing the segments and the log: so every change
-    /// the flush writes to disk is already durable in the log, and a power
-    /// loss can never leave sled with part of a change the log lost. The
-    /// fsyncs of sled's files run after the lock is released, so that
-    /// changes are not held up by them; they make durable what the flush
-    /// wrote (see `durable`), and only then may the older log files go.
-    fn flush_to(&self, epoch: u64) -> Result<()> {
-        // Everything runs under the journal's lock: the index must never
-        // hold, durably, a change whose journal record is not synced yet.
-        // A failed sync latches the store like one in a group commit: the
-        // kernel reports a lost page to one fsync only.
-        let wal = self.lock_wal();
-        self.shared.segments.sync().map_err(|e| self.fail(e))?;
-        wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
-        let applied = *self.lock_applied();
-        // Encoded first: scrapes need not wait for the flush and fsyncs.
-        let counters = index::encode_counters(&self.lock_counters());
-        index::checkpoint(
-            &self.shared.dir,
-            &self.shared.db,
-            &self.shared.trees,
-            applied,
-            &counters,
-            || crash_points::cross(Point::DuringCheckpoint),
-        )
-        .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
-        tracing::debug!(
-            epoch,
-            "store checkpoint: the index is durable up to the journal's end"
-        );
-        Ok(())
     }
 
     /// The envelope bytes an `envelopes` value stands for.
@@ -1874,8 +1820,12 @@ impl QueuedReceipt {
 /// What an open puts together into a [`Store`].
 struct Parts {
     dir: std::path::PathBuf,
+    fs: Arc<dyn Fs>,
     db: sled::Db,
     trees: Vec<Tree>,
+    live: Arc<live::Live>,
+    /// The position of the snapshot the live state was loaded from.
+    snapshot: Option<wal::Position>,
     wal: Wal,
     segments: Segments,
     head: HeadCache,

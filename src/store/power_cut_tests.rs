@@ -325,7 +325,7 @@ fn sled_beside(tmp: &Path) -> (sled::Db, Vec<Tree>, PathBuf) {
         .iter()
         .map(|n| db.open_tree(n).expect("tree"))
         .collect();
-    (db, trees, tmp.join(wal::DIR))
+    (db, crate::store::live::all_sled(trees), tmp.join(wal::DIR))
 }
 
 fn put(key: &str, value: Vec<u8>) -> Vec<Op> {

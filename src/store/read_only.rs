@@ -4,9 +4,10 @@
 //! memory (`/dev/shm` on Linux), so an auditor can check a node whose disk
 //! is full or mounted read-only, and what is checked is the truth.
 
-use super::counters::Counters;
+use super::counters::{self, Counters};
 use super::evidence::{self, JournalReader};
 use super::fs::RealFs;
+use super::live::{self, Live, Maps};
 use super::segments::{Locator, Segments};
 use super::wal::{self, Wal};
 use super::{ENVELOPES, HeadCache, Parts, Store, StoreOptions, audit, index};
@@ -34,13 +35,20 @@ impl Store {
                 dir.display()
             )));
         }
-        let (db, trees) = index::open_temporary()?;
+        let (db, sled_trees) = index::open_temporary()?;
+        let live = Live::new(Maps::new());
+        let trees = live::trees(sled_trees, &live);
         let segments = Segments::open_read_only(Arc::new(RealFs), dir);
         let complete = |ops: &[wal::Op]| envelopes_present(&segments, ops);
+        let mut counters = Counters::default();
+        let now = crate::now_ms();
         let replay = wal::replay(
             &RealFs,
             dir,
-            &mut |ops, at| evidence::apply(&trees, ops, at),
+            &mut |ops, at| {
+                let ops = evidence::index_form(ops, at);
+                counters::apply_counted(&trees, &ops, &mut counters, now)
+            },
             &complete,
             None,
         )?;
@@ -58,10 +66,13 @@ impl Store {
         let applied = detached.position();
         let store = Store::assemble(Parts {
             dir: dir.to_path_buf(),
-            counters: Counters::count(&trees, crate::now_ms())?,
+            fs: Arc::new(RealFs),
+            counters,
             next_seq: index::next_seq(&trees)?,
             db,
             trees,
+            live,
+            snapshot: None,
             wal: detached,
             segments,
             head: HeadCache { head, stored },
@@ -94,6 +105,9 @@ impl Store {
         copy_dir(&source, copy.path())
             .map_err(|e| Error::Unavailable(format!("cannot copy {}: {e}", source.display())))?;
         let (_db, theirs) = index::open_copy(copy.path())?;
+        // The live trees are not in the index: a throwaway live state
+        // takes their writes.
+        let theirs = live::trees(theirs, &Live::new(Maps::new()));
         // Brought forward from the position it notes, as the node's next
         // start would (after a crash the index lags its journal).
         let from = index::position(&theirs)?;
@@ -106,7 +120,7 @@ impl Store {
             from,
         )?;
         for (i, (mine, theirs)) in self.shared.trees.iter().zip(&theirs).enumerate() {
-            if i == super::META {
+            if i == super::META || live::is_live(i) {
                 continue;
             }
             if self.tree_digest(i, mine)? != self.tree_digest(i, theirs)? {

@@ -44,9 +44,10 @@
 use super::StoreError;
 use super::durable;
 use super::fs::{Fs, FsFile};
+use super::live::Tree;
 use super::pending::{Pending, Seen};
 use crate::error::{Error, Result};
-use sled::{IVec, Tree};
+use sled::IVec;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -704,7 +705,7 @@ mod tests {
             .iter()
             .map(|n| db.open_tree(n).expect("tree"))
             .collect();
-        (db, trees)
+        (db, crate::store::live::all_sled(trees))
     }
 
     #[test]
@@ -783,7 +784,9 @@ mod tests {
         }])
         .expect("append");
         drop(wal);
-        trees[0].clear().expect("clear");
+        for kv in trees[0].iter() {
+            trees[0].remove(kv.expect("kv").0).expect("clear");
+        }
         let (_, n) = recover(tmp.path(), &trees, Some(indexed)).expect("recover");
         assert_eq!(n, 1, "only the record after the position");
         assert_eq!(

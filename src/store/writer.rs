@@ -35,7 +35,7 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             .name("store-checkpoint".into())
             .spawn_scoped(scope, move || {
                 for epoch in due {
-                    if let Err(e) = checkpointer.flush_to(epoch) {
+                    if let Err(e) = checkpointer.flush_to(epoch, false) {
                         tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
                     }
                     running.store(false, std::sync::atomic::Ordering::Release);

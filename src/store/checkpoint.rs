@@ -1,0 +1,121 @@
+//! Checkpoints: a new journal file, the index made durable up to what it
+//! has applied, and now and then a snapshot of the live state. The writer
+//! starts one whenever a journal file reaches `journal_file_bytes`, on a
+//! thread beside it; the last one runs when the writer stops.
+
+use super::crash_points::{self, Point};
+use super::{Store, index, snapshot, wal};
+use crate::error::Result;
+
+/// The default of [`StoreOptions::snapshot_journal_bytes`](super::StoreOptions).
+pub const SNAPSHOT_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
+/// When the last snapshot was taken, and how much journal came since.
+#[derive(Debug, Default)]
+pub(super) struct SnapshotState {
+    /// Journal bytes written since the last snapshot.
+    pub since: u64,
+    /// The size of the last snapshot: a snapshot waits for at least twice
+    /// as much journal, so that writing them costs a bounded share of the
+    /// disk's bandwidth however large the live state grows.
+    pub last_size: u64,
+}
+
+impl Store {
+    /// Starts a new journal file and makes the index durable up to what
+    /// it has applied, with a snapshot of the live state. Runs when the
+    /// writer stops; while it runs, the writer hands checkpoints to its
+    /// own thread.
+    pub(super) fn checkpoint(&self) -> Result<()> {
+        let epoch = self.rotate_log()?;
+        self.flush_to(epoch, true)
+    }
+
+    /// The first half of a checkpoint: starts a new journal file and
+    /// returns its epoch. The envelope segments are synced first, under
+    /// the journal's lock, because the old file is synced here and may
+    /// hold records naming envelopes that no group commit synced yet.
+    pub(super) fn rotate_log(&self) -> Result<u64> {
+        let mut wal = self.lock_wal();
+        self.shared.segments.sync().map_err(|e| self.fail(e))?;
+        let bytes = wal.bytes();
+        let epoch = wal.rotate()?;
+        self.lock_snapshots().since += bytes;
+        Ok(epoch)
+    }
+
+    /// The second half of a checkpoint: flushes sled and makes its files
+    /// durable (see `durable`), noting the journal position the index now
+    /// reflects; then, when enough journal has passed since the last one
+    /// (or `force`), writes a snapshot of the live state. Blocks for a
+    /// flush and one fsync per file: runs on the checkpoint thread, or
+    /// when the writer stops.
+    pub(super) fn flush_to(&self, epoch: u64, force: bool) -> Result<()> {
+        // Everything runs under the journal's lock: the index must never
+        // hold, durably, a change whose journal record is not synced yet,
+        // and the live state, its counters and the applied position agree
+        // while it is held. A failed sync latches the store like one in a
+        // group commit: the kernel reports a lost page to one fsync only.
+        let wal = self.lock_wal();
+        self.shared.segments.sync().map_err(|e| self.fail(e))?;
+        wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
+        let applied = *self.lock_applied();
+        index::checkpoint(
+            &self.shared.dir,
+            &self.shared.db,
+            &self.shared.trees,
+            applied,
+            || crash_points::cross(Point::DuringCheckpoint),
+        )
+        .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
+        tracing::debug!(
+            epoch,
+            "store checkpoint: the index is durable up to the journal's end"
+        );
+        let due = {
+            let state = self.lock_snapshots();
+            force
+                || state.since
+                    >= self
+                        .shared
+                        .snapshot_journal_bytes
+                        .max(state.last_size.saturating_mul(2))
+        };
+        if !due {
+            return Ok(());
+        }
+        // Written under the lock (the live state cannot move), made
+        // durable and published after it. A failed snapshot is no disk
+        // failure of the truth: the journal holds everything, and the
+        // next checkpoint tries again.
+        let written = {
+            let maps = self.shared.live.read();
+            let counters = self.lock_counters();
+            snapshot::write(
+                &*self.shared.fs,
+                &self.shared.dir,
+                applied,
+                &counters,
+                &maps,
+            )
+        };
+        drop(wal);
+        let (file, tmp) = written?;
+        crash_points::cross(Point::DuringSnapshot);
+        let size = file.len().unwrap_or(0);
+        let path = snapshot::publish(&*self.shared.fs, &*file, &tmp)?;
+        *self.lock_snapshots() = SnapshotState {
+            since: 0,
+            last_size: size,
+        };
+        tracing::debug!(snapshot = %path.display(), bytes = size, "snapshot of the live state written");
+        Ok(())
+    }
+
+    fn lock_snapshots(&self) -> std::sync::MutexGuard<'_, SnapshotState> {
+        self.shared
+            .snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}

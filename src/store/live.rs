@@ -1,0 +1,355 @@
+//! The live state: the queues a node works from — outboxes, the inbox,
+//! leases, receipts waiting to go back, dead letters, paused peers — held
+//! in memory, not in sled. Like the index, a change reaches them only
+//! after its journal record is synced; at open they come back from the
+//! newest snapshot (see `snapshot`) and the journal after it. Their
+//! values are message keys and small numbers, never payloads.
+//!
+//! A [`Tree`] is either one of these maps or a sled tree, behind the
+//! subset of sled's API the store uses, so every reader and the journal's
+//! replay treat both alike.
+
+use super::{DEAD_LETTERS, INBOX, LEASES, OUTBOX, PAUSED_PEERS, RECEIPT_OUTBOX, TREE_NAMES};
+use sled::IVec;
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// The trees held in memory.
+pub(super) const LIVE: [usize; 6] = [
+    OUTBOX,
+    INBOX,
+    LEASES,
+    RECEIPT_OUTBOX,
+    DEAD_LETTERS,
+    PAUSED_PEERS,
+];
+
+pub(super) fn is_live(tree: usize) -> bool {
+    LIVE.contains(&tree)
+}
+
+type Map = BTreeMap<Box<[u8]>, Box<[u8]>>;
+
+/// The maps of the live trees (indexed like the store's trees; the others
+/// stay empty).
+#[derive(Debug, Default)]
+pub(super) struct Maps {
+    maps: Vec<Map>,
+}
+
+impl Maps {
+    pub fn new() -> Maps {
+        Maps {
+            maps: vec![Map::new(); TREE_NAMES.len()],
+        }
+    }
+
+    pub fn map(&self, tree: usize) -> &Map {
+        &self.maps[tree]
+    }
+
+    pub fn map_mut(&mut self, tree: usize) -> &mut Map {
+        &mut self.maps[tree]
+    }
+}
+
+/// The live maps, shared by every handle on them.
+#[derive(Debug)]
+pub(super) struct Live {
+    maps: RwLock<Maps>,
+}
+
+impl Live {
+    pub fn new(maps: Maps) -> Arc<Live> {
+        Arc::new(Live {
+            maps: RwLock::new(maps),
+        })
+    }
+
+    /// Maps are plain data: a panic while they were held cannot leave a
+    /// change half-applied (each insert or remove is whole).
+    pub fn read(&self) -> RwLockReadGuard<'_, Maps> {
+        self.maps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn write(&self) -> RwLockWriteGuard<'_, Maps> {
+        self.maps.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One of the store's trees: in sled, or live in memory.
+#[derive(Clone, Debug)]
+pub(super) enum Tree {
+    Sled(sled::Tree),
+    Live(Arc<Live>, usize),
+}
+
+/// The store's trees: sled's, with the live ones taken from `live`.
+pub(super) fn trees(sled: Vec<sled::Tree>, live: &Arc<Live>) -> Vec<Tree> {
+    sled.into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if is_live(i) {
+                Tree::Live(Arc::clone(live), i)
+            } else {
+                Tree::Sled(t)
+            }
+        })
+        .collect()
+}
+
+/// Every tree in sled (tests of the journal alone).
+#[cfg(test)]
+pub(super) fn all_sled(sled: Vec<sled::Tree>) -> Vec<Tree> {
+    sled.into_iter().map(Tree::Sled).collect()
+}
+
+/// Owned bounds of a range of keys.
+type Range = (Bound<Box<[u8]>>, Bound<Box<[u8]>>);
+
+fn owned<K: AsRef<[u8]>>(b: Bound<&K>) -> Bound<Box<[u8]>> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_ref().into()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_ref().into()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// The keys that start with `prefix`.
+fn prefix_range(prefix: &[u8]) -> Range {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return (Bound::Included(prefix.into()), Bound::Excluded(end.into()));
+        }
+    }
+    (Bound::Included(prefix.into()), Bound::Unbounded)
+}
+
+fn pair(k: &[u8], v: &[u8]) -> (IVec, IVec) {
+    (IVec::from(k), IVec::from(v))
+}
+
+impl Tree {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        match self {
+            Tree::Sled(t) => t.get(key),
+            Tree::Live(live, i) => Ok(live
+                .read()
+                .map(*i)
+                .get(key.as_ref())
+                .map(|v| IVec::from(&**v))),
+        }
+    }
+
+    pub fn insert(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> sled::Result<Option<IVec>> {
+        match self {
+            Tree::Sled(t) => t.insert(key.as_ref(), value.as_ref()),
+            Tree::Live(live, i) => Ok(live
+                .write()
+                .map_mut(*i)
+                .insert(key.as_ref().into(), value.as_ref().into())
+                .map(|v| IVec::from(&*v))),
+        }
+    }
+
+    pub fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        match self {
+            Tree::Sled(t) => t.remove(key.as_ref()),
+            Tree::Live(live, i) => Ok(live
+                .write()
+                .map_mut(*i)
+                .remove(key.as_ref())
+                .map(|v| IVec::from(&*v))),
+        }
+    }
+
+    pub fn first(&self) -> sled::Result<Option<(IVec, IVec)>> {
+        match self {
+            Tree::Sled(t) => t.first(),
+            Tree::Live(live, i) => Ok(live
+                .read()
+                .map(*i)
+                .first_key_value()
+                .map(|(k, v)| pair(k, v))),
+        }
+    }
+
+    pub fn last(&self) -> sled::Result<Option<(IVec, IVec)>> {
+        match self {
+            Tree::Sled(t) => t.last(),
+            Tree::Live(live, i) => Ok(live
+                .read()
+                .map(*i)
+                .last_key_value()
+                .map(|(k, v)| pair(k, v))),
+        }
+    }
+
+    /// Entries; a full scan for sled trees (never on a hot path).
+    pub fn len(&self) -> usize {
+        match self {
+            Tree::Sled(t) => t.len(),
+            Tree::Live(live, i) => live.read().map(*i).len(),
+        }
+    }
+
+    pub fn iter(&self) -> Iter {
+        match self {
+            Tree::Sled(t) => Iter::Sled(t.iter()),
+            Tree::Live(live, i) => Iter::live(live, *i, (Bound::Unbounded, Bound::Unbounded)),
+        }
+    }
+
+    pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
+        match self {
+            Tree::Sled(t) => Iter::Sled(t.scan_prefix(prefix)),
+            Tree::Live(live, i) => Iter::live(live, *i, prefix_range(prefix.as_ref())),
+        }
+    }
+
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
+        match self {
+            Tree::Sled(t) => Iter::Sled(t.range(range)),
+            Tree::Live(live, i) => Iter::live(
+                live,
+                *i,
+                (owned(range.start_bound()), owned(range.end_bound())),
+            ),
+        }
+    }
+}
+
+/// Entries of a tree in key order. Over a live tree each step takes the
+/// read lock for one lookup and lets it go, so a long walk never holds
+/// up the writer; it sees each key as it is when reached.
+pub(super) enum Iter {
+    Sled(sled::Iter),
+    Live {
+        live: Arc<Live>,
+        tree: usize,
+        range: Range,
+    },
+}
+
+impl Iter {
+    fn live(live: &Arc<Live>, tree: usize, range: Range) -> Iter {
+        Iter::Live {
+            live: Arc::clone(live),
+            tree,
+            range,
+        }
+    }
+}
+
+impl Iterator for Iter {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Sled(it) => it.next(),
+            Iter::Live { live, tree, range } => {
+                let maps = live.read();
+                let (k, v) = maps
+                    .map(*tree)
+                    .range::<[u8], _>((
+                        range.0.as_ref().map(|k| &**k),
+                        range.1.as_ref().map(|k| &**k),
+                    ))
+                    .next()?;
+                let out = pair(k, v);
+                drop(maps);
+                range.0 = Bound::Excluded(out.0.as_ref().into());
+                Some(Ok(out))
+            }
+        }
+    }
+}
+
+impl DoubleEndedIterator for Iter {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match self {
+            Iter::Sled(it) => it.next_back(),
+            Iter::Live { live, tree, range } => {
+                let maps = live.read();
+                let (k, v) = maps
+                    .map(*tree)
+                    .range::<[u8], _>((
+                        range.0.as_ref().map(|k| &**k),
+                        range.1.as_ref().map(|k| &**k),
+                    ))
+                    .next_back()?;
+                let out = pair(k, v);
+                drop(maps);
+                range.1 = Bound::Excluded(out.0.as_ref().into());
+                Some(Ok(out))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live tree answers like a sled tree: gets, prefix scans, ranges,
+    /// first and last, whatever is inserted or removed while a walk runs.
+    #[test]
+    fn a_live_tree_reads_like_sled() {
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let sled_tree = db.open_tree("outbox").expect("tree");
+        let live = Live::new(Maps::new());
+        let both = [Tree::Sled(sled_tree), Tree::Live(Arc::clone(&live), OUTBOX)];
+        for t in &both {
+            for k in [
+                &b"a\0\x01"[..],
+                b"a\0\x02",
+                b"a\xff",
+                b"b\0\x01",
+                b"\xff\xff",
+            ] {
+                t.insert(k, k).expect("insert");
+            }
+        }
+        let keys = |it: Iter| -> Vec<Vec<u8>> { it.map(|kv| kv.expect("kv").0.to_vec()).collect() };
+        for t in &both {
+            assert_eq!(
+                keys(t.scan_prefix(b"a\0")),
+                vec![b"a\0\x01".to_vec(), b"a\0\x02".to_vec()]
+            );
+            assert_eq!(keys(t.scan_prefix(b"\xff")), vec![b"\xff\xff".to_vec()]);
+            assert_eq!(
+                keys(t.range(&b"a\xff"[..]..&b"b\0\x01"[..])),
+                vec![b"a\xff".to_vec()]
+            );
+            assert_eq!(keys(t.range(..=&b"a\0\x01"[..])).len(), 1);
+            assert_eq!(
+                t.first().expect("first").expect("some").0.as_ref(),
+                b"a\0\x01"
+            );
+            assert_eq!(
+                t.last().expect("last").expect("some").0.as_ref(),
+                b"\xff\xff"
+            );
+            assert_eq!(
+                t.get(b"b\0\x01").expect("get").as_deref(),
+                Some(&b"b\0\x01"[..])
+            );
+            assert_eq!(
+                t.remove(b"b\0\x01").expect("remove").as_deref(),
+                Some(&b"b\0\x01"[..])
+            );
+            assert_eq!(t.len(), 4);
+        }
+        let mut walk = both[1].iter();
+        walk.next();
+        both[1].remove(b"a\0\x02").expect("removed while walking");
+        assert_eq!(walk.next().expect("next").expect("kv").0.as_ref(), b"a\xff");
+    }
+}
