@@ -156,7 +156,7 @@ pub fn checkpoint(
     reached: Position,
     flushed: impl FnOnce(),
 ) -> Result<()> {
-    trees[META].insert(POSITION_KEY, &reached.encode())?;
+    trees[META].insert(POSITION_KEY, reached.encode())?;
     db.flush()?;
     flushed();
     let path = dir(data_dir);

@@ -202,21 +202,21 @@ impl Tree {
 
     pub fn iter(&self) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(t.iter()),
+            Tree::Sled(t) => Iter::Sled(Box::new(t.iter())),
             Tree::Live(live, i) => Iter::live(live, *i, (Bound::Unbounded, Bound::Unbounded)),
         }
     }
 
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(t.scan_prefix(prefix)),
+            Tree::Sled(t) => Iter::Sled(Box::new(t.scan_prefix(prefix))),
             Tree::Live(live, i) => Iter::live(live, *i, prefix_range(prefix.as_ref())),
         }
     }
 
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(t.range(range)),
+            Tree::Sled(t) => Iter::Sled(Box::new(t.range(range))),
             Tree::Live(live, i) => Iter::live(
                 live,
                 *i,
@@ -230,7 +230,7 @@ impl Tree {
 /// read lock for one lookup and lets it go, so a long walk never holds
 /// up the writer; it sees each key as it is when reached.
 pub(super) enum Iter {
-    Sled(sled::Iter),
+    Sled(Box<sled::Iter>),
     Live {
         live: Arc<Live>,
         tree: usize,

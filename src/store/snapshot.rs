@@ -72,7 +72,7 @@ fn list(fs: &dyn Fs, data_dir: &Path) -> Result<Vec<(Position, PathBuf)>> {
         .into_iter()
         .filter_map(|n| parse_name(&n).map(|at| (at, dir.join(n))))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 
