@@ -76,6 +76,17 @@ pub fn router(console: Console) -> Router {
         .with_state(console)
 }
 
+/// A page answered instead of the one asked for (a node this console does
+/// not know, an id that cannot be one). Boxed: a response is large.
+#[derive(Debug)]
+struct Refused(Box<Response>);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
 fn chrome<'a>(
     console: &'a Console,
     session: &'a SessionInfo,
@@ -120,17 +131,13 @@ async fn fallback(
 }
 
 /// Looks up the node of a path, or answers 404.
-fn node_of<'a>(
-    console: &'a Console,
-    session: &SessionInfo,
-    id: &str,
-) -> Result<&'a Node, Response> {
+fn node_of<'a>(console: &'a Console, session: &SessionInfo, id: &str) -> Result<&'a Node, Refused> {
     console.node(id).ok_or_else(|| {
-        not_found(
+        Refused(Box::new(not_found(
             console,
             session,
             &format!("This console does not talk to a node {id:?}."),
-        )
+        )))
     })
 }
 
@@ -140,10 +147,10 @@ fn message_ids(
     session: &SessionInfo,
     sender: &str,
     id: &str,
-) -> Result<(), Response> {
+) -> Result<(), Refused> {
     validate_id("sender node", sender)
         .and_then(|()| validate_id("message id", id))
-        .map_err(|e| bad_request(console, session, &e.to_string()))
+        .map_err(|e| Refused(Box::new(bad_request(console, session, &e.to_string()))))
 }
 
 // ------------------------------------------------------------ overview
@@ -199,24 +206,21 @@ async fn queues(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path(node): Path<String>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
     let s = node.snapshot(FRESH).await;
     let status = match &s.queues {
         Ok(_) => StatusCode::OK,
         Err(r) => r.http_status(),
     };
-    respond(
+    Ok(respond(
         status,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &format!("Queues and peers of {}", node.id),
             views::queues(node, &s),
         ),
-    )
+    ))
 }
 
 // ------------------------------------------------------------ dead letters
@@ -225,11 +229,8 @@ async fn dead_letters(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path(node): Path<String>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
     let answer = call(node.admin().list_dead_letters(pb::ListDeadLettersRequest {
         limit: DEAD_LETTERS_SHOWN,
     }))
@@ -243,10 +244,10 @@ async fn dead_letters(
             html! { h1 { (title) } (views::refusal_box("the list of dead letters", r)) },
         ),
     };
-    respond(
+    Ok(respond(
         status,
         views::page(&chrome(&console, &session, Some(&node.id)), &title, body),
-    )
+    ))
 }
 
 /// The two actions on a dead letter.
@@ -274,34 +275,29 @@ async fn confirm(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path((node, sender, id, verb)): Path<(String, String, String, String)>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = message_ids(&console, &session, &sender, &id) {
-        return r;
-    }
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
+    message_ids(&console, &session, &sender, &id)?;
     let Some(verb) = action_verb(&verb) else {
-        return not_found(
+        return Ok(not_found(
             &console,
             &session,
             "Dead letters can be requeued or discarded.",
-        );
+        ));
     };
     let info = get_message(node, &sender, &id).await;
     let status = match &info {
         Ok(_) => StatusCode::OK,
         Err(r) => r.http_status(),
     };
-    respond(
+    Ok(respond(
         status,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &format!("{verb} {sender}/{id}"),
             views::confirm(&node.id, &sender, &id, verb, &info, &session.csrf),
         ),
-    )
+    ))
 }
 
 /// The fields of the action forms (the CSRF token was checked by the
@@ -317,20 +313,15 @@ async fn act(
     Extension(session): Extension<SessionInfo>,
     Path((node, sender, id, verb)): Path<(String, String, String, String)>,
     Form(form): Form<ActionForm>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = message_ids(&console, &session, &sender, &id) {
-        return r;
-    }
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
+    message_ids(&console, &session, &sender, &id)?;
     let Some(verb) = action_verb(&verb) else {
-        return not_found(
+        return Ok(not_found(
             &console,
             &session,
             "Dead letters can be requeue or discarded.",
-        );
+        ));
     };
     let address = pb::MessageAddress {
         sender_node: sender.clone(),
@@ -389,14 +380,14 @@ async fn act(
         ),
         Err(r) => (r.http_status(), None),
     };
-    respond(
+    Ok(respond(
         status,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &format!("{verb} {sender}/{id}"),
             views::action_result(&node.id, &sender, &id, verb, &outcome, &recorded),
         ),
-    )
+    ))
 }
 
 // ------------------------------------------------------------ messages
@@ -406,28 +397,23 @@ async fn messages(
     Extension(session): Extension<SessionInfo>,
     Path(node): Path<String>,
     Query(q): Query<MessageQuery>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
     if !q.id.is_empty() {
         let sender = if q.sender.is_empty() {
             node.id.clone()
         } else {
             q.sender.clone()
         };
-        if let Err(r) = message_ids(&console, &session, &sender, &q.id) {
-            return r;
-        }
-        return Redirect::to(&views::message_path(&node.id, &sender, &q.id)).into_response();
+        message_ids(&console, &session, &sender, &q.id)?;
+        return Ok(Redirect::to(&views::message_path(&node.id, &sender, &q.id)).into_response());
     }
     let kind = if q.kind.is_empty() {
         None
     } else {
         match q.kind.parse::<MessageKind>() {
             Ok(k) => Some(k),
-            Err(e) => return bad_request(&console, &session, &e.to_string()),
+            Err(e) => return Ok(bad_request(&console, &session, &e.to_string())),
         }
     };
     let audits = node.latest().and_then(|s| s.audits());
@@ -451,14 +437,14 @@ async fn messages(
         Some(Err(r)) if !r.denied() => r.http_status(),
         _ => StatusCode::OK,
     };
-    respond(
+    Ok(respond(
         status,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &format!("Messages at {}", node.id),
             views::messages(&node.id, &q, &list),
         ),
-    )
+    ))
 }
 
 async fn get_bundle(node: &Node, sender: &str, id: &str) -> Result<String, Refusal> {
@@ -553,14 +539,9 @@ async fn message(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path((node, sender, id)): Path<(String, String, String)>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = message_ids(&console, &session, &sender, &id) {
-        return r;
-    }
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
+    message_ids(&console, &session, &sender, &id)?;
     // Ask what the node may answer; a role it refused on the last snapshot
     // is not asked again here.
     let latest = node.snapshot(FRESH).await;
@@ -617,57 +598,53 @@ async fn message(
         id: &id,
         admin: admin.as_ref(),
         bundle: bundle.as_ref().map(|b| match b {
-            Ok(b) => Ok((
-                &b.envelope.header_fields,
-                b.envelope.payload_sha256.as_str(),
-                b.audit
+            Ok(b) => Ok(views::BundleMeta {
+                fields: &b.envelope.header_fields,
+                payload_sha256: &b.envelope.payload_sha256,
+                state: b
+                    .audit
                     .segments
                     .iter()
-                    .flat_map(|s| &s.entries)
-                    .filter_map(|e| e.content.as_ref())
-                    .last()
+                    .rev()
+                    .flat_map(|s| s.entries.iter().rev())
+                    .find_map(|e| e.content.as_ref())
                     .map(|c| c.state.as_str()),
-            )),
+            }),
             Err(r) => Err(r),
         }),
         timeline: &timeline,
         operates,
         audits,
     };
-    respond(
+    Ok(respond(
         status,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &format!("Message {sender}/{id}"),
             views::message(&view),
         ),
-    )
+    ))
 }
 
 async fn verify(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path((node, sender, id)): Path<(String, String, String)>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = message_ids(&console, &session, &sender, &id) {
-        return r;
-    }
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
+    message_ids(&console, &session, &sender, &id)?;
     let title = format!("Verification of {sender}/{id}");
     let text = match get_bundle(node, &sender, &id).await {
         Ok(t) => t,
         Err(r) => {
-            return respond(
+            return Ok(respond(
                 r.http_status(),
                 views::page(
                     &chrome(&console, &session, Some(&node.id)),
                     &title,
                     html! { h1 { (title) } (views::refusal_box("the receipt bundle", &r)) },
                 ),
-            );
+            ));
         }
     };
     // The checkpoints of this node that the console's other nodes hold,
@@ -734,29 +711,24 @@ async fn verify(
             r
         }
     };
-    respond(
+    Ok(respond(
         StatusCode::OK,
         views::page(
             &chrome(&console, &session, Some(&node.id)),
             &title,
             views::verify(&node.id, &sender, &id, &report, &sources),
         ),
-    )
+    ))
 }
 
 async fn bundle_file(
     State(console): State<Console>,
     Extension(session): Extension<SessionInfo>,
     Path((node, sender, id)): Path<(String, String, String)>,
-) -> Response {
-    let node = match node_of(&console, &session, &node) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    if let Err(r) = message_ids(&console, &session, &sender, &id) {
-        return r;
-    }
-    match get_bundle(node, &sender, &id).await {
+) -> Result<Response, Refused> {
+    let node = node_of(&console, &session, &node)?;
+    message_ids(&console, &session, &sender, &id)?;
+    Ok(match get_bundle(node, &sender, &id).await {
         Ok(text) => {
             let mut response = text.into_response();
             let headers = response.headers_mut();
@@ -779,7 +751,7 @@ async fn bundle_file(
                 html! { h1 { "Receipt bundle of " (sender) "/" (id) } (views::refusal_box("the receipt bundle", &r)) },
             ),
         ),
-    }
+    })
 }
 
 // ------------------------------------------------------------ audit

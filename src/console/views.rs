@@ -252,8 +252,10 @@ pub fn not_found(chrome: &Chrome, what: &str) -> Markup {
 
 const CHART_W: f64 = 260.0;
 const CHART_H: f64 = 72.0;
-/// The span a chart shows.
+/// The longest span a chart shows (the history the console keeps).
 const CHART_SPAN_MS: u64 = 10 * 60 * 1000;
+/// The shortest: a console just started shows its first seconds this wide.
+const CHART_MIN_SPAN_MS: u64 = 30 * 1000;
 
 /// A small line chart of up to two series over the last ten minutes.
 fn chart(
@@ -263,7 +265,17 @@ fn chart(
     b: Option<(&str, &[(u64, f64)])>,
     number: fn(f64) -> String,
 ) -> Markup {
-    let start = now_ms.saturating_sub(CHART_SPAN_MS);
+    // From the oldest point held (at most ten minutes back) to now.
+    let oldest =
+        a.1.iter()
+            .chain(b.map(|b| b.1).unwrap_or(&[]).iter())
+            .map(|p| p.0)
+            .min()
+            .unwrap_or(now_ms);
+    let span = now_ms
+        .saturating_sub(oldest)
+        .clamp(CHART_MIN_SPAN_MS, CHART_SPAN_MS);
+    let start = now_ms.saturating_sub(span);
     let max =
         a.1.iter()
             .chain(b.map(|b| b.1).unwrap_or(&[]).iter())
@@ -275,7 +287,7 @@ fn chart(
             .iter()
             .filter(|p| p.0 >= start)
             .map(|(t, v)| {
-                let x = (t - start) as f64 / CHART_SPAN_MS as f64 * CHART_W;
+                let x = t.saturating_sub(start) as f64 / span as f64 * CHART_W;
                 let y = CHART_H - 4.0 - v / top * (CHART_H - 16.0);
                 format!("{x:.1},{y:.1}")
             })
@@ -289,7 +301,7 @@ fn chart(
                 title { (caption) }
                 line.axis x1="0" y1=(CHART_H - 4.0) x2=(CHART_W) y2=(CHART_H - 4.0) {}
                 text x="3" y="10" { "max " (number(max)) }
-                text x=(CHART_W - 60.0) y="10" { "last 10 min" }
+                text x=(CHART_W - 4.0) y="10" text-anchor="end" { "last " (age(span)) }
                 polyline.line.line-a points=(points(a.1)) {}
                 @if let Some(b) = b {
                     polyline.line.line-b points=(points(b.1)) {}
@@ -570,6 +582,14 @@ pub fn confirm(
             Ok(m) => { (admin_meta(m)) },
             Err(r) => { (refusal_box("the message's details", r)) },
         }
+        // The form only where the node let this principal see the message
+        // as an operator; a post without it is still judged by the node.
+        @if info.is_ok() { (confirm_form(node, sender, id, verb, csrf)) }
+    }
+}
+
+fn confirm_form(node: &str, sender: &str, id: &str, verb: &str, csrf: &str) -> Markup {
+    html! {
         form.box method="post" action=(dead_letter_action_path(node, sender, id, verb)) {
             input type="hidden" name="csrf" value=(csrf);
             @if verb == "requeue" {
@@ -663,13 +683,13 @@ pub struct TimelineRow {
 }
 
 /// A message's metadata as an auditor sees it (from the bundle's header).
-fn bundle_meta(fields: &serde_json::Value, digest: &str, state: Option<&str>) -> Markup {
-    let s = |k: &str| fields[k].as_str().unwrap_or("").to_string();
-    let n = |k: &str| fields[k].as_u64().unwrap_or(0);
+fn bundle_meta(b: &BundleMeta) -> Markup {
+    let s = |k: &str| b.fields[k].as_str().unwrap_or("").to_string();
+    let n = |k: &str| b.fields[k].as_u64().unwrap_or(0);
     html! {
         dl.meta {
             dt { "Message" } dd.mono { (s("sender_node")) "/" (s("message_id")) }
-            @if let Some(state) = state {
+            @if let Some(state) = b.state {
                 dt { "State" } dd { strong { (state) } " (the latest audit entry's)" }
             }
             dt { "Kind" } dd { (s("kind")) }
@@ -679,12 +699,22 @@ fn bundle_meta(fields: &serde_json::Value, digest: &str, state: Option<&str>) ->
             @if !s("correlation_id").is_empty() { dt { "Answers" } dd { (s("correlation_id")) } }
             dt { "Submitted by" } dd { (s("sender_principal")) }
             dt { "Content" } dd { (s("content_type")) ", " (n("payload_length")) " bytes (never shown here)" }
-            dt { "Payload SHA-256" } dd.mono { (digest) }
+            dt { "Payload SHA-256" } dd.mono { (b.payload_sha256) }
             dt { "Created" } dd { (when(n("created_at_ms"))) }
             dt { "Expires" } dd { (when(n("expires_at_ms"))) }
             @if n("reply_by_ms") > 0 { dt { "Reply by" } dd { (when(n("reply_by_ms"))) } }
         }
     }
+}
+
+/// What a message page takes from a receipt bundle.
+#[derive(Debug)]
+pub struct BundleMeta<'a> {
+    /// The signed header, decoded.
+    pub fields: &'a serde_json::Value,
+    pub payload_sha256: &'a str,
+    /// The state the latest audit entry about the message names.
+    pub state: Option<&'a str>,
 }
 
 /// What the message page shows.
@@ -695,9 +725,8 @@ pub struct MessageView<'a> {
     pub id: &'a str,
     /// The operator's view, unless the node refused it to this principal.
     pub admin: Option<&'a Result<pb::GetMessageResponse, Refusal>>,
-    /// The auditor's bundle: its header fields, payload digest and the
-    /// state its latest audit entry names.
-    pub bundle: Option<Result<(&'a serde_json::Value, &'a str, Option<&'a str>), &'a Refusal>>,
+    /// The auditor's bundle, unless the node refused it.
+    pub bundle: Option<Result<BundleMeta<'a>, &'a Refusal>>,
     pub timeline: &'a [TimelineRow],
     pub operates: bool,
     pub audits: bool,
@@ -708,7 +737,7 @@ pub fn message(v: &MessageView) -> Markup {
     html! {
         h1 { "Message " (v.sender) "/" (v.id) " at " (v.node) }
         @if let Some(Ok(m)) = v.admin { (admin_meta(m)) }
-        @else if let Some(Ok((fields, digest, state))) = &v.bundle { (bundle_meta(fields, digest, *state)) }
+        @else if let Some(Ok(b)) = &v.bundle { (bundle_meta(b)) }
         @if let Some(Err(r)) = v.admin { @if !r.denied() { (refusal_box("the message's details", r)) } }
         @if let Some(Err(r)) = &v.bundle { @if !r.denied() { (refusal_box("the receipt bundle", r)) } }
         div.actions {
@@ -784,7 +813,11 @@ pub fn messages(
             button type="submit" { "Open" }
         }
         @match list {
-            None => {},
+            // Not asked: the node refused this principal the audit role.
+            None => {
+                p.note { "Searching messages needs the audit role; this principal can open a \
+                          message by its id above." }
+            },
             Some(Err(r)) if r.denied() => {
                 p.note { "Searching messages needs the audit role; this principal can open a \
                           message by its id above." }
