@@ -16,7 +16,7 @@ use std::sync::Arc;
 Examples:
   cluebridge console --node discipline                      # as the operator of --dir
   cluebridge console --node discipline --node judicial --as auditor
-  cluebridge console --node discipline --endpoint https://10.0.0.5:7401 \\
+  cluebridge console --node discipline --endpoint https://broker.discipline.example:7401 \\
       --ca ca.pem --cert ops.pem --key ops-key.pem --trust federation.toml
 
 The console prints a link with a one-time token: open it in a browser on this
