@@ -41,6 +41,14 @@ impl Refusal {
         }
     }
 
+    /// A refusal given as a code number (as per-message outcomes carry it).
+    pub fn from_code(code: i32, message: &str) -> Refusal {
+        Refusal {
+            code: tonic::Code::from_i32(code),
+            message: message.to_string(),
+        }
+    }
+
     pub fn denied(&self) -> bool {
         self.code == tonic::Code::PermissionDenied
     }

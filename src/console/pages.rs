@@ -370,14 +370,7 @@ async fn act(
             });
             (StatusCode::OK, Some(recorded))
         }
-        Ok(o) => (
-            Refusal {
-                code: tonic::Code::from_i32(o.code),
-                message: o.error.clone(),
-            }
-            .http_status(),
-            None,
-        ),
+        Ok(o) => (Refusal::from_code(o.code, &o.error).http_status(), None),
         Err(r) => (r.http_status(), None),
     };
     Ok(respond(

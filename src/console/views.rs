@@ -656,7 +656,7 @@ pub fn action_result(
             Ok(o) => {
                 div.refusal #outcome role="alert" {
                     strong { (sender) "/" (id) " was not " (past) ": " }
-                    span.code { (super::nodes::Refusal { code: tonic::Code::from_i32(o.code), message: String::new() }.code_name()) }
+                    span.code { (Refusal::from_code(o.code, &o.error).code_name()) }
                     " — " (o.error)
                 }
             },

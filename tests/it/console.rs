@@ -1053,20 +1053,41 @@ async fn console_in_a_real_browser() {
     for id in &clues {
         wait_state(&mut discipline, id, SentState::Acknowledged, 15 * SECOND).await;
     }
+    // The console's figures have caught up with the last round.
+    let expected = rounds.to_string();
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let live = watcher.get("/live/overview").await.body;
+        let personnel = text_of_id(&live, "depth-discipline-outbox-personnel");
+        let inbox = text_of_id(&live, "depth-public_security-inbox");
+        if personnel.as_deref() == Some(&expected) && inbox.as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console shows {personnel:?} for personnel, {inbox:?} in the inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     watcher.assert_no_payload();
 
     let base = format!("http://{}", console.addr);
 
-    // The overview as the browser renders it: the queue depths.
+    // The overview as the browser renders it, after its script refreshed
+    // the live part once (under the console's CSP): the queue depths.
     let dom = chromium(
         &format!("{base}{}", console.next_link().await),
-        &["--dump-dom"],
+        &["--virtual-time-budget=5000", "--dump-dom"],
     )
     .await;
     assert!(dom.contains("<h1>Overview</h1>"), "{dom}");
+    assert!(
+        dom.contains("data-live-status=\"\">live<"),
+        "the script did not refresh the overview: {dom}"
+    );
     assert_eq!(
         text_of_id(&dom, "depth-discipline-outbox-personnel").as_deref(),
-        Some(rounds.to_string().as_str()),
+        Some(expected.as_str()),
         "{dom}"
     );
     assert_eq!(
