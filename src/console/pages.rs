@@ -320,7 +320,7 @@ async fn act(
         return Ok(not_found(
             &console,
             &session,
-            "Dead letters can be requeue or discarded.",
+            "Dead letters can be requeued or discarded.",
         ));
     };
     let address = pb::MessageAddress {

@@ -646,7 +646,8 @@ async fn console_refuses_requests_without_its_token() {
         submit_request("t-1", MessageKind::ClueTransfer, SECURITY, &payload("t-1")),
     )
     .await;
-    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE]).await;
+    // Public security is down: the console starts all the same.
+    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE, SECURITY]).await;
     let addr = console.addr;
     assert!(addr.ip().is_loopback(), "loopback by default: {addr}");
 
@@ -701,7 +702,18 @@ async fn console_refuses_requests_without_its_token() {
         Some("/nodes/discipline/queues")
     );
     let mut browser = console.login().await;
-    assert_eq!(browser.get("/").await.status, 200);
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200);
+    let down = page
+        .body
+        .split("id=\"node-public_security\"")
+        .nth(1)
+        .expect("a panel for public security");
+    assert!(down.contains("unreachable (UNAVAILABLE)"), "{down}");
+    assert!(
+        page.body
+            .contains("id=\"depth-discipline-outbox-public_security\"")
+    );
 
     // A forged cookie value is no session.
     let name = browser.cookie.split('=').next().expect("name").to_string();
