@@ -17,6 +17,8 @@
 //! - [`provision`]: keys and certificates from a federation's files;
 //! - [`devfed`]: generates a development federation (used by `up`);
 //! - [`client`]: a typed client used by the CLI, `bench` and tests;
+//! - [`console`]: the operators' and auditors' web console, a client of
+//!   the gRPC services like the CLI;
 //! - [`cli`]: the command-line subcommands.
 
 pub mod api;
@@ -25,6 +27,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod delivery;
 pub mod devfed;

@@ -24,6 +24,22 @@ impl AdminService {
     fn authorize<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
         authorize(self.broker.config(), request, Role::Operate)
     }
+
+    /// The node's counters since it started, the same the metrics
+    /// listener exposes: what a console needs for rates, over the API the
+    /// operator already has.
+    fn totals(&self) -> pb::MessageTotals {
+        let m = self.broker.metrics();
+        pb::MessageTotals {
+            accepted: m.accepted.get(),
+            forwarded: m.forwarded.snapshot().values().sum(),
+            delivered: m.delivered.get(),
+            acknowledged: m.acknowledged.get(),
+            rejected: m.rejected.get(),
+            dead_lettered: m.dead_lettered.get(),
+            expired: m.expired.snapshot().values().sum(),
+        }
+    }
 }
 
 fn peer_info(p: PeerView) -> pb::PeerInfo {
@@ -127,6 +143,7 @@ impl pb::admin_server::Admin for AdminService {
                 oldest_age_ms: q.dead_letter_oldest_age_ms,
             }),
             at_ms: q.at_ms,
+            totals: Some(self.totals()),
         }))
     }
 

@@ -184,10 +184,13 @@ impl pb::audit_server::Audit for AuditService {
         let r = request.into_inner();
         let limit = if r.limit == 0 { 1000 } else { r.limit as usize };
         let node = non_empty(r.node);
-        let checkpoints = self
-            .broker
-            .store()
-            .checkpoints(node.as_deref(), r.from_seq, limit)?;
+        let checkpoints = if r.head_only {
+            Vec::new()
+        } else {
+            self.broker
+                .store()
+                .checkpoints(node.as_deref(), r.from_seq, limit)?
+        };
         let (head_seq, head_hash) = self.broker.store().audit_head()?;
         Ok(Response::new(pb::GetCheckpointsResponse {
             checkpoints: checkpoints.iter().map(checkpoint_to_wire).collect(),

@@ -239,6 +239,7 @@ async fn checkpoints(args: CheckpointsArgs) -> Result<()> {
             node: args.of.clone().unwrap_or_default(),
             from_seq: 0,
             limit: 0,
+            head_only: false,
         })
         .await
         .map_err(explain)?

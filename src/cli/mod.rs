@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_backlog;
 mod client_cmds;
+mod console;
 mod gen_certs;
 mod ops;
 mod render;
@@ -74,6 +75,10 @@ pub enum Command {
     Verify(audit::VerifyArgs),
     /// Audit log tools: check a stopped node's store, fetch checkpoints.
     Audit(audit::AuditArgs),
+    /// Operators and auditors: a web console on this machine (queues,
+    /// peers, dead letters, messages, verification, checkpoints), talking
+    /// to the nodes with your certificates. Prints a one-time link.
+    Console(console::ConsoleArgs),
     /// Store maintenance: rebuild a stopped node's index from its journal.
     Store(store::StoreArgs),
 }
@@ -124,6 +129,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export(a) => audit::export(a).await,
         Command::Verify(a) => audit::verify(a),
         Command::Audit(a) => audit::run(a).await,
+        Command::Console(a) => console::run(a).await,
         Command::Store(a) => store::run(a),
     }
 }

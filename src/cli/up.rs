@@ -74,9 +74,11 @@ pub async fn run(args: UpArgs) -> Result<()> {
          \x20 cargo run --release -- queues --dir {dir} --node discipline\n\
          \x20 cargo run --release -- peers --dir {dir} --node discipline\n\
          \x20 cargo run --release -- dlq list --dir {dir} --node public_security\n\
+         \x20 cargo run --release -- console --dir {dir} --node discipline --node public_security   # a web page\n\
          Auditors (certificate of the `auditor` principal):\n\
          \x20 cargo run --release -- export --dir {dir} --node discipline <MESSAGE-ID> -o bundle.json\n\
-         \x20 cargo run --release -- verify bundle.json --trust {dir}/federation.toml\n"
+         \x20 cargo run --release -- verify bundle.json --trust {dir}/federation.toml\n\
+         \x20 cargo run --release -- console --dir {dir} --node discipline --as auditor --listen 127.0.0.1:7399\n"
     );
     let result = if args.demo {
         demo(&dev).await

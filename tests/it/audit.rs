@@ -552,6 +552,7 @@ async fn a_rewritten_and_re_signed_history_contradicts_a_witnessed_checkpoint() 
                 node: DISCIPLINE.into(),
                 from_seq: 0,
                 limit: 0,
+                head_only: false,
             })
             .await
             .expect("checkpoints")

@@ -7,6 +7,7 @@ mod bench_cmd;
 mod cli_ops;
 mod config_files;
 mod connections;
+mod console;
 mod crash;
 #[cfg(unix)]
 mod crash_points;

@@ -1,0 +1,1186 @@
+//! The web console (`cluebridge console`, the real binary) against a real
+//! test federation: every page and action over HTTP, the login link and
+//! session refusals, cross-site posts, the limits of each role (decided by
+//! the node, not only hidden), no payload in any answer, and a real
+//! headless Chromium reading the rendered pages.
+
+use crate::harness::*;
+use cluebridge::devfed::{AUDITOR_NAME, OPERATOR_NAME};
+use cluebridge::model::{MessageKind, SentState};
+use cluebridge::pb;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Every payload in these tests carries it; no console answer may.
+const MARKER: &str = "PAYLOAD-MARKER-c0n5o1e";
+
+fn payload(id: &str) -> Vec<u8> {
+    format!("{MARKER} body of {id}").into_bytes()
+}
+
+// ------------------------------------------------------------ the process
+
+/// A `cluebridge console` process: its address, the login links it
+/// prints, and its standard error. Killed when dropped.
+struct ConsoleProcess {
+    _child: tokio::process::Child,
+    addr: SocketAddr,
+    lines: mpsc::UnboundedReceiver<String>,
+    stderr: mpsc::UnboundedReceiver<String>,
+}
+
+/// Sends each line of `reader` to a channel.
+fn lines_of(
+    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(reader).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+impl ConsoleProcess {
+    async fn start(fed: &TestFederation, principal: &str, nodes: &[&str]) -> ConsoleProcess {
+        Self::start_on(fed, principal, nodes, "127.0.0.1:0").await
+    }
+
+    async fn start_on(
+        fed: &TestFederation,
+        principal: &str,
+        nodes: &[&str],
+        listen: &str,
+    ) -> ConsoleProcess {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"));
+        command
+            .arg("console")
+            .arg("--dir")
+            .arg(&fed.dev.dir)
+            .args(["--as", principal, "--listen", listen]);
+        for n in nodes {
+            command.args(["--node", n]);
+        }
+        let mut child = command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cluebridge console");
+        let mut lines = lines_of(child.stdout.take().expect("stdout"));
+        let stderr = lines_of(child.stderr.take().expect("stderr"));
+        let first = next_line(&mut lines, |l| l.starts_with("cluebridge console on ")).await;
+        let addr = first
+            .strip_prefix("cluebridge console on http://")
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {first:?}"));
+        ConsoleProcess {
+            _child: child,
+            addr,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next login link the console prints (path and query).
+    async fn next_link(&mut self) -> String {
+        let line = next_line(&mut self.lines, |l| l.starts_with("open http://")).await;
+        let url = line.trim_start_matches("open ").trim();
+        let path = url
+            .strip_prefix("http://")
+            .and_then(|rest| rest.find('/').map(|i| rest[i..].to_string()))
+            .unwrap_or_else(|| panic!("not a link: {line:?}"));
+        assert!(path.contains("token="), "{line}");
+        path
+    }
+
+    /// Opens a session with the next link, as a browser would.
+    async fn login(&mut self) -> Browser {
+        let link = self.next_link().await;
+        let answer = http(self.addr, "GET", &link, &[], None).await;
+        assert_eq!(answer.status, 303, "{}", answer.body);
+        let set_cookie = answer.header("set-cookie").expect("a session cookie");
+        assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+        assert!(set_cookie.contains("SameSite=Strict"), "{set_cookie}");
+        assert!(set_cookie.contains("Path=/"), "{set_cookie}");
+        assert_eq!(answer.header("location").as_deref(), Some("/"));
+        Browser {
+            addr: self.addr,
+            cookie: set_cookie
+                .split(';')
+                .next()
+                .expect("name=value")
+                .to_string(),
+            seen: vec![answer.body],
+        }
+    }
+}
+
+async fn next_line(
+    lines: &mut mpsc::UnboundedReceiver<String>,
+    wanted: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + 30 * SECOND;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, lines.recv()).await {
+            Ok(Some(line)) if wanted(&line) => return line,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the console's output ended"),
+            Err(_) => panic!("the console printed no such line within 30 s"),
+        }
+    }
+}
+
+// ------------------------------------------------------------ HTTP
+
+/// One HTTP answer.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Host` defaults to the
+/// address), read to its end.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Answer {
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut request = format!("{method} {path} HTTP/1.1\r\nconnection: close\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        request.push_str(&format!("host: {addr}\r\n"));
+    }
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "content-type: application/x-www-form-urlencoded\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
+    // A refusal may come (and the connection close) before the whole
+    // request is written: what was answered is read all the same.
+    let _ = socket.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let read = tokio::time::timeout(30 * SECOND, socket.read_to_end(&mut raw))
+        .await
+        .expect("an answer within 30 s");
+    if let Err(e) = read {
+        assert!(!raw.is_empty(), "no answer: {e}");
+    }
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let mut head_lines = head.lines();
+    let status = head_lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let headers: Vec<(String, String)> = head_lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_lowercase(), v.trim().to_string()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = &after[n + 2..];
+    }
+    out
+}
+
+/// A browser with a console session: every answer it saw is kept, for the
+/// payload check.
+struct Browser {
+    addr: SocketAddr,
+    cookie: String,
+    seen: Vec<String>,
+}
+
+impl Browser {
+    async fn get(&mut self, path: &str) -> Answer {
+        let answer = http(self.addr, "GET", path, &[("cookie", &self.cookie)], None).await;
+        self.seen.push(answer.body.clone());
+        answer
+    }
+
+    /// A form post from the console's own page, as a browser sends it.
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Answer {
+        let origin = format!("http://{}", self.addr);
+        self.post_with(
+            path,
+            form,
+            &[("origin", &origin), ("sec-fetch-site", "same-origin")],
+        )
+        .await
+    }
+
+    async fn post_with(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        extra: &[(&str, &str)],
+    ) -> Answer {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut headers = vec![("cookie", self.cookie.as_str())];
+        headers.extend_from_slice(extra);
+        let answer = http(self.addr, "POST", path, &headers, Some(&body)).await;
+        self.seen.push(answer.body.clone());
+        answer
+    }
+
+    /// The session's CSRF token, from any page's meta tag.
+    async fn csrf(&mut self) -> String {
+        let page = self.get("/").await;
+        attribute_after(&page.body, "name=\"csrf-token\" content=\"").expect("csrf meta")
+    }
+
+    /// No answer this browser saw carried a payload byte.
+    fn assert_no_payload(&self) {
+        for body in &self.seen {
+            assert!(
+                !body.contains(MARKER),
+                "a console answer carries a payload:\n{body}"
+            );
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else if b == b' ' {
+                "+".into()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The text up to the next `"` after `prefix`.
+fn attribute_after(body: &str, prefix: &str) -> Option<String> {
+    let at = body.find(prefix)? + prefix.len();
+    body[at..].split('"').next().map(str::to_string)
+}
+
+/// The text content right inside the element with this id.
+fn text_of_id(body: &str, id: &str) -> Option<String> {
+    let at = body.find(&format!("id=\"{id}\""))?;
+    let open = at + body[at..].find('>')? + 1;
+    let close = open + body[open..].find('<')?;
+    Some(body[open..close].trim().to_string())
+}
+
+/// The inner HTML of the `<tr>` that holds `marker`.
+fn row_with<'a>(body: &'a str, marker: &str) -> Option<&'a str> {
+    let at = body.find(marker)?;
+    let start = body[..at].rfind("<tr")?;
+    let end = at + body[at..].find("</tr>")?;
+    Some(&body[start..end])
+}
+
+// ------------------------------------------------------------ scenarios
+
+/// Discipline sends `dl-1` and `dl-2` to public security, whose receiver
+/// lets both lapse (one attempt each: dead letters there), and `ok-1`,
+/// which public security acknowledges. Every payload carries the marker.
+async fn dead_letters_and_one_acknowledged(fed: &TestFederation) {
+    let mut discipline = fed.client(DISCIPLINE);
+    for id in ["dl-1", "dl-2"] {
+        submit(
+            &mut discipline,
+            submit_request(id, MessageKind::ClueTransfer, SECURITY, &payload(id)),
+        )
+        .await;
+    }
+    let mut security = fed.client(SECURITY);
+    {
+        let mut stream = receiver(&mut security, 8, 1).await;
+        next(&mut stream, 10 * SECOND).await;
+        next(&mut stream, 10 * SECOND).await;
+    }
+    for id in ["dl-1", "dl-2"] {
+        wait_state(&mut discipline, id, SentState::DeadLettered, 15 * SECOND).await;
+    }
+    submit(
+        &mut discipline,
+        submit_request(
+            "ok-1",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            &payload("ok-1"),
+        ),
+    )
+    .await;
+    let mut stream = receiver(&mut security, 8, 30).await;
+    let d = next(&mut stream, 10 * SECOND).await;
+    assert_eq!(d.message_id, "ok-1");
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&d),
+        })
+        .await
+        .expect("ack");
+    wait_state(
+        &mut discipline,
+        "ok-1",
+        SentState::Acknowledged,
+        15 * SECOND,
+    )
+    .await;
+}
+
+/// The state of a message in public security's custody, as its operator
+/// sees it through the Admin service.
+async fn custody_state(fed: &TestFederation, id: &str) -> String {
+    fed.admin(SECURITY)
+        .get_message(pb::GetMessageRequest {
+            sender_node: DISCIPLINE.into(),
+            message_id: id.into(),
+        })
+        .await
+        .expect("get message")
+        .into_inner()
+        .state
+}
+
+fn few_attempts(n: &mut cluebridge::config::NodeFile) {
+    n.delivery.max_deliveries = 1;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_pages_and_actions_for_an_operator() {
+    let fed = TestFederation::start_with(few_attempts, &[DISCIPLINE, SECURITY]).await;
+    dead_letters_and_one_acknowledged(&fed).await;
+    // Personnel is down: a suggestion waits in discipline's outbox.
+    submit(
+        &mut fed.client(DISCIPLINE),
+        submit_request(
+            "rect-1",
+            MessageKind::RectificationSuggestion,
+            PERSONNEL,
+            &payload("rect-1"),
+        ),
+    )
+    .await;
+    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE, SECURITY]).await;
+    let mut browser = console.login().await;
+
+    // Overview: store health, depths, peers, charts; a strict CSP.
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csp = page.header("content-security-policy").expect("CSP");
+    assert!(
+        csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(page.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(
+        text_of_id(&page.body, "depth-discipline-outbox-personnel").as_deref(),
+        Some("1"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        text_of_id(&page.body, "depth-public_security-dead").as_deref(),
+        Some("2")
+    );
+    assert!(page.body.contains("serving"), "{}", page.body);
+    assert!(
+        text_of_id(&page.body, "peer-discipline-public_security").is_some_and(|t| t.contains("up")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<svg"), "charts");
+    // Operators are not auditors: the node refused the audit head.
+    assert!(
+        page.body.contains("The audit log — not shown"),
+        "{}",
+        page.body
+    );
+    // The live part, as the script fetches it.
+    let live = browser.get("/live/overview").await;
+    assert_eq!(live.status, 200);
+    assert_eq!(
+        text_of_id(&live.body, "depth-discipline-outbox-personnel").as_deref(),
+        Some("1")
+    );
+    assert!(!live.body.contains("<html"), "a fragment, not a page");
+
+    // Queues and peers.
+    let page = browser.get("/nodes/discipline/queues").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("outbox → personnel"), "{}", page.body);
+    assert!(page.body.contains("https://127.0.0.1:"), "peer endpoints");
+
+    // Dead letters, each with its requeue and discard.
+    let page = browser.get("/nodes/public_security/dead-letters").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for id in ["dl-1", "dl-2"] {
+        let row = row_with(&page.body, &format!("discipline/{id}")).expect("a row");
+        assert!(
+            row.contains(&format!(
+                "/nodes/public_security/dead-letters/discipline/{id}/requeue"
+            )),
+            "{row}"
+        );
+        assert!(row.contains("/discard"), "{row}");
+    }
+
+    // The confirmation step changes nothing.
+    let confirm = browser
+        .get("/nodes/public_security/dead-letters/discipline/dl-1/requeue")
+        .await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    assert!(confirm.body.contains("method=\"post\""), "{}", confirm.body);
+    let csrf = attribute_after(&confirm.body, "name=\"csrf\" value=\"").expect("csrf field");
+    assert_eq!(custody_state(&fed, "dl-1").await, "dead_letter");
+
+    // Cross-site posts are refused before they reach the node.
+    let path = "/nodes/public_security/dead-letters/discipline/dl-1/requeue";
+    let no_token = browser.post(path, &[]).await;
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    assert!(no_token.body.contains("CSRF"), "{}", no_token.body);
+    let wrong_token = browser.post(path, &[("csrf", &"0".repeat(64))]).await;
+    assert_eq!(wrong_token.status, 403);
+    let other_site = browser
+        .post_with(
+            path,
+            &[("csrf", &csrf)],
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(other_site.status, 403, "{}", other_site.body);
+    assert!(other_site.body.contains("Cross-site request refused"));
+    let fetch_site = browser
+        .post_with(
+            path,
+            &[("csrf", &csrf)],
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(fetch_site.status, 403);
+    let no_cookie = http(
+        console.addr,
+        "POST",
+        path,
+        &[],
+        Some(&format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(no_cookie.status, 401);
+    assert_eq!(custody_state(&fed, "dl-1").await, "dead_letter");
+
+    // The requeue itself, and the event the node recorded.
+    let done = browser.post(path, &[("csrf", &csrf)]).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert!(
+        done.body.contains("discipline/dl-1 requeued."),
+        "{}",
+        done.body
+    );
+    let event = row_with(&done.body, "data-event=\"requeued\"").expect("the recorded event");
+    assert!(event.contains(OPERATOR_NAME), "{event}");
+    assert_ne!(custody_state(&fed, "dl-1").await, "dead_letter");
+
+    // Discard, with its reason.
+    let confirm = browser
+        .get("/nodes/public_security/dead-letters/discipline/dl-2/discard")
+        .await;
+    assert_eq!(confirm.status, 200);
+    assert!(confirm.body.contains("name=\"reason\""), "{}", confirm.body);
+    let done = browser
+        .post(
+            "/nodes/public_security/dead-letters/discipline/dl-2/discard",
+            &[
+                ("csrf", &csrf),
+                ("reason", "handed over on paper, letter 117"),
+            ],
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let event = row_with(&done.body, "data-event=\"discarded\"").expect("the recorded event");
+    assert!(
+        event.contains("handed over on paper, letter 117"),
+        "{event}"
+    );
+    assert_eq!(custody_state(&fed, "dl-2").await, "discarded");
+    // A refusal per message is shown as the node gave it.
+    let again = browser
+        .post(
+            "/nodes/public_security/dead-letters/discipline/dl-2/requeue",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    assert!(again.body.contains("was not requeued"), "{}", again.body);
+    assert!(again.body.contains("FAILED_PRECONDITION"), "{}", again.body);
+
+    // A message's metadata and its timeline of receipts.
+    let page = browser
+        .get("/nodes/discipline/messages/discipline/ok-1")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for kind in ["accepted", "delivered", "acknowledged"] {
+        let row = row_with(&page.body, &format!("data-event=\"{kind}\"")).expect(kind);
+        assert!(row.contains("data-source=\"receipt\""), "{row}");
+    }
+    assert!(page.body.contains("bytes (never shown here)"));
+    // Operators have no bundle: no verify button.
+    assert!(!page.body.contains("id=\"verify\""), "{}", page.body);
+    let lookup = browser
+        .get("/nodes/discipline/messages?sender=&id=ok-1")
+        .await;
+    assert_eq!(lookup.status, 303);
+    assert_eq!(
+        lookup.header("location").as_deref(),
+        Some("/nodes/discipline/messages/discipline/ok-1")
+    );
+    let search = browser.get("/nodes/discipline/messages").await;
+    assert_eq!(search.status, 200);
+    assert!(
+        search.body.contains("needs the audit role"),
+        "{}",
+        search.body
+    );
+    let missing = browser
+        .get("/nodes/discipline/messages/discipline/nope")
+        .await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(missing.body.contains("NOT_FOUND"), "{}", missing.body);
+    let invalid = browser
+        .get("/nodes/discipline/messages/discipline/a%20b")
+        .await;
+    assert_eq!(invalid.status, 400);
+    let verify = browser
+        .get("/nodes/discipline/messages/discipline/ok-1/verify")
+        .await;
+    assert_eq!(verify.status, 403, "{}", verify.body);
+    assert!(verify.body.contains("PERMISSION_DENIED"));
+    let audit = browser.get("/audit").await;
+    assert_eq!(audit.status, 200);
+    assert!(
+        audit.body.contains("The audit log — not shown"),
+        "{}",
+        audit.body
+    );
+
+    // The assets, from inside the binary.
+    let css = browser.get("/assets/console.css").await;
+    assert_eq!(css.status, 200);
+    assert!(
+        css.header("content-type")
+            .is_some_and(|t| t.starts_with("text/css"))
+    );
+    let js = browser.get("/assets/console.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.header("content-type")
+            .is_some_and(|t| t.starts_with("text/javascript"))
+    );
+    assert_eq!(browser.get("/nodes/nowhere/queues").await.status, 404);
+    assert_eq!(browser.get("/no/such/page").await.status, 404);
+
+    browser.assert_no_payload();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_refuses_requests_without_its_token() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
+    submit(
+        &mut fed.client(DISCIPLINE),
+        submit_request("t-1", MessageKind::ClueTransfer, SECURITY, &payload("t-1")),
+    )
+    .await;
+    // Public security is down: the console starts all the same.
+    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE, SECURITY]).await;
+    let addr = console.addr;
+    assert!(addr.ip().is_loopback(), "loopback by default: {addr}");
+
+    // No cookie: refused, pages and assets alike, and nothing shown.
+    for path in [
+        "/",
+        "/live/overview",
+        "/nodes/discipline/queues",
+        "/assets/console.css",
+    ] {
+        let answer = http(addr, "GET", path, &[], None).await;
+        assert_eq!(answer.status, 401, "{path}: {}", answer.body);
+        assert!(!answer.body.contains("depth-"), "{}", answer.body);
+        assert!(answer.header("set-cookie").is_none());
+        assert!(answer.header("content-security-policy").is_some());
+    }
+    // A wrong token: refused, no cookie.
+    let wrong = http(
+        addr,
+        "GET",
+        &format!("/?token={}", "0".repeat(64)),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("set-cookie").is_none());
+
+    // The printed link works once.
+    let link = console.next_link().await;
+    let first = http(addr, "GET", &link, &[], None).await;
+    assert_eq!(first.status, 303);
+    assert!(first.header("set-cookie").is_some());
+    let again = http(addr, "GET", &link, &[], None).await;
+    assert_eq!(again.status, 401, "a used link");
+    assert!(again.header("set-cookie").is_none());
+    // The console printed the next one; it opens a second session, and
+    // keeps the rest of the address.
+    let next = console.next_link().await;
+    assert_ne!(next, link);
+    let deep = http(
+        addr,
+        "GET",
+        &next.replace("/?", "/nodes/discipline/queues?"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(deep.status, 303);
+    assert_eq!(
+        deep.header("location").as_deref(),
+        Some("/nodes/discipline/queues")
+    );
+    let mut browser = console.login().await;
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200);
+    let down = page
+        .body
+        .split("id=\"node-public_security\"")
+        .nth(1)
+        .expect("a panel for public security");
+    assert!(down.contains("unreachable (UNAVAILABLE)"), "{down}");
+    assert!(
+        page.body
+            .contains("id=\"depth-discipline-outbox-public_security\"")
+    );
+
+    // A forged cookie value is no session.
+    let name = browser.cookie.split('=').next().expect("name").to_string();
+    let forged = http(
+        addr,
+        "GET",
+        "/",
+        &[("cookie", &format!("{name}={}", "a".repeat(64)))],
+        None,
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    // Another Host (a DNS-rebinding page) is refused even with the cookie.
+    let rebound = http(
+        addr,
+        "GET",
+        "/",
+        &[
+            ("cookie", &browser.cookie),
+            ("host", &format!("evil.example:{}", addr.port())),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    // Only GET and form posts.
+    let put = http(addr, "PUT", "/", &[("cookie", &browser.cookie)], None).await;
+    assert_eq!(put.status, 405);
+    // Bodies are bounded.
+    let csrf = browser.csrf().await;
+    let big = format!("csrf={csrf}&reason={}", "x".repeat(64 * 1024));
+    let origin = format!("http://{addr}");
+    let huge = http(
+        addr,
+        "POST",
+        "/nodes/discipline/dead-letters/discipline/t-1/discard",
+        &[("cookie", &browser.cookie), ("origin", &origin)],
+        Some(&big),
+    )
+    .await;
+    assert_eq!(huge.status, 413, "{}", huge.body);
+    browser.assert_no_payload();
+
+    // A console on every interface says what that means.
+    let mut open = ConsoleProcess::start_on(&fed, OPERATOR_NAME, &[DISCIPLINE], "0.0.0.0:0").await;
+    let warning = next_line(&mut open.stderr, |l| l.contains("warning")).await;
+    assert!(warning.contains("not a loopback address"), "{warning}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_for_an_auditor_verifies_and_cannot_requeue() {
+    let fed = TestFederation::start_with(few_attempts, &[DISCIPLINE, SECURITY]).await;
+    dead_letters_and_one_acknowledged(&fed).await;
+    let mut console = ConsoleProcess::start(&fed, AUDITOR_NAME, &[DISCIPLINE, SECURITY]).await;
+    let mut browser = console.login().await;
+
+    // The overview shows the audit head, and no queues: the node refused
+    // them to this principal.
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        text_of_id(&page.body, "audit-head-discipline").is_some(),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("id=\"depth-"), "{}", page.body);
+    assert!(
+        page.body.contains("Queues and peers — not shown"),
+        "{}",
+        page.body
+    );
+
+    // Dead letters: the node refuses the list; no requeue button.
+    let page = browser.get("/nodes/public_security/dead-letters").await;
+    assert_eq!(page.status, 403, "{}", page.body);
+    assert!(page.body.contains("PERMISSION_DENIED"), "{}", page.body);
+    assert!(!page.body.contains("/requeue"), "{}", page.body);
+    let confirm = browser
+        .get("/nodes/public_security/dead-letters/discipline/dl-1/requeue")
+        .await;
+    assert_eq!(confirm.status, 403);
+    assert!(
+        !confirm.body.contains("method=\"post\""),
+        "no form: {}",
+        confirm.body
+    );
+    // A forged requeue (with this session's own CSRF token) reaches the
+    // node, which refuses it.
+    let csrf = browser.csrf().await;
+    let forged = browser
+        .post(
+            "/nodes/public_security/dead-letters/discipline/dl-1/requeue",
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    assert!(
+        forged.body.contains("The node refused the requeue"),
+        "{}",
+        forged.body
+    );
+    assert!(forged.body.contains("PERMISSION_DENIED"), "{}", forged.body);
+    assert_eq!(custody_state(&fed, "dl-1").await, "dead_letter");
+
+    // A message: receipts and audit entries from the bundle.
+    let page = browser
+        .get("/nodes/discipline/messages/discipline/ok-1")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for kind in ["accepted", "delivered", "acknowledged"] {
+        assert!(
+            page.body
+                .contains(&format!("data-event=\"{kind}\" data-source=\"receipt\"")),
+            "{kind}: {}",
+            page.body
+        );
+    }
+    assert!(
+        page.body.contains("data-source=\"audit entry\""),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("subject of ok-1"),
+        "auditors see the subject"
+    );
+    assert!(page.body.contains("id=\"verify\""));
+    assert!(!page.body.contains("/requeue"));
+
+    // Verify: PASS per check, with the checkpoints public security holds.
+    let deadline = Instant::now() + 20 * SECOND;
+    let verify = loop {
+        let v = browser
+            .get("/nodes/discipline/messages/discipline/ok-1/verify")
+            .await;
+        assert_eq!(v.status, 200, "{}", v.body);
+        if v.body.contains("witnessed checkpoints agree") || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text_of_id(&verify.body, "verdict").is_some(),
+        "{}",
+        verify.body
+    );
+    assert!(
+        verify.body.contains("PASS</strong> — every check passed"),
+        "{}",
+        verify.body
+    );
+    assert!(!verify.body.contains(">FAIL<"), "{}", verify.body);
+    for check in [
+        "envelope-signature",
+        "payload-digest",
+        "receipt-1",
+        "witnessed-checkpoints",
+    ] {
+        let row = row_with(&verify.body, &format!("id=\"check-{check}\"")).expect(check);
+        assert!(row.contains("PASS"), "{row}");
+    }
+    assert!(verify.body.contains("the federation's trust list"));
+    assert!(
+        verify.body.contains("witnessed checkpoints agree"),
+        "public security witnessed discipline's checkpoint: {}",
+        verify.body
+    );
+
+    // The bundle, without its payload.
+    let file = browser
+        .get("/nodes/discipline/messages/discipline/ok-1/bundle.json")
+        .await;
+    assert_eq!(file.status, 200);
+    assert_eq!(
+        file.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert!(
+        file.header("content-disposition")
+            .is_some_and(|d| d.starts_with("attachment") && d.contains("discipline-ok-1")),
+        "{:?}",
+        file.header("content-disposition")
+    );
+    let bundle: cluebridge::audit::bundle::Bundle =
+        serde_json::from_str(&file.body).expect("a bundle");
+    assert!(bundle.envelope.payload.is_none());
+    assert_eq!(bundle.receipts.len(), 3);
+
+    // Search by case.
+    let found = browser.get("/nodes/discipline/messages?case=CASE-7").await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert!(
+        found
+            .body
+            .contains("/nodes/discipline/messages/discipline/ok-1"),
+        "{}",
+        found.body
+    );
+    let bad_kind = browser.get("/nodes/discipline/messages?kind=poem").await;
+    assert_eq!(bad_kind.status, 400);
+
+    // Checkpoints, and which peers witnessed them.
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let page = browser.get("/audit").await;
+        assert_eq!(page.status, 200);
+        let witnessed = page
+            .body
+            .split("id=\"checkpoint-discipline-")
+            .skip(1)
+            .any(|row| {
+                row.split("</tr>")
+                    .next()
+                    .is_some_and(|r| r.contains("public_security"))
+            });
+        if witnessed {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no checkpoint of discipline shown as witnessed by public_security:\n{}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    browser.assert_no_payload();
+}
+
+// ------------------------------------------------------------ a real browser
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless Chromium with a fresh profile on `url` with `extra`
+/// arguments, under a deadline: its standard output.
+async fn chromium(url: &str, extra: &[&str]) -> String {
+    let profile = tempfile::tempdir().expect("profile dir");
+    let mut child = tokio::process::Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start chromium");
+    let mut out = String::new();
+    let mut stdout = child.stdout.take().expect("stdout");
+    tokio::time::timeout(Duration::from_secs(90), async {
+        stdout.read_to_string(&mut out).await.expect("read");
+        child.wait().await.expect("chromium exits")
+    })
+    .await
+    .expect("chromium finished within 90 s");
+    out
+}
+
+/// Where the screenshot goes: `docs/console-overview.png` when asked
+/// (`CLUEBRIDGE_UPDATE_SCREENSHOT=1`) or when it is missing, otherwise the
+/// test's scratch directory, so that test runs leave the tree unchanged.
+fn screenshot_path() -> PathBuf {
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/console-overview.png");
+    if std::env::var_os("CLUEBRIDGE_UPDATE_SCREENSHOT").is_some() || !docs.exists() {
+        docs
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-overview.png")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_real_browser() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!(
+            "SKIPPED console_in_a_real_browser: {CHROMIUM} is missing and could not be \
+             installed (.ci/run installs Debian's chromium package when it can)"
+        );
+        return;
+    }
+    // Judicial and personnel are down: suggestions and clues wait in
+    // discipline's outboxes; public security's receiving system
+    // acknowledges whatever arrives.
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let acker = tokio::spawn(acknowledge_everything(fed.client(SECURITY)));
+    let mut discipline = fed.client(DISCIPLINE);
+    submit(
+        &mut discipline,
+        submit_request(
+            "clue-j",
+            MessageKind::ClueTransfer,
+            JUDICIAL,
+            &payload("clue-j"),
+        ),
+    )
+    .await;
+    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE, SECURITY]).await;
+
+    // Traffic while the console samples, so that its charts have a few
+    // points: each round sends a suggestion to personnel and two clues to
+    // public security, then waits for the console's next sample.
+    let mut watcher = console.login().await;
+    let mut clues = Vec::new();
+    let mut rounds = 0;
+    let deadline = Instant::now() + 60 * SECOND;
+    loop {
+        let seen = outbox_points(&watcher.get("/live/overview").await.body);
+        if seen >= 8 {
+            break;
+        }
+        let id = format!("rect-{rounds}");
+        submit(
+            &mut discipline,
+            submit_request(
+                &id,
+                MessageKind::RectificationSuggestion,
+                PERSONNEL,
+                &payload(&id),
+            ),
+        )
+        .await;
+        rounds += 1;
+        for _ in 0..2 {
+            let id = format!("clue-{}", clues.len());
+            submit(
+                &mut discipline,
+                submit_request(&id, MessageKind::ClueTransfer, SECURITY, &payload(&id)),
+            )
+            .await;
+            clues.push(id);
+        }
+        while outbox_points(&watcher.get("/live/overview").await.body) == seen {
+            assert!(
+                Instant::now() < deadline,
+                "the console takes no new samples"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    for id in &clues {
+        wait_state(&mut discipline, id, SentState::Acknowledged, 15 * SECOND).await;
+    }
+    // The console's figures have caught up with the last round.
+    let expected = rounds.to_string();
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let live = watcher.get("/live/overview").await.body;
+        let personnel = text_of_id(&live, "depth-discipline-outbox-personnel");
+        let inbox = text_of_id(&live, "depth-public_security-inbox");
+        if personnel.as_deref() == Some(&expected) && inbox.as_deref() == Some("0") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the console shows {personnel:?} for personnel, {inbox:?} in the inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.assert_no_payload();
+
+    let base = format!("http://{}", console.addr);
+
+    // The overview as the browser renders it, after its script refreshed
+    // the live part once (under the console's CSP): the queue depths.
+    let dom = chromium(
+        &format!("{base}{}", console.next_link().await),
+        &["--virtual-time-budget=5000", "--dump-dom"],
+    )
+    .await;
+    assert!(dom.contains("<h1>Overview</h1>"), "{dom}");
+    assert!(
+        dom.contains("data-live-status=\"\">live<"),
+        "the script did not refresh the overview: {dom}"
+    );
+    assert_eq!(
+        text_of_id(&dom, "depth-discipline-outbox-personnel").as_deref(),
+        Some(expected.as_str()),
+        "{dom}"
+    );
+    assert_eq!(
+        text_of_id(&dom, "depth-discipline-outbox-judicial").as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        text_of_id(&dom, "depth-public_security-inbox").as_deref(),
+        Some("0")
+    );
+    assert!(
+        text_of_id(&dom, "peer-discipline-public_security").is_some_and(|t| t.contains("up")),
+        "{dom}"
+    );
+    assert!(dom.contains("<svg"), "charts: {dom}");
+    assert!(!dom.contains(MARKER));
+
+    // A message page: its timeline of receipts.
+    let link = console.next_link().await;
+    let dom = chromium(
+        &format!(
+            "{base}{}",
+            link.replace("/?", "/nodes/discipline/messages/discipline/clue-0?")
+        ),
+        &["--dump-dom"],
+    )
+    .await;
+    assert!(dom.contains("id=\"timeline\""), "{dom}");
+    for kind in ["accepted", "delivered", "acknowledged"] {
+        assert!(
+            dom.contains(&format!("data-event=\"{kind}\" data-source=\"receipt\"")),
+            "{kind}: {dom}"
+        );
+    }
+    assert!(!dom.contains(MARKER));
+
+    // The screenshot of the overview for the README.
+    let path = screenshot_path();
+    let _ = std::fs::remove_file(&path);
+    let shot = format!("--screenshot={}", path.display());
+    chromium(
+        &format!("{base}{}", console.next_link().await),
+        &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
+    )
+    .await;
+    let png = std::fs::read(&path).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+    assert!(png.len() > 20_000, "{} bytes: an empty page?", png.len());
+    eprintln!("screenshot of the overview: {}", path.display());
+    acker.abort();
+}
+
+/// A receiving system that acknowledges every message it is offered.
+async fn acknowledge_everything(
+    mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>,
+) {
+    use tokio_stream::StreamExt;
+    let mut stream = receiver(&mut client, 64, 30).await;
+    while let Some(Ok(d)) = stream.next().await {
+        let _ = client
+            .ack(pb::AckRequest {
+                lease: lease_of(&d),
+            })
+            .await;
+    }
+}
+
+/// How many points the console's depth chart of discipline holds (its
+/// samples so far).
+fn outbox_points(body: &str) -> usize {
+    let Some(panel) = body
+        .split("id=\"node-discipline\"")
+        .nth(1)
+        .and_then(|rest| rest.split("id=\"node-").next())
+    else {
+        return 0;
+    };
+    // The panel's charts: accepted, into custody, then the outboxes' depth.
+    panel
+        .split("points=\"")
+        .nth(3)
+        .and_then(|p| p.split('"').next())
+        .map_or(0, |p| p.split_whitespace().count())
+}
