@@ -73,7 +73,27 @@ pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
     Ok(open_at(path)?)
 }
 
+/// How long an open waits for sled's lock on its files: the last handle
+/// of a database closed in this process lets the lock go only once sled's
+/// own threads have finished with it.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match open_once(path) {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_once(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
     let db = sled::Config::new()
         .path(path)
         // The page cache is the bulk of a node's memory; queued messages

@@ -460,9 +460,9 @@ impl Store {
         }
     }
 
-    /// Rebuilds the index of the stopped store in `dir` from its journal:
-    /// removes sled's files and replays every journal record into new
-    /// ones. Refused while a node has the store open (the index is locked).
+    /// Rebuilds the index and the live state of the stopped store in
+    /// `dir` from its journal: removes sled's files and the snapshots, and
+    /// replays every journal record. Refused while a node has the store open (the index is locked).
     /// Returns the rebuilt store's record counts.
     pub fn reindex(dir: &Path) -> Result<Counts> {
         if !dir.join(wal::DIR).is_dir() {
@@ -477,6 +477,7 @@ impl Store {
         store.close();
         drop(store);
         index::remove(dir)?;
+        snapshot::remove_all(&RealFs, dir)?;
         let store = Store::open(dir)?;
         let counts = store.counts();
         store.close();
@@ -501,6 +502,7 @@ impl Store {
             edit(TREE_NAMES.get(tree).copied().unwrap_or(""), key, value)
         })?;
         index::remove(dir)?;
+        snapshot::remove_all(&RealFs, dir)?;
         Ok(records)
     }
 

@@ -179,6 +179,22 @@ pub(super) fn publish(fs: &dyn Fs, file: &dyn FsFile, tmp: &Path) -> Result<Path
     Ok(path)
 }
 
+/// Removes every snapshot of a stopped store, durably: the next open
+/// replays the live state from the journal's first record.
+pub(super) fn remove_all(fs: &dyn Fs, data_dir: &Path) -> Result<()> {
+    let found = list(fs, data_dir)?;
+    for (_, path) in &found {
+        fs.remove_file(path)
+            .map_err(|e| io_error(format!("cannot remove {}", path.display()), e))?;
+    }
+    if !found.is_empty() {
+        let dir = data_dir.join(DIR);
+        durable::sync_dir(fs, &dir)
+            .map_err(|e| io_error(format!("cannot sync {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
 /// The newest snapshot that reads back whole, if any. Damaged ones are
 /// logged and skipped; leftovers of a write a crash cut short (`.tmp`)
 /// are ignored.

@@ -28,6 +28,8 @@ const SIGABRT: i32 = 6;
 
 fn small_journal(node: &mut NodeFile) {
     node.store.journal_file_bytes = JOURNAL_FILE_BYTES;
+    // A snapshot of the live state every few journal files.
+    node.store.snapshot_journal_bytes = 3 * JOURNAL_FILE_BYTES;
     // Eight clients of one principal submit as fast as they can.
     node.limits.submit_rate_per_sec = 0;
 }
@@ -323,6 +325,50 @@ async fn abort_during_index_batch_loses_nothing_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_during_checkpoint_loses_nothing_accepted() {
     abort_at("during-checkpoint:2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_during_snapshot_loses_nothing_accepted() {
+    abort_at("during-snapshot:2").await;
+}
+
+/// A node stopped cleanly (its last act: a snapshot), whose newest
+/// snapshot is then damaged and the one before cut short: it starts from
+/// a full replay of the journal and loses or repeats nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_snapshots_fall_back_to_the_journal() {
+    let fed = TestFederation::start_with(small_journal, &[SECURITY]).await;
+    let consumer = Consumer::start(&fed).await;
+    let mut child = spawn_sender(&fed, None);
+    wait_serving(&fed, DISCIPLINE).await;
+    let submitters = Submitters::start(&fed, 8);
+    let deadline = Instant::now() + 60 * SECOND;
+    while submitters.count() < 600 {
+        assert!(Instant::now() < deadline, "submits did not flow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let accepted = submitters.finish().await;
+    stop(&mut child).await;
+    let dir = fed.config(DISCIPLINE).data_dir;
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .expect("snapshots")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    snapshots.sort();
+    assert!(snapshots.len() >= 2, "{snapshots:?}");
+    let newest = snapshots.pop().expect("newest");
+    let mut bytes = std::fs::read(&newest).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&newest, bytes).expect("damage the newest");
+    let before = snapshots.pop().expect("the one before");
+    let len = std::fs::metadata(&before).expect("meta").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&before)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("cut the one before short");
+    recover_and_check(&fed, consumer, &accepted).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
