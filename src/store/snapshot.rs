@@ -30,8 +30,11 @@ pub const DIR: &str = "snapshots";
 
 const MAGIC: &[u8; 8] = b"CBSNAP01";
 
-/// Bytes buffered before each append to the file.
+/// Bytes buffered before each append to the file, and read at a time.
 const CHUNK: usize = 1 << 20;
+
+/// A key or value longer than this is not one a snapshot wrote.
+const MAX_ITEM: usize = 16 << 20;
 
 /// A snapshot read back.
 #[derive(Debug)]
@@ -200,67 +203,127 @@ pub(super) fn remove_all(fs: &dyn Fs, data_dir: &Path) -> Result<()> {
 /// are ignored.
 pub(super) fn load_newest(fs: &dyn Fs, data_dir: &Path) -> Result<Option<Snapshot>> {
     for (at, path) in list(fs, data_dir)? {
-        let bytes = match fs.read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(snapshot = %path.display(), error = %e, "cannot read a snapshot; trying an older one");
-                continue;
-            }
-        };
-        match decode(&bytes) {
-            Some(s) if s.position == at => return Ok(Some(s)),
-            _ => tracing::warn!(
+        match read(fs, &path) {
+            Ok(Some(s)) if s.position == at => return Ok(Some(s)),
+            Ok(_) => tracing::warn!(
                 snapshot = %path.display(),
                 "a snapshot is torn or damaged; trying an older one (the journal is replayed from there)"
             ),
+            Err(e) => {
+                tracing::warn!(snapshot = %path.display(), error = %e, "cannot read a snapshot; trying an older one");
+            }
         }
     }
     Ok(None)
 }
 
-/// A snapshot's content, if it is whole.
-fn decode(bytes: &[u8]) -> Option<Snapshot> {
-    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
-    if crc32fast::hash(body).to_le_bytes() != crc {
-        return None;
+/// Reads a snapshot in chunks, decoding as it goes (the file is never
+/// held whole in memory); `None` if it is torn or fails its CRC.
+fn read(fs: &dyn Fs, path: &Path) -> std::io::Result<Option<Snapshot>> {
+    let file = fs.open_read(path)?;
+    let len = file.len()?;
+    let Some(body_len) = len.checked_sub(4) else {
+        return Ok(None);
+    };
+    let mut r = ChunkReader {
+        file,
+        offset: 0,
+        end: body_len,
+        buf: Vec::new(),
+        at: 0,
+        crc: crc32fast::Hasher::new(),
+    };
+    let decoded = decode(&mut r)?;
+    // Whatever the body said, it counts only if it was all of the file
+    // and its CRC holds.
+    if r.offset != r.end || r.at != r.buf.len() {
+        return Ok(None);
     }
-    let mut r = Reader(body);
-    if r.take(8)? != MAGIC {
-        return None;
+    let mut crc = [0; 4];
+    r.file.read_exact_at(&mut crc, body_len)?;
+    Ok(decoded.filter(|_| r.crc.clone().finalize().to_le_bytes() == crc))
+}
+
+/// A snapshot's content, if it decodes.
+fn decode(r: &mut ChunkReader) -> std::io::Result<Option<Snapshot>> {
+    if r.take(8)?.as_deref() != Some(&MAGIC[..]) {
+        return Ok(None);
     }
-    let position = Position::decode(r.take(16)?)?;
-    let counters = postcard::from_bytes(r.bytes()?).ok()?;
+    let Some(position) = r.take(16)?.and_then(|b| Position::decode(&b)) else {
+        return Ok(None);
+    };
+    let Some(counters) = r.bytes()?.and_then(|b| postcard::from_bytes(&b).ok()) else {
+        return Ok(None);
+    };
     let mut maps = Maps::new();
     for tree in LIVE {
-        if usize::from(r.take(1)?[0]) != tree {
-            return None;
+        if r.take(1)?.map(|b| usize::from(b[0])) != Some(tree) {
+            return Ok(None);
         }
-        let n = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let Some(n) = r
+            .take(8)?
+            .and_then(|b| Some(u64::from_le_bytes(b.try_into().ok()?)))
+        else {
+            return Ok(None);
+        };
         let map = maps.map_mut(tree);
         for _ in 0..n {
-            let k = r.bytes()?;
-            let v = r.bytes()?;
+            let (Some(k), Some(v)) = (r.bytes()?, r.bytes()?) else {
+                return Ok(None);
+            };
             map.insert(k.into(), v.into());
         }
     }
-    r.0.is_empty().then_some(Snapshot {
+    Ok(Some(Snapshot {
         position,
         counters,
         maps,
-    })
+    }))
 }
 
-struct Reader<'a>(&'a [u8]);
+/// Reads the body of a snapshot a chunk at a time, keeping its CRC.
+struct ChunkReader {
+    file: Arc<dyn FsFile>,
+    /// Next file offset to read into `buf`.
+    offset: u64,
+    /// Where the body ends (the CRC follows).
+    end: u64,
+    buf: Vec<u8>,
+    /// Next unread byte of `buf`.
+    at: usize,
+    crc: crc32fast::Hasher,
+}
 
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = self.0.split_at_checked(n)?;
-        self.0 = rest;
-        Some(head)
+impl ChunkReader {
+    /// The next `n` bytes, `None` past the end of the body.
+    fn take(&mut self, n: usize) -> std::io::Result<Option<Vec<u8>>> {
+        while self.buf.len() - self.at < n {
+            if self.offset >= self.end {
+                return Ok(None);
+            }
+            self.buf.drain(..self.at);
+            self.at = 0;
+            let chunk = (self.end - self.offset).min(CHUNK as u64) as usize;
+            let start = self.buf.len();
+            self.buf.resize(start + chunk, 0);
+            self.file
+                .read_exact_at(&mut self.buf[start..], self.offset)?;
+            self.crc.update(&self.buf[start..]);
+            self.offset += chunk as u64;
+        }
+        let out = self.buf[self.at..self.at + n].to_vec();
+        self.at += n;
+        Ok(Some(out))
     }
 
-    fn bytes(&mut self) -> Option<&'a [u8]> {
-        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+    fn bytes(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(len) = self.take(4)? else {
+            return Ok(None);
+        };
+        let n = u32::from_le_bytes(len.try_into().unwrap_or_default()) as usize;
+        if n > MAX_ITEM {
+            return Ok(None);
+        }
         self.take(n)
     }
 }
