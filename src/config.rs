@@ -410,6 +410,11 @@ pub struct StoreSettings {
     /// least: also twice the last snapshot's size): bounds the journal
     /// replayed at start.
     pub snapshot_journal_bytes: u64,
+    /// Age in seconds (of their newest audit entry) past which journal
+    /// files that a checkpoint signed by this node covers, and the
+    /// envelope segments they name, are moved to `data_dir/archive/`;
+    /// 0 keeps everything in place.
+    pub archive_after_secs: u64,
 }
 
 impl StoreSettings {
@@ -424,6 +429,7 @@ impl Default for StoreSettings {
         StoreSettings {
             journal_file_bytes: crate::store::JOURNAL_FILE_BYTES,
             snapshot_journal_bytes: crate::store::SNAPSHOT_JOURNAL_BYTES,
+            archive_after_secs: 0,
         }
     }
 }

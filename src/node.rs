@@ -52,6 +52,7 @@ fn open_store(config: &NodeConfig, fs: std::sync::Arc<dyn crate::store::fs::Fs>)
         audit_log: config.audit.log,
         journal_file_bytes: config.store.journal_file_bytes,
         snapshot_journal_bytes: config.store.snapshot_journal_bytes,
+        archive_after_secs: config.store.archive_after_secs,
     };
     Store::open_on(fs, &config.data_dir, options)
 }

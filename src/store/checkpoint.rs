@@ -13,6 +13,8 @@ pub const SNAPSHOT_JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
 /// When the last snapshot was taken, and how much journal came since.
 #[derive(Debug, Default)]
 pub(super) struct SnapshotState {
+    /// The position of the newest snapshot published (or loaded).
+    pub at: Option<super::wal::Position>,
     /// Journal bytes written since the last snapshot.
     pub since: u64,
     /// The size of the last snapshot: a snapshot waits for at least twice
@@ -82,7 +84,8 @@ impl Store {
                         .max(state.last_size.saturating_mul(2))
         };
         if !due {
-            return Ok(());
+            drop(wal);
+            return self.archive_after_checkpoint(applied);
         }
         // Written under the lock (the live state cannot move), made
         // durable and published after it. A failed snapshot is no disk
@@ -105,10 +108,23 @@ impl Store {
         let size = file.len().unwrap_or(0);
         let path = snapshot::publish(&*self.shared.fs, &*file, &tmp)?;
         *self.lock_snapshots() = SnapshotState {
+            at: Some(applied),
             since: 0,
             last_size: size,
         };
         tracing::debug!(snapshot = %path.display(), bytes = size, "snapshot of the live state written");
+        self.archive_after_checkpoint(applied)
+    }
+
+    /// Archives what is due, keeping every journal file that an ordinary
+    /// start replays (from the older of the index's and the snapshot's
+    /// positions). A failure is logged: the files stay where they are.
+    fn archive_after_checkpoint(&self, indexed: super::wal::Position) -> Result<()> {
+        let snapshot = self.lock_snapshots().at;
+        let keep_from = snapshot.map_or(0, |s| s.epoch.min(indexed.epoch));
+        if let Err(e) = self.archive_due(keep_from) {
+            tracing::warn!(error = %e, "archiving old journal files failed; they stay in place");
+        }
         Ok(())
     }
 

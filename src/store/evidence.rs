@@ -165,7 +165,17 @@ impl JournalReader {
         if open.len() >= OPEN_FILES {
             open.clear();
         }
-        let f = self.fs.open_read(path)?;
+        let f = match self.fs.open_read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let name = wal::file_name(epoch);
+                let archived = self.dir.parent().map(super::archive::journal_dir);
+                match archived {
+                    Some(dir) => self.fs.open_read(&dir.join(name))?,
+                    None => return Err(e),
+                }
+            }
+            other => other?,
+        };
         open.insert(epoch, Arc::clone(&f));
         Ok(f)
     }

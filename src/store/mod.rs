@@ -40,6 +40,7 @@
 //! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
+mod archive;
 mod audit;
 mod checkpoint;
 mod counters;
@@ -62,6 +63,7 @@ mod writer;
 #[cfg(test)]
 mod power_cut_tests;
 
+pub use archive::DIR as ARCHIVE_DIR;
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
 pub use counters::OutboxDepth;
@@ -202,6 +204,8 @@ struct Shared {
     snapshots: std::sync::Mutex<checkpoint::SnapshotState>,
     /// Journal bytes that make a snapshot due.
     snapshot_journal_bytes: u64,
+    /// Age past which covered journal files are archived (0: never).
+    archive_after_secs: u64,
     /// The journal. Its lock also serialises transactions: one
     /// runs at a time, whichever thread calls it.
     wal: std::sync::Mutex<Wal>,
@@ -324,6 +328,9 @@ pub struct StoreOptions {
     /// least; twice the last snapshot's size when that is more): bounds
     /// the replay at open.
     pub snapshot_journal_bytes: u64,
+    /// Age (of their newest audit entry) past which journal files that a
+    /// signed checkpoint covers are moved to `archive/` (0: never).
+    pub archive_after_secs: u64,
 }
 
 /// The default of [`StoreOptions::journal_file_bytes`]: 8 MiB.
@@ -335,6 +342,7 @@ impl Default for StoreOptions {
             audit_log: true,
             journal_file_bytes: JOURNAL_FILE_BYTES,
             snapshot_journal_bytes: checkpoint::SNAPSHOT_JOURNAL_BYTES,
+            archive_after_secs: 0,
         }
     }
 }
@@ -431,6 +439,7 @@ impl Store {
                 trees: p.trees,
                 live: p.live,
                 snapshots: std::sync::Mutex::new(checkpoint::SnapshotState {
+                    at: p.snapshot,
                     // No snapshot yet: the first checkpoint takes one.
                     since: if p.snapshot.is_some() {
                         0
@@ -440,6 +449,7 @@ impl Store {
                     last_size: 0,
                 }),
                 snapshot_journal_bytes: p.options.snapshot_journal_bytes.max(1),
+                archive_after_secs: p.options.archive_after_secs,
                 wal: std::sync::Mutex::new(p.wal),
                 segments: p.segments,
                 journal: p.journal,

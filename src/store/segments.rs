@@ -103,6 +103,11 @@ fn file_name(number: u64) -> String {
     format!("{number:020}.seg")
 }
 
+/// The number of a segment file named `name`, if it is one.
+pub(super) fn number_of(name: &str) -> Option<u64> {
+    name.strip_suffix(".seg").and_then(|n| n.parse().ok())
+}
+
 impl Segments {
     /// Opens the segments in `data_dir` on `fs`, and starts a new file.
     pub fn open(fs: Arc<dyn Fs>, data_dir: &Path) -> Result<Segments> {
@@ -110,10 +115,7 @@ impl Segments {
         durable::create_dir_durably(&*fs, &dir).map_err(|e| io_error(&dir, e))?;
         let mut last = 0;
         for name in fs.list_dir(&dir).map_err(|e| io_error(&dir, e))? {
-            if let Some(n) = name
-                .strip_suffix(".seg")
-                .and_then(|n| n.parse::<u64>().ok())
-            {
+            if let Some(n) = number_of(&name) {
                 last = last.max(n);
             }
         }
@@ -229,9 +231,24 @@ impl Segments {
         if let Some(f) = files.get(&number) {
             return Ok(Arc::clone(f));
         }
-        let file = self.fs.open_read(&self.dir.join(file_name(number)))?;
+        let name = file_name(number);
+        let file = match self.fs.open_read(&self.dir.join(&name)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let archived = self.dir.parent().map(super::archive::segments_dir);
+                match archived {
+                    Some(dir) => self.fs.open_read(&dir.join(&name))?,
+                    None => return Err(e),
+                }
+            }
+            other => other?,
+        };
         files.insert(number, Arc::clone(&file));
         Ok(file)
+    }
+
+    /// The number of the segment appends go to (none when read-only).
+    pub fn active_number(&self) -> Option<u64> {
+        self.lock_active().as_ref().map(|a| a.number)
     }
 
     /// The bytes of the record `at` names, or `None` if there is no whole

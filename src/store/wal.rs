@@ -291,6 +291,17 @@ pub(super) fn crc_holds(header: &[u8; 8], payload: &[u8]) -> bool {
     header[4..8] == crc32fast::hash(payload).to_le_bytes()
 }
 
+/// The whole records at the start of `data`, in order (a torn or damaged
+/// record ends them).
+pub(super) fn records(mut data: &[u8]) -> Vec<Vec<Op>> {
+    let mut out = Vec::new();
+    while let Ok(Some((len, ops))) = next_record(data, &|_| Ok(true)) {
+        out.push(ops);
+        data = &data[len..];
+    }
+    out
+}
+
 fn encode(ops: &[Op]) -> Vec<u8> {
     let size: usize = ops
         .iter()
@@ -364,8 +375,26 @@ pub(super) fn file_name(epoch: u64) -> String {
     format!("{epoch:020}.log")
 }
 
+/// The journal files of the store in `data_dir`, oldest first, with their
+/// paths: in `journal/`, and those archived (see `archive`). A file found
+/// in both (a move a crash interrupted) is read from `journal/`.
+pub(super) fn files(fs: &dyn Fs, data_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = std::collections::BTreeMap::new();
+    let archived = super::archive::journal_dir(data_dir);
+    if fs.exists(&archived).map_err(|e| io_error(&archived, e))? {
+        for epoch in epochs(fs, &archived)? {
+            out.insert(epoch, archived.join(file_name(epoch)));
+        }
+    }
+    let dir = data_dir.join(DIR);
+    for epoch in epochs(fs, &dir)? {
+        out.insert(epoch, dir.join(file_name(epoch)));
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// The log files in `dir`, oldest first.
-fn epochs(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
+pub(super) fn epochs(fs: &dyn Fs, dir: &Path) -> Result<Vec<u64>> {
     let mut out = Vec::new();
     for name in fs.list_dir(dir).map_err(|e| io_error(dir, e))? {
         if let Some(epoch) = name.strip_suffix(".log").and_then(|n| n.parse().ok()) {
@@ -444,20 +473,20 @@ pub(super) fn replay(
     complete: &dyn Fn(&[Op]) -> Result<bool>,
     from: Option<Position>,
 ) -> Result<Replay> {
-    let dir = data_dir.join(DIR);
-    let found = epochs(fs, &dir)?;
+    let found = files(fs, data_dir)?;
     let mut out = Replay {
         records: 0,
-        last_epoch: found.last().copied(),
+        last_epoch: found.last().map(|(epoch, _)| *epoch),
         torn: None,
     };
-    for (i, &epoch) in found.iter().enumerate() {
+    for (i, (epoch, path)) in found.iter().enumerate() {
+        let epoch = *epoch;
         let start = match from {
             Some(p) if epoch < p.epoch => continue,
             Some(p) if epoch == p.epoch => p.offset as usize,
             _ => 0,
         };
-        let path = dir.join(file_name(epoch));
+        let path = path.clone();
         let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
         let Some(mut rest) = data.get(start..) else {
             return Err(Error::corrupt(
@@ -513,10 +542,8 @@ pub(super) type Edit<'a> = dyn FnMut(usize, &[u8], &mut Option<Vec<u8>>) + 'a;
 /// history; never called by a node. Returns the records written.
 pub(super) fn rewrite(data_dir: &Path, edit: &mut Edit<'_>) -> Result<usize> {
     let fs = super::fs::RealFs;
-    let dir = data_dir.join(DIR);
     let mut records = 0;
-    for epoch in epochs(&fs, &dir)? {
-        let path = dir.join(file_name(epoch));
+    for (_, path) in files(&fs, data_dir)? {
         let data = fs.read(&path).map_err(|e| io_error(&path, e))?;
         let mut rest = data.as_slice();
         let mut out = Vec::with_capacity(data.len());

@@ -34,7 +34,7 @@ fn auditor(fed: &TestFederation, node: &str) -> AuditClient<Channel> {
         .expect("client")
 }
 
-async fn bundle_of(fed: &TestFederation, node: &str, sender: &str, id: &str) -> String {
+pub async fn bundle_of(fed: &TestFederation, node: &str, sender: &str, id: &str) -> String {
     auditor(fed, node)
         .get_bundle(pb::GetBundleRequest {
             sender_node: sender.into(),
