@@ -1,0 +1,248 @@
+//! The sender's side of the store: submits (with idempotency), the
+//! outboxes, receipts coming back about sent messages and the feed that
+//! `WatchReceipts` follows.
+
+use super::*;
+
+/// Whether a final receipt of `kind` contradicts a message already in
+/// final `state`: one final word per message, except the moves that
+/// `SentState::after` allows (a requeued dead letter settled after all).
+fn contradicts(state: SentState, kind: ReceiptKind) -> bool {
+    let final_kind = !matches!(kind, ReceiptKind::Accepted | ReceiptKind::Delivered);
+    final_kind && state.is_terminal() && state.after(kind).is_none()
+}
+
+impl Store {
+    /// Stores a newly accepted message: envelope, state, `accepted`
+    /// receipt, outbox entry and expiry index, all or nothing. If the id is
+    /// taken, compares request digests: same → the original receipt, other
+    /// → `AlreadyExists`.
+    pub fn submit(
+        &self,
+        message: &MessageRef,
+        envelope: &[u8],
+        record: &SentRecord,
+        accepted: &SignedReceipt,
+    ) -> Result<SubmitOutcome> {
+        let key = keys::message(message);
+        if let Some(existing) = self.sent(message)? {
+            return self.duplicate(message, &existing, record);
+        }
+        let outbox_key = keys::peer_queue(&record.recipient, self.next_seq()?);
+        let feed_seq = self.next_seq()?;
+        let mut record = record.clone();
+        record.outbox_key = Some(outbox_key.clone());
+        let record_bytes = records::encode(&record);
+        let accepted_bytes = accepted.encode();
+        let receipt_digest = sha256(&accepted.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
+        let note = Note::new(
+            AuditEvent::Accepted,
+            SentState::Accepted.as_str(),
+            format!("{} to {}", record.kind, record.recipient),
+        )
+        .receipt(receipt_digest);
+        let outcome = self.transact(|t| {
+            if t[SENT].get(&key)?.is_some() {
+                // Raced with a concurrent submit of the same id; the caller
+                // retries and takes the duplicate path.
+                return Ok(false);
+            }
+            t[ENVELOPES].insert(key.as_slice(), envelope)?;
+            t[SENT].insert(key.as_slice(), record_bytes.as_slice())?;
+            t[RECEIPTS].insert(receipt_key.as_slice(), accepted_bytes.as_slice())?;
+            t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
+            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
+            self.append_audit(t, message, &note)?;
+            Ok(true)
+        })?;
+        if outcome {
+            Ok(SubmitOutcome::Stored)
+        } else {
+            let existing = self
+                .sent(message)?
+                .ok_or_else(|| Error::corrupt("sent", "record vanished during submit"))?;
+            self.duplicate(message, &existing, &record)
+        }
+    }
+
+    fn duplicate(
+        &self,
+        message: &MessageRef,
+        existing: &SentRecord,
+        record: &SentRecord,
+    ) -> Result<SubmitOutcome> {
+        if existing.request_digest != record.request_digest {
+            return Err(Error::AlreadyExists(format!(
+                "message id {:?} was already used for a message with other content; \
+                 choose a new id (nothing was changed)",
+                message.message_id
+            )));
+        }
+        let accepted = self
+            .receipts(message)?
+            .into_iter()
+            .find(|r| {
+                r.open()
+                    .map(|r| r.kind.as_str() == "accepted")
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| {
+                Error::corrupt("receipts", format!("{message} has no accepted receipt"))
+            })?;
+        Ok(SubmitOutcome::Duplicate(accepted))
+    }
+
+    pub fn sent(&self, message: &MessageRef) -> Result<Option<SentRecord>> {
+        self.read(SENT, &keys::message(message))?
+            .map(|v| records::decode("sent", &v))
+            .transpose()
+    }
+
+    /// The signed envelope bytes of `message`, as they were stored.
+    pub fn envelope(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
+        self.read(ENVELOPES, &keys::message(message))?
+            .map(|v| self.envelope_bytes(&v))
+            .transpose()
+    }
+
+    /// Every receipt stored about a message (unordered).
+    pub fn receipts(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
+        self.read_prefix(RECEIPTS, &keys::receipts_prefix(&keys::message(message)))?
+            .iter()
+            .map(|v| self.receipt_at(RECEIPTS, v))
+            .collect()
+    }
+
+    /// The oldest `limit` outbox entries for `peer`, oldest first.
+    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<OutboxEntry>> {
+        let mut out = Vec::new();
+        for kv in self
+            .tree(OUTBOX)
+            .scan_prefix(keys::peer_prefix(peer))
+            .take(limit)
+        {
+            let (_, msg_key) = kv?;
+            let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
+                Error::corrupt("outbox", "entry names a message with no envelope")
+            })?;
+            out.push(OutboxEntry {
+                message_key: msg_key.to_vec(),
+                envelope: self.envelope_bytes(&envelope)?,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn outbox_depth(&self, peer: &str) -> usize {
+        self.lock_counters().outbox(peer).count as usize
+    }
+
+    /// Records a receipt about a message this node sent and moves its state
+    /// as the receipt says (see `SentState::after`). A receipt already held
+    /// changes nothing. Leaving `accepted` also takes the message out of the
+    /// outbox. Returns the state after the receipt.
+    pub fn apply_sent_receipt(
+        &self,
+        message: &MessageRef,
+        receipt: &SignedReceipt,
+        kind: ReceiptKind,
+    ) -> Result<SentState> {
+        let key = keys::message(message);
+        let receipt_digest = sha256(&receipt.receipt);
+        let receipt_key = keys::receipt(&key, &receipt_digest);
+        let bytes = receipt.encode();
+        let feed_seq = self.next_seq()?;
+        let opened = receipt.open()?;
+        // A receipt this node issued itself (a peer's refusal turned into a
+        // dead letter) is that event; any other came back from the peer.
+        let event = match (opened.issuer_node == message.sender_node, kind) {
+            (true, ReceiptKind::DeadLettered) => AuditEvent::DeadLettered,
+            (true, ReceiptKind::Expired) => AuditEvent::Expired,
+            _ => AuditEvent::ReceiptReceived,
+        };
+        let mut detail = format!("{kind} receipt by {}", opened.issuer_node);
+        if opened.attempt > 0 {
+            detail.push_str(&format!(", attempt {}", opened.attempt));
+        }
+        if !opened.reason.is_empty() {
+            detail.push_str(&format!(": {}", opened.reason));
+        }
+        self.transact(|t| {
+            let Some(raw) = t[SENT].get(&key)? else {
+                return abort(Error::NotFound(format!(
+                    "{message} is not a message this node sent"
+                )));
+            };
+            let mut record: SentRecord = match records::decode("sent", &raw) {
+                Ok(r) => r,
+                Err(e) => return abort(e),
+            };
+            if t[RECEIPTS].get(&receipt_key)?.is_some() {
+                return Ok(Ok(record.state));
+            }
+            if contradicts(record.state, kind) {
+                // A second, different final word about a settled message:
+                // refused, and the first such receipt is kept in the log
+                // (bytes and signature) as evidence of what the peer signed.
+                if !record.conflict_recorded {
+                    record.conflict_recorded = true;
+                    t[SENT].insert(key.as_slice(), records::encode(&record))?;
+                    t[EQUIVOCATIONS].insert(keys::contradicting_receipt(&key), bytes.as_slice())?;
+                    let detail = format!(
+                        "refused a contradicting {kind} receipt by {} (SHA-256 {}), kept as evidence",
+                        opened.issuer_node,
+                        hex::encode(receipt_digest)
+                    );
+                    let note = Note::new(event, record.state.as_str(), detail);
+                    self.append_audit(t, message, &note)?;
+                }
+                return Ok(Err(record.state));
+            }
+            t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
+            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            if let Some(next) = record.state.after(kind) {
+                record.state = next;
+                if let Some(outbox_key) = record.outbox_key.take() {
+                    t[OUTBOX].remove(outbox_key)?;
+                }
+                t[SENT].insert(key.as_slice(), records::encode(&record))?;
+            }
+            let note =
+                Note::new(event, record.state.as_str(), detail.clone()).receipt(receipt_digest);
+            self.append_audit(t, message, &note)?;
+            Ok(Ok(record.state))
+        })?
+        .map_err(|state| {
+            Error::FailedPrecondition(format!(
+                "{message} is already {}; a {kind} receipt that contradicts it is refused (the \
+                 first contradicting receipt is recorded in the audit log)",
+                state.as_str()
+            ))
+        })
+    }
+
+    /// The contradicting final receipt kept about `message`, if one came.
+    pub fn contradicting_receipt(&self, message: &MessageRef) -> Result<Option<SignedReceipt>> {
+        let key = keys::contradicting_receipt(&keys::message(message));
+        self.tree(EQUIVOCATIONS)
+            .get(key)?
+            .map(|v| SignedReceipt::decode(&v).map_err(|e| Error::corrupt("equivocations", e)))
+            .transpose()
+    }
+
+    /// Receipts about sent messages stored after `cursor`, oldest first.
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, SignedReceipt)>> {
+        let start = cursor.saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for kv in self.tree(FEED).range(start..).take(limit) {
+            let (k, receipt_key) = kv?;
+            let seq = keys::first_u64(&k);
+            if let Some(v) = self.tree(RECEIPTS).get(&receipt_key)? {
+                out.push((seq, self.receipt_at(RECEIPTS, &v)?));
+            }
+        }
+        Ok(out)
+    }
+}
