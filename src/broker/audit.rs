@@ -196,20 +196,45 @@ impl Broker {
             sender_node: sender_node.to_string(),
             message_id: message_id.to_string(),
         };
-        let store = self.store();
-        let seqs = store.audit_seqs_of(&message)?;
-        let envelope = store.envelope(&message)?;
-        let (Some(envelope), Some(&last)) = (envelope, seqs.last()) else {
-            return Err(Error::NotFound(format!(
+        // Reads run on the blocking pool; only the checkpoint that may be
+        // needed first is signed here.
+        let m = message.clone();
+        let covered = self
+            .read(move |b| {
+                let (_, last) = b.bundle_parts(&m)?;
+                Ok(b.store().checkpoint_covering(b.node_id(), last)?.is_some())
+            })
+            .await?;
+        if !covered {
+            self.checkpoint_now().await?;
+        }
+        self.read(move |b| b.bundle_from_store(&message, include_payload))
+            .await
+    }
+
+    /// The audit entries about `message` (sequence numbers) and the last
+    /// one; `NotFound` if the message never passed through this node.
+    fn bundle_parts(&self, message: &MessageRef) -> Result<(Vec<u64>, u64)> {
+        let seqs = self.store().audit_seqs_of(message)?;
+        match seqs.last() {
+            Some(&last) => Ok((seqs, last)),
+            None => Err(Error::NotFound(format!(
                 "no message {message} passed through this node (or it has no audit entry)"
-            )));
-        };
+            ))),
+        }
+    }
+
+    /// Assembles the bundle of `message` from the store, every entry
+    /// covered by a checkpoint already held.
+    fn bundle_from_store(&self, message: &MessageRef, include_payload: bool) -> Result<String> {
+        let store = self.store();
+        let (seqs, _) = self.bundle_parts(message)?;
+        let envelope = store.envelope(message)?.ok_or_else(|| {
+            Error::NotFound(format!("no message {message} passed through this node"))
+        })?;
         let envelope =
             SignedEnvelope::decode(&envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let node = self.node_id();
-        if store.checkpoint_covering(node, last)?.is_none() {
-            self.checkpoint_now().await?;
-        }
         let mut segments: Vec<(Vec<AuditEntry>, SignedCheckpoint)> = Vec::new();
         let mut covered = 0;
         for &seq in &seqs {
@@ -226,10 +251,10 @@ impl Broker {
             covered = c.seq;
             segments.push((entries, checkpoint));
         }
-        let mut receipts = store.receipts(&message)?;
+        let mut receipts = store.receipts(message)?;
         receipts.sort_by_key(|r| r.open().map(|r| r.issued_at_ms).unwrap_or(u64::MAX));
         let bundle = bundle::build(BundleInput {
-            message: &message,
+            message,
             header: &envelope.header,
             signature: &envelope.signature,
             payload: include_payload.then_some(envelope.payload.as_slice()),

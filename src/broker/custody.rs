@@ -67,28 +67,31 @@ impl Broker {
                 envelopes.len()
             )));
         }
-        // Checks (signatures, policy) run here; the custody changes of the
-        // whole batch run on the store writer and share one flush.
+        // Checks (signatures, policy, the store's records a feedback must
+        // answer) run on the blocking pool, off the async workers; the
+        // custody changes of the whole batch run on the store writer and
+        // share one flush.
         let now = now_ms();
-        let verified = self
-            .config()
-            .federation
-            .keyring
-            .verify_envelopes(&envelopes);
-        let checked: Vec<(String, Result<Custody>)> = envelopes
-            .into_iter()
-            .zip(verified)
-            .map(|(envelope, verified)| {
-                let id = EnvelopeHeader::decode(&envelope.header)
-                    .map(|h| h.message_id)
-                    .unwrap_or_default();
-                let custody = self.check_custody(peer, envelope, verified, now);
-                if let Err(e) = &custody {
-                    tracing::warn!(peer, message_id = %id, error = %e, "refused an envelope");
-                }
-                (id, custody)
+        let from = peer.to_string();
+        let checked: Vec<(String, Result<Custody>)> = self
+            .read(move |b| {
+                let verified = b.config().federation.keyring.verify_envelopes(&envelopes);
+                Ok(envelopes
+                    .into_iter()
+                    .zip(verified)
+                    .map(|(envelope, verified)| {
+                        let id = EnvelopeHeader::decode(&envelope.header)
+                            .map(|h| h.message_id)
+                            .unwrap_or_default();
+                        let custody = b.check_custody(&from, envelope, verified, now);
+                        if let Err(e) = &custody {
+                            tracing::warn!(peer = %from, message_id = %id, error = %e, "refused an envelope");
+                        }
+                        (id, custody)
+                    })
+                    .collect())
             })
-            .collect();
+            .await?;
         let (outcomes, stored) = self
             .store()
             .write(move |s| {
@@ -242,7 +245,17 @@ impl Broker {
                 while leases.len() < wanted {
                     let lease_id = new_lease_id();
                     match s.lease_next(now, lease_id, deadline, &name, kinds.as_ref())? {
-                        Ok(lease) => leases.push((lease_id, lease)),
+                        Ok(lease) => {
+                            // A requeued dead letter starts again at attempt
+                            // 1: it counts as a redelivery, not as a first
+                            // delivery (read here, off the async workers).
+                            let first = lease.record.attempts == 1
+                                && !match crate::store::keys::parse_message(&lease.message_key) {
+                                    Some(m) => s.has_operator_events(&m)?,
+                                    None => false,
+                                };
+                            leases.push((lease_id, lease, first))
+                        }
                         Err(next) => return Ok((leases, next)),
                     }
                 }
@@ -250,11 +263,11 @@ impl Broker {
             })
             .await?;
         let mut leased = Vec::with_capacity(leases.len());
-        for (lease_id, lease) in leases {
+        for (lease_id, lease, first) in leases {
             if let Some(permit) = permits.pop() {
                 self.lock_permits().insert(lease_id, permit);
             }
-            leased.push(self.leased(lease_id, lease, now, deadline)?);
+            leased.push(self.leased(lease_id, lease, first, now, deadline)?);
         }
         Ok(LeaseBatch {
             leased,
@@ -268,6 +281,7 @@ impl Broker {
         &self,
         lease_id: u64,
         lease: crate::store::Lease,
+        first_delivery: bool,
         now: u64,
         deadline: u64,
     ) -> Result<Leased> {
@@ -275,9 +289,7 @@ impl Broker {
             SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let header =
             EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))?;
-        // A requeued dead letter starts again at attempt 1; it counts as a
-        // redelivery, not as a new end-to-end time.
-        if lease.record.attempts == 1 && !self.store().has_operator_events(&header.message_ref())? {
+        if first_delivery {
             let waited = now.saturating_sub(header.created_at_ms);
             self.metrics()
                 .end_to_end_seconds

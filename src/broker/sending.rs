@@ -119,7 +119,11 @@ impl Broker {
                 sender_node: recipient.id.clone(),
                 message_id: input.correlation_id.clone(),
             };
-            if self.store().inbound(&answered)?.is_none() {
+            if self
+                .read(move |b| b.store().inbound(&answered))
+                .await?
+                .is_none()
+            {
                 return Err(Error::FailedPrecondition(format!(
                     "feedback must answer a message that {} sent to this node; \
                      no message {:?} from {} was received here",
@@ -316,17 +320,14 @@ impl Broker {
         Ok(out)
     }
 
-    /// Records the `delivered` receipts a peer answered for our envelopes,
-    /// after checking that the peer signed each one about that envelope,
-    /// and the refusals it gave for good (bad signature, policy, conflict):
-    /// such a message is dead-lettered here with our own receipt saying
-    /// why, for an operator to look at.
-    pub async fn on_forwarded(
+    /// The receipts to store for `on_forwarded`: the peer's checked
+    /// `delivered` receipts, and our own `dead_lettered` ones for refusals.
+    fn forwarded_changes(
         &self,
         peer: &str,
         delivered: Vec<(MessageRef, SignedReceipt)>,
         refused: Vec<(MessageRef, i32, String)>,
-    ) -> Result<()> {
+    ) -> Result<Vec<(MessageRef, SignedReceipt, ReceiptKind)>> {
         let mut changes = Vec::with_capacity(delivered.len() + refused.len());
         let signed: Vec<SignedReceipt> = delivered.iter().map(|(_, r)| r.clone()).collect();
         let verified = self.config().federation.keyring.verify_receipts(&signed);
@@ -347,6 +348,26 @@ impl Broker {
             );
             changes.push((message, receipt, ReceiptKind::DeadLettered));
         }
+        Ok(changes)
+    }
+
+    /// Records the `delivered` receipts a peer answered for our envelopes,
+    /// after checking that the peer signed each one about that envelope,
+    /// and the refusals it gave for good (bad signature, policy, conflict):
+    /// such a message is dead-lettered here with our own receipt saying
+    /// why, for an operator to look at.
+    pub async fn on_forwarded(
+        &self,
+        peer: &str,
+        delivered: Vec<(MessageRef, SignedReceipt)>,
+        refused: Vec<(MessageRef, i32, String)>,
+    ) -> Result<()> {
+        // Signature checks and the reads of our records run on the
+        // blocking pool, off the async workers.
+        let peer_id = peer.to_string();
+        let changes = self
+            .read(move |b| b.forwarded_changes(&peer_id, delivered, refused))
+            .await?;
         self.store()
             .write(move |s| {
                 for (message, receipt, kind) in &changes {
@@ -374,27 +395,33 @@ impl Broker {
                 receipts.len()
             )));
         }
-        let verified = self.config().federation.keyring.verify_receipts(&receipts);
-        let checked: Vec<Result<(MessageRef, SignedReceipt, ReceiptKind)>> = receipts
-            .into_iter()
-            .zip(verified)
-            .map(|(signed, verified)| {
-                let message = signed.open()?.message_ref();
-                let r = self.check_receipt(
-                    peer,
-                    &message,
-                    verified,
-                    &[
-                        ReceiptKind::Delivered,
-                        ReceiptKind::Acknowledged,
-                        ReceiptKind::Rejected,
-                        ReceiptKind::DeadLettered,
-                        ReceiptKind::Expired,
-                    ],
-                )?;
-                Ok((message, signed, r.kind))
+        // Signature checks run on the blocking pool, off the async workers.
+        let from = peer.to_string();
+        let checked: Vec<Result<(MessageRef, SignedReceipt, ReceiptKind)>> = self
+            .read(move |b| {
+                let verified = b.config().federation.keyring.verify_receipts(&receipts);
+                Ok(receipts
+                    .into_iter()
+                    .zip(verified)
+                    .map(|(signed, verified)| {
+                        let message = signed.open()?.message_ref();
+                        let r = b.check_receipt(
+                            &from,
+                            &message,
+                            verified,
+                            &[
+                                ReceiptKind::Delivered,
+                                ReceiptKind::Acknowledged,
+                                ReceiptKind::Rejected,
+                                ReceiptKind::DeadLettered,
+                                ReceiptKind::Expired,
+                            ],
+                        )?;
+                        Ok((message, signed, r.kind))
+                    })
+                    .collect())
             })
-            .collect();
+            .await?;
         let outcomes = self
             .store()
             .write(move |s| {
