@@ -50,6 +50,22 @@ pub fn peer_queue(peer: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// An inbox entry's value: the message's kind (its wire number, one
+/// byte) then its key, so that a receiver limited to some kinds skips the
+/// others without reading their records.
+pub fn inbox_entry(kind: crate::model::MessageKind, message_key: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + message_key.len());
+    v.push(kind.to_wire() as u8);
+    v.extend_from_slice(message_key);
+    v
+}
+
+/// The kind (wire number) and message key of an inbox entry's value.
+pub fn parse_inbox_entry(value: &[u8]) -> Option<(i32, &[u8])> {
+    let (kind, key) = value.split_first()?;
+    Some((i32::from(*kind), key))
+}
+
 /// `a b`: two big-endian numbers, ordered by `a` then `b` (inbox: ready
 /// time then sequence; leases: deadline then lease id).
 pub fn pair(a: u64, b: u64) -> Vec<u8> {

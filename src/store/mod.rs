@@ -9,7 +9,8 @@
 //! - `receipts`: message key + receipt digest → where the signed receipt
 //!   lies in the journal;
 //! - `outbox`: peer + seq → message key, envelopes waiting for a peer;
-//! - `inbox`: ready-at + seq → message key, messages waiting for receivers;
+//! - `inbox`: ready-at + seq → kind + message key (`keys::inbox_entry`),
+//!   messages waiting for receivers;
 //! - `leases`: deadline + lease id → message key, messages held by receivers;
 //! - `receipt_outbox`: peer + seq → where a receipt to return lies in
 //!   the journal;
@@ -98,7 +99,8 @@ use wal::{Tx, TxError, TxResult, Wal};
 use writer::{Job, writer};
 
 /// How many inbox entries a receiver limited to some message kinds looks
-/// past to find one of its kinds.
+/// past to find one of its kinds (in memory: each entry carries its
+/// kind, so no record is read).
 pub const MAX_KIND_SCAN: usize = 10_000;
 
 /// A failure of the storage engine.

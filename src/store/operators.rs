@@ -50,7 +50,7 @@ impl Store {
             record.state = InboundState::Inbox;
             record.attempts = 0;
             record.queue_key = inbox_key.clone();
-            t[INBOX].insert(inbox_key.as_slice(), key)?;
+            t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, key))?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), [])?;
             t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
             let detail = format!("by {}: {}", event.principal, event.reason);

@@ -76,7 +76,7 @@ impl Store {
             t[ENVELOPES].insert(key.as_slice(), envelope)?;
             t[INBOUND].insert(key.as_slice(), record_bytes.as_slice())?;
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
-            t[INBOX].insert(inbox_key.as_slice(), key.as_slice())?;
+            t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, &key))?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             self.append_audit(t, message, &note)?;
             Ok(None)
@@ -184,19 +184,18 @@ impl Store {
             .filter(|e| !matches!(e, Ok((k, _)) if self.removed_pending(INBOX, k)))
             .take(MAX_KIND_SCAN)
         {
-            let (inbox_key, msg_key) = entry?;
+            let (inbox_key, value) = entry?;
+            let (kind, msg_key) = keys::parse_inbox_entry(&value)
+                .ok_or_else(|| Error::corrupt("inbox", "an empty inbox entry"))?;
+            let found = Some((inbox_key.clone(), IVec::from(msg_key)));
             let Some(kinds) = kinds else {
-                return Ok(Some((inbox_key, msg_key)));
+                return Ok(found);
             };
             if keys::first_u64(&inbox_key) > now_ms {
-                return Ok(Some((inbox_key, msg_key)));
+                return Ok(found);
             }
-            let Some(raw) = self.read(INBOUND, &msg_key)? else {
-                continue;
-            };
-            let record: InboundRecord = records::decode("inbound", &raw)?;
-            if kinds.contains(&record.kind) {
-                return Ok(Some((inbox_key, msg_key)));
+            if MessageKind::from_wire(kind).is_ok_and(|k| kinds.contains(&k)) {
+                return Ok(found);
             }
         }
         Ok(None)
@@ -301,7 +300,7 @@ impl Store {
         self.with_lease(message, lease_id, holder, |t, key, record| {
             record.state = InboundState::Inbox;
             record.queue_key = inbox_key.clone();
-            t[INBOX].insert(inbox_key.as_slice(), key)?;
+            t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, key))?;
             let note = Note::new(
                 event,
                 InboundState::Inbox.as_str(),
