@@ -265,6 +265,11 @@ pub struct Limits {
     /// Calls the node handles at once over all connections; more wait
     /// their turn. A streaming call counts until its stream is opened.
     pub max_concurrent_calls: usize,
+    /// Catalogue entries one `ListMessages` call examines at most: a
+    /// filter that matches rarely answers a short (even empty) page with a
+    /// page token where its walk stopped, rather than walking every
+    /// message in one call.
+    pub max_list_scan: usize,
 }
 
 impl Default for Limits {
@@ -290,6 +295,7 @@ impl Default for Limits {
             keepalive_timeout_secs: 10,
             max_streams_per_connection: 256,
             max_concurrent_calls: 512,
+            max_list_scan: 100_000,
         }
     }
 }
@@ -351,6 +357,7 @@ impl Limits {
                 u64::from(self.max_streams_per_connection),
             ),
             ("max_concurrent_calls", self.max_concurrent_calls as u64),
+            ("max_list_scan", self.max_list_scan as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name}: must be at least 1"));

@@ -6,10 +6,10 @@ use super::Broker;
 use crate::audit::bundle::{self, BundleInput};
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditEntry, Checkpoint, EnvelopeHeader, MessageKind, MessageRef, SignedCheckpoint,
-    SignedEnvelope, validate_id,
+    AuditEntry, Checkpoint, MessageKind, MessageRef, SignedCheckpoint, SignedEnvelope, validate_id,
 };
 use crate::now_ms;
+use crate::store::{CatalogueRange, Catalogued};
 
 /// Filters of `ListMessages`; `None` matches everything.
 #[derive(Clone, Debug, Default)]
@@ -21,11 +21,15 @@ pub struct MessageFilter {
     pub peer: Option<String>,
     pub kind: Option<MessageKind>,
     pub limit: usize,
-    /// Start after this message (a previous page's last one).
+    /// Start after this place (where a previous page ended).
     pub after: Option<PageToken>,
 }
 
-/// Where a page of `ListMessages` ended: the sort key of its last message.
+/// Where a page of `ListMessages` ended: the sort key of its last message,
+/// or of the last message its walk examined (see
+/// [`Broker::list_messages`]). The order is the catalogue's: newest first,
+/// then by sender node and message id (`store::keys::by_time`), so a
+/// token is a place in it whatever the filters.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PageToken {
     /// Newest first: the creation time, reversed.
@@ -36,10 +40,15 @@ pub struct PageToken {
 
 impl PageToken {
     fn of(m: &MessageSummary) -> PageToken {
+        PageToken::at(m.created_at_ms, &m.message)
+    }
+
+    /// The place of `message`, created at `created_at_ms`, in the order.
+    fn at(created_at_ms: u64, message: &MessageRef) -> PageToken {
         PageToken {
-            newest_first: std::cmp::Reverse(m.created_at_ms),
-            sender_node: m.message.sender_node.clone(),
-            message_id: m.message.message_id.clone(),
+            newest_first: std::cmp::Reverse(created_at_ms),
+            sender_node: message.sender_node.clone(),
+            message_id: message.message_id.clone(),
         }
     }
 
@@ -75,7 +84,8 @@ pub const LIST_ANSWER_BUDGET: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct MessagePage {
     pub messages: Vec<MessageSummary>,
-    /// Set when more messages match.
+    /// Set when more messages match, or when the walk stopped at
+    /// `limits.max_list_scan` with more of the catalogue ahead.
     pub next: Option<PageToken>,
 }
 
@@ -270,76 +280,82 @@ impl Broker {
     /// Messages this node sent or holds that match `filter`, newest first,
     /// one page at a time: at most `filter.limit` and about
     /// [`LIST_ANSWER_BUDGET`] bytes.
+    ///
+    /// Walks the store's catalogue (by case when the filter names one, else
+    /// by time; a time range is a range of the walk, not a filter on it)
+    /// from the page token on, reading each message's catalogue entry and,
+    /// when that matches, its state record; never an envelope. It stops
+    /// when the page is full, or after `limits.max_list_scan` messages:
+    /// then the page may be short, even empty, and `next` says where the
+    /// walk stopped. Blocking: call it through [`Broker::read`].
     pub fn list_messages(&self, filter: &MessageFilter) -> Result<MessagePage> {
         let store = self.store();
-        let mut out = Vec::new();
-        let mut consider = |message: MessageRef,
-                            direction: &'static str,
-                            peer: String,
-                            state: &'static str|
-         -> Result<()> {
-            if filter.state.as_deref().is_some_and(|s| s != state)
-                || filter.peer.as_deref().is_some_and(|p| p != peer)
-            {
-                return Ok(());
-            }
-            let Some(bytes) = store.envelope(&message)? else {
-                return Ok(());
+        let after = filter.after.as_ref().map(|t| {
+            let message = MessageRef {
+                sender_node: t.sender_node.clone(),
+                message_id: t.message_id.clone(),
             };
-            let envelope =
-                SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
-            let h = EnvelopeHeader::decode(&envelope.header)
-                .map_err(|e| Error::corrupt("envelopes", e))?;
-            if filter.kind.is_some_and(|k| k != h.kind)
-                || filter
-                    .case_reference
-                    .as_deref()
-                    .is_some_and(|c| c != h.case_reference)
-                || filter.from_ms.is_some_and(|t| h.created_at_ms < t)
-                || filter.to_ms.is_some_and(|t| h.created_at_ms >= t)
-            {
-                return Ok(());
-            }
-            out.push(MessageSummary {
-                message,
-                kind: h.kind,
-                direction,
-                peer,
-                case_reference: h.case_reference,
-                subject: h.subject,
-                state,
-                created_at_ms: h.created_at_ms,
-            });
-            Ok(())
+            (t.newest_first.0, message)
+        });
+        let range = CatalogueRange {
+            case_reference: filter.case_reference.as_deref(),
+            from_ms: filter.from_ms,
+            to_ms: filter.to_ms,
+            after: after.as_ref().map(|(at, m)| (*at, m)),
         };
-        for item in store.sent_records() {
-            let (message, record) = item?;
-            consider(message, "sent", record.recipient, record.state.as_str())?;
-        }
-        for item in store.inbound_records() {
-            let (message, record) = item?;
-            let peer = message.sender_node.clone();
-            consider(message, "received", peer, record.state.as_str())?;
-        }
-        out.sort_by_cached_key(PageToken::of);
-        if let Some(after) = &filter.after {
-            out.retain(|m| PageToken::of(m) > *after);
-        }
+        let limit = filter.limit.max(1);
+        let mut scan = self.config().limits.max_list_scan.max(1);
+        let mut out: Vec<MessageSummary> = Vec::new();
         let mut used = 0;
-        let fits = out
-            .iter()
-            .take(filter.limit)
-            .take_while(|m| {
-                used += m.wire_size();
-                used <= LIST_ANSWER_BUDGET
-            })
-            .count()
-            .max(out.len().min(1));
-        let next = (fits < out.len()).then(|| PageToken::of(&out[fits - 1]));
-        out.truncate(fits);
+        let mut examined: Option<PageToken> = None;
+        for item in store.catalogue(&range) {
+            let Catalogued { message, entry } = item?;
+            if scan == 0 {
+                // Examined enough for one call, and more lie ahead: the
+                // next call goes on after the last message examined.
+                return Ok(MessagePage {
+                    messages: out,
+                    next: examined,
+                });
+            }
+            scan -= 1;
+            examined = Some(PageToken::at(entry.created_at_ms, &message));
+            if filter.kind.is_some_and(|k| k != entry.kind)
+                || filter.peer.as_deref().is_some_and(|p| p != entry.peer)
+            {
+                continue;
+            }
+            let Some(state) = store.catalogued_state(&message, entry.direction)? else {
+                continue;
+            };
+            if filter.state.as_deref().is_some_and(|s| s != state) {
+                continue;
+            }
+            let summary = MessageSummary {
+                message,
+                kind: entry.kind,
+                direction: entry.direction.as_str(),
+                peer: entry.peer,
+                case_reference: entry.case_reference,
+                subject: entry.subject,
+                state,
+                created_at_ms: entry.created_at_ms,
+            };
+            let size = summary.wire_size();
+            if out.len() == limit || (!out.is_empty() && used + size > LIST_ANSWER_BUDGET) {
+                // The page is full and another message matches: the next
+                // page starts after this page's last message.
+                return Ok(MessagePage {
+                    next: out.last().map(PageToken::of),
+                    messages: out,
+                });
+            }
+            used += size;
+            out.push(summary);
+        }
         Ok(MessagePage {
             messages: out,
-            next,
+            next: None,
         })
     }
 }

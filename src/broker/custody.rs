@@ -16,6 +16,8 @@ use tokio::sync::Semaphore;
 struct Custody {
     message: MessageRef,
     envelope: Vec<u8>,
+    /// Its header, for the store's catalogue.
+    header: EnvelopeHeader,
     record: InboundRecord,
     delivered: SignedReceipt,
 }
@@ -103,6 +105,7 @@ impl Broker {
                             match s.accept_inbound(
                                 &c.message,
                                 &c.envelope,
+                                &c.header,
                                 &c.record,
                                 &c.delivered,
                                 now,
@@ -216,6 +219,7 @@ impl Broker {
         Ok(Custody {
             message,
             envelope: envelope.encode(),
+            header,
             record,
             delivered,
         })

@@ -188,7 +188,7 @@ impl Broker {
             let (message, envelope, accepted) =
                 (message.clone(), envelope.encode(), accepted.clone());
             self.store()
-                .write(move |s| s.submit(&message, &envelope, &record, &accepted))
+                .write(move |s| s.submit(&message, &envelope, &header, &record, &accepted))
                 .await?
         };
         match outcome {

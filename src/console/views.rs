@@ -838,8 +838,11 @@ pub fn messages(
                     }
                     button type="submit" { "Search" }
                 }
-                @if list.messages.is_empty() {
+                @if list.messages.is_empty() && list.next_page_token.is_empty() {
                     p { "No message matches." }
+                } @else if list.messages.is_empty() {
+                    // The node stopped its walk early (`max_list_scan`).
+                    p { "No match among the messages searched so far; older ones remain." }
                 } @else {
                     table #messages {
                         thead { tr {
@@ -857,15 +860,15 @@ pub fn messages(
                             }
                         }
                     }
-                    @if !list.next_page_token.is_empty() {
-                        form.search method="get" action=(node_path(node, "messages")) {
-                            input type="hidden" name="case" value=(q.case);
-                            input type="hidden" name="state" value=(q.state);
-                            input type="hidden" name="peer" value=(q.peer);
-                            input type="hidden" name="kind" value=(q.kind);
-                            input type="hidden" name="page" value=(list.next_page_token);
-                            button.secondary type="submit" { "Older messages" }
-                        }
+                }
+                @if !list.next_page_token.is_empty() {
+                    form.search method="get" action=(node_path(node, "messages")) {
+                        input type="hidden" name="case" value=(q.case);
+                        input type="hidden" name="state" value=(q.state);
+                        input type="hidden" name="peer" value=(q.peer);
+                        input type="hidden" name="kind" value=(q.kind);
+                        input type="hidden" name="page" value=(list.next_page_token);
+                        button.secondary type="submit" { "Older messages" }
                     }
                 }
             },

@@ -1,5 +1,8 @@
 //! Key encodings. Every ordered key part is a big-endian `u64`; ids never
-//! contain NUL (see `model::validate_id`), so NUL separates them.
+//! contain NUL (see `model::validate_id`), so NUL separates them. Case
+//! references never contain NUL either: they are printable text, and
+//! `model::check_text` refuses every control character (the catalogue's
+//! writer refuses one that does, whoever calls it).
 
 use crate::model::MessageRef;
 
@@ -113,6 +116,42 @@ pub fn event(message_key: &[u8], seq: u64) -> Vec<u8> {
     k
 }
 
+/// `u64::MAX - at_ms`, big-endian: a time that sorts newest first.
+pub fn newest_first(at_ms: u64) -> [u8; 8] {
+    (u64::MAX - at_ms).to_be_bytes()
+}
+
+/// The time a [`newest_first`] part stands for.
+pub fn newest_first_time(part: &[u8]) -> u64 {
+    u64::MAX - first_u64(part)
+}
+
+/// `newest-first(created-at) message-key`: an entry of the catalogue by
+/// time. A forward walk meets messages newest first, and messages created
+/// in the same millisecond in message-key order (sender node, then
+/// message id): the order `ListMessages` has always answered in.
+pub fn by_time(created_at_ms: u64, message_key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + message_key.len());
+    k.extend_from_slice(&newest_first(created_at_ms));
+    k.extend_from_slice(message_key);
+    k
+}
+
+/// `case \0`: the prefix of one case's entries in the catalogue by case.
+/// A case reference holds no NUL (see the module doc), so no case's
+/// entries fall under another's prefix.
+pub fn case_prefix(case_reference: &str) -> Vec<u8> {
+    peer_prefix(case_reference)
+}
+
+/// `case \0 newest-first(created-at) message-key`: an entry of the
+/// catalogue by case, in the order of [`by_time`] within the case.
+pub fn by_case(case_reference: &str, created_at_ms: u64, message_key: &[u8]) -> Vec<u8> {
+    let mut k = case_prefix(case_reference);
+    k.extend_from_slice(&by_time(created_at_ms, message_key));
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +172,20 @@ mod tests {
         assert!(pair(2, 0) > pair(1, u64::MAX));
         assert!(peer_queue("p", 256) > peer_queue("p", 255));
         assert_eq!(first_u64(&pair(42, 7)), 42);
+    }
+
+    /// Newer first; within one millisecond, by sender node then message
+    /// id; a case's entries stay under its prefix whatever its neighbours.
+    #[test]
+    fn catalogue_keys_order_newest_first_then_by_message() {
+        let m = |node: &str, id: &str| message_parts(node, id);
+        assert!(by_time(2, &m("z", "z")) < by_time(1, &m("a", "a")));
+        assert!(by_time(1, &m("a", "b")) < by_time(1, &m("ab", "a")));
+        assert!(by_time(1, &m("a", "b")) < by_time(1, &m("a", "bc")));
+        assert_eq!(newest_first_time(&by_time(42, &m("a", "b"))), 42);
+        let case = by_case("C-1", 5, &m("a", "b"));
+        assert!(case.starts_with(&case_prefix("C-1")));
+        assert!(!case.starts_with(&case_prefix("C-")));
+        assert!(!by_case("C-10", 5, &m("a", "b")).starts_with(&case_prefix("C-1")));
     }
 }

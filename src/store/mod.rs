@@ -21,7 +21,14 @@
 //!   that used up their delivery attempts;
 //! - `operator_events`: message key + seq → [`OperatorEvent`], operators'
 //!   actions on a message (requeue, discard);
-//! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused.
+//! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused;
+//! - `catalogue`: message key → [`CatalogueEntry`], what `ListMessages`
+//!   shows of a message besides its state (direction, kind, peer, case
+//!   reference, subject, creation time), written once with the message;
+//! - `catalogue_by_time`: newest-first creation time + message key → (),
+//!   and `catalogue_by_case`: case reference + NUL + the same → () (only
+//!   messages with a case reference): the orders `ListMessages` walks
+//!   (see `catalogue`);
 //! - `audit`, `audit_index`, `audit_head`, `checkpoints`: the hash-chained
 //!   audit log and its signed checkpoints (see `audit`); `audit` maps each
 //!   entry's sequence number to where the entry lies in the journal.
@@ -43,6 +50,7 @@
 
 mod archive;
 mod audit;
+mod catalogue;
 mod checkpoint;
 mod counters;
 pub mod crash_points;
@@ -76,7 +84,11 @@ pub use counters::OutboxDepth;
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;
 
-pub use records::{InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord};
+pub use catalogue::{CatalogueRange, Catalogued};
+pub use records::{
+    CatalogueEntry, Direction, InboundRecord, OperatorAction, OperatorEvent, PauseRecord,
+    SentRecord,
+};
 
 use crate::error::{Error, Result};
 use crate::metrics::Histogram;
@@ -150,7 +162,10 @@ const AUDIT_HEAD: usize = 15;
 const CHECKPOINTS: usize = 16;
 const EQUIVOCATIONS: usize = 17;
 const META: usize = 18;
-const TREE_NAMES: [&str; 19] = [
+const CATALOGUE: usize = 19;
+const CATALOGUE_BY_TIME: usize = 20;
+const CATALOGUE_BY_CASE: usize = 21;
+const TREE_NAMES: [&str; 22] = [
     "envelopes",
     "sent",
     "inbound",
@@ -170,6 +185,9 @@ const TREE_NAMES: [&str; 19] = [
     "checkpoints",
     "equivocations",
     "meta",
+    "catalogue",
+    "catalogue_by_time",
+    "catalogue_by_case",
 ];
 
 fn abort<T>(e: Error) -> TxResult<T> {

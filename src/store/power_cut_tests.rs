@@ -18,7 +18,7 @@
 use super::fs::{Fs, SimFs, SyncFault};
 use super::wal::{self, Op, Wal};
 use super::*;
-use crate::model::{Receipt, SignedEnvelope};
+use crate::model::{EnvelopeHeader, Receipt, SignedEnvelope};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -28,6 +28,7 @@ const NODE: &str = "discipline";
 struct Submit {
     message: MessageRef,
     envelope: Vec<u8>,
+    header: EnvelopeHeader,
     record: SentRecord,
     accepted: SignedReceipt,
 }
@@ -56,9 +57,27 @@ fn submit_of(i: usize) -> Submit {
         signing_key_id: "k1".into(),
         attempt: 0,
     };
+    let header = EnvelopeHeader {
+        message_id: message.message_id.clone(),
+        kind: MessageKind::ClueTransfer,
+        sender_node: NODE.into(),
+        sender_principal: "backoffice".into(),
+        recipient_node: "security".into(),
+        case_reference: format!("CASE-{}", i % 3),
+        correlation_id: String::new(),
+        subject: format!("subject of message {i}"),
+        content_type: "text/plain".into(),
+        payload_sha256: [0; 32],
+        payload_length: 700,
+        created_at_ms: 1,
+        expires_at_ms: 1 << 50,
+        reply_by_ms: 0,
+        signing_key_id: "k1".into(),
+    };
     Submit {
         message,
         envelope,
+        header,
         record: SentRecord {
             state: SentState::Accepted,
             recipient: "security".into(),
@@ -80,7 +99,13 @@ fn submit_of(i: usize) -> Submit {
 
 impl Submit {
     fn on(&self, store: &Store) -> Result<SubmitOutcome> {
-        store.submit(&self.message, &self.envelope, &self.record, &self.accepted)
+        store.submit(
+            &self.message,
+            &self.envelope,
+            &self.header,
+            &self.record,
+            &self.accepted,
+        )
     }
 
     /// Whether the store holds this message whole; `None` if it holds no

@@ -3,6 +3,8 @@
 //! queued to go back to sender nodes.
 
 use super::*;
+use crate::model::EnvelopeHeader;
+use records::{CatalogueEntry, Direction};
 
 /// Inside a transaction: the custody record of `message` (at `key`), or
 /// `NotFound`.
@@ -34,13 +36,14 @@ impl QueuedReceipt {
 
 impl Store {
     /// Takes an envelope into custody: envelope, record, `delivered`
-    /// receipt, inbox entry and expiry index, all or nothing. The same
-    /// envelope again → its original receipt; another envelope under the
-    /// same id → `AlreadyExists`.
+    /// receipt, inbox entry, expiry index and catalogue entries (from
+    /// `header`), all or nothing. The same envelope again → its original
+    /// receipt; another envelope under the same id → `AlreadyExists`.
     pub fn accept_inbound(
         &self,
         message: &MessageRef,
         envelope: &[u8],
+        header: &EnvelopeHeader,
         record: &InboundRecord,
         delivered: &SignedReceipt,
         ready_at_ms: u64,
@@ -60,6 +63,7 @@ impl Store {
         record.delivered_receipt_key = receipt_key.clone();
         let record_bytes = records::encode(&record);
         let receipt_bytes = delivered.encode();
+        let listed = CatalogueEntry::of(Direction::Received, header);
         let held = self.transact(|t| {
             if let Some(raw) = t[INBOUND].get(&key)? {
                 let existing: InboundRecord = match records::decode("inbound", &raw) {
@@ -78,6 +82,7 @@ impl Store {
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
             t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, &key))?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
+            catalogue::insert(t, &key, &listed)?;
             self.append_audit(t, message, &note)?;
             Ok(None)
         })?;

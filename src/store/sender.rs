@@ -3,6 +3,8 @@
 //! `WatchReceipts` follows.
 
 use super::*;
+use crate::model::EnvelopeHeader;
+use records::{CatalogueEntry, Direction};
 
 /// Whether a final receipt of `kind` contradicts a message already in
 /// final `state`: one final word per message, except the moves that
@@ -14,13 +16,14 @@ fn contradicts(state: SentState, kind: ReceiptKind) -> bool {
 
 impl Store {
     /// Stores a newly accepted message: envelope, state, `accepted`
-    /// receipt, outbox entry and expiry index, all or nothing. If the id is
-    /// taken, compares request digests: same → the original receipt, other
-    /// → `AlreadyExists`.
+    /// receipt, outbox entry, expiry index and catalogue entries (from
+    /// `header`), all or nothing. If the id is taken, compares request
+    /// digests: same → the original receipt, other → `AlreadyExists`.
     pub fn submit(
         &self,
         message: &MessageRef,
         envelope: &[u8],
+        header: &EnvelopeHeader,
         record: &SentRecord,
         accepted: &SignedReceipt,
     ) -> Result<SubmitOutcome> {
@@ -42,6 +45,7 @@ impl Store {
             format!("{} to {}", record.kind, record.recipient),
         )
         .receipt(receipt_digest);
+        let listed = CatalogueEntry::of(Direction::Sent, header);
         let outcome = self.transact(|t| {
             if t[SENT].get(&key)?.is_some() {
                 // Raced with a concurrent submit of the same id; the caller
@@ -54,6 +58,7 @@ impl Store {
             t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
             t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
+            catalogue::insert(t, &key, &listed)?;
             self.append_audit(t, message, &note)?;
             Ok(true)
         })?;

@@ -207,6 +207,29 @@ async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
         .into_inner()
         .messages;
     assert!(none.is_empty());
+    // The recipient lists it as received from its sender, in its state
+    // there.
+    let held = auditor(&fed, SECURITY)
+        .list_messages(pb::ListMessagesRequest {
+            peer: DISCIPLINE.into(),
+            case_reference: "CASE-7".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(held.messages.len(), 1);
+    let m = &held.messages[0];
+    assert_eq!(
+        (
+            m.message_id.as_str(),
+            m.direction.as_str(),
+            m.state.as_str()
+        ),
+        ("audit-1", "received", "acknowledged")
+    );
+    assert_eq!(m.subject, "subject of audit-1");
+    assert!(held.next_page_token.is_empty());
 
     // The whole log streams in order, each entry linked to the one before.
     let mut log = auditor(&fed, SECURITY)
@@ -293,6 +316,245 @@ fn flips_fail_at_the_right_check(text: &str, trust: &cluebridge::crypto::Keyring
     assert!(f.starts_with("checkpoint 1"), "{f}");
     let f = failing(&flip_in(text, &b.keys[0].public_key), trust);
     assert!(f.starts_with("keys"), "{f}");
+}
+
+// ------------------------------------------------------------ the search
+
+/// Every page of a search, following the page tokens: the messages in the
+/// order given, and each page's size.
+async fn list_all(
+    auditor: &mut AuditClient<Channel>,
+    request: pb::ListMessagesRequest,
+) -> (Vec<pb::MessageSummary>, Vec<usize>) {
+    let mut messages = Vec::new();
+    let mut pages = Vec::new();
+    let mut token = request.page_token.clone();
+    loop {
+        let page = auditor
+            .list_messages(pb::ListMessagesRequest {
+                page_token: token,
+                ..request.clone()
+            })
+            .await
+            .expect("a page")
+            .into_inner();
+        pages.push(page.messages.len());
+        messages.extend(page.messages);
+        if page.next_page_token.is_empty() {
+            return (messages, pages);
+        }
+        assert!(pages.len() < 1000, "the pages never end");
+        token = page.next_page_token;
+    }
+}
+
+/// (created, sender node, message id): where a summary sits in the order.
+fn place(m: &pb::MessageSummary) -> (u64, String, String) {
+    (m.created_at_ms, m.sender_node.clone(), m.message_id.clone())
+}
+
+/// Newest first, then by sender node and message id: the search's order.
+fn newest_first(mut places: Vec<(u64, String, String)>) -> Vec<(u64, String, String)> {
+    places.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+    places
+}
+
+/// Submits `n` messages to public security (which need not be up), the
+/// `i`-th with case reference `case(i)`; returns their places, newest
+/// first.
+async fn submitted(
+    fed: &TestFederation,
+    n: usize,
+    case: impl Fn(usize) -> String,
+) -> Vec<(u64, String, String)> {
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut auditor = auditor(fed, DISCIPLINE);
+    for i in 0..n {
+        let mut r = submit_request(
+            &format!("s-{i:03}"),
+            MessageKind::ClueTransfer,
+            SECURITY,
+            b"x",
+        );
+        r.case_reference = case(i);
+        submit(&mut discipline, r).await;
+    }
+    let (all, _) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            limit: 10_000,
+            ..Default::default()
+        },
+    )
+    .await;
+    let places: Vec<_> = all.iter().map(place).collect();
+    assert_eq!(places.len(), n);
+    assert_eq!(places, newest_first(places.clone()));
+    places
+}
+
+/// The search pages newest first with neither a gap nor a repeat, by case
+/// and by time range, each page as full as its limit allows; the answers
+/// are those of the whole list filtered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_pages_newest_first_by_case_and_by_time() {
+    let fed = TestFederation::start_with(audited, &[DISCIPLINE]).await;
+    let case = |i: usize| ["CASE-A", "CASE-B", ""][i % 3].to_string();
+    let all = submitted(&fed, 25, case).await;
+    let mut auditor = auditor(&fed, DISCIPLINE);
+    let cases: BTreeMap<String, String> = (0..25).map(|i| (format!("s-{i:03}"), case(i))).collect();
+
+    // Pages of 4: seven of them, full but the last, the whole list once.
+    let (paged, pages) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            limit: 4,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(pages, [4, 4, 4, 4, 4, 4, 1]);
+    assert_eq!(paged.iter().map(place).collect::<Vec<_>>(), all);
+
+    // By case, in pages of 3.
+    let (by_case, pages) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            case_reference: "CASE-A".into(),
+            limit: 3,
+            ..Default::default()
+        },
+    )
+    .await;
+    let expected: Vec<_> = all
+        .iter()
+        .filter(|(_, _, id)| cases[id] == "CASE-A")
+        .cloned()
+        .collect();
+    assert_eq!(expected.len(), 9);
+    assert_eq!(pages, [3, 3, 3]);
+    assert_eq!(by_case.iter().map(place).collect::<Vec<_>>(), expected);
+    assert!(by_case.iter().all(|m| m.case_reference == "CASE-A"));
+
+    // A time range (from included, to excluded), alone and with a case.
+    let (from_ms, to_ms) = (all[17].0, all[4].0);
+    let within = |(at, _, _): &&(u64, String, String)| *at >= from_ms && *at < to_ms;
+    let request = pb::ListMessagesRequest {
+        from_ms,
+        to_ms,
+        limit: 2,
+        ..Default::default()
+    };
+    let (ranged, _) = list_all(&mut auditor, request.clone()).await;
+    let expected: Vec<_> = all.iter().filter(within).cloned().collect();
+    assert!(!expected.is_empty());
+    assert_eq!(ranged.iter().map(place).collect::<Vec<_>>(), expected);
+    let (ranged, _) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            case_reference: "CASE-B".into(),
+            ..request
+        },
+    )
+    .await;
+    let expected: Vec<_> = all
+        .iter()
+        .filter(within)
+        .filter(|(_, _, id)| cases[id] == "CASE-B")
+        .cloned()
+        .collect();
+    assert_eq!(ranged.iter().map(place).collect::<Vec<_>>(), expected);
+
+    // A case no message carries, and an empty time range: nothing, at once.
+    for request in [
+        pb::ListMessagesRequest {
+            case_reference: "CASE-".into(),
+            ..Default::default()
+        },
+        pb::ListMessagesRequest {
+            from_ms: to_ms,
+            to_ms,
+            ..Default::default()
+        },
+    ] {
+        let page = auditor
+            .list_messages(request)
+            .await
+            .expect("list")
+            .into_inner();
+        assert!(page.messages.is_empty() && page.next_page_token.is_empty());
+    }
+}
+
+/// One call examines at most `max_list_scan` messages: a filter that
+/// matches nothing answers empty pages with a token to go on from, each
+/// after examining no more than that, until the catalogue's end; a time
+/// range is sought, not scanned; and short pages leave no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_match_answers_a_bounded_page_with_a_token_to_go_on() {
+    let fed = TestFederation::start_with(
+        |n| {
+            audited(n);
+            n.limits.max_list_scan = 10;
+        },
+        &[DISCIPLINE],
+    )
+    .await;
+    let all = submitted(&fed, 45, |_| "CASE-7".into()).await;
+    let mut auditor = auditor(&fed, DISCIPLINE);
+
+    // No feedback was sent: five calls of at most ten messages examined,
+    // four of them ending where their walk stopped.
+    let feedback = pb::ListMessagesRequest {
+        kind: MessageKind::Feedback.to_wire(),
+        ..Default::default()
+    };
+    let first = auditor
+        .list_messages(feedback.clone())
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(first.messages.is_empty());
+    assert!(
+        !first.next_page_token.is_empty(),
+        "an empty page that stopped early says where to go on"
+    );
+    let (found, pages) = list_all(&mut auditor, feedback.clone()).await;
+    assert!(found.is_empty());
+    assert_eq!(pages, [0, 0, 0, 0, 0]);
+    // The same by case: the walk of a case is bounded alike.
+    let (found, pages) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            case_reference: "CASE-7".into(),
+            ..feedback
+        },
+    )
+    .await;
+    assert!(found.is_empty());
+    assert_eq!(pages.len(), 5);
+
+    // Everything matches: pages of ten, as the walk allows, every message
+    // once.
+    let (paged, pages) = list_all(&mut auditor, pb::ListMessagesRequest::default()).await;
+    assert_eq!(pages, [10, 10, 10, 10, 5]);
+    assert_eq!(paged.iter().map(place).collect::<Vec<_>>(), all);
+
+    // The oldest messages by time range: the walk starts at the range, so
+    // the first page already holds the newest of them.
+    let to_ms = all[40].0 + 1;
+    let expected: Vec<_> = all.iter().filter(|p| p.0 < to_ms).cloned().collect();
+    let (ranged, pages) = list_all(
+        &mut auditor,
+        pb::ListMessagesRequest {
+            to_ms,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ranged.iter().map(place).collect::<Vec<_>>(), expected);
+    assert!(pages[0] > 0, "{pages:?}: the range was scanned, not sought");
+    assert_eq!(pages.len(), expected.len().div_ceil(10), "{pages:?}");
 }
 
 // ------------------------------------------------------------ the store
@@ -848,8 +1110,15 @@ async fn concurrent_appends_form_one_gapless_chain() {
                         audit_seqs: Vec::new(),
                         conflict_recorded: false,
                     };
+                    let header = header(
+                        &message.message_id,
+                        MessageKind::ClueTransfer,
+                        DISCIPLINE,
+                        SECURITY,
+                        b"x",
+                    );
                     store
-                        .write(move |s| s.submit(&message, b"envelope", &record, &receipt))
+                        .write(move |s| s.submit(&message, b"envelope", &header, &record, &receipt))
                         .await
                         .expect("submit");
                 }

@@ -1,0 +1,365 @@
+//! The catalogue: one entry per message this node sent or took into
+//! custody, in the two orders `ListMessages` walks, so that a page of the
+//! search reads the entries it shows and those it passes over — never an
+//! envelope, never the whole store.
+//!
+//! Trees (keys in `keys`):
+//! - `catalogue`: message key → [`CatalogueEntry`] (direction, kind, peer,
+//!   case reference, subject, creation time);
+//! - `catalogue_by_time`: [`keys::by_time`] → (), every message, newest
+//!   first;
+//! - `catalogue_by_case`: [`keys::by_case`] → (), the messages that carry
+//!   a case reference, newest first within each case.
+//!
+//! The three are written in the transaction that stores the message
+//! (`submit` at the sender, `accept_inbound` at the recipient): they are
+//! journaled with it and rebuilt from the journal like every other index
+//! tree, and nothing changes or removes them afterwards. A message's state
+//! is not in the catalogue: it lives in the `sent` or `inbound` record,
+//! which changes ([`Store::catalogued_state`]).
+
+use super::*;
+use records::{CatalogueEntry, Direction};
+use std::ops::Bound;
+
+/// Which part of the catalogue a walk covers. Every walk goes newest first
+/// (by creation time, then by sender node and message id).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CatalogueRange<'a> {
+    /// Only the messages of this case (walks `catalogue_by_case`).
+    pub case_reference: Option<&'a str>,
+    /// Only messages created at or after this time (Unix ms).
+    pub from_ms: Option<u64>,
+    /// Only messages created before this time (Unix ms).
+    pub to_ms: Option<u64>,
+    /// Start after this position of the order: a creation time and a
+    /// message (which need not be in the catalogue).
+    pub after: Option<(u64, &'a MessageRef)>,
+}
+
+/// One message met by a walk of the catalogue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Catalogued {
+    pub message: MessageRef,
+    pub entry: CatalogueEntry,
+}
+
+/// Writes the catalogue entries of the message at `key`, inside the
+/// transaction that stores it. A case reference holding NUL (which the
+/// header rules never let through) is refused: it would break the key
+/// encoding of `catalogue_by_case`.
+pub(super) fn insert(t: &Tx, key: &[u8], entry: &CatalogueEntry) -> TxResult<()> {
+    if entry.case_reference.contains('\0') {
+        return abort(Error::invalid(
+            "case_reference contains NUL; only printable text is allowed",
+        ));
+    }
+    // The entry before its index keys: the trees apply a record's writes
+    // in order, and a reader that meets a key finds its entry.
+    t[CATALOGUE].insert(key, records::encode(entry))?;
+    t[CATALOGUE_BY_TIME].insert(keys::by_time(entry.created_at_ms, key), [])?;
+    if !entry.case_reference.is_empty() {
+        t[CATALOGUE_BY_CASE].insert(
+            keys::by_case(&entry.case_reference, entry.created_at_ms, key),
+            [],
+        )?;
+    }
+    Ok(())
+}
+
+/// Where a walk starts and where it ends, as keys of its tree.
+type Bounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// The keys of `range` in its tree (keys under `prefix`): where the walk
+/// starts and where it ends; `None` when nothing can be in it.
+fn bounds(prefix: &[u8], range: &CatalogueRange) -> Option<Bounds> {
+    let under = |part: &[u8]| [prefix, part].concat();
+    // Newest first: the end of the time range is where the walk starts.
+    let mut start = match range.to_ms {
+        Some(to_ms) => Bound::Included(under(&keys::newest_first(to_ms.checked_sub(1)?))),
+        None => Bound::Included(prefix.to_vec()),
+    };
+    if let Some((created_at_ms, message)) = range.after {
+        let after = under(&keys::by_time(created_at_ms, &keys::message(message)));
+        if matches!(&start, Bound::Included(k) if after >= *k) {
+            start = Bound::Excluded(after);
+        }
+    }
+    let end = match range.from_ms {
+        // Entries created at `from_ms` lie under `newest_first(from_ms)`;
+        // the next 8-byte value ends them.
+        Some(from_ms) if from_ms > 0 => {
+            Bound::Excluded(under(&(u64::MAX - from_ms + 1).to_be_bytes()))
+        }
+        _ => match prefix.split_last() {
+            // A case prefix ends in NUL: the same case followed by 0x01
+            // ends it.
+            Some((last, head)) => Bound::Excluded([head, &[last + 1]].concat()),
+            None => Bound::Unbounded,
+        },
+    };
+    let first = match &start {
+        Bound::Included(k) | Bound::Excluded(k) => k,
+        Bound::Unbounded => return Some((start, end)),
+    };
+    match &end {
+        Bound::Excluded(last) if first >= last => None,
+        _ => Some((start, end)),
+    }
+}
+
+impl Store {
+    /// The catalogue's messages in `range`, newest first (see
+    /// [`keys::by_time`]). Each step reads one index key and one
+    /// catalogue entry; the walk is lazy, so a caller reads only as far as
+    /// it goes. Sees synced changes only (it runs off the writer thread).
+    pub fn catalogue<'s>(
+        &'s self,
+        range: &CatalogueRange,
+    ) -> impl Iterator<Item = Result<Catalogued>> + 's {
+        let (tree, prefix) = match range.case_reference {
+            Some(case) => (CATALOGUE_BY_CASE, keys::case_prefix(case)),
+            None => (CATALOGUE_BY_TIME, Vec::new()),
+        };
+        let skip = prefix.len() + 8;
+        bounds(&prefix, range)
+            .map(|b| self.tree(tree).range(b))
+            .into_iter()
+            .flatten()
+            .map(move |kv| {
+                let (k, _) = kv?;
+                let key = k.get(skip..).unwrap_or_default();
+                let message = keys::parse_message(key)
+                    .ok_or_else(|| Error::corrupt(TREE_NAMES[tree], "bad message key"))?;
+                let raw = self.read(CATALOGUE, key)?.ok_or_else(|| {
+                    Error::corrupt(
+                        TREE_NAMES[tree],
+                        format!("{message} has no catalogue entry"),
+                    )
+                })?;
+                let entry = records::decode("catalogue", &raw)?;
+                Ok(Catalogued { message, entry })
+            })
+    }
+
+    /// The current state of a catalogued message, from its `sent` or
+    /// `inbound` record (`None` if it has none).
+    pub fn catalogued_state(
+        &self,
+        message: &MessageRef,
+        direction: Direction,
+    ) -> Result<Option<&'static str>> {
+        Ok(match direction {
+            Direction::Sent => self.sent(message)?.map(|r| r.state.as_str()),
+            Direction::Received => self.inbound(message)?.map(|r| r.state.as_str()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{EnvelopeHeader, Receipt};
+
+    const NODE: &str = "discipline";
+
+    fn header(from: &str, id: &str, case: &str, created_at_ms: u64) -> EnvelopeHeader {
+        EnvelopeHeader {
+            message_id: id.into(),
+            kind: MessageKind::ClueTransfer,
+            sender_node: from.into(),
+            sender_principal: "backoffice".into(),
+            recipient_node: if from == NODE {
+                "public_security"
+            } else {
+                NODE
+            }
+            .into(),
+            case_reference: case.into(),
+            correlation_id: String::new(),
+            subject: format!("subject of {id}"),
+            content_type: "text/plain".into(),
+            payload_sha256: [0; 32],
+            payload_length: 0,
+            created_at_ms,
+            expires_at_ms: 1 << 50,
+            reply_by_ms: 0,
+            signing_key_id: format!("{from}-k1"),
+        }
+    }
+
+    fn receipt(h: &EnvelopeHeader, kind: ReceiptKind) -> SignedReceipt {
+        let r = Receipt {
+            message_id: h.message_id.clone(),
+            sender_node: h.sender_node.clone(),
+            kind,
+            issuer_node: NODE.into(),
+            issued_at_ms: h.created_at_ms,
+            reason: String::new(),
+            header_sha256: [1; 32],
+            signing_key_id: "discipline-k1".into(),
+            attempt: 0,
+        };
+        SignedReceipt {
+            receipt: r.encode(),
+            signature: vec![9; 64],
+        }
+    }
+
+    async fn send(store: &Store, h: EnvelopeHeader) -> Result<SubmitOutcome> {
+        let record = SentRecord {
+            state: SentState::Accepted,
+            recipient: h.recipient_node.clone(),
+            kind: h.kind,
+            request_digest: sha256(h.message_id.as_bytes()),
+            header_sha256: [1; 32],
+            created_at_ms: h.created_at_ms,
+            expires_at_ms: h.expires_at_ms,
+            outbox_key: None,
+            audit_seqs: Vec::new(),
+            conflict_recorded: false,
+        };
+        let accepted = receipt(&h, ReceiptKind::Accepted);
+        store
+            .write(move |s| s.submit(&h.message_ref(), b"envelope", &h, &record, &accepted))
+            .await
+    }
+
+    async fn take(store: &Store, h: EnvelopeHeader) {
+        let record = InboundRecord {
+            state: InboundState::Inbox,
+            kind: h.kind,
+            header_sha256: [1; 32],
+            expires_at_ms: h.expires_at_ms,
+            attempts: 0,
+            lease_id: 0,
+            lease_deadline_ms: 0,
+            queue_key: Vec::new(),
+            delivered_receipt_key: Vec::new(),
+            audit_seqs: Vec::new(),
+            lease_holder: String::new(),
+        };
+        let delivered = receipt(&h, ReceiptKind::Delivered);
+        store
+            .write(move |s| {
+                s.accept_inbound(&h.message_ref(), b"envelope", &h, &record, &delivered, 0)
+            })
+            .await
+            .expect("custody");
+    }
+
+    /// (id, direction, state) of each message a walk meets.
+    fn walk(store: &Store, range: CatalogueRange) -> Vec<(String, &'static str, &'static str)> {
+        store
+            .catalogue(&range)
+            .map(|c| {
+                let c = c.expect("entry");
+                let state = store
+                    .catalogued_state(&c.message, c.entry.direction)
+                    .expect("state")
+                    .expect("a record");
+                (c.message.message_id, c.entry.direction.as_str(), state)
+            })
+            .collect()
+    }
+
+    fn ids<'a>(walked: &'a [(String, &str, &str)]) -> Vec<&'a str> {
+        walked.iter().map(|(id, _, _)| id.as_str()).collect()
+    }
+
+    /// The catalogue is written with the message, on either side; walks go
+    /// newest first (ties by sender node, then id), by case and by time
+    /// range, after a position; and a rebuild from the journal gives the
+    /// same trees back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn catalogue_entries_are_written_with_the_message_and_rebuilt_from_the_journal() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("node");
+        let store = Store::open(&dir).expect("open");
+        send(&store, header(NODE, "m-1", "C-1", 1000))
+            .await
+            .expect("m-1");
+        send(&store, header(NODE, "m-2", "", 2000))
+            .await
+            .expect("m-2");
+        take(&store, header("personnel", "p-1", "C-1", 1500)).await;
+        take(&store, header("personnel", "p-2", "C-2", 2000)).await;
+        // A refused case reference writes nothing.
+        let before = store.content_digest().expect("digest");
+        let refused = send(&store, header(NODE, "m-3", "C\0-1", 3000)).await;
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.content_digest().expect("digest"), before);
+
+        let all = walk(&store, CatalogueRange::default());
+        assert_eq!(
+            all,
+            [
+                ("m-2".to_string(), "sent", "accepted"),
+                ("p-2".to_string(), "received", "inbox"),
+                ("p-1".to_string(), "received", "inbox"),
+                ("m-1".to_string(), "sent", "accepted"),
+            ]
+        );
+        let case = |case| CatalogueRange {
+            case_reference: Some(case),
+            ..CatalogueRange::default()
+        };
+        assert_eq!(ids(&walk(&store, case("C-1"))), ["p-1", "m-1"]);
+        assert_eq!(ids(&walk(&store, case("C-"))), Vec::<&str>::new());
+        let m2 = MessageRef {
+            sender_node: NODE.into(),
+            message_id: "m-2".into(),
+        };
+        let ranged = CatalogueRange {
+            from_ms: Some(1500),
+            to_ms: Some(2001),
+            after: Some((2000, &m2)),
+            ..CatalogueRange::default()
+        };
+        assert_eq!(ids(&walk(&store, ranged)), ["p-2", "p-1"]);
+        let empty = CatalogueRange {
+            from_ms: Some(2000),
+            to_ms: Some(2000),
+            ..CatalogueRange::default()
+        };
+        assert!(walk(&store, empty).is_empty());
+        let first = store
+            .catalogue(&CatalogueRange::default())
+            .next()
+            .expect("an entry")
+            .expect("read");
+        assert_eq!(first.message, m2);
+        assert_eq!(
+            first.entry,
+            CatalogueEntry {
+                direction: Direction::Sent,
+                kind: MessageKind::ClueTransfer,
+                peer: "public_security".into(),
+                case_reference: String::new(),
+                subject: "subject of m-2".into(),
+                created_at_ms: 2000,
+            }
+        );
+
+        let digests = |s: &Store| -> Vec<[u8; 32]> {
+            [CATALOGUE, CATALOGUE_BY_TIME, CATALOGUE_BY_CASE]
+                .iter()
+                .map(|&i| s.tree_digest(i, s.tree(i)).expect("digest"))
+                .collect()
+        };
+        let (trees, index) = (digests(&store), store.index_digest().expect("digest"));
+        store.close();
+        drop(store);
+
+        Store::reindex(&dir).expect("reindex");
+
+        let store = Store::open(&dir).expect("reopen");
+        assert_eq!(walk(&store, CatalogueRange::default()), all);
+        assert_eq!(digests(&store), trees);
+        assert_eq!(store.index_digest().expect("digest"), index);
+        store.close();
+    }
+}
