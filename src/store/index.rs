@@ -99,10 +99,6 @@ fn open_once(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sl
         // The page cache is the bulk of a node's memory; queued messages
         // live on disk, not here.
         .cache_capacity(16 * 1024 * 1024)
-        // Index pages repeat message keys and record layouts: compressed
-        // (zstd, when sled writes them out) they take a third of the disk.
-        .use_compression(true)
-        .compression_factor(3)
         // sled is flushed at checkpoints, not on a timer: the journal
         // makes changes durable.
         .flush_every_ms(None)
