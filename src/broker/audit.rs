@@ -283,8 +283,8 @@ impl Broker {
     ///
     /// Walks the store's catalogue (by case when the filter names one, else
     /// by time; a time range is a range of the walk, not a filter on it)
-    /// from the page token on, reading each message's catalogue entry and,
-    /// when that matches, its state record; never an envelope. It stops
+    /// from the page token on, reading each message's state record and,
+    /// for the messages the page shows, its envelope header. It stops
     /// when the page is full, or after `limits.max_list_scan` messages:
     /// then the page may be short, even empty, and `next` says where the
     /// walk stopped. Blocking: call it through [`Broker::read`].
@@ -309,7 +309,10 @@ impl Broker {
         let mut used = 0;
         let mut examined: Option<PageToken> = None;
         for item in store.catalogue(&range) {
-            let Catalogued { message, entry } = item?;
+            let Catalogued {
+                message,
+                created_at_ms,
+            } = item?;
             if scan == 0 {
                 // Examined enough for one call, and more lie ahead: the
                 // next call goes on after the last message examined.
@@ -319,27 +322,29 @@ impl Broker {
                 });
             }
             scan -= 1;
-            examined = Some(PageToken::at(entry.created_at_ms, &message));
-            if filter.kind.is_some_and(|k| k != entry.kind)
-                || filter.peer.as_deref().is_some_and(|p| p != entry.peer)
+            examined = Some(PageToken::at(created_at_ms, &message));
+            let Some(r) = store.catalogued_record(&message)? else {
+                continue;
+            };
+            if filter.kind.is_some_and(|k| k != r.kind)
+                || filter.peer.as_deref().is_some_and(|p| p != r.peer)
+                || filter.state.as_deref().is_some_and(|s| s != r.state)
             {
                 continue;
             }
-            let Some(state) = store.catalogued_state(&message, entry.direction)? else {
+            // Only the messages a page shows have their envelope read.
+            let Some(header) = store.catalogue_header(&message)? else {
                 continue;
             };
-            if filter.state.as_deref().is_some_and(|s| s != state) {
-                continue;
-            }
             let summary = MessageSummary {
                 message,
-                kind: entry.kind,
-                direction: entry.direction.as_str(),
-                peer: entry.peer,
-                case_reference: entry.case_reference,
-                subject: entry.subject,
-                state,
-                created_at_ms: entry.created_at_ms,
+                kind: r.kind,
+                direction: r.direction.as_str(),
+                peer: r.peer,
+                case_reference: header.case_reference,
+                subject: header.subject,
+                state: r.state,
+                created_at_ms,
             };
             let size = summary.wire_size();
             if out.len() == limit || (!out.is_empty() && used + size > LIST_ANSWER_BUDGET) {

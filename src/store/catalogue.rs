@@ -1,25 +1,26 @@
-//! The catalogue: one entry per message this node sent or took into
-//! custody, in the two orders `ListMessages` walks, so that a page of the
-//! search reads the entries it shows and those it passes over — never an
-//! envelope, never the whole store.
+//! The catalogue: every message this node sent or took into custody, in
+//! the two orders `ListMessages` walks, so that a page of the search
+//! reads the messages it shows and those it passes over — never the whole
+//! store. The keys alone are stored (about a hundred bytes per message):
+//! kind, peer and state come from the message's `sent` or `inbound`
+//! record ([`Store::catalogued_record`]), case reference and subject from
+//! its envelope header, read only for the messages a page shows
+//! ([`Store::catalogue_header`]).
 //!
 //! Trees (keys in `keys`):
-//! - `catalogue`: message key → [`CatalogueEntry`] (direction, kind, peer,
-//!   case reference, subject, creation time);
 //! - `catalogue_by_time`: [`keys::by_time`] → (), every message, newest
 //!   first;
 //! - `catalogue_by_case`: [`keys::by_case`] → (), the messages that carry
 //!   a case reference, newest first within each case.
 //!
-//! The three are written in the transaction that stores the message
-//! (`submit` at the sender, `accept_inbound` at the recipient): they are
-//! journaled with it and rebuilt from the journal like every other index
-//! tree, and nothing changes or removes them afterwards. A message's state
-//! is not in the catalogue: it lives in the `sent` or `inbound` record,
-//! which changes ([`Store::catalogued_state`]).
+//! Both are written in the transaction that stores the message (`submit`
+//! at the sender, `accept_inbound` at the recipient): they are journaled
+//! with it and rebuilt from the journal like every other index tree, and
+//! nothing changes or removes them afterwards.
 
 use super::*;
-use records::{CatalogueEntry, Direction};
+use crate::model::{EnvelopeHeader, SignedEnvelope};
+use records::Direction;
 use std::ops::Bound;
 
 /// Which part of the catalogue a walk covers. Every walk goes newest first
@@ -41,26 +42,34 @@ pub struct CatalogueRange<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Catalogued {
     pub message: MessageRef,
-    pub entry: CatalogueEntry,
+    pub created_at_ms: u64,
 }
 
-/// Writes the catalogue entries of the message at `key`, inside the
-/// transaction that stores it. A case reference holding NUL (which the
-/// header rules never let through) is refused: it would break the key
-/// encoding of `catalogue_by_case`.
-pub(super) fn insert(t: &Tx, key: &[u8], entry: &CatalogueEntry) -> TxResult<()> {
-    if entry.case_reference.contains('\0') {
+/// What a message's record says of it, for the search.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CataloguedRecord {
+    pub direction: Direction,
+    pub kind: MessageKind,
+    /// The other node: the recipient of a sent message, the sender of
+    /// one received.
+    pub peer: String,
+    pub state: &'static str,
+}
+
+/// Writes the catalogue keys of the message at `key` (with `header`),
+/// inside the transaction that stores it. A case reference holding NUL
+/// (which the header rules never let through) is refused: it would break
+/// the key encoding of `catalogue_by_case`.
+pub(super) fn insert(t: &Tx, key: &[u8], header: &EnvelopeHeader) -> TxResult<()> {
+    if header.case_reference.contains('\0') {
         return abort(Error::invalid(
             "case_reference contains NUL; only printable text is allowed",
         ));
     }
-    // The entry before its index keys: the trees apply a record's writes
-    // in order, and a reader that meets a key finds its entry.
-    t[CATALOGUE].insert(key, records::encode(entry))?;
-    t[CATALOGUE_BY_TIME].insert(keys::by_time(entry.created_at_ms, key), [])?;
-    if !entry.case_reference.is_empty() {
+    t[CATALOGUE_BY_TIME].insert(keys::by_time(header.created_at_ms, key), [])?;
+    if !header.case_reference.is_empty() {
         t[CATALOGUE_BY_CASE].insert(
-            keys::by_case(&entry.case_reference, entry.created_at_ms, key),
+            keys::by_case(&header.case_reference, header.created_at_ms, key),
             [],
         )?;
     }
@@ -110,9 +119,9 @@ fn bounds(prefix: &[u8], range: &CatalogueRange) -> Option<Bounds> {
 
 impl Store {
     /// The catalogue's messages in `range`, newest first (see
-    /// [`keys::by_time`]). Each step reads one index key and one
-    /// catalogue entry; the walk is lazy, so a caller reads only as far as
-    /// it goes. Sees synced changes only (it runs off the writer thread).
+    /// [`keys::by_time`]). Each step reads one index key; the walk is
+    /// lazy, so a caller reads only as far as it goes. Sees synced changes
+    /// only (it runs off the writer thread).
     pub fn catalogue<'s>(
         &'s self,
         range: &CatalogueRange,
@@ -131,28 +140,45 @@ impl Store {
                 let key = k.get(skip..).unwrap_or_default();
                 let message = keys::parse_message(key)
                     .ok_or_else(|| Error::corrupt(TREE_NAMES[tree], "bad message key"))?;
-                let raw = self.read(CATALOGUE, key)?.ok_or_else(|| {
-                    Error::corrupt(
-                        TREE_NAMES[tree],
-                        format!("{message} has no catalogue entry"),
-                    )
-                })?;
-                let entry = records::decode("catalogue", &raw)?;
-                Ok(Catalogued { message, entry })
+                let created_at_ms =
+                    keys::newest_first_time(k.get(prefix.len()..skip).unwrap_or_default());
+                Ok(Catalogued {
+                    message,
+                    created_at_ms,
+                })
             })
     }
 
-    /// The current state of a catalogued message, from its `sent` or
-    /// `inbound` record (`None` if it has none).
-    pub fn catalogued_state(
-        &self,
-        message: &MessageRef,
-        direction: Direction,
-    ) -> Result<Option<&'static str>> {
-        Ok(match direction {
-            Direction::Sent => self.sent(message)?.map(|r| r.state.as_str()),
-            Direction::Received => self.inbound(message)?.map(|r| r.state.as_str()),
-        })
+    /// What the `sent` or `inbound` record of a catalogued message says
+    /// (`None` if it has neither).
+    pub fn catalogued_record(&self, message: &MessageRef) -> Result<Option<CataloguedRecord>> {
+        if let Some(r) = self.sent(message)? {
+            return Ok(Some(CataloguedRecord {
+                direction: Direction::Sent,
+                kind: r.kind,
+                peer: r.recipient,
+                state: r.state.as_str(),
+            }));
+        }
+        Ok(self.inbound(message)?.map(|r| CataloguedRecord {
+            direction: Direction::Received,
+            kind: r.kind,
+            peer: message.sender_node.clone(),
+            state: r.state.as_str(),
+        }))
+    }
+
+    /// The envelope header of a catalogued message (for its case
+    /// reference and subject), read from its envelope.
+    pub fn catalogue_header(&self, message: &MessageRef) -> Result<Option<EnvelopeHeader>> {
+        let Some(bytes) = self.envelope(message)? else {
+            return Ok(None);
+        };
+        let envelope =
+            SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
+        EnvelopeHeader::decode(&envelope.header)
+            .map(Some)
+            .map_err(|e| Error::corrupt("envelopes", e))
     }
 }
 
@@ -188,6 +214,15 @@ mod tests {
         }
     }
 
+    fn envelope_of(h: &EnvelopeHeader) -> Vec<u8> {
+        SignedEnvelope {
+            header: h.encode(),
+            signature: vec![7; 64],
+            payload: b"payload".to_vec(),
+        }
+        .encode()
+    }
+
     fn receipt(h: &EnvelopeHeader, kind: ReceiptKind) -> SignedReceipt {
         let r = Receipt {
             message_id: h.message_id.clone(),
@@ -221,7 +256,7 @@ mod tests {
         };
         let accepted = receipt(&h, ReceiptKind::Accepted);
         store
-            .write(move |s| s.submit(&h.message_ref(), b"envelope", &h, &record, &accepted))
+            .write(move |s| s.submit(&h.message_ref(), &envelope_of(&h), &h, &record, &accepted))
             .await
     }
 
@@ -242,7 +277,14 @@ mod tests {
         let delivered = receipt(&h, ReceiptKind::Delivered);
         store
             .write(move |s| {
-                s.accept_inbound(&h.message_ref(), b"envelope", &h, &record, &delivered, 0)
+                s.accept_inbound(
+                    &h.message_ref(),
+                    &envelope_of(&h),
+                    &h,
+                    &record,
+                    &delivered,
+                    0,
+                )
             })
             .await
             .expect("custody");
@@ -254,11 +296,11 @@ mod tests {
             .catalogue(&range)
             .map(|c| {
                 let c = c.expect("entry");
-                let state = store
-                    .catalogued_state(&c.message, c.entry.direction)
-                    .expect("state")
+                let r = store
+                    .catalogued_record(&c.message)
+                    .expect("record")
                     .expect("a record");
-                (c.message.message_id, c.entry.direction.as_str(), state)
+                (c.message.message_id, r.direction.as_str(), r.state)
             })
             .collect()
     }
@@ -332,20 +374,21 @@ mod tests {
             .expect("an entry")
             .expect("read");
         assert_eq!(first.message, m2);
+        assert_eq!(first.created_at_ms, 2000);
         assert_eq!(
-            first.entry,
-            CatalogueEntry {
+            store.catalogued_record(&m2).expect("record"),
+            Some(CataloguedRecord {
                 direction: Direction::Sent,
                 kind: MessageKind::ClueTransfer,
                 peer: "public_security".into(),
-                case_reference: String::new(),
-                subject: "subject of m-2".into(),
-                created_at_ms: 2000,
-            }
+                state: "accepted",
+            })
         );
+        let header = store.catalogue_header(&m2).expect("header").expect("some");
+        assert_eq!(header.subject, "subject of m-2");
 
         let digests = |s: &Store| -> Vec<[u8; 32]> {
-            [CATALOGUE, CATALOGUE_BY_TIME, CATALOGUE_BY_CASE]
+            [CATALOGUE_BY_TIME, CATALOGUE_BY_CASE]
                 .iter()
                 .map(|&i| s.tree_digest(i, s.tree(i)).expect("digest"))
                 .collect()

@@ -22,9 +22,6 @@
 //! - `operator_events`: message key + seq → [`OperatorEvent`], operators'
 //!   actions on a message (requeue, discard);
 //! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused;
-//! - `catalogue`: message key → [`CatalogueEntry`], what `ListMessages`
-//!   shows of a message besides its state (direction, kind, peer, case
-//!   reference, subject, creation time), written once with the message;
 //! - `catalogue_by_time`: newest-first creation time + message key → (),
 //!   and `catalogue_by_case`: case reference + NUL + the same → () (only
 //!   messages with a case reference): the orders `ListMessages` walks
@@ -86,8 +83,7 @@ pub use wal::DIR as JOURNAL_DIR;
 
 pub use catalogue::{CatalogueRange, Catalogued};
 pub use records::{
-    CatalogueEntry, Direction, InboundRecord, OperatorAction, OperatorEvent, PauseRecord,
-    SentRecord,
+    Direction, InboundRecord, OperatorAction, OperatorEvent, PauseRecord, SentRecord,
 };
 
 use crate::error::{Error, Result};
@@ -162,10 +158,9 @@ const AUDIT_HEAD: usize = 15;
 const CHECKPOINTS: usize = 16;
 const EQUIVOCATIONS: usize = 17;
 const META: usize = 18;
-const CATALOGUE: usize = 19;
-const CATALOGUE_BY_TIME: usize = 20;
-const CATALOGUE_BY_CASE: usize = 21;
-const TREE_NAMES: [&str; 22] = [
+const CATALOGUE_BY_TIME: usize = 19;
+const CATALOGUE_BY_CASE: usize = 20;
+const TREE_NAMES: [&str; 21] = [
     "envelopes",
     "sent",
     "inbound",
@@ -185,7 +180,6 @@ const TREE_NAMES: [&str; 22] = [
     "checkpoints",
     "equivocations",
     "meta",
-    "catalogue",
     "catalogue_by_time",
     "catalogue_by_case",
 ];

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::model::EnvelopeHeader;
-use records::{CatalogueEntry, Direction};
 
 /// Inside a transaction: the custody record of `message` (at `key`), or
 /// `NotFound`.
@@ -63,7 +62,6 @@ impl Store {
         record.delivered_receipt_key = receipt_key.clone();
         let record_bytes = records::encode(&record);
         let receipt_bytes = delivered.encode();
-        let listed = CatalogueEntry::of(Direction::Received, header);
         let held = self.transact(|t| {
             if let Some(raw) = t[INBOUND].get(&key)? {
                 let existing: InboundRecord = match records::decode("inbound", &raw) {
@@ -82,7 +80,7 @@ impl Store {
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
             t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, &key))?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
-            catalogue::insert(t, &key, &listed)?;
+            catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
             Ok(None)
         })?;

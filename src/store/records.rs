@@ -1,7 +1,7 @@
 //! The small mutable records kept per message, encoded with postcard.
 
 use crate::error::{Error, Result};
-use crate::model::{EnvelopeHeader, InboundState, MessageKind, SentState};
+use crate::model::{InboundState, MessageKind, SentState};
 use serde::{Deserialize, Serialize};
 
 /// State of a message this node sent.
@@ -60,41 +60,6 @@ impl Direction {
         match self {
             Direction::Sent => "sent",
             Direction::Received => "received",
-        }
-    }
-}
-
-/// A message's entry in the catalogue: what `ListMessages` shows of it
-/// apart from its state, taken from its envelope header when the message
-/// is stored and never changed. The state lives in the `sent` or
-/// `inbound` record, which changes.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct CatalogueEntry {
-    pub direction: Direction,
-    pub kind: MessageKind,
-    /// The other node: the recipient of a sent message, the sender of
-    /// one received.
-    pub peer: String,
-    pub case_reference: String,
-    pub subject: String,
-    pub created_at_ms: u64,
-}
-
-impl CatalogueEntry {
-    /// The entry of a message this node sends, or takes into custody,
-    /// with `header`.
-    pub fn of(direction: Direction, header: &EnvelopeHeader) -> CatalogueEntry {
-        let peer = match direction {
-            Direction::Sent => &header.recipient_node,
-            Direction::Received => &header.sender_node,
-        };
-        CatalogueEntry {
-            direction,
-            kind: header.kind,
-            peer: peer.clone(),
-            case_reference: header.case_reference.clone(),
-            subject: header.subject.clone(),
-            created_at_ms: header.created_at_ms,
         }
     }
 }

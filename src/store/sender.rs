@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::model::EnvelopeHeader;
-use records::{CatalogueEntry, Direction};
 
 /// Whether a final receipt of `kind` contradicts a message already in
 /// final `state`: one final word per message, except the moves that
@@ -45,7 +44,6 @@ impl Store {
             format!("{} to {}", record.kind, record.recipient),
         )
         .receipt(receipt_digest);
-        let listed = CatalogueEntry::of(Direction::Sent, header);
         let outcome = self.transact(|t| {
             if t[SENT].get(&key)?.is_some() {
                 // Raced with a concurrent submit of the same id; the caller
@@ -58,7 +56,7 @@ impl Store {
             t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
             t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
-            catalogue::insert(t, &key, &listed)?;
+            catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
             Ok(true)
         })?;
