@@ -12,9 +12,12 @@ pub struct StoreArgs {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum StoreCommand {
-    /// Rebuild a stopped node's index (sled) from its journal. The journal
-    /// is the store's truth; the index only speeds up reads, so this loses
-    /// nothing. A node also rebuilds a missing or damaged index at start.
+    /// Rebuild a stopped node's index (sled) and live state (the queues,
+    /// whose snapshots are dropped) from its journal, archived files
+    /// included. The journal is the store's truth; the index and the
+    /// snapshots only speed up reads and starts, so this loses nothing. A
+    /// node also rebuilds a missing or damaged index, and replays past a
+    /// damaged snapshot, at start.
     Reindex(ReindexArgs),
 }
 
@@ -41,13 +44,14 @@ fn reindex(args: ReindexArgs) -> Result<()> {
         )
     })?;
     println!(
-        "rebuilt the index of {} from its journal in {:.1} s: {} sent, {} in custody, {} receipts, {} audit entries",
+        "rebuilt the index and the live state of {} from its journal in {:.1} s: {} sent, {} in custody, {} receipts, {} audit entries, {} queued for peers",
         args.data_dir.display(),
         started.elapsed().as_secs_f64(),
         counts.sent,
         counts.inbound,
         counts.receipts,
-        counts.audit
+        counts.audit,
+        counts.outbox
     );
     Ok(())
 }
