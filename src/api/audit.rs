@@ -188,8 +188,8 @@ impl pb::audit_server::Audit for AuditService {
             Vec::new()
         } else {
             self.broker
-                .store()
-                .checkpoints(node.as_deref(), r.from_seq, limit)?
+                .read(move |b| b.store().checkpoints(node.as_deref(), r.from_seq, limit))
+                .await?
         };
         let (head_seq, head_hash) = self.broker.store().audit_head()?;
         Ok(Response::new(pb::GetCheckpointsResponse {

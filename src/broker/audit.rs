@@ -138,7 +138,10 @@ impl Broker {
     pub async fn checkpoint_if_due(&self) -> Result<Option<SignedCheckpoint>> {
         let settings = &self.config().audit;
         let (head, _) = self.store().audit_head()?;
-        let (last_seq, last_ms) = match self.store().latest_checkpoint(self.node_id())? {
+        let latest = self
+            .read(|b| b.store().latest_checkpoint(b.node_id()))
+            .await?;
+        let (last_seq, last_ms) = match latest {
             Some(c) => {
                 let c = c.open().map_err(|e| Error::corrupt("checkpoints", e))?;
                 (c.seq, c.time_ms)

@@ -109,7 +109,11 @@ impl Forwarder {
     /// Hands the node's latest checkpoint to the peer, once.
     async fn send_checkpoint(&mut self) -> Result<bool> {
         let node = self.broker.node_id().to_string();
-        let Some(latest) = self.broker.store().latest_checkpoint(&node)? else {
+        let Some(latest) = self
+            .broker
+            .read(move |b| b.store().latest_checkpoint(&node))
+            .await?
+        else {
             return Ok(false);
         };
         let seq = latest
