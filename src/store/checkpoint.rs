@@ -3,7 +3,7 @@
 //! starts one whenever a journal file reaches `journal_file_bytes`, on a
 //! thread beside it; the last one runs when the writer stops.
 
-use super::crash_points::{self, Point};
+use super::crash_points::Point;
 use super::{Store, index, snapshot, wal};
 use crate::error::Result;
 
@@ -67,7 +67,7 @@ impl Store {
             &self.shared.db,
             &self.shared.trees,
             applied,
-            || crash_points::cross(Point::DuringCheckpoint),
+            || self.cross(Point::DuringCheckpoint),
         )
         .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;
         tracing::debug!(
@@ -104,7 +104,7 @@ impl Store {
         };
         drop(wal);
         let (file, tmp) = written?;
-        crash_points::cross(Point::DuringSnapshot);
+        self.cross(Point::DuringSnapshot);
         let size = file.len().unwrap_or(0);
         let path = snapshot::publish(&*self.shared.fs, &*file, &tmp)?;
         *self.lock_snapshots() = SnapshotState {

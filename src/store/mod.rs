@@ -214,6 +214,9 @@ struct Shared {
     snapshot_journal_bytes: u64,
     /// Age past which covered journal files are archived (0: never).
     archive_after_secs: u64,
+    /// A test's fault at a crash point (a simulated power cut).
+    #[cfg(test)]
+    fault: std::sync::Mutex<Option<FaultHook>>,
     /// The journal. Its lock also serialises transactions: one
     /// runs at a time, whichever thread calls it.
     wal: std::sync::Mutex<Wal>,
@@ -438,6 +441,8 @@ impl Store {
                 db: p.db,
                 trees: p.trees,
                 live: p.live,
+                #[cfg(test)]
+                fault: std::sync::Mutex::new(None),
                 snapshots: std::sync::Mutex::new(checkpoint::SnapshotState {
                     at: p.snapshot,
                     // No snapshot yet: the first checkpoint takes one.
@@ -601,6 +606,31 @@ impl Store {
         }
     }
 
+    /// Marks a crossing of a crash point: the process aborts there when
+    /// the point is armed (see `crash_points`), and a test's fault hook
+    /// runs.
+    fn cross(&self, point: Point) {
+        crash_points::cross(point);
+        #[cfg(test)]
+        {
+            let hook = self
+                .shared
+                .fault
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(hook) = hook {
+                (hook.0)(point);
+            }
+        }
+    }
+
+    /// Runs `hook` at every crash point this store crosses (tests only).
+    #[cfg(test)]
+    fn set_fault_hook(&self, hook: Arc<dyn Fn(Point) + Send + Sync>) {
+        *self.shared.fault.lock().unwrap_or_else(|e| e.into_inner()) = Some(FaultHook(hook));
+    }
+
     fn lock_jobs(&self) -> std::sync::MutexGuard<'_, Option<std::sync::mpsc::Sender<Job>>> {
         // Poisoning cannot leave an Option<Sender> inconsistent.
         self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner())
@@ -671,7 +701,7 @@ impl Store {
         let mut counters = self.lock_counters();
         for (i, (ops, _)) in records.iter().enumerate() {
             if i > 0 {
-                crash_points::cross(Point::DuringIndexBatch);
+                self.cross(Point::DuringIndexBatch);
             }
             // Journaled and synced but not (wholly) applied: only a replay
             // at the next start makes the trees whole again.
@@ -765,7 +795,7 @@ impl Store {
             // as locators into the record just written.
             let indexed = evidence::index_form(&ops, at);
             wal::lock(&self.shared.pending).push(&indexed, wal.position());
-            crash_points::cross(Point::AfterAppend);
+            self.cross(Point::AfterAppend);
         }
         if new_head != head {
             self.lock_head().head = new_head;
@@ -811,6 +841,18 @@ impl Store {
                 wal::lock(&self.shared.pending).get(tree, key),
                 pending::Seen::Removed
             )
+    }
+}
+
+/// A test's action at a crash point.
+#[cfg(test)]
+#[derive(Clone)]
+struct FaultHook(Arc<dyn Fn(Point) + Send + Sync>);
+
+#[cfg(test)]
+impl std::fmt::Debug for FaultHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FaultHook")
     }
 }
 

@@ -4,7 +4,7 @@
 //! segments and the journal, applies it to the index, then answers every
 //! caller; and it starts checkpoints beside itself as the journal grows.
 
-use super::crash_points::{self, Point};
+use super::crash_points::Point;
 use super::{Store, pending, wal};
 
 /// A state change queued for the writer thread, returning what to tell its
@@ -66,10 +66,10 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 .and_then(|()| wal::sync(&*file))
                 .map_err(|e| store.fail(e).to_string())
                 .and_then(|()| {
-                    crash_points::cross(Point::AfterSync);
+                    store.cross(Point::AfterSync);
                     store.apply_synced().map_err(|e| e.to_string())
                 });
-            crash_points::cross(Point::AfterApply);
+            store.cross(Point::AfterApply);
             store
                 .shared
                 .flush_seconds
