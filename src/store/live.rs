@@ -248,26 +248,47 @@ impl Iter {
     }
 }
 
+/// Which end of its range a walk takes the next entry from.
+enum End {
+    Front,
+    Back,
+}
+
+/// One step of a walk over a live tree: the first (or last) entry left
+/// in `range`, which then shrinks past it. The read lock is held for this
+/// lookup only.
+fn step(
+    live: &Live,
+    tree: usize,
+    range: &mut Range,
+    end: End,
+) -> Option<sled::Result<(IVec, IVec)>> {
+    let maps = live.read();
+    let mut within = maps.map(tree).range::<[u8], _>((
+        range.0.as_ref().map(|k| &**k),
+        range.1.as_ref().map(|k| &**k),
+    ));
+    let (k, v) = match end {
+        End::Front => within.next()?,
+        End::Back => within.next_back()?,
+    };
+    let out = pair(k, v);
+    drop(maps);
+    let past = Bound::Excluded(out.0.as_ref().into());
+    match end {
+        End::Front => range.0 = past,
+        End::Back => range.1 = past,
+    }
+    Some(Ok(out))
+}
+
 impl Iterator for Iter {
     type Item = sled::Result<(IVec, IVec)>;
 
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(it) => it.next(),
-            Iter::Live { live, tree, range } => {
-                let maps = live.read();
-                let (k, v) = maps
-                    .map(*tree)
-                    .range::<[u8], _>((
-                        range.0.as_ref().map(|k| &**k),
-                        range.1.as_ref().map(|k| &**k),
-                    ))
-                    .next()?;
-                let out = pair(k, v);
-                drop(maps);
-                range.0 = Bound::Excluded(out.0.as_ref().into());
-                Some(Ok(out))
-            }
+            Iter::Live { live, tree, range } => step(live, *tree, range, End::Front),
         }
     }
 }
@@ -276,20 +297,7 @@ impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(it) => it.next_back(),
-            Iter::Live { live, tree, range } => {
-                let maps = live.read();
-                let (k, v) = maps
-                    .map(*tree)
-                    .range::<[u8], _>((
-                        range.0.as_ref().map(|k| &**k),
-                        range.1.as_ref().map(|k| &**k),
-                    ))
-                    .next_back()?;
-                let out = pair(k, v);
-                drop(maps);
-                range.1 = Bound::Excluded(out.0.as_ref().into());
-                Some(Ok(out))
-            }
+            Iter::Live { live, tree, range } => step(live, *tree, range, End::Back),
         }
     }
 }
