@@ -246,13 +246,13 @@ fn read(fs: &dyn Fs, path: &Path) -> std::io::Result<Option<Snapshot>> {
 
 /// A snapshot's content, if it decodes.
 fn decode(r: &mut ChunkReader) -> std::io::Result<Option<Snapshot>> {
-    if r.take(8)?.as_deref() != Some(&MAGIC[..]) {
+    if r.take(8)? != Some(&MAGIC[..]) {
         return Ok(None);
     }
-    let Some(position) = r.take(16)?.and_then(|b| Position::decode(&b)) else {
+    let Some(position) = r.take(16)?.and_then(Position::decode) else {
         return Ok(None);
     };
-    let Some(counters) = r.bytes()?.and_then(|b| postcard::from_bytes(&b).ok()) else {
+    let Some(counters) = r.bytes()?.and_then(|b| postcard::from_bytes(b).ok()) else {
         return Ok(None);
     };
     let mut maps = Maps::new();
@@ -268,10 +268,13 @@ fn decode(r: &mut ChunkReader) -> std::io::Result<Option<Snapshot>> {
         };
         let map = maps.map_mut(tree);
         for _ in 0..n {
-            let (Some(k), Some(v)) = (r.bytes()?, r.bytes()?) else {
+            let Some(k) = r.bytes()?.map(Box::<[u8]>::from) else {
                 return Ok(None);
             };
-            map.insert(k.into(), v.into());
+            let Some(v) = r.bytes()?.map(Box::<[u8]>::from) else {
+                return Ok(None);
+            };
+            map.insert(k, v);
         }
     }
     Ok(Some(Snapshot {
@@ -295,8 +298,10 @@ struct ChunkReader {
 }
 
 impl ChunkReader {
-    /// The next `n` bytes, `None` past the end of the body.
-    fn take(&mut self, n: usize) -> std::io::Result<Option<Vec<u8>>> {
+    /// The next `n` bytes, `None` past the end of the body. Borrowed from
+    /// the chunk: a caller copies what it keeps straight into its place,
+    /// with no allocation in between.
+    fn take(&mut self, n: usize) -> std::io::Result<Option<&[u8]>> {
         while self.buf.len() - self.at < n {
             if self.offset >= self.end {
                 return Ok(None);
@@ -311,12 +316,12 @@ impl ChunkReader {
             self.crc.update(&self.buf[start..]);
             self.offset += chunk as u64;
         }
-        let out = self.buf[self.at..self.at + n].to_vec();
+        let at = self.at;
         self.at += n;
-        Ok(Some(out))
+        Ok(Some(&self.buf[at..at + n]))
     }
 
-    fn bytes(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    fn bytes(&mut self) -> std::io::Result<Option<&[u8]>> {
         let Some(len) = self.take(4)? else {
             return Ok(None);
         };
