@@ -67,6 +67,7 @@ impl Store {
             &self.shared.db,
             &self.shared.trees,
             applied,
+            self.shared.seq.load(std::sync::atomic::Ordering::Acquire),
             || self.cross(Point::DuringCheckpoint),
         )
         .map_err(|e| self.fail(format!("checkpoint of the index: {e}")))?;

@@ -156,6 +156,13 @@ pub fn next_seq(trees: &[Tree]) -> Result<u64> {
         .map_or(1, u64::from_be_bytes))
 }
 
+/// Whether `op` is the journal write that carries the counter. A running
+/// store keeps the counter in memory and notes it in the index at each
+/// checkpoint; only a replay applies these writes to the index.
+pub(super) fn is_seq_op(op: &Op) -> bool {
+    op.tree as usize == META && op.key == SEQ_KEY
+}
+
 /// The journal write that carries the counter.
 pub(super) fn seq_op(next: u64) -> Op {
     Op {
@@ -174,9 +181,14 @@ pub fn checkpoint(
     db: &sled::Db,
     trees: &[Tree],
     reached: Position,
+    next_seq: u64,
     flushed: impl FnOnce(),
 ) -> Result<()> {
     trees[META].insert(POSITION_KEY, reached.encode())?;
+    // The counter as it is now: at least what every record up to
+    // `reached` carried (numbers handed out since and never journaled
+    // are not used by anything durable).
+    trees[META].insert(SEQ_KEY, next_seq.to_be_bytes())?;
     db.flush()?;
     flushed();
     let path = dir(data_dir);

@@ -386,10 +386,10 @@ impl Store {
         // position they reach (also with nothing replayed: sled writes
         // its `conf` unsynced at open).
         let applied = r.wal.position();
-        index::checkpoint(dir, &r.db, &r.trees, applied, || {})
+        let next_seq = index::next_seq(&r.trees)?;
+        index::checkpoint(dir, &r.db, &r.trees, applied, next_seq, || {})
             .map_err(|e| index::failed(dir, e))?;
         let trees = r.trees;
-        let next_seq = index::next_seq(&trees)?;
         let journal = JournalReader::new(Arc::clone(&fs), dir);
         let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
@@ -705,6 +705,13 @@ impl Store {
             }
             // Journaled and synced but not (wholly) applied: only a replay
             // at the next start makes the trees whole again.
+            // The counter's write (a record's last, see `transact`) stays
+            // in the journal: the running store holds it in memory, and
+            // checkpoints note it (one index insert less per change).
+            let ops = match ops.split_last() {
+                Some((last, rest)) if index::is_seq_op(last) => rest,
+                _ => &ops[..],
+            };
             counters::apply_counted(&self.shared.trees, ops, &mut counters, now)
                 .map_err(|e| self.fail(e.to_string()))?;
         }
@@ -764,7 +771,8 @@ impl Store {
         let new_head = tx.audit_head.get();
         let mut ops = tx.into_ops();
         // The counter of `next_seq` travels with the record that follows
-        // the numbers it handed out (see `Store::next_seq`).
+        // the numbers it handed out (see `Store::next_seq`), as its last
+        // write (`apply_synced` leaves it to replays and checkpoints).
         let seq = self.shared.seq.load(std::sync::atomic::Ordering::Acquire);
         if !ops.is_empty()
             && self
