@@ -82,8 +82,10 @@ fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match open_once(path) {
+            // sled reports the lock as an `Other` I/O error naming it.
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock
+                if (e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock"))
                     && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
@@ -205,4 +207,31 @@ pub fn checkpoint(
         "index durable up to the journal position"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index still held by a database closing in this process is
+    /// waited for, not reported unusable; one held for good is refused
+    /// after the wait, naming the lock.
+    #[test]
+    fn an_open_waits_for_the_lock_of_a_closing_index() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (held, _) = open(tmp.path()).expect("first open");
+        let release = std::thread::spawn(move || {
+            // Held a while, as sled's threads hold a database closing.
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(held);
+        });
+        let (db, _) = open(tmp.path()).expect("opened once the lock was let go");
+        release.join().expect("join");
+
+        let started = std::time::Instant::now();
+        let err = open(tmp.path()).expect_err("still held");
+        assert!(started.elapsed() >= LOCK_WAIT, "it waited first");
+        assert!(err.to_string().contains("lock"), "{err}");
+        drop(db);
+    }
 }
