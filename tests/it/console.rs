@@ -853,7 +853,7 @@ async fn console_for_an_auditor_verifies_and_cannot_requeue() {
         if v.body.contains("witnessed checkpoints agree") || Instant::now() > deadline {
             break v;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     };
     assert!(
         text_of_id(&verify.body, "verdict").is_some(),
@@ -937,7 +937,7 @@ async fn console_for_an_auditor_verifies_and_cannot_requeue() {
             "no checkpoint of discipline shown as witnessed by public_security:\n{}",
             page.body
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
     browser.assert_no_payload();
@@ -1059,7 +1059,7 @@ async fn console_in_a_real_browser() {
                 Instant::now() < deadline,
                 "the console takes no new samples"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
     for id in &clues {
@@ -1079,7 +1079,7 @@ async fn console_in_a_real_browser() {
             Instant::now() < deadline,
             "the console shows {personnel:?} for personnel, {inbox:?} in the inbox"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
     watcher.assert_no_payload();
 
