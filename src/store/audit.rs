@@ -236,13 +236,10 @@ impl Store {
     pub(super) fn index_audit_entries(&self, t: &Tx) -> TxResult<()> {
         let appended = t.audit_appended.take();
         for (key, seq) in appended {
-            if let Some(raw) = t[SENT].get(&key)? {
-                let mut r: SentRecord = records::decode("sent", &raw).map_err(TxError::Abort)?;
+            if let Some(mut r) = super::record_in::<SentRecord>(t, SENT, &key)? {
                 r.audit_seqs.push(seq);
                 t[SENT].insert(&key, records::encode(&r))?;
-            } else if let Some(raw) = t[INBOUND].get(&key)? {
-                let mut r: InboundRecord =
-                    records::decode("inbound", &raw).map_err(TxError::Abort)?;
+            } else if let Some(mut r) = super::record_in::<InboundRecord>(t, INBOUND, &key)? {
                 r.audit_seqs.push(seq);
                 t[INBOUND].insert(&key, records::encode(&r))?;
             } else {

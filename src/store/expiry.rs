@@ -49,12 +49,8 @@ impl Store {
         .receipt(receipt_digest);
         self.transact(|t| {
             t[EXPIRY].remove(index_key)?;
-            let Some(raw) = t[SENT].get(&key)? else {
+            let Some(mut record) = record_in::<SentRecord>(t, SENT, &key)? else {
                 return Ok(());
-            };
-            let mut record: SentRecord = match records::decode("sent", &raw) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
             };
             if record.state != SentState::Accepted {
                 return Ok(());
@@ -84,12 +80,8 @@ impl Store {
         let queued = self.queue_receipt_parts(message, receipt)?;
         self.transact(|t| {
             t[EXPIRY].remove(index_key)?;
-            let Some(raw) = t[INBOUND].get(&key)? else {
+            let Some(mut record) = record_in::<InboundRecord>(t, INBOUND, &key)? else {
                 return Ok(());
-            };
-            let mut record: InboundRecord = match records::decode("inbound", &raw) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
             };
             if record.state.is_terminal() {
                 return Ok(());

@@ -188,6 +188,20 @@ fn abort<T>(e: Error) -> TxResult<T> {
     Err(TxError::Abort(e))
 }
 
+/// Inside a transaction: the record at `key` of `tree` (`sent` or
+/// `inbound`), as the change sees it; a record that does not decode
+/// aborts the change.
+fn record_in<T: for<'a> serde::Deserialize<'a>>(
+    t: &Tx,
+    tree: usize,
+    key: &[u8],
+) -> TxResult<Option<T>> {
+    t[tree]
+        .get(key)?
+        .map(|raw| records::decode(TREE_NAMES[tree], &raw).map_err(TxError::Abort))
+        .transpose()
+}
+
 /// The node's store: one cheap-clone handle shared by every task.
 #[derive(Clone, Debug)]
 pub struct Store {

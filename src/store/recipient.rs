@@ -8,12 +8,12 @@ use crate::model::EnvelopeHeader;
 /// Inside a transaction: the custody record of `message` (at `key`), or
 /// `NotFound`.
 pub(super) fn custody_record(t: &Tx, key: &[u8], message: &MessageRef) -> TxResult<InboundRecord> {
-    let Some(raw) = t[INBOUND].get(key)? else {
-        return abort(Error::NotFound(format!(
+    match record_in(t, INBOUND, key)? {
+        Some(record) => Ok(record),
+        None => abort(Error::NotFound(format!(
             "no message {message} in this node's custody"
-        )));
-    };
-    records::decode("inbound", &raw).or_else(abort)
+        ))),
+    }
 }
 
 /// A receipt to store and to return to the sender node, prepared outside
@@ -63,11 +63,7 @@ impl Store {
         let record_bytes = records::encode(&record);
         let receipt_bytes = delivered.encode();
         let held = self.transact(|t| {
-            if let Some(raw) = t[INBOUND].get(&key)? {
-                let existing: InboundRecord = match records::decode("inbound", &raw) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
-                };
+            if let Some(existing) = record_in::<InboundRecord>(t, INBOUND, &key)? {
                 if existing.header_sha256 != record.header_sha256 {
                     return abort(Error::AlreadyExists(format!(
                         "{message} is already held with a different header; refusing the second envelope"
@@ -132,12 +128,8 @@ impl Store {
                 if t[INBOX].remove(&inbox_key)?.is_none() {
                     return Ok(None); // taken by someone else meanwhile
                 }
-                let Some(raw) = t[INBOUND].get(&msg_key)? else {
+                let Some(mut record) = record_in::<InboundRecord>(t, INBOUND, &msg_key)? else {
                     return abort(Error::corrupt("inbox", "entry names no inbound record"));
-                };
-                let mut record: InboundRecord = match records::decode("inbound", &raw) {
-                    Ok(r) => r,
-                    Err(e) => return abort(e),
                 };
                 record.state = InboundState::Leased;
                 record.attempts += 1;

@@ -173,14 +173,10 @@ impl Store {
             detail.push_str(&format!(": {}", opened.reason));
         }
         self.transact(|t| {
-            let Some(raw) = t[SENT].get(&key)? else {
+            let Some(mut record) = record_in::<SentRecord>(t, SENT, &key)? else {
                 return abort(Error::NotFound(format!(
                     "{message} is not a message this node sent"
                 )));
-            };
-            let mut record: SentRecord = match records::decode("sent", &raw) {
-                Ok(r) => r,
-                Err(e) => return abort(e),
             };
             if t[RECEIPTS].get(&receipt_key)?.is_some() {
                 return Ok(Ok(record.state));
