@@ -816,7 +816,7 @@ impl Store {
             // Applied to the trees after the group commit's sync, evidence
             // as locators into the record just written.
             let indexed = evidence::index_form(&ops, at);
-            wal::lock(&self.shared.pending).push(&indexed, wal.position());
+            wal::lock(&self.shared.pending).push(indexed, wal.position());
             self.cross(Point::AfterAppend);
         }
         if new_head != head {

@@ -51,12 +51,12 @@ impl Pending {
 
     /// A record journaled (not synced); `end` is the journal position
     /// after it.
-    pub fn push(&mut self, ops: &[Op], end: Position) {
-        for op in ops {
+    pub fn push(&mut self, ops: Vec<Op>, end: Position) {
+        for op in &ops {
             self.latest
                 .insert((op.tree, op.key.clone()), op.value.clone());
         }
-        self.records.push((ops.to_vec(), end));
+        self.records.push((ops, end));
     }
 
     /// The records, oldest first, to apply once synced; clears the view.
