@@ -174,8 +174,10 @@ impl std::fmt::Debug for Admitted {
     }
 }
 
-/// When a connection is closed for want of traffic.
-struct Deadline {
+/// When a connection is closed for want of traffic (the nodes' listener
+/// and the console's share it).
+#[derive(Debug)]
+pub(crate) struct Deadline {
     sleep: Pin<Box<Sleep>>,
     /// `Some`: the deadline moves with every read; `None`: it is fixed.
     idle: Option<Duration>,
@@ -183,7 +185,7 @@ struct Deadline {
 }
 
 impl Deadline {
-    fn idle(idle: Duration) -> Deadline {
+    pub(crate) fn idle(idle: Duration) -> Deadline {
         Deadline {
             sleep: Box::pin(tokio::time::sleep(idle)),
             idle: Some(idle),
@@ -199,16 +201,16 @@ impl Deadline {
         }
     }
 
-    /// Something arrived. Only a clock read: the timer is moved when it
-    /// fires, not on every read.
-    fn read(&mut self) {
+    /// Something arrived (or, for the console, left). Only a clock read:
+    /// the timer is moved when it fires, not on every byte.
+    pub(crate) fn read(&mut self) {
         if self.idle.is_some() {
             self.last_read = Instant::now();
         }
     }
 
     /// Ready with an error once the deadline has passed.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+    pub(crate) fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.sleep.as_mut().poll(cx));
             match self.idle {

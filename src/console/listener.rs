@@ -3,7 +3,7 @@
 //! [`IDLE`] without a byte moving either way, so that idle or stalled
 //! callers cannot hold the console's descriptors.
 
-use std::future::Future;
+use crate::transport::Deadline;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,7 +12,6 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
 
 /// Connections open at once.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -53,7 +52,7 @@ impl axum::serve::Listener for CappedListener {
                         WatchedStream {
                             stream,
                             _permit: permit,
-                            idle: Box::pin(tokio::time::sleep(IDLE)),
+                            idle: Deadline::idle(IDLE),
                         },
                         addr,
                     );
@@ -79,24 +78,18 @@ impl axum::serve::Listener for CappedListener {
 pub struct WatchedStream {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    idle: Pin<Box<Sleep>>,
+    idle: Deadline,
 }
 
 impl WatchedStream {
     fn moved(&mut self) {
-        self.idle.as_mut().reset(Instant::now() + IDLE);
+        self.idle.read();
     }
 
     /// Called when the stream has nothing to give or take: has the idle
     /// deadline passed?
     fn check_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        match self.idle.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "console connection idle",
-            )),
-            Poll::Pending => Poll::Pending,
-        }
+        self.idle.poll_expired(cx)
     }
 }
 
