@@ -6,7 +6,7 @@ mod bench_backlog;
 mod client_cmds;
 mod console;
 mod gen_certs;
-mod ops;
+pub(crate) mod ops;
 mod render;
 mod serve;
 mod store;

@@ -193,7 +193,7 @@ pub fn age(ms: u64) -> String {
     }
 }
 
-fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     match n {
         0..1024 => format!("{n} B"),
         1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
@@ -201,15 +201,16 @@ fn bytes(n: u64) -> String {
     }
 }
 
-fn when(ms: u64) -> String {
+/// A time for people, `-` for none.
+pub fn when(ms: u64) -> String {
     if ms == 0 { "-".into() } else { format_time(ms) }
 }
 
-fn kind_name(n: i32) -> &'static str {
+pub fn kind_name(n: i32) -> &'static str {
     MessageKind::from_wire(n).map_or("unknown", |k| k.as_str())
 }
 
-fn peer_state(n: i32) -> &'static str {
+pub fn peer_state(n: i32) -> &'static str {
     match pb::PeerState::try_from(n) {
         Ok(pb::PeerState::Up) => "up",
         Ok(pb::PeerState::BackingOff) => "backing_off",

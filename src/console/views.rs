@@ -12,7 +12,6 @@ use super::assets::{CSS_PATH, JS_PATH};
 use super::nodes::{Node, Refusal, Series, Snapshot};
 use crate::audit::Report;
 use crate::format_time;
-use crate::model::MessageKind;
 use crate::pb;
 use maud::{DOCTYPE, Markup, html};
 
@@ -82,42 +81,10 @@ pub fn dead_letter_action_path(node: &str, sender: &str, id: &str, verb: &str) -
 
 // ------------------------------------------------------------ small parts
 
-/// A duration in ms for people: `0s`, `42s`, `3m05s`, `2h10m`, `3d04h`.
-pub fn age(ms: u64) -> String {
-    let s = ms / 1000;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
-        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
-    }
-}
-
-fn bytes(n: u64) -> String {
-    match n {
-        0..1024 => format!("{n} B"),
-        1024..1_048_576 => format!("{:.1} KiB", n as f64 / 1024.0),
-        _ => format!("{:.1} MiB", n as f64 / 1_048_576.0),
-    }
-}
-
-fn when(ms: u64) -> String {
-    if ms == 0 { "-".into() } else { format_time(ms) }
-}
-
-pub fn kind_name(n: i32) -> &'static str {
-    MessageKind::from_wire(n).map_or("unknown", |k| k.as_str())
-}
-
-pub fn peer_state(n: i32) -> &'static str {
-    match pb::PeerState::try_from(n) {
-        Ok(pb::PeerState::Up) => "up",
-        Ok(pb::PeerState::BackingOff) => "backing_off",
-        Ok(pb::PeerState::Down) => "down",
-        Ok(pb::PeerState::Paused) => "paused",
-        _ => "unknown",
-    }
-}
+// The words the CLI uses for durations, sizes, times, kinds and peer
+// states, so that both say the same.
+pub use crate::cli::ops::{age, kind_name, peer_state};
+use crate::cli::ops::{bytes, when};
 
 fn count_text(v: f64) -> String {
     format!("{v:.0}")
