@@ -9,9 +9,9 @@
 //! subset of sled's API the store uses, so every reader and the journal's
 //! replay treat both alike.
 
+use super::packed::PackedMap;
 use super::{DEAD_LETTERS, INBOX, LEASES, OUTBOX, PAUSED_PEERS, RECEIPT_OUTBOX, TREE_NAMES};
 use sled::IVec;
-use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -29,7 +29,8 @@ pub(super) fn is_live(tree: usize) -> bool {
     LIVE.contains(&tree)
 }
 
-type Map = BTreeMap<Box<[u8]>, Box<[u8]>>;
+/// A live tree's map: packed, since a queue can hold a million entries.
+type Map = PackedMap;
 
 /// The maps of the live trees (indexed like the store's trees; the others
 /// stay empty).
@@ -136,11 +137,7 @@ impl Tree {
     pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         match self {
             Tree::Sled(t) => t.get(key),
-            Tree::Live(live, i) => Ok(live
-                .read()
-                .map(*i)
-                .get(key.as_ref())
-                .map(|v| IVec::from(&**v))),
+            Tree::Live(live, i) => Ok(live.read().map(*i).get(key.as_ref()).map(IVec::from)),
         }
     }
 
@@ -154,7 +151,7 @@ impl Tree {
             Tree::Live(live, i) => Ok(live
                 .write()
                 .map_mut(*i)
-                .insert(key.as_ref().into(), value.as_ref().into())
+                .insert(key.as_ref(), value.as_ref())
                 .map(|v| IVec::from(&*v))),
         }
     }
@@ -264,13 +261,13 @@ fn step(
     end: End,
 ) -> Option<sled::Result<(IVec, IVec)>> {
     let maps = live.read();
-    let mut within = maps.map(tree).range::<[u8], _>((
+    let within = (
         range.0.as_ref().map(|k| &**k),
         range.1.as_ref().map(|k| &**k),
-    ));
+    );
     let (k, v) = match end {
-        End::Front => within.next()?,
-        End::Back => within.next_back()?,
+        End::Front => maps.map(tree).first_in(within)?,
+        End::Back => maps.map(tree).last_in(within)?,
     };
     let out = pair(k, v);
     drop(maps);

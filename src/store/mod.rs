@@ -60,6 +60,7 @@ mod index;
 pub mod keys;
 mod live;
 mod operators;
+mod packed;
 mod pending;
 mod read_only;
 mod recipient;

@@ -141,7 +141,7 @@ pub(super) fn write(
             let map = maps.map(tree);
             w.put(&[tree as u8])?;
             w.put(&(map.len() as u64).to_le_bytes())?;
-            for (k, v) in map {
+            for (k, v) in map.iter() {
                 w.put_bytes(k)?;
                 w.put_bytes(v)?;
             }
@@ -268,13 +268,13 @@ fn decode(r: &mut ChunkReader) -> std::io::Result<Option<Snapshot>> {
         };
         let map = maps.map_mut(tree);
         for _ in 0..n {
-            let Some(k) = r.bytes()?.map(Box::<[u8]>::from) else {
+            let Some(k) = r.bytes()?.map(<[u8]>::to_vec) else {
                 return Ok(None);
             };
-            let Some(v) = r.bytes()?.map(Box::<[u8]>::from) else {
+            let Some(v) = r.bytes()? else {
                 return Ok(None);
             };
-            map.insert(k, v);
+            map.insert(&k, v);
         }
     }
     Ok(Some(Snapshot {
@@ -346,11 +346,9 @@ mod tests {
     fn maps_with(n: u8) -> Maps {
         let mut maps = Maps::new();
         for i in 0..n {
-            maps.map_mut(OUTBOX)
-                .insert(vec![b'p', 0, i].into(), vec![i; 30].into());
+            maps.map_mut(OUTBOX).insert(&[b'p', 0, i], &[i; 30]);
         }
-        maps.map_mut(INBOX)
-            .insert(vec![0; 16].into(), b"msg".to_vec().into());
+        maps.map_mut(INBOX).insert(&[0; 16], b"msg");
         maps
     }
 
