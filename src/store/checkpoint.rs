@@ -1,10 +1,11 @@
-//! Checkpoints: a new journal file, the index made durable up to what it
-//! has applied, and now and then a snapshot of the live state. The writer
+//! Checkpoints: a new journal file, the index made durable up to what the
+//! indexer has brought to it, and now and then a snapshot of the live
+//! state. The writer
 //! starts one whenever a journal file reaches `journal_file_bytes`, on a
 //! thread beside it; the last one runs when the writer stops.
 
 use super::crash_points::Point;
-use super::{Store, index, snapshot, wal};
+use super::{Store, index, snapshot};
 use crate::error::Result;
 
 /// The default of [`StoreOptions::snapshot_journal_bytes`](super::StoreOptions).
@@ -46,27 +47,29 @@ impl Store {
         Ok(epoch)
     }
 
-    /// The second half of a checkpoint: flushes sled and makes its files
-    /// durable (see `durable`), noting the journal position the index now
-    /// reflects; then, when enough journal has passed since the last one
-    /// (or `force`), writes a snapshot of the live state. Blocks for a
-    /// flush and one fsync per file: runs on the checkpoint thread, or
-    /// when the writer stops.
+    /// The second half of a checkpoint: once the indexer has brought sled
+    /// to everything applied when it started, flushes sled and makes its
+    /// files durable (see `durable`), noting the journal position the
+    /// index reflects; then, when enough journal has passed since the
+    /// last one (or `force`), writes a snapshot of the live state. Blocks
+    /// for a flush and one fsync per file: runs on the checkpoint thread,
+    /// or when the writer stops.
     pub(super) fn flush_to(&self, epoch: u64, force: bool) -> Result<()> {
-        // Everything runs under the journal's lock: the index must never
-        // hold, durably, a change whose journal record is not synced yet,
-        // and the live state, its counters and the applied position agree
-        // while it is held. A failed sync latches the store like one in a
-        // group commit: the kernel reports a lost page to one fsync only.
-        let wal = self.lock_wal();
-        self.shared.segments.sync().map_err(|e| self.fail(e))?;
-        wal::sync(&*wal.file()).map_err(|e| self.fail(e))?;
-        let applied = *self.lock_applied();
+        // The indexer writes only synced changes to sled, so the index is
+        // flushed beside the writer, without the journal's lock. A failed
+        // sync latches the store like one in a group commit: the kernel
+        // reports a lost page to one fsync only.
+        let target = *self.lock_applied();
+        let indexed = self.shared.unindexed.wait_indexed(target).ok_or_else(|| {
+            crate::error::Error::Unavailable(
+                "the index stopped short of the journal; the next start replays it".into(),
+            )
+        })?;
         index::checkpoint(
             &self.shared.dir,
             &self.shared.db,
             &self.shared.trees,
-            applied,
+            indexed,
             self.shared.seq.load(std::sync::atomic::Ordering::Acquire),
             || self.cross(Point::DuringCheckpoint),
         )
@@ -85,13 +88,15 @@ impl Store {
                         .max(state.last_size.saturating_mul(2))
         };
         if !due {
-            drop(wal);
-            return self.archive_after_checkpoint(applied);
+            return self.archive_after_checkpoint(indexed);
         }
-        // Written under the lock (the live state cannot move), made
-        // durable and published after it. A failed snapshot is no disk
-        // failure of the truth: the journal holds everything, and the
-        // next checkpoint tries again.
+        // Written under the journal's lock (the live state, its counters
+        // and the applied position cannot move), made durable and
+        // published after it. A failed snapshot is no disk failure of the
+        // truth: the journal holds everything, and the next checkpoint
+        // tries again.
+        let wal = self.lock_wal();
+        let applied = *self.lock_applied();
         let written = {
             let maps = self.shared.live.read();
             let counters = self.lock_counters();
@@ -114,7 +119,7 @@ impl Store {
             last_size: size,
         };
         tracing::debug!(snapshot = %path.display(), bytes = size, "snapshot of the live state written");
-        self.archive_after_checkpoint(applied)
+        self.archive_after_checkpoint(indexed)
     }
 
     /// Archives what is due, keeping every journal file that an ordinary

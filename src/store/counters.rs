@@ -5,7 +5,7 @@
 //! trees and the counters come from the same snapshot).
 
 use super::keys;
-use super::live::Tree;
+use super::live::{self, Tree};
 use super::segments::Locator;
 use super::{DEAD_LETTERS, ENVELOPES, INBOX, LEASES, OUTBOX, RECEIPT_OUTBOX};
 use crate::error::Result;
@@ -139,9 +139,16 @@ pub(super) fn apply_counted(
                 format!("record names tree {} of {}", op.tree, trees.len()),
             )
         })?;
-        olds.push(match &op.value {
-            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
-            None => tree.remove(op.key.as_slice())?,
+        // Counters follow the live trees alone: an index tree's write
+        // needs no old value (and may go through the indexer).
+        olds.push(if live::is_live(op.tree as usize) {
+            match &op.value {
+                Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+                None => tree.remove(op.key.as_slice())?,
+            }
+        } else {
+            tree.apply(&op.key, op.value.as_deref())?;
+            None
         });
     }
     for (op, old) in ops.iter().zip(&olds) {

@@ -9,6 +9,7 @@
 //! subset of sled's API the store uses, so every reader and the journal's
 //! replay treat both alike.
 
+use super::indexer::{Merged, Unindexed};
 use super::packed::PackedMap;
 use super::{DEAD_LETTERS, INBOX, LEASES, OUTBOX, PAUSED_PEERS, RECEIPT_OUTBOX, TREE_NAMES};
 use sled::IVec;
@@ -79,11 +80,15 @@ impl Live {
     }
 }
 
-/// One of the store's trees: in sled, or live in memory.
+/// One of the store's trees: in sled, live in memory, or (in a running
+/// store) in sled with the writes the indexer has not reached yet.
 #[derive(Clone, Debug)]
 pub(super) enum Tree {
     Sled(sled::Tree),
     Live(Arc<Live>, usize),
+    /// Index tree `usize`, read through its unindexed writes (see
+    /// `indexer`).
+    Indexed(sled::Tree, usize, Arc<Unindexed>),
 }
 
 /// The store's trees: sled's, with the live ones taken from `live`.
@@ -96,6 +101,18 @@ pub(super) fn trees(sled: Vec<sled::Tree>, live: &Arc<Live>) -> Vec<Tree> {
             } else {
                 Tree::Sled(t)
             }
+        })
+        .collect()
+}
+
+/// A running store's trees: its index trees read through `unindexed`.
+pub(super) fn indexed(trees: Vec<Tree>, unindexed: &Arc<Unindexed>) -> Vec<Tree> {
+    trees
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Tree::Sled(t) => Tree::Indexed(t, i, Arc::clone(unindexed)),
+            other => other,
         })
         .collect()
 }
@@ -137,17 +154,23 @@ impl Tree {
     pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         match self {
             Tree::Sled(t) => t.get(key),
+            Tree::Indexed(t, i, unindexed) => match unindexed.get(*i, key.as_ref()) {
+                Some(latest) => Ok(latest),
+                None => t.get(key),
+            },
             Tree::Live(live, i) => Ok(live.read().map(*i).get(key.as_ref()).map(IVec::from)),
         }
     }
 
+    /// Writes `key`; an index tree's write goes straight to sled (the
+    /// indexer's own writes, and the checkpoint's notes in `meta`).
     pub fn insert(
         &self,
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> sled::Result<Option<IVec>> {
         match self {
-            Tree::Sled(t) => t.insert(key.as_ref(), value.as_ref()),
+            Tree::Sled(t) | Tree::Indexed(t, ..) => t.insert(key.as_ref(), value.as_ref()),
             Tree::Live(live, i) => Ok(live
                 .write()
                 .map_mut(*i)
@@ -158,7 +181,7 @@ impl Tree {
 
     pub fn remove(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         match self {
-            Tree::Sled(t) => t.remove(key.as_ref()),
+            Tree::Sled(t) | Tree::Indexed(t, ..) => t.remove(key.as_ref()),
             Tree::Live(live, i) => Ok(live
                 .write()
                 .map_mut(*i)
@@ -167,9 +190,25 @@ impl Tree {
         }
     }
 
+    /// Applies a synced write (`None` removes the key): to an index
+    /// tree of a running store through the indexer, to any other tree at
+    /// once.
+    pub fn apply(&self, key: &[u8], value: Option<&[u8]>) -> sled::Result<()> {
+        if let Tree::Indexed(_, i, unindexed) = self {
+            unindexed.write(*i, key, value);
+            return Ok(());
+        }
+        match value {
+            Some(v) => self.insert(key, v)?,
+            None => self.remove(key)?,
+        };
+        Ok(())
+    }
+
     pub fn first(&self) -> sled::Result<Option<(IVec, IVec)>> {
         match self {
             Tree::Sled(t) => t.first(),
+            Tree::Indexed(..) => self.iter().next().transpose(),
             Tree::Live(live, i) => Ok(live
                 .read()
                 .map(*i)
@@ -181,6 +220,7 @@ impl Tree {
     pub fn last(&self) -> sled::Result<Option<(IVec, IVec)>> {
         match self {
             Tree::Sled(t) => t.last(),
+            Tree::Indexed(..) => self.iter().next_back().transpose(),
             Tree::Live(live, i) => Ok(live
                 .read()
                 .map(*i)
@@ -193,6 +233,16 @@ impl Tree {
     pub fn len(&self) -> usize {
         match self {
             Tree::Sled(t) => t.len(),
+            Tree::Indexed(t, i, unindexed) => {
+                let unseen = unindexed.range(*i, (Bound::Unbounded, Bound::Unbounded));
+                unseen.iter().fold(t.len(), |n, (k, v)| {
+                    match (t.contains_key(k).unwrap_or(false), v.is_some()) {
+                        (false, true) => n + 1,
+                        (true, false) => n.saturating_sub(1),
+                        _ => n,
+                    }
+                })
+            }
             Tree::Live(live, i) => live.read().map(*i).len(),
         }
     }
@@ -200,6 +250,10 @@ impl Tree {
     pub fn iter(&self) -> Iter {
         match self {
             Tree::Sled(t) => Iter::Sled(Box::new(t.iter())),
+            Tree::Indexed(t, i, unindexed) => Iter::Merged(Box::new(Merged::new(
+                t.iter(),
+                unindexed.range(*i, (Bound::Unbounded, Bound::Unbounded)),
+            ))),
             Tree::Live(live, i) => Iter::live(live, *i, (Bound::Unbounded, Bound::Unbounded)),
         }
     }
@@ -207,6 +261,7 @@ impl Tree {
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         match self {
             Tree::Sled(t) => Iter::Sled(Box::new(t.scan_prefix(prefix))),
+            Tree::Indexed(..) => self.range(prefix_range(prefix.as_ref())),
             Tree::Live(live, i) => Iter::live(live, *i, prefix_range(prefix.as_ref())),
         }
     }
@@ -214,6 +269,14 @@ impl Tree {
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match self {
             Tree::Sled(t) => Iter::Sled(Box::new(t.range(range))),
+            Tree::Indexed(t, i, unindexed) => {
+                let (start, end) = (owned(range.start_bound()), owned(range.end_bound()));
+                let unseen = unindexed.range(
+                    *i,
+                    (start.as_ref().map(|k| &**k), end.as_ref().map(|k| &**k)),
+                );
+                Iter::Merged(Box::new(Merged::new(t.range((start, end)), unseen)))
+            }
             Tree::Live(live, i) => Iter::live(
                 live,
                 *i,
@@ -228,6 +291,7 @@ impl Tree {
 /// up the writer; it sees each key as it is when reached.
 pub(super) enum Iter {
     Sled(Box<sled::Iter>),
+    Merged(Box<Merged>),
     Live {
         live: Arc<Live>,
         tree: usize,
@@ -285,6 +349,7 @@ impl Iterator for Iter {
     fn next(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(it) => it.next(),
+            Iter::Merged(it) => it.next(),
             Iter::Live { live, tree, range } => step(live, *tree, range, End::Front),
         }
     }
@@ -294,6 +359,7 @@ impl DoubleEndedIterator for Iter {
     fn next_back(&mut self) -> Option<Self::Item> {
         match self {
             Iter::Sled(it) => it.next_back(),
+            Iter::Merged(it) => it.next_back(),
             Iter::Live { live, tree, range } => step(live, *tree, range, End::Back),
         }
     }

@@ -57,6 +57,7 @@ mod evidence;
 mod expiry;
 pub mod fs;
 mod index;
+mod indexer;
 pub mod keys;
 mod live;
 mod operators;
@@ -265,10 +266,13 @@ struct Shared {
     /// Changes journaled since the last sync: applied to the trees only
     /// after the group commit's fsync (see `pending`).
     pending: Arc<std::sync::Mutex<pending::Pending>>,
-    /// The journal position up to which the trees hold every change; a
-    /// checkpoint makes the index durable up to here. Under the journal's
+    /// The journal position up to which the live state and the index
+    /// (with its unindexed writes) hold every change. Under the journal's
     /// lock.
     applied: std::sync::Mutex<wal::Position>,
+    /// Synced index writes the indexer has not brought to sled yet, and
+    /// the position sled reflects (see `indexer`).
+    unindexed: Arc<indexer::Unindexed>,
     /// Queue depths, updated as changes are applied (see `counters`).
     counters: std::sync::Mutex<counters::Counters>,
     /// The next number [`Store::next_seq`] hands out.
@@ -448,13 +452,22 @@ impl Store {
     }
 
     fn assemble(p: Parts) -> Store {
+        let unindexed = Arc::new(indexer::Unindexed::new(TREE_NAMES.len(), p.applied));
+        // A store opened for verification writes nothing: its trees stay
+        // plain.
+        let trees = if p.jobs.is_some() {
+            live::indexed(p.trees, &unindexed)
+        } else {
+            p.trees
+        };
         Store {
             shared: Arc::new(Shared {
                 read_only: p.jobs.is_none(),
                 dir: p.dir,
                 fs: p.fs,
                 db: p.db,
-                trees: p.trees,
+                trees,
+                unindexed,
                 live: p.live,
                 #[cfg(test)]
                 fault: std::sync::Mutex::new(None),
@@ -714,10 +727,7 @@ impl Store {
         };
         let now = crate::now_ms();
         let mut counters = self.lock_counters();
-        for (i, (ops, _)) in records.iter().enumerate() {
-            if i > 0 {
-                self.cross(Point::DuringIndexBatch);
-            }
+        for (ops, end) in &records {
             // Journaled and synced but not (wholly) applied: only a replay
             // at the next start makes the trees whole again.
             // The counter's write (a record's last, see `transact`) stays
@@ -729,8 +739,13 @@ impl Store {
             };
             counters::apply_counted(&self.shared.trees, ops, &mut counters, now)
                 .map_err(|e| self.fail(e.to_string()))?;
+            self.shared.unindexed.end_record(*end);
         }
+        drop(counters);
         *self.lock_applied() = last;
+        // The index's share goes to the indexer (waiting if it is far
+        // behind).
+        self.shared.unindexed.seal();
         Ok(())
     }
 

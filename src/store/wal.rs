@@ -418,7 +418,7 @@ fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<()> {
 
 /// A place in the journal: a file and a byte offset in it. The index
 /// (sled) notes the position its state reflects at every checkpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Position {
     pub epoch: u64,
     pub offset: u64,

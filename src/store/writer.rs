@@ -1,7 +1,8 @@
 //! The store's writer thread: the one place state changes run. It takes
 //! the jobs queued since its last batch, runs them (each appends its
 //! journal record), makes the batch durable with one sync of the envelope
-//! segments and the journal, applies it to the index, then answers every
+//! segments and the journal, applies it to the live state and hands the
+//! index's share to the indexer (see `indexer`), then answers every
 //! caller; and it starts checkpoints beside itself as the journal grows.
 
 use super::crash_points::Point;
@@ -43,6 +44,20 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             })
             .map_err(|e| tracing::error!(error = %e, "cannot start the store checkpoint thread"))
             .ok();
+        let indexer = store.clone();
+        let started = std::thread::Builder::new()
+            .name("store-indexer".into())
+            .spawn_scoped(scope, move || {
+                let trees = &indexer.shared.trees;
+                let between = || indexer.cross(Point::DuringIndexBatch);
+                if let Err(e) = indexer.shared.unindexed.run(trees, between) {
+                    indexer.fail(format!("writing the index failed: {e}"));
+                }
+            });
+        if let Err(e) = started {
+            store.fail(format!("cannot start the store indexer: {e}"));
+            store.shared.unindexed.close();
+        }
         while let Ok(first) = jobs.recv() {
             let mut completions = vec![first(&store)];
             while completions.len() < MAX_BATCH {
@@ -99,6 +114,8 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             }
         }
         drop(checkpoints);
+        // The indexer drains what is queued, then stops.
+        store.shared.unindexed.close();
     });
     // Shutting down: leave sled complete, so that the next open has
     // nothing to replay.
@@ -115,7 +132,8 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
             .sync()
             .and_then(|()| wal::sync(&*file))
             .map_err(|e| store.fail(e))?;
-        store.apply_synced()
+        store.apply_synced()?;
+        store.shared.unindexed.drain(&store.shared.trees)
     });
     if let Err(e) = synced.and_then(|()| store.checkpoint()) {
         tracing::error!(error = %e, "final store checkpoint failed; the next start replays the journal");

@@ -137,9 +137,14 @@ pub fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// How many file descriptors process `pid` holds open.
-pub fn open_fds(pid: u32) -> usize {
+/// The sockets process `pid` has open: its connections and listeners
+/// (files it opens as it works, such as a new journal file, do not count).
+pub fn open_sockets(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
         .unwrap_or(0)
 }

@@ -399,7 +399,7 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
     r.await.expect("answer");
     drop(warm);
     let baseline = raw::rss_kib(pid);
-    let fds_before = raw::open_fds(pid);
+    let fds_before = raw::open_sockets(pid);
 
     let settle = 24 * MIB_KIB;
     let first = attack(&fed, pid, &mut client, baseline, settle).await;
@@ -408,7 +408,7 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
     // a loaded machine that can take a moment.
     let deadline = Instant::now() + Duration::from_secs(30);
     let fds_after = loop {
-        let now = raw::open_fds(pid);
+        let now = raw::open_sockets(pid);
         if now <= fds_before || Instant::now() > deadline {
             break now;
         }
@@ -431,7 +431,7 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
             a.other.len(),
         );
     }
-    eprintln!("descriptors: {fds_before} before, {fds_after} after");
+    eprintln!("sockets: {fds_before} before, {fds_after} after");
     for a in [&first, &second] {
         assert_eq!(a.refused, a.streams, "other outcomes: {:?}", a.other);
         assert!(
@@ -455,7 +455,7 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
     );
     assert!(
         fds_after <= fds_before,
-        "{fds_after} descriptors open after, {fds_before} before"
+        "{fds_after} sockets open after, {fds_before} before"
     );
     // The node still serves its clients.
     submit(
