@@ -286,6 +286,10 @@ pub(super) struct Merged {
     unseen: Unseen,
     front: Option<(IVec, IVec)>,
     back: Option<(IVec, IVec)>,
+    /// The last keys returned from each end: a walk only moves on, even
+    /// if sled, written by the indexer meanwhile, offers a key again.
+    passed_front: Option<IVec>,
+    passed_back: Option<IVec>,
 }
 
 impl Merged {
@@ -295,14 +299,12 @@ impl Merged {
             unseen,
             front: None,
             back: None,
+            passed_front: None,
+            passed_back: None,
         }
     }
-}
 
-impl Iterator for Merged {
-    type Item = sled::Result<(IVec, IVec)>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    fn next_unguarded(&mut self) -> Option<sled::Result<(IVec, IVec)>> {
         loop {
             if self.front.is_none() {
                 self.front = match self.sled.next() {
@@ -328,10 +330,8 @@ impl Iterator for Merged {
             }
         }
     }
-}
 
-impl DoubleEndedIterator for Merged {
-    fn next_back(&mut self) -> Option<Self::Item> {
+    fn next_back_unguarded(&mut self) -> Option<sled::Result<(IVec, IVec)>> {
         loop {
             if self.back.is_none() {
                 self.back = match self.sled.next_back() {
@@ -354,6 +354,44 @@ impl DoubleEndedIterator for Merged {
             }
             if let Some((k, Some(v))) = self.unseen.pop_back() {
                 return Some(Ok((k, v)));
+            }
+        }
+    }
+}
+
+impl Iterator for Merged {
+    type Item = sled::Result<(IVec, IVec)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let item = self.next_unguarded()?;
+            let Ok((k, v)) = item else { return Some(item) };
+            let past_front = self.passed_front.as_ref().is_none_or(|p| k > *p);
+            let before_back = self.passed_back.as_ref().is_none_or(|p| k < *p);
+            if past_front && before_back {
+                self.passed_front = Some(k.clone());
+                return Some(Ok((k, v)));
+            }
+            if !before_back {
+                return None;
+            }
+        }
+    }
+}
+
+impl DoubleEndedIterator for Merged {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        loop {
+            let item = self.next_back_unguarded()?;
+            let Ok((k, v)) = item else { return Some(item) };
+            let past_front = self.passed_front.as_ref().is_none_or(|p| k > *p);
+            let before_back = self.passed_back.as_ref().is_none_or(|p| k < *p);
+            if past_front && before_back {
+                self.passed_back = Some(k.clone());
+                return Some(Ok((k, v)));
+            }
+            if !past_front {
+                return None;
             }
         }
     }
