@@ -72,6 +72,13 @@ pub struct Status {
     pub signature: Vec<u8>,
 }
 
+/// A batch of envelopes for a peer, and the outbox entry it ends at.
+#[derive(Debug)]
+pub struct OutboxBatch {
+    pub envelopes: Vec<(MessageRef, SignedEnvelope)>,
+    pub end: Option<Vec<u8>>,
+}
+
 impl Broker {
     /// Validates, signs and durably stores a message; answers only after
     /// the store is flushed.
@@ -270,21 +277,25 @@ impl Broker {
         Ok(out)
     }
 
-    /// Envelopes waiting for `peer`, oldest first; those whose TTL passed
-    /// are expired on the way instead of being sent.
+    /// Envelopes waiting for `peer`, oldest first, after the outbox entry
+    /// `after` if given; those whose TTL passed are expired on the way
+    /// instead of being sent. Also returns the entry the batch ends at:
+    /// where the next batch starts while this one is in flight.
     pub async fn outbox_batch(
         &self,
         peer: &str,
+        after: Option<Vec<u8>>,
         limit: usize,
-    ) -> Result<Vec<(MessageRef, SignedEnvelope)>> {
+    ) -> Result<OutboxBatch> {
         let now = now_ms();
         let byte_cap = self.config().limits.max_peer_batch_bytes;
         let mut bytes_taken = 0usize;
         let mut out = Vec::new();
         let mut expired = Vec::new();
+        let mut end = after.clone();
         let waiting = {
             let peer = peer.to_string();
-            self.read(move |b| b.store().outbox_batch(&peer, limit))
+            self.read(move |b| b.store().outbox_batch(&peer, after.as_deref(), limit))
                 .await?
         };
         for entry in waiting {
@@ -294,6 +305,7 @@ impl Broker {
             if bytes_taken > byte_cap && !out.is_empty() {
                 break;
             }
+            end = Some(entry.queue_key);
             let message = keys::parse_message(&msg_key)
                 .ok_or_else(|| Error::corrupt("outbox", "bad message key"))?;
             let envelope =
@@ -317,7 +329,10 @@ impl Broker {
                 })
                 .await?;
         }
-        Ok(out)
+        Ok(OutboxBatch {
+            envelopes: out,
+            end,
+        })
     }
 
     /// The receipts to store for `on_forwarded`: the peer's checked

@@ -4,16 +4,18 @@
 //! retrying with capped exponential backoff and jitter. State lives in the
 //! store, so a restarted node resumes where it stopped.
 
-use crate::api::PeerLink;
+use crate::api::{PeerLink, Refusal};
 use crate::broker::Broker;
 use crate::config::NodeEntry;
 use crate::error::{Error, Result};
-use crate::model::MessageRef;
+use crate::model::{MessageRef, SignedEnvelope, SignedReceipt};
 use rand::Rng;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Check the store at least this often even without a wake-up.
 const IDLE_POLL: Duration = Duration::from_secs(1);
@@ -136,26 +138,66 @@ impl Forwarder {
         }
     }
 
+    /// Sends the outbox in batches, up to [`PIPELINE`] in flight: the
+    /// next batch travels while the peer takes custody of the one before
+    /// and this node records its receipts. A batch read while others are
+    /// in flight starts after them in the outbox. `Ok(true)` if anything
+    /// moved; on a failure the batches still in flight are dropped (the
+    /// peer answers a repeated envelope with the receipt it gave).
     async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {
-        let envelopes = self.broker.outbox_batch(&self.peer, batch).await?;
-        if envelopes.is_empty() {
-            return Ok(false);
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut after = None;
+        let mut drained = false;
+        let mut moved = false;
+        loop {
+            while !drained && in_flight.len() < PIPELINE {
+                let next = self
+                    .broker
+                    .outbox_batch(&self.peer, after.clone(), batch)
+                    .await?;
+                if next.envelopes.is_empty() {
+                    drained = true;
+                } else {
+                    after = next.end;
+                    in_flight.push_back(InFlight::start(&self.link, next.envelopes));
+                }
+            }
+            let Some(mut call) = in_flight.pop_front() else {
+                return Ok(moved);
+            };
+            let (envelopes, outcomes) = self.recorded(call.answer()).await?;
+            self.broker
+                .metrics()
+                .forward_seconds
+                .observe_duration(call.started.elapsed());
+            if !self.settle(envelopes, outcomes).await? {
+                // The peer deferred every envelope of the batch: wait.
+                return match moved {
+                    true => Ok(true),
+                    false => Err(Error::Unavailable(format!(
+                        "peer {} deferred the envelopes sent to it",
+                        self.peer
+                    ))),
+                };
+            }
+            moved = true;
         }
-        let started = std::time::Instant::now();
-        let outcomes = self
-            .recorded(self.link.deliver(envelopes.iter().map(|(_, e)| e)))
-            .await?;
-        self.broker
-            .metrics()
-            .forward_seconds
-            .observe_duration(started.elapsed());
+    }
+
+    /// Records what the peer answered for a batch; `false` if it deferred
+    /// every envelope (a transient refusal).
+    async fn settle(
+        &self,
+        envelopes: Vec<(MessageRef, SignedEnvelope)>,
+        outcomes: Vec<std::result::Result<SignedReceipt, Refusal>>,
+    ) -> Result<bool> {
         let mut delivered = Vec::new();
         let mut refused = Vec::new();
-        let mut transient_refusal = None;
+        let mut deferred = None;
         for ((message, _), outcome) in envelopes.into_iter().zip(outcomes) {
             match outcome {
                 Ok(receipt) => delivered.push((message, receipt)),
-                Err(r) if r.transient() => transient_refusal = Some(r.message),
+                Err(r) if r.transient() => deferred = Some(r.message),
                 Err(r) => {
                     tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
                     refused.push((message, r.code, r.message));
@@ -163,6 +205,10 @@ impl Forwarder {
             }
         }
         let moved = !delivered.is_empty() || !refused.is_empty();
+        if let Some(reason) = deferred.filter(|_| !moved) {
+            tracing::debug!(peer = %self.peer, %reason, "peer deferred a batch");
+            return Ok(false);
+        }
         self.broker
             .metrics()
             .forwarded
@@ -170,10 +216,7 @@ impl Forwarder {
         self.broker
             .on_forwarded(&self.peer, delivered, refused)
             .await?;
-        match transient_refusal {
-            Some(reason) if !moved => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
-            _ => Ok(true),
-        }
+        Ok(true)
     }
 
     async fn return_receipts(&mut self, batch: usize) -> Result<bool> {
@@ -217,5 +260,50 @@ impl Forwarder {
             Err(e) => self.broker.peer_failed(&self.peer, e),
         }
         result
+    }
+}
+
+/// `Peer.Deliver` calls a forwarder keeps in flight to one peer.
+const PIPELINE: usize = 3;
+
+/// One `Peer.Deliver` call running on its own task, so that it travels
+/// while the forwarder records the answers to earlier ones. Dropped
+/// unanswered, it is cancelled.
+struct InFlight {
+    started: std::time::Instant,
+    task: tokio::task::JoinHandle<Answered>,
+}
+
+type Answered = Result<(
+    Vec<(MessageRef, SignedEnvelope)>,
+    Vec<std::result::Result<SignedReceipt, Refusal>>,
+)>;
+
+impl InFlight {
+    fn start(link: &PeerLink, envelopes: Vec<(MessageRef, SignedEnvelope)>) -> InFlight {
+        let link = link.clone();
+        InFlight {
+            started: std::time::Instant::now(),
+            // In the forwarder's span, like the rest of its work.
+            task: tokio::spawn(
+                async move {
+                    let outcomes = link.deliver(envelopes.iter().map(|(_, e)| e)).await?;
+                    Ok((envelopes, outcomes))
+                }
+                .instrument(tracing::Span::current()),
+            ),
+        }
+    }
+
+    async fn answer(&mut self) -> Answered {
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::Unavailable(format!("a delivery call ended abnormally: {e}")))?
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -317,6 +317,8 @@ pub struct Counts {
 /// One envelope waiting in a peer's outbox.
 #[derive(Debug)]
 pub struct OutboxEntry {
+    /// Where the entry waits: a cursor for the next batch.
+    pub queue_key: Vec<u8>,
     pub message_key: Vec<u8>,
     pub envelope: Vec<u8>,
 }

@@ -235,7 +235,10 @@ async fn every_answered_submit_survives_a_power_cut_whole() {
         assert_eq!(counts.sent, held.len());
         assert_eq!(counts.outbox, held.len());
         assert_eq!(
-            store.outbox_batch("security", 1000).expect("outbox").len(),
+            store
+                .outbox_batch("security", None, 1000)
+                .expect("outbox")
+                .len(),
             held.len()
         );
         assert_audit_passes(&store);
@@ -256,7 +259,10 @@ async fn every_answered_submit_survives_a_power_cut_whole() {
             assert!(submit_of(i).held_by(&store).is_some(), "seed {seed}: m-{i}");
         }
         assert_eq!(
-            store.outbox_batch("security", 1000).expect("outbox").len(),
+            store
+                .outbox_batch("security", None, 1000)
+                .expect("outbox")
+                .len(),
             held.len() + more.len(),
             "seed {seed}: an outbox entry was overwritten"
         );
@@ -303,7 +309,10 @@ async fn after_a_power_cut_the_live_state_is_the_snapshot_and_the_journal_after_
         assert!(submit_of(i).held_by(&store).is_some(), "m-{i}");
     }
     assert_eq!(
-        store.outbox_batch("security", 1000).expect("outbox").len(),
+        store
+            .outbox_batch("security", None, 1000)
+            .expect("outbox")
+            .len(),
         25
     );
     assert_eq!(
@@ -595,7 +604,7 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
             );
             assert_eq!(
                 store
-                    .outbox_batch("security", 10_000)
+                    .outbox_batch("security", None, 10_000)
                     .expect("outbox")
                     .len(),
                 held.len(),
@@ -617,7 +626,7 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
             }
             assert_eq!(
                 store
-                    .outbox_batch("security", 10_000)
+                    .outbox_batch("security", None, 10_000)
                     .expect("outbox")
                     .len(),
                 held.len() + 10,
@@ -626,4 +635,48 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
             store.close();
         }
     }
+}
+
+/// A forwarder with batches in flight reads on after them: each batch
+/// starts past the entry the last one ended at, so the outbox comes out
+/// whole, in order, each envelope once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_batches_read_on_after_the_batches_in_flight() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = Store::open(tmp.path()).expect("open");
+    for i in 0..10 {
+        store
+            .write(move |s| submit_of(i).on(s))
+            .await
+            .expect("submit");
+    }
+    let mut after: Option<Vec<u8>> = None;
+    let mut seen = Vec::new();
+    loop {
+        let batch = store
+            .outbox_batch("security", after.as_deref(), 4)
+            .expect("batch");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 4);
+        after = batch.last().map(|e| e.queue_key.clone());
+        seen.extend(batch.into_iter().map(|e| e.envelope));
+    }
+    let all: Vec<Vec<u8>> = store
+        .outbox_batch("security", None, 100)
+        .expect("all")
+        .into_iter()
+        .map(|e| e.envelope)
+        .collect();
+    assert_eq!(all.len(), 10);
+    assert_eq!(seen, all);
+    assert!(
+        store
+            .outbox_batch("securit", None, 100)
+            .expect("other peer")
+            .is_empty(),
+        "a peer's batch never spills into another peer's outbox"
+    );
+    store.close();
 }

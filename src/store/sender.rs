@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::model::EnvelopeHeader;
+use std::ops::Bound;
 
 /// Whether a final receipt of `kind` contradicts a message already in
 /// final `state`: one final word per message, except the moves that
@@ -119,18 +120,33 @@ impl Store {
     }
 
     /// The oldest `limit` outbox entries for `peer`, oldest first.
-    pub fn outbox_batch(&self, peer: &str, limit: usize) -> Result<Vec<OutboxEntry>> {
+    /// The first `limit` envelopes waiting for `peer`, after the entry
+    /// `after` if given (a forwarder with batches in flight reads on
+    /// past them).
+    pub fn outbox_batch(
+        &self,
+        peer: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>> {
+        let prefix = keys::peer_prefix(peer);
+        let from = match after {
+            Some(key) if key.starts_with(&prefix) => Bound::Excluded(key.to_vec()),
+            _ => Bound::Included(prefix.clone()),
+        };
         let mut out = Vec::new();
         for kv in self
             .tree(OUTBOX)
-            .scan_prefix(keys::peer_prefix(peer))
+            .range((from, Bound::Unbounded))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
             .take(limit)
         {
-            let (_, msg_key) = kv?;
+            let (queue_key, msg_key) = kv?;
             let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
                 Error::corrupt("outbox", "entry names a message with no envelope")
             })?;
             out.push(OutboxEntry {
+                queue_key: queue_key.to_vec(),
                 message_key: msg_key.to_vec(),
                 envelope: self.envelope_bytes(&envelope)?,
             });
