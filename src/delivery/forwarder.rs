@@ -4,6 +4,7 @@
 //! retrying with capped exponential backoff and jitter. State lives in the
 //! store, so a restarted node resumes where it stopped.
 
+use super::failures::Failures;
 use crate::api::{PeerLink, Refusal};
 use crate::broker::Broker;
 use crate::config::NodeEntry;
@@ -30,6 +31,8 @@ pub(super) struct Forwarder {
     /// The last own checkpoint the peer took (or refused for good); later
     /// checkpoints cover every earlier one, so only the latest is sent.
     witnessed_seq: Option<u64>,
+    /// A peer down for hours is logged once, then once a minute.
+    failures: Failures,
 }
 
 impl Forwarder {
@@ -48,6 +51,7 @@ impl Forwarder {
             stop,
             backoff_ms,
             witnessed_seq: None,
+            failures: Failures::warnings("forwarder"),
         })
     }
 
@@ -66,7 +70,11 @@ impl Forwarder {
                 }
                 continue;
             }
-            match self.round().await {
+            let round = self.round().await;
+            if round.is_ok() {
+                self.failures.succeeded();
+            }
+            match round {
                 Ok(true) => {
                     self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
                 }
@@ -80,7 +88,8 @@ impl Forwarder {
                 }
                 Err(e) => {
                     let delay = self.next_backoff();
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer call failed");
+                    tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer call failed");
+                    self.failures.failed(&e);
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}

@@ -6,6 +6,7 @@
 //! across an `.await`.
 
 mod checkpointer;
+mod failures;
 mod forwarder;
 mod sweeper;
 

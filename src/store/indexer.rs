@@ -23,7 +23,7 @@ use std::ops::Bound;
 use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
 
 /// Writes the writer may run ahead of the indexer.
-pub(super) const MAX_UNINDEXED: usize = 256 * 1024;
+pub(super) const MAX_UNINDEXED: usize = 64 * 1024;
 
 /// One index write waiting for the indexer; `version` tells it from a
 /// later write of the same key.
