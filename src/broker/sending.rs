@@ -299,20 +299,19 @@ impl Broker {
                 .await?
         };
         for entry in waiting {
-            let (msg_key, bytes) = (entry.message_key, entry.envelope);
             // A batch ends at the byte cap; one envelope always goes.
-            bytes_taken = bytes_taken.saturating_add(bytes.len());
+            bytes_taken = bytes_taken.saturating_add(entry.envelope.len());
             if bytes_taken > byte_cap && !out.is_empty() {
                 break;
             }
             end = Some(entry.queue_key);
-            let message = keys::parse_message(&msg_key)
-                .ok_or_else(|| Error::corrupt("outbox", "bad message key"))?;
-            let envelope =
-                SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
+            let envelope = SignedEnvelope::decode(&entry.envelope)
+                .map_err(|e| Error::corrupt("envelopes", e))?;
             let header = EnvelopeHeader::decode(&envelope.header)
                 .map_err(|e| Error::corrupt("envelopes", e))?;
+            let message = header.message_ref();
             if header.expires_at_ms <= now {
+                let msg_key = keys::message(&message);
                 expired.push((message, keys::expiry(header.expires_at_ms, &msg_key)));
                 continue;
             }

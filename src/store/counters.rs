@@ -7,9 +7,8 @@
 use super::keys;
 use super::live::{self, Tree};
 use super::segments::Locator;
-use super::{DEAD_LETTERS, ENVELOPES, INBOX, LEASES, OUTBOX, RECEIPT_OUTBOX};
+use super::{DEAD_LETTERS, INBOX, LEASES, OUTBOX, RECEIPT_OUTBOX};
 use crate::error::Result;
-use sled::IVec;
 use std::collections::{BTreeSet, HashMap};
 
 /// One peer's outbox: envelopes waiting, and their bytes.
@@ -46,7 +45,6 @@ impl Counters {
     /// what it holds now (`None`: absent).
     pub fn changed(
         &mut self,
-        trees: &[Tree],
         tree: usize,
         key: &[u8],
         old: Option<&[u8]>,
@@ -63,8 +61,11 @@ impl Counters {
             OUTBOX => {
                 let depth = self.outbox.entry(peer_of(key)).or_default();
                 step(&mut depth.count);
-                let message_key = new.or(old).unwrap_or_default();
-                let bytes = envelope_len(trees, message_key);
+                // The entry's value is the envelope's locator.
+                let bytes = new
+                    .or(old)
+                    .and_then(Locator::decode)
+                    .map_or(0, |at| u64::from(at.len));
                 depth.bytes = depth.bytes.saturating_add_signed(delta * bytes as i64);
             }
             RECEIPT_OUTBOX => step(self.receipt_outbox.entry(peer_of(key)).or_default()),
@@ -114,24 +115,14 @@ impl Counters {
     }
 }
 
-/// The stored size of the envelope of `message_key` (0 if none).
-fn envelope_len(trees: &[Tree], message_key: &[u8]) -> u64 {
-    match trees[ENVELOPES].get(message_key) {
-        Ok(Some(v)) => Locator::decode(&v).map_or(v.len() as u64, |at| u64::from(at.len)),
-        _ => 0,
-    }
-}
-
-/// Applies one record's writes to the trees, in order, then notes each in
-/// `counters` (after the whole record, so that an outbox entry finds its
-/// envelope whatever the order of the writes).
+/// Applies one record's writes to the trees, in order, noting each write
+/// of a live tree in `counters`.
 pub(super) fn apply_counted(
     trees: &[Tree],
     ops: &[super::wal::Op],
     counters: &mut Counters,
     now_ms: u64,
 ) -> Result<()> {
-    let mut olds: Vec<Option<IVec>> = Vec::with_capacity(ops.len());
     for op in ops {
         let tree = trees.get(op.tree as usize).ok_or_else(|| {
             crate::error::Error::corrupt(
@@ -139,21 +130,17 @@ pub(super) fn apply_counted(
                 format!("record names tree {} of {}", op.tree, trees.len()),
             )
         })?;
-        // Counters follow the live trees alone: an index tree's write
-        // needs no old value (and may go through the indexer).
-        olds.push(if live::is_live(op.tree as usize) {
-            match &op.value {
-                Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
-                None => tree.remove(op.key.as_slice())?,
-            }
-        } else {
+        if !live::is_live(op.tree as usize) {
+            // The index: no counter, and (in a running store) through
+            // the indexer.
             tree.apply(&op.key, op.value.as_deref())?;
-            None
-        });
-    }
-    for (op, old) in ops.iter().zip(&olds) {
+            continue;
+        }
+        let old = match &op.value {
+            Some(v) => tree.insert(op.key.as_slice(), v.as_slice())?,
+            None => tree.remove(op.key.as_slice())?,
+        };
         counters.changed(
-            trees,
             op.tree as usize,
             &op.key,
             old.as_deref(),

@@ -8,7 +8,9 @@
 //! - `inbound`: message key → [`InboundRecord`] for messages in custody;
 //! - `receipts`: message key + receipt digest → where the signed receipt
 //!   lies in the journal;
-//! - `outbox`: peer + seq → message key, envelopes waiting for a peer;
+//! - `outbox`: peer + seq → the locator of the envelope (see `segments`;
+//!   written as the message key, which `transact` replaces), envelopes
+//!   waiting for a peer;
 //! - `inbox`: ready-at + seq → kind + message key (`keys::inbox_entry`),
 //!   messages waiting for receivers;
 //! - `leases`: deadline + lease id → message key, messages held by receivers;
@@ -319,7 +321,7 @@ pub struct Counts {
 pub struct OutboxEntry {
     /// Where the entry waits: a cursor for the next batch.
     pub queue_key: Vec<u8>,
-    pub message_key: Vec<u8>,
+    /// The signed envelope; its header names the message.
     pub envelope: Vec<u8>,
 }
 
@@ -815,6 +817,7 @@ impl Store {
         {
             ops.push(index::seq_op(seq));
         }
+        let mut located: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         for op in &mut ops {
             if op.tree as usize == ENVELOPES
                 && let Some(bytes) = &op.value
@@ -826,6 +829,18 @@ impl Store {
                     e => self.fail(e.to_string()),
                 })?;
                 op.value = Some(at.encode().to_vec());
+                located.push((op.key.clone(), at.encode().to_vec()));
+            }
+        }
+        // An outbox entry written with its envelope names the envelope by
+        // where it lies, not by message key: a forwarder reads it without
+        // a lookup in the index.
+        for op in ops.iter_mut().filter(|op| op.tree as usize == OUTBOX) {
+            if let Some((_, at)) = located
+                .iter()
+                .find(|(key, _)| op.value.as_deref() == Some(key.as_slice()))
+            {
+                op.value = Some(at.clone());
             }
         }
         if !ops.is_empty() {

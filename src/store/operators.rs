@@ -3,6 +3,7 @@
 
 use super::recipient::custody_record;
 use super::*;
+use crate::model::{EnvelopeHeader, SignedEnvelope};
 
 impl Store {
     /// Dead letters, oldest first: (message, dead-lettered at, record).
@@ -162,12 +163,11 @@ impl Store {
             .next()
         {
             Some(kv) => {
-                let (_, msg_key) = kv?;
-                self.tree(SENT)
-                    .get(&msg_key)?
-                    .map(|raw| records::decode::<SentRecord>("sent", &raw))
-                    .transpose()?
-                    .map(|r| r.created_at_ms)
+                let (_, at) = kv?;
+                let envelope = SignedEnvelope::decode(&self.envelope_bytes(&at)?)
+                    .and_then(|e| EnvelopeHeader::decode(&e.header))
+                    .map_err(|e| Error::corrupt("outbox", e))?;
+                Some(envelope.created_at_ms)
             }
             None => None,
         };

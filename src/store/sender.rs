@@ -141,14 +141,10 @@ impl Store {
             .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
             .take(limit)
         {
-            let (queue_key, msg_key) = kv?;
-            let envelope = self.tree(ENVELOPES).get(&msg_key)?.ok_or_else(|| {
-                Error::corrupt("outbox", "entry names a message with no envelope")
-            })?;
+            let (queue_key, at) = kv?;
             out.push(OutboxEntry {
                 queue_key: queue_key.to_vec(),
-                message_key: msg_key.to_vec(),
-                envelope: self.envelope_bytes(&envelope)?,
+                envelope: self.envelope_bytes(&at)?,
             });
         }
         Ok(out)
