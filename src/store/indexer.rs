@@ -304,56 +304,78 @@ impl Merged {
         }
     }
 
-    fn next_unguarded(&mut self) -> Option<sled::Result<(IVec, IVec)>> {
+    /// The next entry from one end (`forward`: the front), before the
+    /// guard against keys offered again.
+    fn take(&mut self, forward: bool) -> Option<sled::Result<(IVec, IVec)>> {
+        use std::cmp::Ordering;
         loop {
-            if self.front.is_none() {
-                self.front = match self.sled.next() {
+            let (mine, theirs) = if forward {
+                (&mut self.front, &mut self.back)
+            } else {
+                (&mut self.back, &mut self.front)
+            };
+            if mine.is_none() {
+                let next = if forward {
+                    self.sled.next()
+                } else {
+                    self.sled.next_back()
+                };
+                *mine = match next {
                     Some(Ok(kv)) => Some(kv),
                     Some(Err(e)) => return Some(Err(e)),
-                    None => self.back.take(),
+                    None => theirs.take(),
                 };
             }
-            let order = match (&self.front, self.unseen.front()) {
-                (None, None) => return None,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some((s, _)), Some((u, _))) => s.cmp(u),
+            let unseen = if forward {
+                self.unseen.front()
+            } else {
+                self.unseen.back()
             };
-            if order == std::cmp::Ordering::Less {
-                return self.front.take().map(Ok);
+            // `Less`: sled's entry comes first in the walk's direction.
+            let order = match (&*mine, unseen) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some((s, _)), Some((u, _))) if forward => s.cmp(u),
+                (Some((s, _)), Some((u, _))) => u.cmp(s),
+            };
+            if order == Ordering::Less {
+                return mine.take().map(Ok);
             }
-            if order == std::cmp::Ordering::Equal {
-                self.front = None;
+            if order == Ordering::Equal {
+                *mine = None;
             }
-            if let Some((k, Some(v))) = self.unseen.pop_front() {
+            let popped = if forward {
+                self.unseen.pop_front()
+            } else {
+                self.unseen.pop_back()
+            };
+            if let Some((k, Some(v))) = popped {
                 return Some(Ok((k, v)));
             }
         }
     }
 
-    fn next_back_unguarded(&mut self) -> Option<sled::Result<(IVec, IVec)>> {
+    /// The next entry from one end, past every key already returned from
+    /// either end.
+    fn walk(&mut self, forward: bool) -> Option<sled::Result<(IVec, IVec)>> {
         loop {
-            if self.back.is_none() {
-                self.back = match self.sled.next_back() {
-                    Some(Ok(kv)) => Some(kv),
-                    Some(Err(e)) => return Some(Err(e)),
-                    None => self.front.take(),
+            let item = self.take(forward)?;
+            let Ok((k, v)) = item else { return Some(item) };
+            let past_front = self.passed_front.as_ref().is_none_or(|p| k > *p);
+            let before_back = self.passed_back.as_ref().is_none_or(|p| k < *p);
+            if past_front && before_back {
+                let passed = if forward {
+                    &mut self.passed_front
+                } else {
+                    &mut self.passed_back
                 };
-            }
-            let order = match (&self.back, self.unseen.back()) {
-                (None, None) => return None,
-                (Some(_), None) => std::cmp::Ordering::Greater,
-                (None, Some(_)) => std::cmp::Ordering::Less,
-                (Some((s, _)), Some((u, _))) => s.cmp(u),
-            };
-            if order == std::cmp::Ordering::Greater {
-                return self.back.take().map(Ok);
-            }
-            if order == std::cmp::Ordering::Equal {
-                self.back = None;
-            }
-            if let Some((k, Some(v))) = self.unseen.pop_back() {
+                *passed = Some(k.clone());
                 return Some(Ok((k, v)));
+            }
+            // Reached what the other end returned: the walk is done.
+            if (forward && !before_back) || (!forward && !past_front) {
+                return None;
             }
         }
     }
@@ -363,37 +385,13 @@ impl Iterator for Merged {
     type Item = sled::Result<(IVec, IVec)>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let item = self.next_unguarded()?;
-            let Ok((k, v)) = item else { return Some(item) };
-            let past_front = self.passed_front.as_ref().is_none_or(|p| k > *p);
-            let before_back = self.passed_back.as_ref().is_none_or(|p| k < *p);
-            if past_front && before_back {
-                self.passed_front = Some(k.clone());
-                return Some(Ok((k, v)));
-            }
-            if !before_back {
-                return None;
-            }
-        }
+        self.walk(true)
     }
 }
 
 impl DoubleEndedIterator for Merged {
     fn next_back(&mut self) -> Option<Self::Item> {
-        loop {
-            let item = self.next_back_unguarded()?;
-            let Ok((k, v)) = item else { return Some(item) };
-            let past_front = self.passed_front.as_ref().is_none_or(|p| k > *p);
-            let before_back = self.passed_back.as_ref().is_none_or(|p| k < *p);
-            if past_front && before_back {
-                self.passed_back = Some(k.clone());
-                return Some(Ok((k, v)));
-            }
-            if !past_front {
-                return None;
-            }
-        }
+        self.walk(false)
     }
 }
 
