@@ -179,27 +179,24 @@ impl Forwarder {
                 .metrics()
                 .forward_seconds
                 .observe_duration(call.started.elapsed());
-            if !self.settle(envelopes, outcomes).await? {
+            if let Some(reason) = self.settle(envelopes, outcomes).await? {
                 // The peer deferred every envelope of the batch: wait.
                 return match moved {
                     true => Ok(true),
-                    false => Err(Error::Unavailable(format!(
-                        "peer {} deferred the envelopes sent to it",
-                        self.peer
-                    ))),
+                    false => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
                 };
             }
             moved = true;
         }
     }
 
-    /// Records what the peer answered for a batch; `false` if it deferred
-    /// every envelope (a transient refusal).
+    /// Records what the peer answered for a batch; the peer's reason if
+    /// it deferred every envelope (a transient refusal).
     async fn settle(
         &self,
         envelopes: Vec<(MessageRef, SignedEnvelope)>,
         outcomes: Vec<std::result::Result<SignedReceipt, Refusal>>,
-    ) -> Result<bool> {
+    ) -> Result<Option<String>> {
         let mut delivered = Vec::new();
         let mut refused = Vec::new();
         let mut deferred = None;
@@ -215,8 +212,7 @@ impl Forwarder {
         }
         let moved = !delivered.is_empty() || !refused.is_empty();
         if let Some(reason) = deferred.filter(|_| !moved) {
-            tracing::debug!(peer = %self.peer, %reason, "peer deferred a batch");
-            return Ok(false);
+            return Ok(Some(reason));
         }
         self.broker
             .metrics()
@@ -225,7 +221,7 @@ impl Forwarder {
         self.broker
             .on_forwarded(&self.peer, delivered, refused)
             .await?;
-        Ok(true)
+        Ok(None)
     }
 
     async fn return_receipts(&mut self, batch: usize) -> Result<bool> {
