@@ -6,7 +6,7 @@
 
 use super::wal::{Op, Position};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 thread_local! {
     /// Set on the store's writer thread, the only one that runs
@@ -32,17 +32,19 @@ pub(super) enum Seen<'a> {
     Value(&'a [u8]),
 }
 
-/// Journal records written since the last sync, in order.
+/// Journal records written since the last sync, in order, and the
+/// latest pending write of each key, one ordered map per tree (a lookup
+/// copies nothing; a prefix is a range).
 #[derive(Debug, Default)]
 pub(super) struct Pending {
-    latest: HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+    latest: Vec<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     records: Vec<(Vec<Op>, Position)>,
 }
 
 impl Pending {
     /// The latest pending change of `key` in `tree`.
     pub fn get(&self, tree: usize, key: &[u8]) -> Seen<'_> {
-        match self.latest.get(&(tree as u8, key.to_vec())) {
+        match self.latest.get(tree).and_then(|m| m.get(key)) {
             None => Seen::Unchanged,
             Some(None) => Seen::Removed,
             Some(Some(v)) => Seen::Value(v),
@@ -53,24 +55,32 @@ impl Pending {
     /// after it.
     pub fn push(&mut self, ops: Vec<Op>, end: Position) {
         for op in &ops {
-            self.latest
-                .insert((op.tree, op.key.clone()), op.value.clone());
+            let tree = op.tree as usize;
+            if self.latest.len() <= tree {
+                self.latest.resize_with(tree + 1, BTreeMap::new);
+            }
+            self.latest[tree].insert(op.key.clone(), op.value.clone());
         }
         self.records.push((ops, end));
     }
 
     /// The records, oldest first, to apply once synced; clears the view.
     pub fn take(&mut self) -> Vec<(Vec<Op>, Position)> {
-        self.latest.clear();
+        self.latest.iter_mut().for_each(BTreeMap::clear);
         std::mem::take(&mut self.records)
     }
 
     /// The pending changes of `tree` under `prefix` (`None`: removed).
     pub fn with_prefix(&self, tree: usize, prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
-        self.latest
-            .iter()
-            .filter(|((t, k), _)| *t as usize == tree && k.starts_with(prefix))
-            .map(|((_, k), v)| (k.clone(), v.clone()))
-            .collect()
+        let Some(map) = self.latest.get(tree) else {
+            return Vec::new();
+        };
+        map.range::<[u8], _>((
+            std::ops::Bound::Included(prefix),
+            std::ops::Bound::Unbounded,
+        ))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
     }
 }
