@@ -4,6 +4,7 @@
 //! application). `--backlog N` measures a node holding N queued messages
 //! instead (see `bench_backlog`).
 
+use super::bench_cpu;
 use crate::client::Connection;
 use crate::config::NodeConfig;
 use crate::devfed::{DevFederation, NODES};
@@ -83,7 +84,8 @@ pub struct BenchArgs {
 pub(super) enum Nodes {
     None,
     InProcess(Vec<RunningNode>),
-    Processes(Vec<tokio::process::Child>),
+    /// Each node's id and its `serve` process.
+    Processes(Vec<(String, tokio::process::Child)>),
 }
 
 impl Nodes {
@@ -96,7 +98,7 @@ impl Nodes {
                 }
             }
             Nodes::Processes(children) => {
-                for mut child in children {
+                for (_, mut child) in children {
                     if let Some(pid) = child.id() {
                         // SIGTERM: the node drains and flushes.
                         let _ = tokio::process::Command::new("kill")
@@ -110,6 +112,18 @@ impl Nodes {
             }
         }
         Ok(())
+    }
+
+    /// The processes that run the nodes, by node id (none when the nodes
+    /// run in this process or elsewhere).
+    fn pids(&self) -> Vec<(String, u32)> {
+        match self {
+            Nodes::Processes(children) => children
+                .iter()
+                .filter_map(|(id, c)| Some((id.clone(), c.id()?)))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -172,7 +186,7 @@ pub(super) async fn start_nodes(
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting node {id}"))?;
-        children.push(child);
+        children.push((id.to_string(), child));
     }
     for id in &ids {
         wait_until_serving(&dev, id).await?;
@@ -217,6 +231,8 @@ struct Figures {
     received_per_s: f64,
     submit_errors: u64,
     latency_ms: Latency,
+    /// Each process's CPU over the measured window.
+    cpu: Vec<bench_cpu::CpuShare>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -406,7 +422,12 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             }
         }));
     }
+    tokio::time::sleep_until((epoch + measure_start).into()).await;
+    let mut processes = nodes.pids();
+    processes.push(("bench".to_string(), std::process::id()));
+    let cpu_start = bench_cpu::start(&processes);
     tokio::time::sleep_until((epoch + measure_end).into()).await;
+    let cpu_used = bench_cpu::used(&cpu_start);
     stop.store(true, Ordering::Relaxed);
     let elapsed = (epoch.elapsed().saturating_sub(measure_start))
         .as_secs_f64()
@@ -417,6 +438,17 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     submitting_done.store(true, Ordering::Release);
     let (received, mut latencies) = receiver_task.await.context("receiver failed")?;
     latencies.sort_unstable();
+    let accepted_n = accepted.load(Ordering::Relaxed);
+    let cpu = cpu_used
+        .iter()
+        .map(|u| {
+            u.share(if u.name == args.to {
+                received
+            } else {
+                accepted_n
+            })
+        })
+        .collect();
     let figures = Figures {
         audit_log,
         submitters: args.submitters,
@@ -436,6 +468,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             p999: percentile(&latencies, 0.999),
             max: latencies.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
         },
+        cpu,
     };
     println!(
         "{} submitters, {} B payloads, {:.1} s measured after {} s of warmup{}",
@@ -467,6 +500,17 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         println!(
             "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
             l.p50, l.p90, l.p99, l.p999, l.max
+        );
+    }
+    for c in &figures.cpu {
+        let per = if c.process == args.to {
+            "received"
+        } else {
+            "accepted"
+        };
+        println!(
+            "  cpu {:<16} {:>5.0} % of a core, {:>6.0} µs per {per} message",
+            c.process, c.percent_of_core, c.cpu_us_per_message
         );
     }
     nodes.stop().await?;

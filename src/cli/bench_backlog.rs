@@ -144,7 +144,7 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
     let Nodes::Processes(mut children) = nodes else {
         bail!("the backlog bench runs its node as a `cluebridge serve` process");
     };
-    let Some(mut node) = children.pop() else {
+    let Some((_, mut node)) = children.pop() else {
         bail!("the sending node did not start");
     };
     let config = NodeConfig::load(&dev.node_file(&args.from))?;
@@ -237,7 +237,9 @@ pub async fn run(args: &BenchArgs, backlog: u64) -> Result<BacklogFigures> {
         mib(restart.memory.rss_bytes),
         mib(restart.memory.peak_rss_bytes)
     );
-    Nodes::Processes(vec![restarted]).stop().await?;
+    Nodes::Processes(vec![(args.from.clone(), restarted)])
+        .stop()
+        .await?;
     drop(tmp);
     Ok(BacklogFigures {
         backlog,

@@ -3,6 +3,7 @@
 mod audit;
 mod bench;
 mod bench_backlog;
+mod bench_cpu;
 mod client_cmds;
 mod console;
 mod gen_certs;
