@@ -439,8 +439,11 @@ async fn a_stranger_streaming_large_bodies_cannot_pin_the_nodes_memory() {
             "resident size grew from {baseline} KiB to {} KiB under the attack",
             a.peak_kib
         );
+        // What the allocator keeps of the attack's freed pages varies with
+        // the scheduling (+17 to +33 MiB seen on a loaded 2-core machine);
+        // the bug this guards against kept +500 MiB.
         assert!(
-            a.after_kib <= baseline + 32 * MIB_KIB,
+            a.after_kib <= baseline + 48 * MIB_KIB,
             "resident size stayed at {} KiB after the attack (baseline {baseline} KiB)",
             a.after_kib
         );
