@@ -20,7 +20,7 @@ use crate::error::Result;
 use sled::IVec;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
-use std::sync::{Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 
 /// Writes the writer may run ahead of the indexer.
 pub(super) const MAX_UNINDEXED: usize = 64 * 1024;
@@ -29,8 +29,8 @@ pub(super) const MAX_UNINDEXED: usize = 64 * 1024;
 /// later write of the same key.
 struct Queued {
     tree: u8,
-    key: Box<[u8]>,
-    value: Option<Box<[u8]>>,
+    key: Arc<[u8]>,
+    value: Option<Arc<[u8]>>,
     version: u64,
 }
 
@@ -44,10 +44,11 @@ enum Item {
 #[derive(Clone, Debug)]
 struct Latest {
     version: u64,
-    value: Option<Box<[u8]>>,
+    value: Option<Arc<[u8]>>,
 }
 
-type Overlay = BTreeMap<Box<[u8]>, Latest>;
+/// Keys and values are shared with the queue: one copy of each write.
+type Overlay = BTreeMap<Arc<[u8]>, Latest>;
 
 #[derive(Default)]
 struct Queue {
@@ -116,7 +117,7 @@ impl Unindexed {
         let mut queue = self.lock_queue();
         queue.next_version += 1;
         let version = queue.next_version;
-        let (key, value): (Box<[u8]>, Option<Box<[u8]>>) = (key.into(), value.map(Into::into));
+        let (key, value): (Arc<[u8]>, Option<Arc<[u8]>>) = (key.into(), value.map(Into::into));
         self.overlay_mut()[tree].insert(
             key.clone(),
             Latest {
@@ -234,7 +235,7 @@ impl Unindexed {
     }
 
     fn apply(&self, trees: &[Tree], run: Vec<Item>, between: &mut impl FnMut()) -> Result<()> {
-        let mut done: Vec<(u8, Box<[u8]>, u64)> = Vec::new();
+        let mut done: Vec<(u8, Arc<[u8]>, u64)> = Vec::new();
         let mut end = None;
         for item in run {
             match item {
