@@ -203,19 +203,7 @@ impl Broker {
         let message = header.message_ref();
         let header_sha256 = envelope.header_sha256();
         let delivered = self.issue(&message, ReceiptKind::Delivered, header_sha256, 0, "");
-        let record = InboundRecord {
-            state: InboundState::Inbox,
-            kind: header.kind,
-            header_sha256,
-            expires_at_ms: header.expires_at_ms,
-            attempts: 0,
-            lease_id: 0,
-            lease_deadline_ms: 0,
-            queue_key: Vec::new(),
-            delivered_receipt_key: Vec::new(),
-            audit_seqs: Vec::new(),
-            lease_holder: String::new(),
-        };
+        let record = InboundRecord::arrived(header.kind, header_sha256, header.expires_at_ms);
         Ok(Custody {
             message,
             envelope: envelope.encode(),

@@ -261,19 +261,7 @@ mod tests {
     }
 
     async fn take(store: &Store, h: EnvelopeHeader) {
-        let record = InboundRecord {
-            state: InboundState::Inbox,
-            kind: h.kind,
-            header_sha256: [1; 32],
-            expires_at_ms: h.expires_at_ms,
-            attempts: 0,
-            lease_id: 0,
-            lease_deadline_ms: 0,
-            queue_key: Vec::new(),
-            delivered_receipt_key: Vec::new(),
-            audit_seqs: Vec::new(),
-            lease_holder: String::new(),
-        };
+        let record = InboundRecord::arrived(h.kind, [1; 32], h.expires_at_ms);
         let delivered = receipt(&h, ReceiptKind::Delivered);
         store
             .write(move |s| {

@@ -48,6 +48,26 @@ pub struct InboundRecord {
     pub lease_holder: String,
 }
 
+impl InboundRecord {
+    /// The record of a message just taken into custody: in the inbox,
+    /// never offered to a receiver yet.
+    pub fn arrived(kind: MessageKind, header_sha256: [u8; 32], expires_at_ms: u64) -> Self {
+        InboundRecord {
+            state: InboundState::Inbox,
+            kind,
+            header_sha256,
+            expires_at_ms,
+            attempts: 0,
+            lease_id: 0,
+            lease_deadline_ms: 0,
+            queue_key: Vec::new(),
+            delivered_receipt_key: Vec::new(),
+            audit_seqs: Vec::new(),
+            lease_holder: String::new(),
+        }
+    }
+}
+
 /// Whether this node sent a message or took it into custody.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Direction {
