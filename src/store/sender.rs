@@ -14,6 +14,22 @@ fn contradicts(state: SentState, kind: ReceiptKind) -> bool {
     final_kind && state.is_terminal() && state.after(kind).is_none()
 }
 
+/// Whether a receipt the recipient issued must wait for its `delivered`
+/// receipt: the sender's evidence of a settled message holds the custody
+/// receipt before any word that follows it. A recipient whose answer to
+/// `Deliver` was lost (its flush failed, then it replayed its journal)
+/// may return its acknowledgement first; refusing it for now keeps the
+/// envelope in the outbox, whose next delivery brings the original
+/// `delivered` receipt.
+fn awaits_custody_receipt(
+    state: SentState,
+    kind: ReceiptKind,
+    issuer: &str,
+    message: &MessageRef,
+) -> bool {
+    state == SentState::Accepted && kind != ReceiptKind::Delivered && issuer != message.sender_node
+}
+
 impl Store {
     /// Stores a newly accepted message: envelope, state, `accepted`
     /// receipt, outbox entry, expiry index and catalogue entries (from
@@ -192,6 +208,13 @@ impl Store {
             };
             if t[RECEIPTS].get(&receipt_key)?.is_some() {
                 return Ok(Ok(record.state));
+            }
+            if awaits_custody_receipt(record.state, kind, &opened.issuer_node, message) {
+                return abort(Error::Unavailable(format!(
+                    "the {kind} receipt for {message} came before the recipient's delivered \
+                     (custody) receipt; it is taken once that receipt is here (the next \
+                     delivery of the envelope brings it), so return it again later"
+                )));
             }
             if contradicts(record.state, kind) {
                 // A second, different final word about a settled message:

@@ -5,7 +5,8 @@
 
 use crate::harness::*;
 use cluebridge::model::{MessageKind, SentState};
-use cluebridge::store::fs::{SimFs, SyncFault};
+use cluebridge::pb;
+use cluebridge::store::fs::{Fs, SimFs, SyncFault};
 use std::sync::Arc;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -54,14 +55,7 @@ async fn a_failed_sync_latches_the_store_and_health_says_not_serving_until_a_res
         .await
         .expect_err("a submit whose flush failed");
     assert_eq!(refused.code(), Code::Unavailable, "{}", refused.message());
-    let deadline = std::time::Instant::now() + 10 * SECOND;
-    while health(&fed, DISCIPLINE).await != ServingStatus::NotServing {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health still says SERVING"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_health(&fed, DISCIPLINE, ServingStatus::NotServing).await;
     let metrics = fed.metrics(DISCIPLINE).await;
     assert_eq!(
         metric(&metrics, "cluebridge_store_failed"),
@@ -114,4 +108,117 @@ async fn a_failed_sync_latches_the_store_and_health_says_not_serving_until_a_res
     .await;
     let metrics = fed.metrics(DISCIPLINE).await;
     assert_eq!(metric(&metrics, "cluebridge_store_failed"), 0.0);
+}
+
+/// The recipient wrote custody to its journal but its flush failed, so the
+/// sender never got the `delivered` receipt; after the recipient's restart
+/// the application acknowledges before the sender delivers again. The
+/// acknowledgement waits for the custody receipt: the sender's evidence
+/// ends with `accepted`, `delivered` and `acknowledged`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledgement_that_overtakes_its_custody_receipt_waits_for_it() {
+    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
+    let disk = SimFs::new();
+    fed.restart_on(SECURITY, Arc::new(disk.clone())).await;
+    let mut sender = fed.client(DISCIPLINE);
+    let warm_up = submit_request("warm-up", MessageKind::ClueTransfer, SECURITY, b"one");
+    submit(&mut sender, warm_up).await;
+    wait_state(&mut sender, "warm-up", SentState::Delivered, 10 * SECOND).await;
+
+    // The next sync of the recipient's envelope segment fails: only a
+    // custody change writes an envelope, so that of the next message.
+    let segments = fed.config(SECURITY).data_dir.join("envelopes");
+    let active = disk
+        .list_dir(&segments)
+        .expect("segments")
+        .into_iter()
+        .max();
+    disk.fail_sync(SyncFault::Path(segments.join(active.expect("a segment"))));
+    let overtaken = submit_request("overtaken", MessageKind::ClueTransfer, SECURITY, b"two");
+    submit(&mut sender, overtaken).await;
+    wait_health(&fed, SECURITY, ServingStatus::NotServing).await;
+    fed.admin(DISCIPLINE)
+        .pause_peer(pb::PausePeerRequest {
+            peer: SECURITY.into(),
+        })
+        .await
+        .expect("pause");
+    fed.abandon(SECURITY).await;
+    fed.restart_on(SECURITY, Arc::new(disk.kill_process()))
+        .await;
+
+    // The recipient replayed its journal: the message is in its inbox, and
+    // the application acknowledges it.
+    let mut recipient = fed.client(SECURITY);
+    let mut stream = receiver(&mut recipient, 10, 30).await;
+    let acknowledged = loop {
+        let delivery = next(&mut stream, 10 * SECOND).await;
+        if delivery.message_id == "overtaken" {
+            let settled = recipient
+                .ack(pb::AckRequest {
+                    lease: lease_of(&delivery),
+                })
+                .await
+                .expect("ack")
+                .into_inner();
+            break settled.receipt.expect("acknowledged receipt");
+        }
+    };
+    let status = sender
+        .get_status(pb::GetStatusRequest {
+            message_id: "overtaken".into(),
+        })
+        .await
+        .expect("status")
+        .into_inner();
+    assert_eq!(status.state, SentState::Accepted.to_wire(), "{status:?}");
+
+    // Returned before the custody receipt, it is refused for now.
+    let outcome = fed
+        .peer_as(SECURITY, DISCIPLINE)
+        .return_receipts(pb::ReturnReceiptsRequest {
+            receipts: vec![acknowledged],
+        })
+        .await
+        .expect("return receipts")
+        .into_inner();
+    let refused = outcome.outcomes[0].refused.as_ref().expect("refused");
+    assert_eq!(refused.code, Code::Unavailable as i32, "{refused:?}");
+    assert!(refused.message.contains("delivered"), "{refused:?}");
+
+    // Resumed, the next delivery brings the custody receipt, then the
+    // recipient's own return of the acknowledgement is taken.
+    fed.admin(DISCIPLINE)
+        .resume_peer(pb::ResumePeerRequest {
+            peer: SECURITY.into(),
+        })
+        .await
+        .expect("resume");
+    let status = wait_state(
+        &mut sender,
+        "overtaken",
+        SentState::Acknowledged,
+        20 * SECOND,
+    )
+    .await;
+    let kinds: Vec<String> = status
+        .receipts
+        .into_iter()
+        .map(|r| {
+            let opened = cluebridge::model::SignedReceipt::from_wire(r).open();
+            opened.expect("receipt").kind.to_string()
+        })
+        .collect();
+    assert_eq!(kinds, ["accepted", "delivered", "acknowledged"]);
+}
+
+async fn wait_health(fed: &TestFederation, node: &str, want: ServingStatus) {
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    while health(fed, node).await != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{node} is not {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
