@@ -176,6 +176,9 @@ pub struct DeliverySettings {
     pub batch_size: usize,
     /// First retry delay after a failed call to a peer; doubles up to the cap.
     pub retry_initial_ms: u64,
+    /// The cap: an unreachable peer is tried again at least this often. A
+    /// peer that starts announces itself (`Peer.Announce`) and is retried at
+    /// once, so the cap only bounds the wait when that call is lost.
     pub retry_max_ms: u64,
     /// Deadline of every call to a peer.
     pub peer_timeout_ms: u64,
@@ -196,7 +199,7 @@ impl Default for DeliverySettings {
             redelivery_backoff_ms: 1000,
             batch_size: 256,
             retry_initial_ms: 200,
-            retry_max_ms: 30_000,
+            retry_max_ms: 5_000,
             peer_timeout_ms: 10_000,
             default_ttl_secs: 7 * 24 * 3600,
             max_ttl_secs: 90 * 24 * 3600,

@@ -94,6 +94,16 @@ impl pb::peer_server::Peer for PeerService {
         }))
     }
 
+    async fn announce(
+        &self,
+        request: Request<pb::AnnounceRequest>,
+    ) -> Result<Response<pb::AnnounceResponse>, Status> {
+        let peer = self.calling_node(&request)?;
+        tracing::info!(%peer, "peer announced that it started");
+        self.broker.heard_from(&peer);
+        Ok(Response::new(pb::AnnounceResponse {}))
+    }
+
     async fn witness_checkpoint(
         &self,
         request: Request<pb::WitnessCheckpointRequest>,

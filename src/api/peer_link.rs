@@ -122,6 +122,13 @@ impl PeerLink {
             .collect())
     }
 
+    /// `Peer.Announce`: tells the peer that this node has started.
+    pub async fn announce(&self) -> Result<()> {
+        self.call(self.client.clone().announce(pb::AnnounceRequest {}))
+            .await
+            .map(|_| ())
+    }
+
     /// `Peer.WitnessCheckpoint`: `None` if the peer keeps it, or its
     /// refusal for good. A transient refusal is an `Unavailable` error.
     pub async fn witness(&self, checkpoint: &SignedCheckpoint) -> Result<Option<Refusal>> {

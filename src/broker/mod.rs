@@ -40,7 +40,7 @@ struct Shared {
     store: Store,
     /// Wakes the forwarder of a peer when its outbox or receipt outbox
     /// gained an entry.
-    peer_wake: HashMap<String, Arc<Notify>>,
+    peer_signals: HashMap<String, Arc<PeerSignals>>,
     /// Wakes `Receive` streams when the inbox gained a ready message.
     inbox_wake: Notify,
     /// Wakes `WatchReceipts` streams when a receipt was stored.
@@ -66,19 +66,28 @@ struct Bucket {
     at: Instant,
 }
 
+/// What wakes the forwarder of one peer.
+#[derive(Debug, Default)]
+pub struct PeerSignals {
+    /// New work for the peer: an envelope or receipt to send, a resume.
+    pub work: Notify,
+    /// The peer called this node (it announces itself when it starts).
+    pub heard: Notify,
+}
+
 impl Broker {
     /// The broker of a node over its opened store; restores the peer
     /// pauses stored by earlier runs.
     pub fn new(config: NodeConfig, store: Store) -> crate::error::Result<Broker> {
-        let peer_wake = config
+        let peer_signals = config
             .peers()
-            .map(|p| (p.id.clone(), Arc::new(Notify::new())))
+            .map(|p| (p.id.clone(), Arc::default()))
             .collect();
         let broker = Broker {
             shared: Arc::new(Shared {
                 config,
                 store,
-                peer_wake,
+                peer_signals,
                 inbox_wake: Notify::new(),
                 feed_wake: Notify::new(),
                 permits: Mutex::new(HashMap::new()),
@@ -111,14 +120,22 @@ impl Broker {
         &self.shared.config.signer
     }
 
-    /// The notifier a peer's forwarder waits on.
-    pub fn peer_wake(&self, peer: &str) -> Option<Arc<Notify>> {
-        self.shared.peer_wake.get(peer).cloned()
+    /// What a peer's forwarder waits on.
+    pub fn peer_signals(&self, peer: &str) -> Option<Arc<PeerSignals>> {
+        self.shared.peer_signals.get(peer).cloned()
     }
 
     fn wake_peer(&self, peer: &str) {
-        if let Some(n) = self.shared.peer_wake.get(peer) {
-            n.notify_one();
+        if let Some(s) = self.shared.peer_signals.get(peer) {
+            s.work.notify_one();
+        }
+    }
+
+    /// `peer` called this node, so it is up: its forwarder retries now
+    /// instead of waiting out its backoff.
+    pub fn heard_from(&self, peer: &str) {
+        if let Some(s) = self.shared.peer_signals.get(peer) {
+            s.heard.notify_one();
         }
     }
 

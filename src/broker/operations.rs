@@ -177,7 +177,7 @@ impl Broker {
 
     fn check_peer(&self, peer: &str) -> Result<()> {
         validate_id("peer", peer)?;
-        if self.peer_wake(peer).is_none() {
+        if self.peer_signals(peer).is_none() {
             return Err(Error::NotFound(format!(
                 "{peer:?} is not a peer of node {} (see ListPeers)",
                 self.node_id()

@@ -4,17 +4,16 @@
 //! retrying with capped exponential backoff and jitter. State lives in the
 //! store, so a restarted node resumes where it stopped.
 
+use super::backoff::Backoff;
 use super::failures::Failures;
 use crate::api::{PeerLink, Refusal};
-use crate::broker::Broker;
+use crate::broker::{Broker, PeerSignals};
 use crate::config::NodeEntry;
 use crate::error::{Error, Result};
 use crate::model::{MessageRef, SignedEnvelope, SignedReceipt};
-use rand::Rng;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -25,9 +24,9 @@ pub(super) struct Forwarder {
     broker: Broker,
     peer: String,
     link: PeerLink,
-    wake: Arc<Notify>,
+    signals: Arc<PeerSignals>,
     stop: CancellationToken,
-    backoff_ms: u64,
+    backoff: Backoff,
     /// The last own checkpoint the peer took (or refused for good); later
     /// checkpoints cover every earlier one, so only the latest is sent.
     witnessed_seq: Option<u64>,
@@ -39,23 +38,31 @@ impl Forwarder {
     pub(super) fn new(broker: Broker, peer: &NodeEntry, stop: CancellationToken) -> Result<Self> {
         let config = broker.config();
         let link = PeerLink::new(config, peer)?;
-        let wake = broker
-            .peer_wake(&peer.id)
+        let signals = broker
+            .peer_signals(&peer.id)
             .ok_or_else(|| Error::invalid(format!("{} is not a peer", peer.id)))?;
-        let backoff_ms = config.delivery.retry_initial_ms;
+        let backoff = Backoff::new(
+            config.delivery.retry_initial_ms,
+            config.delivery.retry_max_ms,
+        );
         Ok(Forwarder {
             link,
             broker,
             peer: peer.id.clone(),
-            wake,
+            signals,
             stop,
-            backoff_ms,
+            backoff,
             witnessed_seq: None,
             failures: Failures::warnings("forwarder"),
         })
     }
 
     pub(super) async fn run(mut self) {
+        // A peer that backs off from this node while it was down retries
+        // now; a peer that is down itself hears from us when it starts.
+        if let Err(e) = self.link.announce().await {
+            tracing::debug!(error = %e, "announcing this node to the peer failed");
+        }
         loop {
             if self.stop.is_cancelled() {
                 return;
@@ -65,7 +72,7 @@ impl Forwarder {
                 // store; ResumePeer wakes this task.
                 tokio::select! {
                     _ = self.stop.cancelled() => return,
-                    _ = self.wake.notified() => {}
+                    _ = self.signals.work.notified() => {}
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                 }
                 continue;
@@ -76,36 +83,31 @@ impl Forwarder {
             }
             match round {
                 Ok(true) => {
-                    self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
+                    self.backoff.reset();
                 }
                 Ok(false) => {
-                    self.backoff_ms = self.broker.config().delivery.retry_initial_ms;
+                    self.backoff.reset();
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
-                        _ = self.wake.notified() => {}
+                        _ = self.signals.work.notified() => {}
                         _ = tokio::time::sleep(IDLE_POLL) => {}
                     }
                 }
                 Err(e) => {
-                    let delay = self.next_backoff();
+                    let delay = self.backoff.next();
                     tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "peer call failed");
                     self.failures.failed(&e);
                     tokio::select! {
                         _ = self.stop.cancelled() => return,
+                        _ = self.signals.heard.notified() => {
+                            tracing::debug!("peer called in; retrying now");
+                            self.backoff.reset();
+                        }
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
-    }
-
-    /// Full jitter over a doubling, capped delay.
-    fn next_backoff(&mut self) -> Duration {
-        let max = self.broker.config().delivery.retry_max_ms;
-        let current = self.backoff_ms.min(max);
-        self.backoff_ms = (current * 2).min(max);
-        let jittered = rand::thread_rng().gen_range(current / 2..=current);
-        Duration::from_millis(jittered.max(1))
     }
 
     /// One batch each way. `Ok(true)` if anything moved.

@@ -5,6 +5,7 @@
 //! stop through one cancellation token and never hold a store transaction
 //! across an `.await`.
 
+mod backoff;
 mod checkpointer;
 mod failures;
 mod forwarder;

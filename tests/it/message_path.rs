@@ -195,3 +195,49 @@ async fn watch_receipts_resumes_after_its_cursor() {
         ("w-2", ReceiptKind::Accepted)
     );
 }
+
+/// A recipient that comes back announces itself: the sender retries at
+/// once instead of waiting out its backoff, which here is at least 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_comes_back_gets_its_backlog_without_waiting_out_the_backoff() {
+    const RETRY_MS: u64 = 60_000;
+    let mut fed = TestFederation::start_with(
+        |n| {
+            n.delivery.retry_initial_ms = RETRY_MS;
+            n.delivery.retry_max_ms = RETRY_MS;
+        },
+        &[DISCIPLINE],
+    )
+    .await;
+    let mut client = fed.client(DISCIPLINE);
+    let request = submit_request("backlog", MessageKind::ClueTransfer, SECURITY, b"waits");
+    submit(&mut client, request).await;
+
+    // The sender tried, failed and now waits between 30 and 60 s.
+    let mut admin = fed.admin(DISCIPLINE);
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    loop {
+        let peers = admin
+            .list_peers(pb::ListPeersRequest {})
+            .await
+            .expect("peers")
+            .into_inner()
+            .peers;
+        let security = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
+        if security.consecutive_failures > 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{security:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    fed.restart(SECURITY).await;
+    let earliest_retry = std::time::Duration::from_millis(RETRY_MS / 2);
+    wait_state(
+        &mut client,
+        "backlog",
+        SentState::Delivered,
+        earliest_retry / 2,
+    )
+    .await;
+}

@@ -268,6 +268,14 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         "{}",
         err.message()
     );
+    let err = fed
+        .connection(SECURITY)
+        .peer()
+        .expect("client")
+        .announce(pb::AnnounceRequest {})
+        .await
+        .expect_err("a client certificate announcing itself as a node");
+    assert_eq!(err.code(), Code::PermissionDenied);
 
     // A node certificate may not call Broker.
     let node_as_client = cluebridge::client::Connection {
