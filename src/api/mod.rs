@@ -40,6 +40,13 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
+            Error::Store(crate::store::StoreError::Failed(_)) => {
+                // The latch was logged once, when it happened, and health
+                // and `cluebridge_store_failed` show it: a line per refused
+                // call would flood the log.
+                tracing::debug!(error = %msg, "refused: the store is latched");
+                Status::unavailable(msg)
+            }
             Error::Unavailable(_) | Error::Store(_) => {
                 tracing::error!(error = %msg, "unavailable");
                 Status::unavailable(msg)

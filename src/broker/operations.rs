@@ -500,6 +500,11 @@ impl Broker {
             if self.store().failure().is_some() { 1.0 } else { 0.0 },
         );
         e.counter(
+            "cluebridge_store_refused_total",
+            "Changes refused because the store latched after a failed write or sync.",
+            self.store().refused_changes(),
+        );
+        e.counter(
             "cluebridge_messages_submitted_total",
             "Submit calls, whatever their outcome.",
             m.submitted.get(),

@@ -251,6 +251,8 @@ struct Shared {
     /// A watch channel so the node can turn its health to NOT_SERVING the
     /// moment it latches; it is sent from plain threads too.
     failed: tokio::sync::watch::Sender<Option<String>>,
+    /// Changes refused since the store latched.
+    refused: std::sync::atomic::AtomicU64,
     /// State changes waiting for the writer thread. A std channel: senders
     /// never block, and the receiving end is a plain thread.
     jobs: std::sync::Mutex<Option<std::sync::mpsc::Sender<Job>>>,
@@ -491,6 +493,7 @@ impl Store {
                 segments: p.segments,
                 journal: p.journal,
                 failed: tokio::sync::watch::Sender::new(None),
+                refused: Default::default(),
                 head: std::sync::Mutex::new(p.head),
                 jobs: std::sync::Mutex::new(p.jobs),
                 writer: std::sync::Mutex::new(None),
@@ -599,6 +602,13 @@ impl Store {
                 "this store is open read-only (for verification): it takes no change".into(),
             ));
         }
+        // A latched store refuses at once: the writer would only fail it.
+        if let Err(e) = self.check_healthy() {
+            self.shared
+                .refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
         let sent = match &*self.lock_jobs() {
             Some(jobs) => jobs.send(job).is_ok(),
             None => false,
@@ -693,6 +703,14 @@ impl Store {
             Some(why) => Err(Error::Store(StoreError::Failed(why))),
             None => Ok(()),
         }
+    }
+
+    /// Changes refused since the store latched: callers and background
+    /// tasks that keep trying.
+    pub fn refused_changes(&self) -> u64 {
+        self.shared
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Why the store refuses changes, if a write or sync failed.

@@ -6,7 +6,7 @@
 
 use super::counters::{self, Counters};
 use super::evidence::{self, JournalReader};
-use super::fs::RealFs;
+use super::fs::{Fs, RealFs};
 use super::live::{self, Live, Maps};
 use super::segments::{Locator, Segments};
 use super::wal::{self, Wal};
@@ -29,7 +29,14 @@ impl Store {
     /// Opens the store in `dir` without writing to it: see the module doc.
     /// Every change is refused.
     pub fn open_read_only(dir: &Path) -> Result<(Store, ReadOnlyNotes)> {
-        if !dir.join(wal::DIR).is_dir() {
+        Store::open_read_only_on(Arc::new(RealFs), dir)
+    }
+
+    /// [`Store::open_read_only`] with the journal and the envelope
+    /// segments read through `fs`.
+    pub fn open_read_only_on(fs: Arc<dyn Fs>, dir: &Path) -> Result<(Store, ReadOnlyNotes)> {
+        let journal_dir = dir.join(wal::DIR);
+        if !fs.exists(&journal_dir).unwrap_or(false) {
             return Err(Error::NotFound(format!(
                 "{} holds no store journal (expected the data_dir of a node file)",
                 dir.display()
@@ -38,12 +45,12 @@ impl Store {
         let (db, sled_trees) = index::open_temporary()?;
         let live = Live::new(Maps::new());
         let trees = live::trees(sled_trees, &live);
-        let segments = Segments::open_read_only(Arc::new(RealFs), dir);
+        let segments = Segments::open_read_only(Arc::clone(&fs), dir);
         let complete = |ops: &[wal::Op]| envelopes_present(&segments, ops);
         let mut counters = Counters::default();
         let now = crate::now_ms();
         let replay = wal::replay(
-            &RealFs,
+            &*fs,
             dir,
             &mut |ops, at| {
                 let ops = evidence::index_form(ops, at);
@@ -58,7 +65,7 @@ impl Store {
                 .torn
                 .map(|t| format!("{} at byte {}", t.path.display(), t.offset)),
         };
-        let journal = JournalReader::new(Arc::new(RealFs), dir);
+        let journal = JournalReader::new(Arc::clone(&fs), dir);
         let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
         // A journal no one writes to: a read-only store runs no writer.
@@ -66,7 +73,7 @@ impl Store {
         let applied = detached.position();
         let store = Store::assemble(Parts {
             dir: dir.to_path_buf(),
-            fs: Arc::new(RealFs),
+            fs,
             counters,
             next_seq: index::next_seq(&trees)?,
             db,

@@ -71,6 +71,8 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 tracing::error!(error = %e, "writing the audit head record failed");
             }
             let file = store.lock_wal().file();
+            // A latched store was logged once, when it latched.
+            let latched = store.failure().is_some();
             // Envelopes first: a durable log record never names an
             // envelope that is not on disk. After a failed sync the pages
             // may be gone for good, so nothing is acknowledged any more.
@@ -90,7 +92,7 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
                 .flush_seconds
                 .observe_duration(started.elapsed());
             store.shared.flush_batch.observe(completions.len() as f64);
-            if let Err(e) = &result {
+            if let (Err(e), false) = (&result, latched) {
                 tracing::error!(error = %e, "store flush failed");
             }
             for complete in completions {

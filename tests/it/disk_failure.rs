@@ -222,3 +222,113 @@ async fn wait_health(fed: &TestFederation, node: &str, want: ServingStatus) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+const FILLED: usize = 60;
+
+/// The recipient's disk fills under load: it refuses changes with a clear
+/// UNAVAILABLE, says NOT_SERVING until a restart (also once space is
+/// freed), its background tasks wait instead of retrying in a loop, an
+/// auditor verifies its store on the full disk without writing a byte,
+/// and after the restart every accepted message arrives once and ends
+/// with its three receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recipient_whose_disk_fills_refuses_changes_quietly_and_loses_nothing() {
+    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE]).await;
+    let disk = SimFs::new();
+    fed.restart_on(SECURITY, Arc::new(disk.clone())).await;
+    let dir = fed.config(SECURITY).data_dir;
+    // Room for about a third of what comes.
+    disk.set_capacity(Some(disk.used() + 24 * 1024));
+    let mut receiving = fed.client(SECURITY);
+    let mut stream = receiver(&mut receiving, 4, 1).await;
+    let mut sender = fed.client(DISCIPLINE);
+    for i in 0..FILLED {
+        let id = format!("full-{i}");
+        submit(
+            &mut sender,
+            submit_request(&id, MessageKind::ClueTransfer, SECURITY, &[b'x'; 1024]),
+        )
+        .await;
+    }
+    // A receiver leases a few messages and never settles them: their
+    // leases lapse while the store cannot end them.
+    let leased = next(&mut stream, 10 * SECOND).await;
+    wait_health(&fed, SECURITY, ServingStatus::NotServing).await;
+    let lapsed_by = std::time::Instant::now() + 3 * SECOND;
+
+    let metrics = fed.metrics(SECURITY).await;
+    assert_eq!(metric(&metrics, "cluebridge_store_failed"), 1.0);
+    let refused = receiving
+        .ack(pb::AckRequest {
+            lease: lease_of(&leased),
+        })
+        .await
+        .expect_err("a change on a full disk");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert!(
+        refused.message().contains("No space left on device")
+            && refused.message().contains("restart the node"),
+        "{}",
+        refused.message()
+    );
+
+    // An auditor verifies the store on the full disk: it passes, and not
+    // a byte was written.
+    let used = disk.used();
+    let (store, _) = cluebridge::store::Store::open_read_only_on(Arc::new(disk.clone()), &dir)
+        .expect("a read-only open of a full disk");
+    let report =
+        cluebridge::audit::store_check::verify_store(&store, Some(&fed.keyring()), None, None);
+    store.close();
+    assert!(report.passed, "{}", report.render());
+    assert_eq!(disk.used(), used);
+
+    // Latched, the background tasks wait: the sweeper does not spin on
+    // the lapsed leases it cannot end (it once tried every millisecond).
+    // What is refused is the test's own ack, the sender's retries (at
+    // most 300 ms apart here) and a few attempts of the background tasks.
+    while std::time::Instant::now() < lapsed_by {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = metric(
+        &fed.metrics(SECURITY).await,
+        "cluebridge_store_refused_total",
+    );
+    assert!((1.0..100.0).contains(&refused), "{refused} changes refused");
+
+    // Space freed: still NOT_SERVING, as a failed write may have lost pages.
+    disk.set_capacity(None);
+    assert_eq!(health(&fed, SECURITY).await, ServingStatus::NotServing);
+
+    fed.abandon(SECURITY).await;
+    fed.restart_on(SECURITY, Arc::new(disk.kill_process()))
+        .await;
+    assert_eq!(health(&fed, SECURITY).await, ServingStatus::Serving);
+    let mut receiving = fed.client(SECURITY);
+    let mut stream = receiver(&mut receiving, 16, 30).await;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < FILLED {
+        let delivery = next(&mut stream, 20 * SECOND).await;
+        seen.insert(delivery.message_id.clone());
+        receiving
+            .ack(pb::AckRequest {
+                lease: lease_of(&delivery),
+            })
+            .await
+            .expect("ack");
+    }
+    for i in 0..FILLED {
+        let id = format!("full-{i}");
+        let status = wait_state(&mut sender, &id, SentState::Acknowledged, 20 * SECOND).await;
+        assert_eq!(
+            status.receipts.len(),
+            3,
+            "{id}: accepted, delivered, acknowledged"
+        );
+    }
+    assert_queue_counters(&fed, SECURITY).await;
+    let custody = fed.node(SECURITY).broker.store();
+    let report =
+        cluebridge::audit::store_check::verify_store(custody, Some(&fed.keyring()), None, None);
+    assert!(report.passed, "{}", report.render());
+}

@@ -228,20 +228,23 @@ impl State {
         Ok(id)
     }
 
-    /// Bytes free on the simulated disk.
-    fn room(&self) -> u64 {
-        let Some(capacity) = self.capacity else {
-            return u64::MAX;
-        };
-        let used: u64 = self
-            .nodes
+    /// Bytes of file data on the simulated disk.
+    fn used(&self) -> u64 {
+        self.nodes
             .values()
             .map(|n| match n {
                 Node::File(f) => f.data.len() as u64,
                 Node::Dir(_) => 0,
             })
-            .sum();
-        capacity.saturating_sub(used)
+            .sum()
+    }
+
+    /// Bytes free on the simulated disk.
+    fn room(&self) -> u64 {
+        match self.capacity {
+            Some(capacity) => capacity.saturating_sub(self.used()),
+            None => u64::MAX,
+        }
     }
 
     /// Counts a sync of `path`; an error if an injected fault says so.
@@ -392,6 +395,11 @@ impl SimFs {
     /// limit). A write past it writes what fits, then fails with `ENOSPC`.
     pub fn set_capacity(&self, bytes: Option<u64>) {
         self.lock().capacity = bytes;
+    }
+
+    /// Bytes of file data on the disk now (written, synced or not).
+    pub fn used(&self) -> u64 {
+        self.lock().used()
     }
 
     /// The content of a file that would survive a power cut now, ignoring
