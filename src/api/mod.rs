@@ -40,7 +40,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
             Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
-            Error::Store(crate::store::StoreError::Failed(_)) => {
+            Error::Store(s) if s.latched() => {
                 // The latch was logged once, when it happened, and health
                 // and `cluebridge_store_failed` show it: a line per refused
                 // call would flood the log.

@@ -135,6 +135,18 @@ pub enum StoreError {
          the log is replayed at start"
     )]
     Failed(String),
+    /// The flush of the group that held this change failed (and latched
+    /// the store, which logged it once).
+    #[error("flushing the store failed: {0}")]
+    FlushFailed(String),
+}
+
+impl StoreError {
+    /// A refusal of a latched store, logged once when it latched rather
+    /// than once per caller.
+    pub fn latched(&self) -> bool {
+        matches!(self, StoreError::Failed(_) | StoreError::FlushFailed(_))
+    }
 }
 
 impl From<sled::Error> for Error {
@@ -590,9 +602,7 @@ impl Store {
             Box::new(move |flushed: Result<(), String>| {
                 let answer = match flushed {
                     Ok(()) => result,
-                    Err(e) => Err(Error::Unavailable(format!(
-                        "flushing the store failed: {e}"
-                    ))),
+                    Err(e) => Err(Error::Store(StoreError::FlushFailed(e))),
                 };
                 let _ = tx.send(answer);
             })
