@@ -273,6 +273,10 @@ pub struct Limits {
     /// page token where its walk stopped, rather than walking every
     /// message in one call.
     pub max_list_scan: usize,
+    /// How long the receipt feed that `WatchReceipts` follows keeps a
+    /// receipt; a client whose cursor is older is told so (OUT_OF_RANGE).
+    /// The receipts themselves stay with their messages (`GetStatus`).
+    pub receipt_feed_retention_secs: u64,
 }
 
 impl Default for Limits {
@@ -299,6 +303,7 @@ impl Default for Limits {
             max_streams_per_connection: 256,
             max_concurrent_calls: 512,
             max_list_scan: 100_000,
+            receipt_feed_retention_secs: 30 * 24 * 3600,
         }
     }
 }
@@ -361,6 +366,10 @@ impl Limits {
             ),
             ("max_concurrent_calls", self.max_concurrent_calls as u64),
             ("max_list_scan", self.max_list_scan as u64),
+            (
+                "receipt_feed_retention_secs",
+                self.receipt_feed_retention_secs,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("limits.{name}: must be at least 1"));

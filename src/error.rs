@@ -24,6 +24,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A position (a feed cursor) outside what the node keeps.
+    #[error("{0}")]
+    OutOfRange(String),
     /// The store failed; the operation changed nothing.
     #[error("store failure: {0}")]
     Store(#[source] crate::store::StoreError),
@@ -54,6 +57,7 @@ impl Error {
             Error::PermissionDenied(_) => 7,
             Error::ResourceExhausted(_) => 8,
             Error::FailedPrecondition(_) => 9,
+            Error::OutOfRange(_) => 11,
             Error::Unavailable(_) | Error::Store(_) => 14,
             Error::Corrupt { .. } => 13,
             Error::Unauthenticated(_) => 16,

@@ -173,6 +173,7 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<Self::WatchReceiptsStream>, Status> {
         self.authorize(&request, Role::Submit)?;
         let mut cursor = request.into_inner().after_cursor;
+        self.broker.check_feed_cursor(cursor)?;
         let (tx, rx) = mpsc::channel(64);
         let broker = self.broker.clone();
         let stop = self.stop.clone();
@@ -181,7 +182,13 @@ impl pb::broker_server::Broker for BrokerService {
                 let wake = broker.feed_wake().notified();
                 tokio::pin!(wake);
                 wake.as_mut().enable();
-                let batch = match broker.read(move |b| b.feed_after(cursor, 256)).await {
+                // A reader that fell behind the retention while connected
+                // is told so, like one that connects late.
+                let read = move |b: &Broker| {
+                    b.check_feed_cursor(cursor)?;
+                    b.feed_after(cursor, 256)
+                };
+                let batch = match broker.read(read).await {
                     Ok(b) => b,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;

@@ -38,6 +38,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(_) => Status::permission_denied(msg),
             Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::FailedPrecondition(_) => Status::failed_precondition(msg),
+            Error::OutOfRange(_) => Status::out_of_range(msg),
             Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Unauthenticated(_) => Status::unauthenticated(msg),
             Error::Store(s) if s.latched() => {

@@ -8,7 +8,7 @@ use crate::model::{
     sha256, validate_id,
 };
 use crate::now_ms;
-use crate::store::{SentRecord, Store, SubmitOutcome, keys};
+use crate::store::{CursorCheck, SentRecord, Store, SubmitOutcome, keys};
 
 /// A submit request after protobuf decoding, before any rule is checked.
 #[derive(Clone, Debug, Default)]
@@ -258,23 +258,49 @@ impl Broker {
     }
 
     /// Receipts about sent messages after `cursor`, with the message state
-    /// each one left.
+    /// each one left (the same live and replayed).
     pub fn feed_after(
         &self,
         cursor: u64,
         limit: usize,
     ) -> Result<Vec<(u64, SignedReceipt, SentState)>> {
-        let mut out = Vec::new();
-        for (seq, receipt) in self.store().feed_after(cursor, limit)? {
-            let r = receipt.open().map_err(|e| Error::corrupt("receipts", e))?;
-            let state = self
-                .store()
-                .sent(&r.message_ref())?
-                .map(|s| s.state)
-                .unwrap_or(SentState::Accepted);
-            out.push((seq, receipt, state));
+        self.store().feed_after(cursor, limit)
+    }
+
+    /// Refuses a feed cursor that reading on from would skip receipts:
+    /// older than the feed's retention, or never given out by this node.
+    pub fn check_feed_cursor(&self, cursor: u64) -> Result<()> {
+        let retention_days = self.config().limits.receipt_feed_retention_secs as f64 / 86_400.0;
+        match self.store().check_feed_cursor(cursor)? {
+            CursorCheck::Kept => Ok(()),
+            CursorCheck::Removed {
+                pruned_through,
+                oldest,
+            } => Err(Error::OutOfRange(format!(
+                "cursor {cursor} is older than the receipt feed keeps ({retention_days} days): \
+                 receipts up to cursor {pruned_through} were removed, and the oldest cursor kept \
+                 is {oldest}; resume with after_cursor 0 to read from the oldest, and use \
+                 GetStatus for messages whose receipts you may have missed"
+            ))),
+            CursorCheck::Ahead { newest } => Err(Error::OutOfRange(format!(
+                "cursor {cursor} is ahead of this node's receipt feed (the newest cursor is \
+                 {newest}): it was not given out by this node"
+            ))),
         }
-        Ok(out)
+    }
+
+    /// Removes feed entries older than the retention, a batch at a time;
+    /// the number removed.
+    pub async fn prune_feed(&self) -> Result<usize> {
+        let retention_ms = self
+            .config()
+            .limits
+            .receipt_feed_retention_secs
+            .saturating_mul(1000);
+        let before = now_ms().saturating_sub(retention_ms);
+        self.store()
+            .write(move |s| s.prune_feed(before, 4096))
+            .await
     }
 
     /// Envelopes waiting for `peer`, oldest first, after the outbox entry

@@ -1,5 +1,5 @@
-//! Ends lapsed leases (redelivery or dead letter) and expires messages
-//! whose time to live passed.
+//! Ends lapsed leases (redelivery or dead letter), expires messages
+//! whose time to live passed, and trims the receipt feed to its retention.
 
 use super::failures::{Failures, LATCHED_WAIT};
 use crate::broker::Broker;
@@ -10,13 +10,24 @@ use tokio_util::sync::CancellationToken;
 /// Longest sleep between sweeps; TTL expiry is noticed within this.
 const MAX_IDLE: Duration = Duration::from_millis(250);
 
+/// Longest time between two trims of the receipt feed.
+const MAX_FEED_PRUNE: Duration = Duration::from_secs(60);
+
 pub(super) async fn run(broker: Broker, stop: CancellationToken) {
     let mut failures = Failures::errors("sweeper");
+    let retention = Duration::from_secs(broker.config().limits.receipt_feed_retention_secs);
+    let mut next_prune = tokio::time::Instant::now();
     loop {
         // Each sweep is one writer command: durable when it returns.
         let leases = broker.sweep_lapsed_leases().await;
         let expired = broker.sweep_expired().await;
-        let busy = match leases.and_then(|n| Ok(n + expired?)) {
+        let pruned = if tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + retention.min(MAX_FEED_PRUNE);
+            broker.prune_feed().await
+        } else {
+            Ok(0)
+        };
+        let busy = match leases.and_then(|n| Ok(n + expired? + pruned?)) {
             Ok(n) => {
                 failures.succeeded();
                 n > 0

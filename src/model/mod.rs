@@ -323,6 +323,20 @@ impl SentState {
         }
     }
 
+    pub fn from_wire(n: i32) -> Result<SentState> {
+        [
+            SentState::Accepted,
+            SentState::Delivered,
+            SentState::Acknowledged,
+            SentState::Rejected,
+            SentState::DeadLettered,
+            SentState::Expired,
+        ]
+        .into_iter()
+        .find(|s| s.to_wire() == n)
+        .ok_or_else(|| Error::invalid(format!("unknown message state {n}")))
+    }
+
     pub fn to_wire(self) -> i32 {
         match self {
             SentState::Accepted => 1,

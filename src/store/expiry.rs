@@ -61,7 +61,10 @@ impl Store {
             }
             t[SENT].insert(key.as_slice(), records::encode(&record))?;
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
-            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[FEED].insert(
+                feed_seq.to_be_bytes(),
+                keys::feed_entry(&receipt_key, record.state, crate::now_ms()),
+            )?;
             self.append_audit(t, message, &note)?;
             Ok(())
         })

@@ -4,7 +4,7 @@
 //! `model::check_text` refuses every control character (the catalogue's
 //! writer refuses one that does, whoever calls it).
 
-use crate::model::MessageRef;
+use crate::model::{MessageRef, SentState};
 
 /// `sender_node \0 message_id`: a message's key in every per-message tree.
 pub fn message(r: &MessageRef) -> Vec<u8> {
@@ -100,6 +100,26 @@ pub fn receipt(message_key: &[u8], receipt_digest: &[u8; 32]) -> Vec<u8> {
     let mut k = receipts_prefix(message_key);
     k.extend_from_slice(&receipt_digest[..16]);
     k
+}
+
+/// A receipt feed entry: the receipt's key, the state that receipt left
+/// the message in (its wire number, one byte), so that a replay from a
+/// cursor tells the same history as the live feed did, and when it was
+/// stored (ms, for retention).
+pub fn feed_entry(receipt_key: &[u8], state: SentState, at_ms: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(receipt_key.len() + 9);
+    v.extend_from_slice(receipt_key);
+    v.push(state.to_wire() as u8);
+    v.extend_from_slice(&at_ms.to_be_bytes());
+    v
+}
+
+/// The receipt key, state and time of a [`feed_entry`].
+pub fn split_feed_entry(v: &[u8]) -> Option<(&[u8], SentState, u64)> {
+    let split = v.len().checked_sub(9)?;
+    let (receipt_key, rest) = v.split_at(split);
+    let state = SentState::from_wire(i32::from(rest[0])).ok()?;
+    Some((receipt_key, state, first_u64(&rest[1..])))
 }
 
 pub fn receipts_prefix(message_key: &[u8]) -> Vec<u8> {

@@ -57,6 +57,7 @@ mod digest;
 mod durable;
 mod evidence;
 mod expiry;
+mod feed;
 pub mod fs;
 mod index;
 mod indexer;
@@ -82,6 +83,7 @@ pub use archive::DIR as ARCHIVE_DIR;
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
 pub use counters::OutboxDepth;
+pub use feed::CursorCheck;
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;
 

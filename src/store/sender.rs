@@ -71,7 +71,10 @@ impl Store {
             t[SENT].insert(key.as_slice(), record_bytes.as_slice())?;
             t[RECEIPTS].insert(receipt_key.as_slice(), accepted_bytes.as_slice())?;
             t[OUTBOX].insert(outbox_key.as_slice(), key.as_slice())?;
-            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
+            t[FEED].insert(
+                feed_seq.to_be_bytes(),
+                keys::feed_entry(&receipt_key, SentState::Accepted, crate::now_ms()),
+            )?;
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
@@ -235,7 +238,6 @@ impl Store {
                 return Ok(Err(record.state));
             }
             t[RECEIPTS].insert(receipt_key.as_slice(), bytes.as_slice())?;
-            t[FEED].insert(feed_seq.to_be_bytes(), receipt_key.as_slice())?;
             if let Some(next) = record.state.after(kind) {
                 record.state = next;
                 if let Some(outbox_key) = record.outbox_key.take() {
@@ -243,6 +245,8 @@ impl Store {
                 }
                 t[SENT].insert(key.as_slice(), records::encode(&record))?;
             }
+            let entry = keys::feed_entry(&receipt_key, record.state, crate::now_ms());
+            t[FEED].insert(feed_seq.to_be_bytes(), entry)?;
             let note =
                 Note::new(event, record.state.as_str(), detail.clone()).receipt(receipt_digest);
             self.append_audit(t, message, &note)?;
@@ -264,19 +268,5 @@ impl Store {
             .get(key)?
             .map(|v| SignedReceipt::decode(&v).map_err(|e| Error::corrupt("equivocations", e)))
             .transpose()
-    }
-
-    /// Receipts about sent messages stored after `cursor`, oldest first.
-    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, SignedReceipt)>> {
-        let start = cursor.saturating_add(1).to_be_bytes();
-        let mut out = Vec::new();
-        for kv in self.tree(FEED).range(start..).take(limit) {
-            let (k, receipt_key) = kv?;
-            let seq = keys::first_u64(&k);
-            if let Some(v) = self.tree(RECEIPTS).get(&receipt_key)? {
-                out.push((seq, self.receipt_at(RECEIPTS, &v)?));
-            }
-        }
-        Ok(out)
     }
 }

@@ -241,3 +241,125 @@ async fn a_peer_that_comes_back_gets_its_backlog_without_waiting_out_the_backoff
     )
     .await;
 }
+
+/// The events of one message as a watcher sees them: cursor, receipt
+/// bytes, state.
+async fn events_of(
+    watch: &mut tonic::Streaming<pb::ReceiptEvent>,
+    id: &str,
+    count: usize,
+) -> Vec<(u64, Vec<u8>, i32)> {
+    use tokio_stream::StreamExt;
+    let mut out = Vec::new();
+    while out.len() < count {
+        let e = tokio::time::timeout(10 * SECOND, watch.next())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("event");
+        let receipt = e.receipt.expect("receipt");
+        let opened = SignedReceipt::from_wire(receipt.clone())
+            .open()
+            .expect("receipt");
+        if opened.message_id == id {
+            out.push((e.cursor, receipt.receipt, e.state));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_from_a_cursor_tells_the_same_history_as_the_live_feed() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut live = discipline
+        .watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let request = submit_request("h-1", MessageKind::ClueTransfer, SECURITY, b"h");
+    submit(&mut discipline, request).await;
+    let mut security = fed.client(SECURITY);
+    let mut stream = receiver(&mut security, 1, 30).await;
+    let delivery = next(&mut stream, 10 * SECOND).await;
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&delivery),
+        })
+        .await
+        .expect("ack");
+    let seen_live = events_of(&mut live, "h-1", 3).await;
+    let states: Vec<i32> = seen_live.iter().map(|e| e.2).collect();
+    assert_eq!(
+        states,
+        [
+            SentState::Accepted.to_wire(),
+            SentState::Delivered.to_wire(),
+            SentState::Acknowledged.to_wire()
+        ]
+    );
+
+    let mut replay = discipline
+        .watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    assert_eq!(events_of(&mut replay, "h-1", 3).await, seen_live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_the_feed_no_longer_covers_is_out_of_range() {
+    let fed =
+        TestFederation::start_with(|n| n.limits.receipt_feed_retention_secs = 1, &[DISCIPLINE])
+            .await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let request = submit_request("old-1", MessageKind::ClueTransfer, SECURITY, b"o");
+    submit(&mut discipline, request).await;
+    let mut watch = discipline
+        .watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = events_of(&mut watch, "old-1", 1).await[0].0;
+    drop(watch);
+
+    // A client that never saw that receipt, once the feed let it go.
+    let deadline = std::time::Instant::now() + 20 * SECOND;
+    let refused = loop {
+        let answer = discipline
+            .watch_receipts(pb::WatchReceiptsRequest {
+                after_cursor: first - 1,
+            })
+            .await;
+        match answer {
+            Err(status) => break status,
+            Ok(_) => {
+                assert!(std::time::Instant::now() < deadline, "never pruned");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("oldest cursor kept")
+            && refused.message().contains(&format!("up to cursor {first}")),
+        "{}",
+        refused.message()
+    );
+    // From the oldest kept, and from the last cursor seen, all is well.
+    for after_cursor in [0, first] {
+        discipline
+            .watch_receipts(pb::WatchReceiptsRequest { after_cursor })
+            .await
+            .expect("a cursor the feed covers");
+    }
+
+    let ahead = discipline
+        .watch_receipts(pb::WatchReceiptsRequest {
+            after_cursor: u64::MAX / 2,
+        })
+        .await
+        .expect_err("a cursor never given out");
+    assert_eq!(ahead.code(), tonic::Code::OutOfRange);
+    assert!(ahead.message().contains("ahead"), "{}", ahead.message());
+}
