@@ -148,6 +148,31 @@ impl pb::broker_server::Broker for BrokerService {
         }))
     }
 
+    async fn get_received(
+        &self,
+        request: Request<pb::GetReceivedRequest>,
+    ) -> Result<Response<pb::GetReceivedResponse>, Status> {
+        let principal = self.authorize(&request, Role::Receive)?;
+        let r = request.into_inner();
+        validate_id("sender_node", &r.sender_node)?;
+        validate_id("message_id", &r.message_id)?;
+        let message = MessageRef {
+            sender_node: r.sender_node,
+            message_id: r.message_id,
+        };
+        let asked = message.clone();
+        let (state, receipts) = self
+            .broker
+            .read(move |b| b.received(&principal, &asked))
+            .await?;
+        Ok(Response::new(pb::GetReceivedResponse {
+            sender_node: message.sender_node,
+            message_id: message.message_id,
+            state: state.as_str().to_string(),
+            receipts: receipts.iter().map(|r| r.to_wire()).collect(),
+        }))
+    }
+
     async fn get_status(
         &self,
         request: Request<pb::GetStatusRequest>,

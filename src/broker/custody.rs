@@ -8,7 +8,7 @@ use crate::model::{
     SignedReceipt,
 };
 use crate::now_ms;
-use crate::store::{Holder, InboundOutcome, InboundRecord, Store};
+use crate::store::{Holder, InboundOutcome, InboundRecord, Settled, Store};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -349,8 +349,40 @@ impl Broker {
         Ok(record)
     }
 
+    /// The state of a message in this node's custody and the receipts the
+    /// node issued about it, for a principal that may receive it. Reads
+    /// the store: call it on the blocking pool.
+    pub fn received(
+        &self,
+        receiver: &Principal,
+        message: &MessageRef,
+    ) -> Result<(InboundState, Vec<SignedReceipt>)> {
+        let record = self.receivers_record(receiver, message)?;
+        Ok((record.state, self.receipts_in_order(message)?))
+    }
+
+    /// The receipt of `kind` this node issued about `message`.
+    async fn issued_receipt(
+        &self,
+        message: &MessageRef,
+        kind: ReceiptKind,
+    ) -> Result<SignedReceipt> {
+        let m = message.clone();
+        let receipts = self.read(move |b| b.receipts_in_order(&m)).await?;
+        receipts
+            .into_iter()
+            .find(|r| r.open().is_ok_and(|r| r.kind == kind))
+            .ok_or_else(|| {
+                Error::corrupt(
+                    "receipts",
+                    format!("the {kind} receipt of {message} is missing"),
+                )
+            })
+    }
+
     /// Acknowledges (or, with a reason, rejects) a leased message; the
-    /// signed receipt goes back to the sender node.
+    /// signed receipt goes back to the sender node. The same call again by
+    /// the holder of the lease that settled it answers the first receipt.
     pub async fn settle(
         &self,
         receiver: &Principal,
@@ -372,12 +404,16 @@ impl Broker {
         };
         let record = self.receivers_record(receiver, message)?;
         let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
-        {
+        let settled = {
             let (message, receipt) = (message.clone(), receipt.clone());
             let holder = Holder::Principal(receiver.name.clone());
             self.store()
                 .write(move |s| s.settle(&message, lease_id, &holder, state, &receipt))
-                .await?;
+                .await?
+        };
+        if settled == Settled::Before {
+            // A repeat (its first answer was lost): the first receipt.
+            return self.issued_receipt(message, kind).await;
         }
         self.end_lease(lease_id);
         self.wake_peer(&message.sender_node);

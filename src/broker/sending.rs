@@ -230,6 +230,17 @@ impl Broker {
         SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))
     }
 
+    /// Every receipt stored about a message, in the order of its path.
+    pub(super) fn receipts_in_order(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
+        let mut receipts = self.store().receipts(message)?;
+        receipts.sort_by_key(|r| {
+            r.open()
+                .map(|r| (r.issued_at_ms, receipt_order(r.kind)))
+                .unwrap_or((u64::MAX, 0))
+        });
+        Ok(receipts)
+    }
+
     /// State and receipts of a message this node sent.
     pub fn status(&self, message_id: &str) -> Result<Status> {
         validate_id("message_id", message_id)?;
@@ -240,12 +251,7 @@ impl Broker {
         let record = self.store().sent(&message)?.ok_or_else(|| {
             Error::NotFound(format!("no message {message_id:?} was sent by this node"))
         })?;
-        let mut receipts = self.store().receipts(&message)?;
-        receipts.sort_by_key(|r| {
-            r.open()
-                .map(|r| (r.issued_at_ms, receipt_order(r.kind)))
-                .unwrap_or((u64::MAX, 0))
-        });
+        let receipts = self.receipts_in_order(&message)?;
         let envelope = self.stored_envelope(&message)?;
         Ok(Status {
             message,

@@ -349,6 +349,26 @@ pub enum Holder {
     Node,
 }
 
+impl Holder {
+    /// Whether this holder holds (or held) the last lease of `record`.
+    pub fn holds(&self, record: &InboundRecord) -> bool {
+        match self {
+            Holder::Principal(name) => *name == record.lease_holder,
+            Holder::Node => true,
+        }
+    }
+}
+
+/// What a settlement did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// The lease ended with this settlement.
+    Now,
+    /// The same lease had already settled the message the same way; the
+    /// first settlement's receipt stands.
+    Before,
+}
+
 /// One leased message handed to a receiver.
 #[derive(Debug)]
 pub struct Lease {

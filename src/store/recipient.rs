@@ -212,18 +212,33 @@ impl Store {
         let key = keys::message(message);
         self.transact(|t| {
             let mut record = custody_record(t, &key, message)?;
-            if record.state != InboundState::Leased || record.lease_id != lease_id {
-                return abort(Error::FailedPrecondition(format!(
-                    "lease {lease_id} is not the current lease of {message}: it lapsed, was \
-                     released or settled, or was never issued"
-                )));
-            }
+            let last = record.lease_id == lease_id;
             if let Holder::Principal(name) = holder
+                && last
                 && *name != record.lease_holder
             {
                 return abort(Error::PermissionDenied(format!(
                     "lease {lease_id} of {message} is not your lease: only the principal that \
                      received the message may settle, release or extend it"
+                )));
+            }
+            if last
+                && matches!(
+                    record.state,
+                    InboundState::Acknowledged | InboundState::Rejected
+                )
+            {
+                return abort(Error::FailedPrecondition(format!(
+                    "lease {lease_id} already settled {message} as {}; a settlement is final \
+                     (GetReceived returns its receipt)",
+                    record.state.as_str()
+                )));
+            }
+            if !last || record.state != InboundState::Leased {
+                return abort(Error::FailedPrecondition(format!(
+                    "lease {lease_id} of {message} is stale: it lapsed or was released (the \
+                     message may go to another receiver), or was never issued; this call \
+                     changed nothing"
                 )));
             }
             t[LEASES].remove(record.queue_key.as_slice())?;
@@ -235,6 +250,8 @@ impl Store {
 
     /// Ends a lease with a final state (acknowledged, rejected, dead
     /// letter), storing the receipt and queueing it for the sender node.
+    /// The same settlement again by the same lease and holder changes
+    /// nothing and says so ([`Settled::Before`]).
     pub fn settle(
         &self,
         message: &MessageRef,
@@ -242,7 +259,14 @@ impl Store {
         holder: &Holder,
         state: InboundState,
         receipt: &SignedReceipt,
-    ) -> Result<()> {
+    ) -> Result<Settled> {
+        if let Some(record) = self.inbound(message)?
+            && record.lease_id == lease_id
+            && record.state == state
+            && holder.holds(&record)
+        {
+            return Ok(Settled::Before);
+        }
         let queued = self.queue_receipt_parts(message, receipt)?;
         let event = match state {
             InboundState::Acknowledged => AuditEvent::Acknowledged,
@@ -270,7 +294,7 @@ impl Store {
             }
             let note = Note::new(event, state.as_str(), detail).receipt(queued.digest);
             self.append_audit(t, message, &note)?;
-            Ok(())
+            Ok(Settled::Now)
         })
     }
 

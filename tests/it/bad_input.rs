@@ -965,12 +965,12 @@ const CATALOGUE: &[(&str, Code, &str)] = &[
     (
         "ack with a stale lease after redelivery",
         Code::FailedPrecondition,
-        "is not the current lease of discipline/seed-1",
+        "of discipline/seed-1 is stale",
     ),
     (
         "ack with a guessed lease id",
         Code::FailedPrecondition,
-        "is not the current lease of discipline/seed-1: it lapsed, was released or settled",
+        "of discipline/seed-1 is stale: it lapsed or was released",
     ),
     (
         "ack of another principal's lease",

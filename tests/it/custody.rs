@@ -37,7 +37,7 @@ async fn a_lapsed_lease_is_redelivered_and_too_many_attempts_dead_letter() {
         .expect_err("stale lease");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(
-        err.message().contains("not the current lease"),
+        err.message().contains("is stale"),
         "{}",
         err.message()
     );
@@ -302,4 +302,130 @@ async fn a_forwarder_splits_its_batches_at_the_peers_byte_cap() {
         )
         .await;
     }
+}
+
+async fn get_received(
+    client: &mut cluebridge::pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    id: &str,
+) -> Result<pb::GetReceivedResponse, tonic::Status> {
+    client
+        .get_received(pb::GetReceivedRequest {
+            sender_node: DISCIPLINE.into(),
+            message_id: id.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// A receiver whose answer was lost settles again: the same receipt, byte
+/// for byte, and nothing changes; only a stale lease is refused as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_settlement_answers_the_first_receipt_and_a_stale_lease_is_named() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut security = fed.client(SECURITY);
+    for id in ["idem-ack", "idem-reject", "idem-stale"] {
+        let request = submit_request(id, MessageKind::ClueTransfer, SECURITY, b"x");
+        submit(&mut discipline, request).await;
+    }
+    let mut stream = receiver(&mut security, 3, 30).await;
+    let mut leases = std::collections::HashMap::new();
+    while leases.len() < 3 {
+        let d = next(&mut stream, 10 * SECOND).await;
+        leases.insert(d.message_id.clone(), lease_of(&d));
+    }
+    let ack = |id: &str| pb::AckRequest {
+        lease: leases[id].clone(),
+    };
+    let reject = |id: &str, reason: &str| pb::RejectRequest {
+        lease: leases[id].clone(),
+        reason: reason.into(),
+    };
+
+    let first = security
+        .ack(ack("idem-ack"))
+        .await
+        .expect("ack")
+        .into_inner();
+    let again = security
+        .ack(ack("idem-ack"))
+        .await
+        .expect("ack again")
+        .into_inner();
+    assert_eq!(first.receipt, again.receipt, "the same signed receipt");
+    let other_way = security
+        .reject(reject("idem-ack", "changed my mind"))
+        .await
+        .expect_err("a settlement is final");
+    assert_eq!(other_way.code(), Code::FailedPrecondition);
+    assert!(
+        other_way.message().contains("already settled")
+            && other_way.message().contains("acknowledged"),
+        "{}",
+        other_way.message()
+    );
+
+    let rejected = security
+        .reject(reject("idem-reject", "not ours"))
+        .await
+        .expect("reject");
+    let repeated = security
+        .reject(reject("idem-reject", "a second reason"))
+        .await
+        .expect("reject again");
+    assert_eq!(rejected.into_inner().receipt, repeated.into_inner().receipt);
+
+    // Released, the old lease is stale: refused, and saying so.
+    security
+        .release(pb::ReleaseRequest {
+            lease: leases["idem-stale"].clone(),
+            delay_ms: 60_000,
+        })
+        .await
+        .expect("release");
+    let stale = security
+        .ack(ack("idem-stale"))
+        .await
+        .expect_err("stale lease");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    assert!(stale.message().contains("is stale"), "{}", stale.message());
+
+    // The receiver finds the receipt it caused, and the sender holds one
+    // acknowledgement.
+    let held = get_received(&mut security, "idem-ack")
+        .await
+        .expect("received");
+    assert_eq!(held.state, "acknowledged");
+    let kinds: Vec<ReceiptKind> = held
+        .receipts
+        .iter()
+        .map(|r| {
+            SignedReceipt::from_wire(r.clone())
+                .open()
+                .expect("receipt")
+                .kind
+        })
+        .collect();
+    assert_eq!(kinds, [ReceiptKind::Delivered, ReceiptKind::Acknowledged]);
+    assert_eq!(Some(&held.receipts[1]), first.receipt.as_ref());
+    let waiting = get_received(&mut security, "idem-stale")
+        .await
+        .expect("received");
+    assert_eq!(waiting.state, "inbox");
+    let unknown = get_received(&mut security, "never-sent")
+        .await
+        .expect_err("unknown");
+    assert_eq!(unknown.code(), Code::NotFound);
+    let status = wait_state(
+        &mut discipline,
+        "idem-ack",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
+    assert_eq!(
+        status.receipts.len(),
+        3,
+        "accepted, delivered, acknowledged"
+    );
 }
