@@ -5,6 +5,7 @@ use crate::broker::{Broker, SubmitInput};
 use crate::model::{MessageRef, Principal, Role, validate_id};
 use crate::now_ms;
 use crate::pb;
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -327,6 +328,33 @@ async fn receive_loop(
     stop: CancellationToken,
 ) {
     tracing::debug!("receive stream opened");
+    let mut held = HashMap::new();
+    serve_stream(
+        &broker, &principal, lease_ms, permits, &tx, &stop, &mut held,
+    )
+    .await;
+    // The stream ended: what it still holds goes back to the inbox now,
+    // not when the leases lapse. At shutdown the leases stay in the store
+    // and lapse after the restart.
+    if !stop.is_cancelled() {
+        held.retain(|lease_id, _| broker.lease_outstanding(*lease_id));
+        let leases = held.into_iter().map(|(id, m)| (m, id)).collect();
+        broker.return_stream_leases(leases).await;
+    }
+    tracing::debug!("receive stream closed");
+}
+
+/// Leases messages to one stream while it is open; `held` gathers the
+/// leases sent on it (lease id → message) that may not have ended.
+async fn serve_stream(
+    broker: &Broker,
+    principal: &Principal,
+    lease_ms: u64,
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
+    tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
+    stop: &CancellationToken,
+    held: &mut HashMap<u64, MessageRef>,
+) {
     loop {
         let first = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
@@ -336,6 +364,8 @@ async fn receive_loop(
             _ = tx.closed() => return,
             _ = stop.cancelled() => return,
         };
+        // Leases that ended no longer need returning.
+        held.retain(|lease_id, _| broker.lease_outstanding(*lease_id));
         let mut slots = vec![first];
         while slots.len() < MAX_LEASE_BATCH {
             match permits.clone().try_acquire_owned() {
@@ -348,7 +378,7 @@ async fn receive_loop(
             let wake = broker.inbox_wake().notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let batch = match broker.lease_many(&principal, lease_ms, slots).await {
+            let batch = match broker.lease_many(principal, lease_ms, slots).await {
                 Ok(batch) => batch,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;
@@ -358,7 +388,7 @@ async fn receive_loop(
             if !batch.leased.is_empty() {
                 // Unused slots go back to the stream's semaphore.
                 drop(batch.permits);
-                if !send_all(&broker, &tx, batch.leased).await {
+                if !send_all(broker, tx, batch.leased, held).await {
                     return;
                 }
                 break;
@@ -379,12 +409,13 @@ async fn receive_loop(
     }
 }
 
-/// Sends leased messages down a stream; if it closed, puts back every
-/// lease not sent and says so (`false`).
+/// Sends leased messages down a stream, noting each in `held`; if it
+/// closed, puts back every lease not sent and says so (`false`).
 async fn send_all(
     broker: &Broker,
     tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
     leased: Vec<crate::broker::Leased>,
+    held: &mut HashMap<u64, MessageRef>,
 ) -> bool {
     let mut leased = leased.into_iter();
     while let Some(lease) = leased.next() {
@@ -408,6 +439,7 @@ async fn send_all(
             }
             return false;
         }
+        held.insert(lease.lease_id, message);
     }
     true
 }

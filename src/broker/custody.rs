@@ -639,6 +639,47 @@ impl Broker {
             .await
     }
 
+    /// Whether a lease handed to a stream has not ended yet (settled,
+    /// released, lapsed or returned).
+    pub fn lease_outstanding(&self, lease_id: u64) -> bool {
+        self.lock_permits().contains_key(&lease_id)
+    }
+
+    /// Puts the unsettled leases of a `Receive` stream that ended back in
+    /// the inbox at once, in one writer command: each counts as a delivery
+    /// attempt (the next one is attempt + 1; the last one dead-letters), as
+    /// a consumer's closed channel does with a broker. A lease settled
+    /// meanwhile is left alone.
+    pub async fn return_stream_leases(&self, leases: Vec<(MessageRef, u64)>) {
+        if leases.is_empty() {
+            return;
+        }
+        let how = "its Receive stream closed";
+        let broker = self.clone();
+        let returned = self
+            .store()
+            .write(move |s| {
+                let mut returned = 0;
+                for (message, lease_id) in &leases {
+                    let ended =
+                        broker.end_lease_attempt_on(s, message, *lease_id, &Holder::Node, 0, how);
+                    match ended {
+                        Ok(()) => returned += 1,
+                        Err(Error::FailedPrecondition(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(returned)
+            })
+            .await;
+        match returned {
+            Ok(n) => tracing::debug!(returned = n, "leases of a closed stream back in the inbox"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not return the leases of a closed stream; they lapse instead")
+            }
+        }
+    }
+
     /// Puts a lease that never reached its receiver (the stream closed
     /// while sending) straight back in the inbox.
     pub async fn return_unsent(&self, message: &MessageRef, lease_id: u64) {

@@ -36,11 +36,7 @@ async fn a_lapsed_lease_is_redelivered_and_too_many_attempts_dead_letter() {
         .await
         .expect_err("stale lease");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(
-        err.message().contains("is stale"),
-        "{}",
-        err.message()
-    );
+    assert!(err.message().contains("is stale"), "{}", err.message());
 
     // The second lapses too: two attempts are all it gets.
     let status = wait_state(
@@ -428,4 +424,46 @@ async fn a_repeated_settlement_answers_the_first_receipt_and_a_stale_lease_is_na
         3,
         "accepted, delivered, acknowledged"
     );
+}
+
+/// A receiver that goes away does not hold its messages hostage: the
+/// leases of its stream go back to the inbox at once (here well before the
+/// 30 s they were taken for), the next delivery is attempt 2, and the old
+/// lease can no longer be settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leases_of_a_closed_stream_are_offered_again_at_once() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let request = submit_request("closed-1", MessageKind::ClueTransfer, SECURITY, b"c");
+    submit(&mut discipline, request).await;
+    let mut security = fed.client(SECURITY);
+    let mut first = receiver(&mut security, 4, 30).await;
+    let delivery = next(&mut first, 10 * SECOND).await;
+    assert_eq!(delivery.attempt, 1);
+    drop(first);
+
+    let mut second = receiver(&mut fed.client(SECURITY), 4, 30).await;
+    let again = next(&mut second, 10 * SECOND).await;
+    assert_eq!(again.message_id, "closed-1");
+    assert_eq!(again.attempt, 2, "the closed stream's lease counted");
+    let stale = security
+        .ack(pb::AckRequest {
+            lease: lease_of(&delivery),
+        })
+        .await
+        .expect_err("the closed stream's lease");
+    assert_eq!(stale.code(), Code::FailedPrecondition);
+    security
+        .ack(pb::AckRequest {
+            lease: lease_of(&again),
+        })
+        .await
+        .expect("ack");
+    wait_state(
+        &mut discipline,
+        "closed-1",
+        SentState::Acknowledged,
+        10 * SECOND,
+    )
+    .await;
 }
