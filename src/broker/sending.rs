@@ -26,25 +26,29 @@ pub struct SubmitInput {
 }
 
 impl SubmitInput {
-    /// SHA-256 over the request's content: what makes two submits with one
-    /// id "the same". Fields are length-prefixed so none can bleed into the
-    /// next.
-    fn digest(&self) -> [u8; 32] {
+    /// SHA-256 over what makes two submits with one id "the same message"
+    /// (see `SubmitRequest` in broker.proto): the sending principal, kind,
+    /// recipient node, case reference, correlation id, subject, content
+    /// type (`content_type` as it applies, defaulted), payload and reply-by
+    /// time. `ttl_seconds` is how the message travels, not what it says: a
+    /// retry that changes only it is the same message. Fields are
+    /// length-prefixed so none can bleed into the next.
+    fn digest(&self, principal: &str, content_type: &str) -> [u8; 32] {
         let mut buf = Vec::with_capacity(256);
         for field in [
+            principal.as_bytes(),
             self.message_id.as_bytes(),
             self.recipient_node.as_bytes(),
             self.case_reference.as_bytes(),
             self.correlation_id.as_bytes(),
             self.subject.as_bytes(),
-            self.content_type.as_bytes(),
+            content_type.as_bytes(),
             &sha256(&self.payload),
         ] {
             buf.extend_from_slice(&(field.len() as u64).to_be_bytes());
             buf.extend_from_slice(field);
         }
         buf.extend_from_slice(&self.kind.to_be_bytes());
-        buf.extend_from_slice(&self.ttl_seconds.to_be_bytes());
         buf.extend_from_slice(&self.reply_by_ms.to_be_bytes());
         sha256(&buf)
     }
@@ -173,7 +177,7 @@ impl Broker {
         };
         super::validate::check_header(config, &header)?;
         let message = header.message_ref();
-        let request_digest = input.digest();
+        let request_digest = input.digest(principal, &header.content_type);
         let envelope = self.signer().seal(&header, input.payload);
         let header_sha256 = envelope.header_sha256();
         let accepted = self.issue(&message, ReceiptKind::Accepted, header_sha256, 0, "");

@@ -136,11 +136,51 @@ async fn submit_is_idempotent_on_message_id() {
     assert_eq!(again.envelope_header, first.envelope_header);
     assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), counts);
 
-    let mut other = request.clone();
-    other.payload = b"other content".to_vec();
-    let err = discipline.submit(other).await.expect_err("other content");
-    assert_eq!(err.code(), Code::AlreadyExists);
-    assert!(err.message().contains("same-1"), "{}", err.message());
+    // How it travels is not what it says: another time to live is the
+    // same message, and so is the default content type spelled out.
+    let mut other_ttl = request.clone();
+    other_ttl.ttl_seconds = 60;
+    let answer = discipline
+        .submit(other_ttl)
+        .await
+        .expect("another ttl")
+        .into_inner();
+    assert!(answer.duplicate);
+    assert_eq!(answer.accepted, first.accepted);
+    let untyped = pb::SubmitRequest {
+        message_id: "same-2".into(),
+        content_type: String::new(),
+        ..request.clone()
+    };
+    let defaulted = pb::SubmitRequest {
+        content_type: "application/octet-stream".into(),
+        ..untyped.clone()
+    };
+    discipline.submit(untyped).await.expect("same-2");
+    let again = discipline
+        .submit(defaulted)
+        .await
+        .expect("defaulted")
+        .into_inner();
+    assert!(again.duplicate, "the default content type spelled out");
+    let counts = fed.node(DISCIPLINE).broker.store().counts();
+
+    // What the recipient reads counts, field by field.
+    let changes: [(&str, fn(&mut pb::SubmitRequest)); 6] = [
+        ("payload", |r| r.payload = b"other content".to_vec()),
+        ("subject", |r| r.subject = "another subject".into()),
+        ("case reference", |r| r.case_reference = "CASE-8".into()),
+        ("content type", |r| r.content_type = "text/csv".into()),
+        ("reply-by", |r| r.reply_by_ms = 4_102_444_800_000),
+        ("recipient", |r| r.recipient_node = JUDICIAL.into()),
+    ];
+    for (what, change) in changes {
+        let mut other = request.clone();
+        change(&mut other);
+        let err = discipline.submit(other).await.expect_err(what);
+        assert_eq!(err.code(), Code::AlreadyExists, "{what}: {}", err.message());
+        assert!(err.message().contains("same-1"), "{}", err.message());
+    }
     assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), counts);
     let accepted = SignedReceipt::from_wire(first.accepted.expect("receipt"));
     assert_eq!(accepted.open().expect("receipt").message_id, "same-1");
