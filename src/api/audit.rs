@@ -50,6 +50,7 @@ fn entry_to_wire(e: &AuditEntry) -> pb::AuditEntry {
         detail: e.detail.clone(),
         receipt_sha256: e.receipt_sha256.map(|d| d.to_vec()).unwrap_or_default(),
         prev_hash: e.prev_hash.to_vec(),
+        content_sha256: crate::model::sha256(&e.content()).to_vec(),
         hash: e.hash().to_vec(),
     }
 }

@@ -247,6 +247,16 @@ async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
         n += 1;
         assert_eq!(e.seq, n);
         assert_eq!(e.prev_hash, prev);
+        // Checked with SHA-256 alone, as audit.proto describes it.
+        assert_eq!(
+            sha256(&content_as_documented(&e)).to_vec(),
+            e.content_sha256
+        );
+        let mut link = b"cluebridge/v1/audit-entry\n".to_vec();
+        link.extend_from_slice(&e.seq.to_be_bytes());
+        link.extend_from_slice(&e.content_sha256);
+        link.extend_from_slice(&e.prev_hash);
+        assert_eq!(sha256(&link).to_vec(), e.hash);
         prev = e.hash;
     }
     assert_eq!(n, 7, "custody, 3 leases, lapse, release, ack");
@@ -254,6 +264,23 @@ async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
     // Flipping any byte of the bundle makes it fail.
     flip_every_byte(&text, &trust);
     flips_fail_at_the_right_check(&text, &trust);
+}
+
+/// An exported entry's content, built from its fields as audit.proto
+/// documents it (not with the node's own code).
+fn content_as_documented(e: &pb::AuditEntry) -> Vec<u8> {
+    let mut out = e.time_ms.to_be_bytes().to_vec();
+    for s in [&e.event, &e.sender_node, &e.message_id, &e.state, &e.detail] {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    if e.receipt_sha256.is_empty() {
+        out.push(0);
+    } else {
+        out.push(1);
+        out.extend_from_slice(&e.receipt_sha256);
+    }
+    out
 }
 
 /// Each byte of the bundle, changed, makes verification fail.
