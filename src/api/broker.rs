@@ -1,11 +1,10 @@
 //! `cluebridge.v1.Broker`: the client API for agency back-office systems.
 
+use super::receiving::receive_loop;
 use super::{authorize, missing};
 use crate::broker::{Broker, SubmitInput};
 use crate::model::{MessageRef, Principal, Role, validate_id};
-use crate::now_ms;
 use crate::pb;
-use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -34,7 +33,7 @@ impl BrokerService {
     }
 }
 
-fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<(MessageRef, u64), Status> {
+pub(super) fn lease_ref(lease: Option<pb::LeaseRef>) -> Result<(MessageRef, u64), Status> {
     let lease = lease.ok_or_else(|| missing("lease"))?;
     validate_id("lease.sender_node", &lease.sender_node)?;
     validate_id("lease.message_id", &lease.message_id)?;
@@ -85,8 +84,33 @@ impl pb::broker_server::Broker for BrokerService {
         let broker = self.broker.clone();
         let stop = self.stop.clone();
         let span = tracing::info_span!("receive", principal = %principal.name);
-        tokio::spawn(receive_loop(broker, principal, lease_ms, permits, tx, stop).instrument(span));
+        let ends = stop.child_token();
+        let lease_loop = receive_loop(broker, principal, lease_ms, permits, tx, stop, ends);
+        tokio::spawn(lease_loop.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type SessionStream = BoxStream<pb::SessionEvent>;
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<pb::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let principal = self.authorize(&request, Role::Receive)?;
+        let mut requests = request.into_inner();
+        let open = match requests.message().await? {
+            Some(pb::SessionRequest {
+                request: Some(pb::session_request::Request::Open(open)),
+            }) => open,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first request of a session must be `open`",
+                ));
+            }
+        };
+        let broker = self.broker.clone();
+        let events = super::session::start(broker, principal, open, requests, self.stop.clone())?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 
     async fn ack(
@@ -310,136 +334,4 @@ fn code_name(code: tonic::Code) -> &'static str {
         DataLoss => "data_loss",
         Unauthenticated => "unauthenticated",
     }
-}
-
-/// Leases handed to a stream in one writer command, at most.
-const MAX_LEASE_BATCH: usize = 64;
-
-/// Feeds one `Receive` stream: leases as many ready messages as the
-/// stream has free slots (one group commit for them all), sends them, and
-/// waits for the inbox when it is empty. Ends when the stream closes or
-/// the node stops; a lease that could not be sent goes back at once.
-async fn receive_loop(
-    broker: Broker,
-    principal: Principal,
-    lease_ms: u64,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-    tx: mpsc::Sender<Result<pb::Delivery, Status>>,
-    stop: CancellationToken,
-) {
-    tracing::debug!("receive stream opened");
-    let mut held = HashMap::new();
-    serve_stream(
-        &broker, &principal, lease_ms, permits, &tx, &stop, &mut held,
-    )
-    .await;
-    // The stream ended: what it still holds goes back to the inbox now,
-    // not when the leases lapse. At shutdown the leases stay in the store
-    // and lapse after the restart.
-    if !stop.is_cancelled() {
-        held.retain(|lease_id, _| broker.lease_outstanding(*lease_id));
-        let leases = held.into_iter().map(|(id, m)| (m, id)).collect();
-        broker.return_stream_leases(leases).await;
-    }
-    tracing::debug!("receive stream closed");
-}
-
-/// Leases messages to one stream while it is open; `held` gathers the
-/// leases sent on it (lease id → message) that may not have ended.
-async fn serve_stream(
-    broker: &Broker,
-    principal: &Principal,
-    lease_ms: u64,
-    permits: std::sync::Arc<tokio::sync::Semaphore>,
-    tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
-    stop: &CancellationToken,
-    held: &mut HashMap<u64, MessageRef>,
-) {
-    loop {
-        let first = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            _ = tx.closed() => return,
-            _ = stop.cancelled() => return,
-        };
-        // Leases that ended no longer need returning.
-        held.retain(|lease_id, _| broker.lease_outstanding(*lease_id));
-        let mut slots = vec![first];
-        while slots.len() < MAX_LEASE_BATCH {
-            match permits.clone().try_acquire_owned() {
-                Ok(p) => slots.push(p),
-                Err(_) => break,
-            }
-        }
-        loop {
-            // Registered before looking, so no wake-up is lost.
-            let wake = broker.inbox_wake().notified();
-            tokio::pin!(wake);
-            wake.as_mut().enable();
-            let batch = match broker.lease_many(principal, lease_ms, slots).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            if !batch.leased.is_empty() {
-                // Unused slots go back to the stream's semaphore.
-                drop(batch.permits);
-                if !send_all(broker, tx, batch.leased, held).await {
-                    return;
-                }
-                break;
-            }
-            slots = batch.permits;
-            let wait = batch
-                .next_ready
-                .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = tx.closed() => return,
-                _ = stop.cancelled() => return,
-            }
-        }
-    }
-}
-
-/// Sends leased messages down a stream, noting each in `held`; if it
-/// closed, puts back every lease not sent and says so (`false`).
-async fn send_all(
-    broker: &Broker,
-    tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
-    leased: Vec<crate::broker::Leased>,
-    held: &mut HashMap<u64, MessageRef>,
-) -> bool {
-    let mut leased = leased.into_iter();
-    while let Some(lease) = leased.next() {
-        let message = lease.header.message_ref();
-        tracing::debug!(%message, attempt = lease.attempt, lease_id = lease.lease_id, "leased");
-        let delivery = pb::Delivery {
-            sender_node: message.sender_node.clone(),
-            message_id: message.message_id.clone(),
-            kind: lease.header.kind.to_wire(),
-            envelope: Some(lease.envelope.to_wire()),
-            lease_id: lease.lease_id,
-            attempt: lease.attempt,
-            lease_expires_at_ms: lease.lease_expires_at_ms,
-        };
-        if tx.send(Ok(delivery)).await.is_err() {
-            broker.return_unsent(&message, lease.lease_id).await;
-            for rest in leased {
-                broker
-                    .return_unsent(&rest.header.message_ref(), rest.lease_id)
-                    .await;
-            }
-            return false;
-        }
-        held.insert(lease.lease_id, message);
-    }
-    true
 }

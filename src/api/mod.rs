@@ -9,6 +9,8 @@ mod health;
 mod oversize;
 mod peer;
 mod peer_link;
+mod receiving;
+mod session;
 
 pub use admin::AdminService;
 pub use audit::AuditService;

@@ -27,4 +27,5 @@ mod properties;
 mod raw;
 mod refusals;
 mod reindex;
+mod session;
 mod strangers;

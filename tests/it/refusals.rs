@@ -166,7 +166,8 @@ async fn submit_is_idempotent_on_message_id() {
     let counts = fed.node(DISCIPLINE).broker.store().counts();
 
     // What the recipient reads counts, field by field.
-    let changes: [(&str, fn(&mut pb::SubmitRequest)); 6] = [
+    type Change = fn(&mut pb::SubmitRequest);
+    let changes: [(&str, Change); 6] = [
         ("payload", |r| r.payload = b"other content".to_vec()),
         ("subject", |r| r.subject = "another subject".into()),
         ("case reference", |r| r.case_reference = "CASE-8".into()),
