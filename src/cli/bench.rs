@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio_stream::StreamExt;
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -78,6 +77,10 @@ pub struct BenchArgs {
         conflicts_with_all = ["dir", "in_process", "compare_audit", "submit_only"]
     )]
     pub backlog: Option<u64>,
+    /// The receiving application acknowledges each message with a unary
+    /// `Ack` call (32 at once) instead of on its `Session` stream.
+    #[arg(long, conflicts_with_all = ["submit_only", "backlog"])]
+    pub unary_ack: bool,
 }
 
 /// The two nodes under test, when the bench started them.
@@ -356,8 +359,9 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let receiver_task = if args.submit_only {
         tokio::spawn(async { (0u64, Vec::new()) })
     } else {
-        receiving_application(
+        super::bench_receiver::receiving_application(
             &receiver,
+            args.unary_ack,
             args.outstanding,
             epoch,
             measure_start..measure_end,
@@ -515,116 +519,4 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     }
     nodes.stop().await?;
     Ok(figures)
-}
-
-/// The receiving application: takes each message, notes its latency
-/// (measured from the send time in the payload's first 8 bytes) and
-/// acknowledges it. Its task answers (received within the window,
-/// latencies in µs).
-async fn receiving_application(
-    receiver: &Connection,
-    outstanding: u32,
-    epoch: Instant,
-    window: std::ops::Range<Duration>,
-    (submitted, submitting_done): (Arc<AtomicU64>, Arc<AtomicBool>),
-) -> Result<tokio::task::JoinHandle<(u64, Vec<u64>)>> {
-    let mut stream = receiver
-        .broker()?
-        .receive(pb::ReceiveRequest {
-            max_outstanding: outstanding,
-            lease_seconds: 60,
-        })
-        .await
-        .context("opening the receive stream")?
-        .into_inner();
-    let (ack_tx, ack_rx) = async_channel(4096);
-    let mut ackers = Vec::new();
-    // Acknowledgements wait for the receiving node's flush; enough of them
-    // in flight lets one flush serve many.
-    for _ in 0..32 {
-        let mut client = receiver.broker()?;
-        let rx = ack_rx.clone();
-        ackers.push(tokio::spawn(async move {
-            while let Ok(lease) = rx.recv().await {
-                let _ = client.ack(pb::AckRequest { lease: Some(lease) }).await;
-            }
-        }));
-    }
-    drop(ack_rx);
-    let receiver_task = tokio::spawn(async move {
-        let mut latencies = Vec::new();
-        let mut received = 0u64;
-        let mut seen = 0u64;
-        let mut quiet = Duration::ZERO;
-        const POLL: Duration = Duration::from_millis(100);
-        loop {
-            // Done when every accepted message has arrived, or when the
-            // stream has been quiet for 5 s: a message that never arrives
-            // must not hang the bench.
-            if submitting_done.load(Ordering::Acquire) && seen >= submitted.load(Ordering::Relaxed)
-            {
-                break;
-            }
-            let d = match tokio::time::timeout(POLL, stream.next()).await {
-                Ok(Some(Ok(d))) => d,
-                Ok(_) => break,
-                Err(_) => {
-                    quiet += POLL;
-                    if quiet >= Duration::from_secs(5) {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            quiet = Duration::ZERO;
-            seen += 1;
-            let now = epoch.elapsed();
-            if let Some(env) = &d.envelope
-                && let Some(bytes) = env.payload.get(..8)
-            {
-                let sent_us = u64::from_be_bytes(bytes.try_into().unwrap_or([0; 8]));
-                if window.contains(&now) {
-                    received += 1;
-                }
-                if sent_us >= window.start.as_micros() as u64 {
-                    latencies.push((now.as_micros() as u64).saturating_sub(sent_us));
-                }
-            }
-            let lease = pb::LeaseRef {
-                sender_node: d.sender_node,
-                message_id: d.message_id,
-                lease_id: d.lease_id,
-            };
-            if ack_tx.send(lease).await.is_err() {
-                break;
-            }
-        }
-        for a in ackers {
-            a.abort();
-        }
-        (received, latencies)
-    });
-    Ok(receiver_task)
-}
-
-/// A small multi-consumer queue over a tokio mutex: the acknowledging
-/// workers share one receiver.
-fn async_channel<T: Send + 'static>(cap: usize) -> (tokio::sync::mpsc::Sender<T>, SharedRx<T>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(cap);
-    (tx, SharedRx(Arc::new(tokio::sync::Mutex::new(rx))))
-}
-
-struct SharedRx<T>(Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<T>>>);
-
-impl<T> Clone for SharedRx<T> {
-    fn clone(&self) -> Self {
-        SharedRx(self.0.clone())
-    }
-}
-
-impl<T> SharedRx<T> {
-    async fn recv(&self) -> Result<T, ()> {
-        // A tokio Mutex: the lock is held across the `.await` of `recv`.
-        self.0.lock().await.recv().await.ok_or(())
-    }
 }

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod bench_backlog;
 mod bench_cpu;
+mod bench_receiver;
 mod client_cmds;
 mod console;
 mod gen_certs;
