@@ -15,6 +15,10 @@ use tonic::transport::{Channel, Endpoint};
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub endpoint: String,
+    /// The TLS server name the node's certificate must carry: for a node,
+    /// its DNS name (`crypto::tls::node_dns_name`, e.g.
+    /// `public-security.node.cluebridge.internal`), whatever the endpoint's
+    /// host.
     pub server_name: String,
     pub ca_pem: String,
     pub cert_pem: String,

@@ -545,6 +545,10 @@ impl Federation {
                 ));
             }
         }
+        // Every node's certificate carries a DNS name made from its id, the
+        // server name clients and peers connect to.
+        crate::crypto::tls::check_node_dns_names(file.nodes.iter().map(|n| n.id.as_str()))
+            .map_err(|e| err(path, format!("node: {e}")))?;
         let mut routes = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let at = format!("route[{i}]");
@@ -684,12 +688,32 @@ fn check_tls_cert(cert_pem: &str, node_id: &str, now_ms: u64) -> Result<u64, Str
         ));
     }
     match crate::crypto::tls::identity_of(&der) {
-        Ok(crate::crypto::PeerIdentity::Node(id)) if id == node_id => Ok(not_after),
-        Ok(other) => Err(format!(
-            "the certificate names {other}, not node {node_id:?}"
-        )),
-        Err(e) => Err(e.to_string()),
+        Ok(crate::crypto::PeerIdentity::Node(id)) if id == node_id => {}
+        Ok(other) => {
+            return Err(format!(
+                "the certificate names {other}, not node {node_id:?}"
+            ));
+        }
+        Err(e) => return Err(e.to_string()),
     }
+    // Peers and clients connect to the node's DNS name as the TLS server
+    // name; a certificate without it could not be reached.
+    let dns_name = crate::crypto::tls::node_dns_name(node_id).map_err(|e| e.to_string())?;
+    let names = crate::crypto::tls::dns_names_of(&der).map_err(|e| e.to_string())?;
+    if !names.iter().any(|n| n.eq_ignore_ascii_case(&dns_name)) {
+        return Err(format!(
+            "the certificate does not carry the DNS name {dns_name}, which peers and clients \
+             expect as the node's TLS server name ({}); issue a new one: remove it and its key, \
+             and run `cluebridge gen-certs --keep-existing` (`cluebridge up` does so for its \
+             development federation)",
+            if names.is_empty() {
+                "it carries no DNS name".to_string()
+            } else {
+                format!("its DNS names: {}", names.join(", "))
+            }
+        ));
+    }
+    Ok(not_after)
 }
 
 /// Checks that the node's own signing key may sign now.

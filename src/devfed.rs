@@ -4,6 +4,7 @@
 //! Used by `up`, `bench` and the integration tests.
 
 use crate::config::{FederationFile, KeyFile, NodeEntryFile, NodeFile, PrincipalFile, RouteFile};
+use crate::crypto::tls::NODE_DNS_SUFFIX;
 use crate::model::AgencyKind;
 use crate::provision::{self, write_file};
 use anyhow::{Context, Result};
@@ -140,7 +141,10 @@ impl DevFederation {
         write_file(
             &federation_path,
             &format!(
-                "# Development trust list, made by `cluebridge up`. Not for production.\n{text}"
+                "# Development trust list, made by `cluebridge up`. Not for production.\n\
+                 # The TLS certificate of each node carries its DNS name, the server name\n\
+                 # clients and peers connect to: the node id lower-cased, '_' written '-',\n\
+                 # then {NODE_DNS_SUFFIX} (public-security{NODE_DNS_SUFFIX}).\n{text}"
             ),
             false,
         )?;
@@ -153,6 +157,57 @@ impl DevFederation {
         Ok(DevFederation {
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// Reissues, with the federation's CA, the TLS certificate (and key) of
+    /// every node whose certificate does not carry the node's DNS name (a
+    /// federation made before node certificates carried one), keeping every
+    /// other key and certificate. Returns the nodes whose certificate was
+    /// reissued.
+    pub fn reissue_node_certs_without_dns_name(&self) -> Result<Vec<String>> {
+        let mut reissued = Vec::new();
+        let mut node_files = Vec::new();
+        for kind in NODES {
+            let id = kind.as_str();
+            let path = self.node_file(id);
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            node_files.push(path.clone());
+            let Ok(node) = toml::from_str::<NodeFile>(&text) else {
+                continue;
+            };
+            let cert = crate::config::resolve(&path, &node.tls_cert);
+            let key = crate::config::resolve(&path, &node.tls_key);
+            let Ok(pem) = std::fs::read_to_string(&cert) else {
+                continue;
+            };
+            let Ok((_, der)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+                continue;
+            };
+            let (Ok(names), Ok(dns_name)) = (
+                crate::crypto::tls::dns_names_of(&der.contents),
+                crate::crypto::tls::node_dns_name(id),
+            ) else {
+                continue;
+            };
+            if !names.iter().any(|n| n.eq_ignore_ascii_case(&dns_name)) {
+                for file in [&cert, &key].into_iter().filter(|f| f.exists()) {
+                    std::fs::remove_file(file)
+                        .with_context(|| format!("removing {}", file.display()))?;
+                }
+                reissued.push(id.to_string());
+            }
+        }
+        if !reissued.is_empty() {
+            let options = provision::Options {
+                existing: provision::Existing::Keep,
+                ca_days: 365,
+                cert_days: 365,
+            };
+            provision::gen_certs(&self.dir.join("federation.toml"), &node_files, &options)?;
+        }
+        Ok(reissued)
     }
 
     pub fn node_file(&self, node_id: &str) -> PathBuf {
@@ -173,7 +228,7 @@ impl DevFederation {
             .with_context(|| format!("{node_id} is not in the federation"))?;
         Ok(ClientFiles {
             endpoint: entry.endpoint.clone(),
-            server_name: node_id.to_string(),
+            server_name: crate::crypto::tls::node_dns_name(node_id)?,
             ca: self.dir.join("ca.pem"),
             cert: self.dir.join(format!("clients/{node_id}/{name}.pem")),
             key: self.dir.join(format!("clients/{node_id}/{name}-key.pem")),

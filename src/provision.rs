@@ -3,7 +3,9 @@
 //!
 //! From `federation.toml` and the node files that point at it, this makes:
 //! the CA (kept if it exists), each node's Ed25519 signing key and TLS
-//! certificate at the paths its node file names, and a client certificate
+//! certificate at the paths its node file names (the certificate carries
+//! the node's DNS name, `crypto::tls::node_dns_name`, the server name that
+//! clients and peers connect to), and a client certificate
 //! for every `[[principal]]` at `clients/<node-id>/<name>.pem` (and
 //! `-key.pem`) beside `federation.toml`. The public signing keys are written
 //! into `federation.toml` in place, comments kept. Private keys are 0600,
@@ -163,6 +165,10 @@ pub fn gen_certs(
         .with_context(|| format!("reading {}", federation.display()))?;
     let fed: FederationFile = toml::from_str(&text)
         .with_context(|| format!("{}: invalid federation file", federation.display()))?;
+    // Every node certificate carries the node's DNS name: refuse, before
+    // anything is written, an id that makes none.
+    crate::crypto::tls::check_node_dns_names(fed.nodes.iter().map(|n| n.id.as_str()))
+        .with_context(|| format!("{}", federation.display()))?;
     let node_files = if node_files.is_empty() {
         discover_node_files(federation)?
     } else {

@@ -44,11 +44,13 @@ pub struct PeerLink {
 
 impl PeerLink {
     pub fn new(config: &NodeConfig, peer: &NodeEntry) -> Result<PeerLink> {
+        // The peer's certificate carries its DNS name, whatever host its
+        // endpoint names.
         let tls = tls::client_config(
             &config.tls.ca_pem,
             &config.tls.cert_pem,
             &config.tls.key_pem,
-            &peer.id,
+            &tls::node_dns_name(&peer.id)?,
         );
         let timeout = config.delivery.peer_timeout();
         let channel = Endpoint::from_shared(peer.endpoint.clone())

@@ -17,7 +17,8 @@ use tokio_stream::StreamExt;
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// Node to talk to, by id (e.g. discipline); its endpoint and your
-    /// client certificate are looked up in --dir.
+    /// client certificate are looked up in --dir. Its certificate must
+    /// carry its DNS name (e.g. discipline.node.cluebridge.internal).
     #[arg(long, env = "CLUEBRIDGE_NODE")]
     pub node: Option<String>,
     /// Development federation directory made by `cluebridge up`.
@@ -70,9 +71,12 @@ impl ClientArgs {
             .clone()
             .or(dev_files.as_ref().map(|f| f.endpoint.clone()))
             .context("--endpoint is required (or run `cluebridge up` and pass --node NODE)")?;
-        let server_name = self.node.clone().context(
+        let node = self.node.as_deref().context(
             "--node is required: the id of the node you call (its certificate names it)",
         )?;
+        // The node's certificate carries its DNS name, whatever host the
+        // endpoint names.
+        let server_name = crate::crypto::tls::node_dns_name(node)?;
         let read = |p: PathBuf| {
             std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))
         };

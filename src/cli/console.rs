@@ -5,7 +5,7 @@
 use crate::client::Connection;
 use crate::config::Federation;
 use crate::console::{Announce, ConsoleConfig, NodeTarget};
-use crate::crypto::tls::{PeerIdentity, identity_of};
+use crate::crypto::tls::{PeerIdentity, identity_of, node_dns_name};
 use crate::devfed::{ClientFiles, DevFederation, OPERATOR_NAME};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
@@ -107,7 +107,7 @@ fn node_target(args: &ConsoleArgs, index: usize, node: &str) -> Result<NodeTarge
         principal,
         connection: Connection {
             endpoint,
-            server_name: node.to_string(),
+            server_name: node_dns_name(node)?,
             ca_pem: read(&ca)?,
             cert_pem,
             key_pem: read(&key)?,

@@ -35,6 +35,13 @@ pub async fn run(args: UpArgs) -> Result<()> {
     let dev = match DevFederation::open(&args.dir) {
         Some(dev) => {
             println!("using the development federation in {}", args.dir.display());
+            let reissued = dev.reissue_node_certs_without_dns_name()?;
+            if !reissued.is_empty() {
+                println!(
+                    "reissued the TLS certificates of {} to carry their DNS names",
+                    reissued.join(", ")
+                );
+            }
             dev
         }
         None => {

@@ -1,7 +1,7 @@
 //! Certificate generation for a federation: one CA, a TLS certificate per
 //! node and per client system. Pure: returns PEM text, writes nothing.
 
-use super::tls::{client_uri, node_uri};
+use super::tls::{client_uri, node_dns_name, node_uri};
 use crate::error::{Error, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -128,21 +128,28 @@ impl Ca {
         })
     }
 
-    /// A node's TLS certificate: its identity URI, its node id as a DNS name
-    /// (what peers and clients expect as the server name), and the host
-    /// names or addresses it is reached at.
+    /// A node's TLS certificate: its identity URI; its DNS name
+    /// ([`node_dns_name`], the server name peers and clients connect to);
+    /// the bare node id as a DNS name too, for clients that named a node by
+    /// its id before the DNS name existed; and the host names or addresses
+    /// it is reached at. Refuses a node id that makes no DNS name.
     pub fn issue_node(&self, node_id: &str, hosts: &[String]) -> Result<IssuedCert> {
+        let dns_name = node_dns_name(node_id)?;
         let mut params = base_params(&format!("cluebridge node {node_id}"), self.validity_days)?;
-        let mut sans = vec![
-            SanType::URI(node_uri(node_id).try_into().map_err(rcgen_err)?),
-            SanType::DnsName(node_id.try_into().map_err(rcgen_err)?),
-        ];
+        let mut sans = vec![SanType::URI(
+            node_uri(node_id).try_into().map_err(rcgen_err)?,
+        )];
+        let mut dns_names = vec![dns_name, node_id.to_string()];
         for host in hosts {
             match host.parse::<IpAddr>() {
                 Ok(ip) => sans.push(SanType::IpAddress(ip)),
-                Err(_) => sans.push(SanType::DnsName(
-                    host.as_str().try_into().map_err(rcgen_err)?,
-                )),
+                Err(_) => dns_names.push(host.clone()),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for name in dns_names {
+            if seen.insert(name.to_ascii_lowercase()) {
+                sans.push(SanType::DnsName(name.try_into().map_err(rcgen_err)?));
             }
         }
         params.subject_alt_names = sans;
@@ -159,5 +166,76 @@ impl Ca {
             client_uri(node_id, name).try_into().map_err(rcgen_err)?,
         )];
         self.issue(&mut params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use x509_parser::extensions::GeneralName;
+
+    fn sans(cert_pem: &str) -> Vec<String> {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).expect("pem");
+        let (_, cert) = x509_parser::parse_x509_certificate(&pem.contents).expect("der");
+        let sans = cert
+            .subject_alternative_name()
+            .expect("san")
+            .expect("a SAN");
+        sans.value
+            .general_names
+            .iter()
+            .map(|n| match n {
+                GeneralName::DNSName(d) => format!("dns:{d}"),
+                GeneralName::URI(u) => format!("uri:{u}"),
+                GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn node_certificates_carry_the_dns_name() {
+        let ca = Ca::generate("t", 1).expect("ca");
+        let cert = ca
+            .issue_node("public_security", &["127.0.0.1".into()])
+            .expect("cert");
+        assert_eq!(
+            sans(&cert.cert_pem),
+            [
+                "uri:cluebridge://node/public_security",
+                "ip:[127, 0, 0, 1]",
+                "dns:public-security.node.cluebridge.internal",
+                "dns:public_security",
+            ]
+        );
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.cert_pem.as_bytes()).expect("pem");
+        assert_eq!(
+            super::super::tls::dns_names_of(&pem.contents).expect("names"),
+            [
+                "public-security.node.cluebridge.internal",
+                "public_security"
+            ]
+        );
+        // An endpoint host name is named once, however it is written.
+        let cert = ca
+            .issue_node(
+                "discipline",
+                &[
+                    "discipline.example".into(),
+                    "Discipline.node.cluebridge.internal".into(),
+                ],
+            )
+            .expect("cert");
+        assert_eq!(
+            sans(&cert.cert_pem),
+            [
+                "uri:cluebridge://node/discipline",
+                "dns:discipline.node.cluebridge.internal",
+                "dns:discipline",
+                "dns:discipline.example",
+            ]
+        );
+        let e = ca.issue_node("a.b", &[]).expect_err("no DNS name");
+        assert!(e.to_string().contains("contains '.'"), "{e}");
     }
 }

@@ -4,6 +4,9 @@
 //! `cluebridge://node/<node-id>` for a node, and
 //! `cluebridge://node/<node-id>/client/<name>` for a client system of that
 //! node's agency.
+//!
+//! A node's certificate also carries its DNS name ([`node_dns_name`]), the
+//! TLS server name that clients and peers connect to.
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -34,6 +37,88 @@ pub fn node_uri(node_id: &str) -> String {
 
 pub fn client_uri(node_id: &str, name: &str) -> String {
     format!("{URI_PREFIX}{node_id}/client/{name}")
+}
+
+/// What every node's DNS name ends with. `.internal` is reserved for
+/// private use (ICANN, 2024): it never resolves on the public Internet.
+pub const NODE_DNS_SUFFIX: &str = ".node.cluebridge.internal";
+
+/// The DNS name of node `node_id`: the TLS server name clients and peers
+/// connect to, carried by the node's certificate as a DNS subject
+/// alternative name. The rule: the node id, lower-cased, with `_` written
+/// `-`, followed by [`NODE_DNS_SUFFIX`]; `public_security` is
+/// `public-security.node.cluebridge.internal`.
+///
+/// The id must make one DNS label: at most 63 characters, no `.` or `:`,
+/// starting and ending with a letter or digit. Loading the trust list and
+/// `gen-certs` refuse a node id that does not.
+pub fn node_dns_name(node_id: &str) -> Result<String> {
+    crate::model::validate_id("node id", node_id)?;
+    let cannot = |why: String| {
+        Error::invalid(format!(
+            "node id {node_id:?} cannot be made into the DNS name its TLS certificate carries \
+             (<id>{NODE_DNS_SUFFIX}, the id lower-cased with '_' as '-'): {why}"
+        ))
+    };
+    if let Some(c) = node_id.chars().find(|c| matches!(c, '.' | ':')) {
+        return Err(cannot(format!(
+            "it contains {c:?}; a node id may use only letters, digits, '_' and '-'"
+        )));
+    }
+    if node_id.len() > 63 {
+        return Err(cannot(format!(
+            "it is {} characters long; a DNS label has at most 63",
+            node_id.len()
+        )));
+    }
+    let label = node_id.to_ascii_lowercase().replace('_', "-");
+    if label.starts_with('-') || label.ends_with('-') {
+        return Err(cannot(
+            "it must start and end with a letter or digit, not '_' or '-'".into(),
+        ));
+    }
+    Ok(format!("{label}{NODE_DNS_SUFFIX}"))
+}
+
+/// Checks that every node id of a federation has a DNS name
+/// ([`node_dns_name`]) and that no two ids share one (ids that differ only
+/// in case, or in '_' against '-').
+pub fn check_node_dns_names<'a>(ids: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    for id in ids {
+        let name = node_dns_name(id)?;
+        if let Some(other) = seen.insert(name.clone(), id)
+            && other != id
+        {
+            return Err(Error::invalid(format!(
+                "node ids {other:?} and {id:?} have the same DNS name {name} (the id \
+                 lower-cased with '_' as '-'); rename one of them"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The DNS names (subject alternative names) a DER certificate carries.
+pub fn dns_names_of(der: &[u8]) -> Result<Vec<String>> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| Error::invalid(format!("certificate does not parse: {e}")))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| Error::invalid(format!("certificate SAN extension is invalid: {e}")))?;
+    Ok(sans
+        .map(|sans| {
+            sans.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 fn parse_uri(uri: &str) -> Option<PeerIdentity> {
@@ -279,7 +364,8 @@ fn verify_chain(ca: &FederationCa, der: &[u8]) -> Result<Verified> {
 }
 
 /// Client side: trust only the federation CA, present `cert`, and expect
-/// the server certificate to name `server_name` (a node id).
+/// the server certificate to name `server_name` (for a node, its
+/// [`node_dns_name`]).
 pub fn client_config(
     ca_pem: &str,
     cert_pem: &str,
@@ -312,5 +398,72 @@ mod tests {
         assert_eq!(parse_uri("cluebridge://node/a/b"), None);
         assert_eq!(parse_uri("https://node/a"), None);
         assert_eq!(parse_uri("cluebridge://node/a b"), None);
+    }
+
+    /// A valid DNS host name, as strict TLS stacks check a server name:
+    /// dot-separated labels of 1-63 characters from [a-z0-9-], none
+    /// starting or ending with '-', 253 characters at most.
+    fn is_dns_host_name(name: &str) -> bool {
+        name.len() <= 253
+            && name.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    }
+
+    #[test]
+    fn node_dns_names_follow_the_rule() {
+        for (id, name) in [
+            ("discipline", "discipline.node.cluebridge.internal"),
+            ("personnel", "personnel.node.cluebridge.internal"),
+            (
+                "public_security",
+                "public-security.node.cluebridge.internal",
+            ),
+            ("judicial", "judicial.node.cluebridge.internal"),
+            ("Agency_7-B", "agency-7-b.node.cluebridge.internal"),
+            ("x", "x.node.cluebridge.internal"),
+        ] {
+            assert_eq!(node_dns_name(id).expect(id), name);
+            assert!(is_dns_host_name(name), "{name}");
+            // rustls takes it as a DNS server name.
+            let parsed = rustls::pki_types::ServerName::try_from(name).expect(name);
+            assert!(matches!(parsed, rustls::pki_types::ServerName::DnsName(_)));
+        }
+        for kind in crate::model::AgencyKind::ALL {
+            let name = node_dns_name(kind.as_str()).expect("agency kind");
+            assert!(is_dns_host_name(&name), "{name}");
+        }
+        let longest = "a".repeat(63);
+        assert!(is_dns_host_name(&node_dns_name(&longest).expect("63")));
+    }
+
+    #[test]
+    fn node_ids_without_a_dns_name_are_refused() {
+        for (id, says) in [
+            ("a.b", "contains '.'"),
+            ("a:b", "contains ':'"),
+            ("_a", "start and end with a letter or digit"),
+            ("a-", "start and end with a letter or digit"),
+            ("", "empty"),
+            ("a b", "only letters"),
+        ] {
+            let e = node_dns_name(id).expect_err(id).to_string();
+            assert!(e.contains(says), "{id:?}: {e}");
+        }
+        let e = node_dns_name(&"a".repeat(64)).expect_err("64").to_string();
+        assert!(e.contains("at most 63"), "{e}");
+        assert!(check_node_dns_names(["discipline", "public_security", "judicial"]).is_ok());
+        let e = check_node_dns_names(["public_security", "Public-Security"])
+            .expect_err("same name")
+            .to_string();
+        assert!(
+            e.contains("public-security.node.cluebridge.internal"),
+            "{e}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 
 use cluebridge::client::Connection;
 use cluebridge::config::{NodeConfig, NodeFile};
+use cluebridge::crypto::tls::node_dns_name;
 use cluebridge::crypto::{Keyring, NodeSigner};
 use cluebridge::devfed::{DevFederation, NODES, OPERATOR_NAME};
 use cluebridge::model::{EnvelopeHeader, MessageKind, SentState, SignedReceipt, sha256};
@@ -175,7 +176,7 @@ impl TestFederation {
         let read = |p: String| std::fs::read_to_string(dir.join(p)).expect("read");
         Connection {
             endpoint: format!("https://127.0.0.1:{}", self.ports[target]),
-            server_name: target.to_string(),
+            server_name: node_dns_name(target).expect("DNS name"),
             ca_pem: read("ca.pem".into()),
             cert_pem: read(format!("certs/{as_node}.pem")),
             key_pem: read(format!("certs/{as_node}-key.pem")),

@@ -1,10 +1,11 @@
 //! Identities: `gen-certs` for a real federation, signing-key rotation,
-//! certificates and keys checked at start, and receivers limited to some
-//! message kinds.
+//! certificates and keys checked at start, nodes reached by their DNS
+//! names, and receivers limited to some message kinds.
 
 use crate::harness::*;
 use cluebridge::config::{NodeConfig, PrincipalFile};
 use cluebridge::crypto::certs::Ca;
+use cluebridge::crypto::tls::node_dns_name;
 use cluebridge::model::{MessageKind, SentState, SignedEnvelope, SignedReceipt};
 use cluebridge::pb;
 use std::path::Path;
@@ -347,6 +348,194 @@ async fn a_node_refuses_to_start_with_an_invalid_certificate_or_key() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("stopped being valid"), "{stderr}");
+}
+
+/// A health check over `conn`: the TLS handshake and the call succeeded.
+async fn health(conn: &cluebridge::client::Connection) -> Result<(), tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(conn.channel().expect("channel"))
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_reached_by_its_dns_name_and_refused_under_another() {
+    let fed = TestFederation::start_with(|_| {}, &[SECURITY]).await;
+    // Clients (and peers) connect by address, with the node's DNS name as
+    // the TLS server name: that is what the harness's connection does.
+    let conn = fed.connection(SECURITY);
+    assert_eq!(conn.server_name, "public-security.node.cluebridge.internal");
+    assert_eq!(
+        conn.endpoint,
+        format!("https://127.0.0.1:{}", fed.ports[SECURITY])
+    );
+    health(&conn).await.expect("reached by its DNS name");
+
+    // The certificate carries that name, the node id and the endpoint's
+    // address, beside its identity URI.
+    let pem = std::fs::read_to_string(fed.dev.dir.join("certs/public_security.pem")).expect("cert");
+    let (_, der) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+    let (_, cert) = x509_parser::parse_x509_certificate(&der.contents).expect("der");
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .expect("SAN extension")
+        .expect("SANs")
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    for name in [
+        "URI(cluebridge://node/public_security)",
+        "DNSName(public-security.node.cluebridge.internal)",
+        "DNSName(public_security)",
+        "IPAddress(7f:00:00:01)",
+    ] {
+        assert!(sans.iter().any(|s| s == name), "{name} not in {sans:?}");
+    }
+
+    // Another node's name, or a name the certificate does not carry: TLS
+    // refuses the node's certificate, and nothing reaches it.
+    for wrong in [
+        node_dns_name(JUDICIAL).expect("name"),
+        "public-security.example".into(),
+        "security.node.cluebridge.internal".into(),
+    ] {
+        let conn = cluebridge::client::Connection {
+            server_name: wrong.clone(),
+            ..fed.connection(SECURITY)
+        };
+        let status = health(&conn).await.expect_err(&wrong);
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unavailable,
+            "{wrong}: {status:?}"
+        );
+        let said = format!("{status:?}");
+        assert!(said.contains("NotValidForName"), "{wrong}: {said}");
+    }
+}
+
+/// Replaces discipline's TLS certificate with one made as before node
+/// certificates carried a DNS name: its identity URI and its bare id only.
+fn issue_node_cert_without_dns_name(fed: &TestFederation) {
+    use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
+    let dir = &fed.dev.dir;
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).expect("read");
+    let ca_key = KeyPair::from_pem(&read("ca-key.pem")).expect("CA key");
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem"), ca_key).expect("CA");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![
+        SanType::URI("cluebridge://node/discipline".try_into().expect("uri")),
+        SanType::DnsName("discipline".try_into().expect("dns")),
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &issuer).expect("sign");
+    std::fs::write(dir.join("certs/discipline.pem"), cert.pem()).expect("write");
+    std::fs::write(dir.join("certs/discipline-key.pem"), key.serialize_pem()).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_certificate_without_its_dns_name_is_refused_at_start_and_up_reissues_it() {
+    let fed = TestFederation::start_with(|_| {}, &[]).await;
+    let node_file = fed.dev.node_file(DISCIPLINE);
+    let client_cert =
+        std::fs::read(fed.dev.dir.join("clients/discipline/backoffice.pem")).expect("client cert");
+    issue_node_cert_without_dns_name(&fed);
+    let e = NodeConfig::load(&node_file)
+        .expect_err("no DNS name")
+        .to_string();
+    assert!(
+        e.contains(
+            "tls_cert: the certificate does not carry the DNS name \
+             discipline.node.cluebridge.internal"
+        ) && e.contains("(its DNS names: discipline)")
+            && e.contains("cluebridge gen-certs --keep-existing"),
+        "{e}"
+    );
+
+    // `up` reissues such a certificate with the federation's CA and keeps
+    // every other key and certificate.
+    assert_eq!(
+        fed.dev
+            .reissue_node_certs_without_dns_name()
+            .expect("reissue"),
+        vec![DISCIPLINE.to_string()]
+    );
+    NodeConfig::load(&node_file).expect("loads with the reissued certificate");
+    assert_eq!(
+        std::fs::read(fed.dev.dir.join("clients/discipline/backoffice.pem")).expect("client"),
+        client_cert
+    );
+    assert!(
+        fed.dev
+            .reissue_node_certs_without_dns_name()
+            .expect("again")
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_node_id_that_makes_no_dns_name_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    example_config(dir);
+    let fed_file = dir.join("federation.toml");
+    let text = std::fs::read_to_string(&fed_file).expect("read");
+    // "judicial.court" makes two DNS labels; "Personnel" and "personnel"
+    // one name.
+    std::fs::write(
+        &fed_file,
+        text.replace("id = \"judicial\"", "id = \"judicial.court\""),
+    )
+    .expect("write");
+    let out = gen_certs(dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("node id \"judicial.court\" cannot be made into the DNS name"),
+        "{stderr}"
+    );
+    assert!(!dir.join("ca.pem").exists(), "nothing was written");
+
+    std::fs::write(
+        &fed_file,
+        text.replace(
+            "endpoint = \"https://personnel.cluebridge.example:7401\"",
+            "endpoint = \"https://personnel.cluebridge.example:7401\"\n\n\
+             [[node.key]]\nid = \"p-k1\"\npublic_key = \"UKqdmudyWHj4EAP+Uzgcz1rK+HQsJeQ5QNneEv1KN/E=\"\n\n\
+             [[node]]\nid = \"Personnel\"\nkind = \"personnel\"\n\
+             endpoint = \"https://personnel2.cluebridge.example:7401\"",
+        ),
+    )
+    .expect("write");
+    let out = gen_certs(dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("node ids \"personnel\" and \"Personnel\" have the same DNS name"),
+        "{stderr}"
+    );
+    // Loading the trust list refuses it too.
+    let ca = Ca::generate("t", 1).expect("ca");
+    std::fs::write(dir.join("ca.pem"), &ca.cert.cert_pem).expect("write");
+    let e = cluebridge::config::Federation::load(&fed_file)
+        .expect_err("two ids, one DNS name")
+        .to_string();
+    assert!(
+        e.contains(
+            "node: node ids \"personnel\" and \"Personnel\" have the same DNS name \
+             personnel.node.cluebridge.internal"
+        ),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
