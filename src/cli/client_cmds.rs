@@ -342,18 +342,7 @@ pub struct StatusArgs {
 }
 
 fn state_name(n: i32) -> &'static str {
-    [
-        SentState::Accepted,
-        SentState::Delivered,
-        SentState::Acknowledged,
-        SentState::Rejected,
-        SentState::DeadLettered,
-        SentState::Expired,
-    ]
-    .into_iter()
-    .find(|s| s.to_wire() == n)
-    .map(|s| s.as_str())
-    .unwrap_or("unknown")
+    SentState::from_wire(n).map_or("unknown", |s| s.as_str())
 }
 
 pub async fn status(args: StatusArgs) -> Result<()> {

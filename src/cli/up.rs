@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_stream::StreamExt;
+use tonic::Streaming;
 
 #[derive(Debug, clap::Args)]
 pub struct UpArgs {
@@ -166,7 +167,9 @@ impl Agency {
 
     /// Receives until message `id` arrives (others stay leased and lapse
     /// back to the inbox) and returns its lease.
-    async fn receive(&mut self, id: &str) -> Result<pb::LeaseRef> {
+    /// The lease of message `id`, with the stream it came on: the lease
+    /// ends with that stream, so keep it until the message is settled.
+    async fn receive(&mut self, id: &str) -> Result<(pb::LeaseRef, Streaming<pb::Delivery>)> {
         let mut stream = self
             .client
             .receive(pb::ReceiveRequest {
@@ -181,11 +184,12 @@ impl Agency {
                 .with_context(|| format!("{id} did not arrive within 20 s"))?
                 .context("stream closed")??;
             if d.message_id == id {
-                return Ok(pb::LeaseRef {
+                let lease = pb::LeaseRef {
                     sender_node: d.sender_node,
                     message_id: d.message_id,
                     lease_id: d.lease_id,
-                });
+                };
+                return Ok((lease, stream));
             }
         }
     }
@@ -240,7 +244,7 @@ async fn demo(dev: &DevFederation) -> Result<()> {
         )
         .await?;
 
-    let lease = security.receive(&clue).await?;
+    let (lease, _stream) = security.receive(&clue).await?;
     security
         .client
         .reject(pb::RejectRequest {
@@ -250,7 +254,7 @@ async fn demo(dev: &DevFederation) -> Result<()> {
         .await?;
     println!("  public_security rejected {clue} with a reason");
 
-    let lease = personnel.receive(&suggestion).await?;
+    let (lease, _stream) = personnel.receive(&suggestion).await?;
     personnel
         .client
         .ack(pb::AckRequest { lease: Some(lease) })
@@ -266,7 +270,7 @@ async fn demo(dev: &DevFederation) -> Result<()> {
             "Rank and title restored on 2026-11-26.",
         )
         .await?;
-    let lease = discipline.receive(&feedback).await?;
+    let (lease, _stream) = discipline.receive(&feedback).await?;
     discipline
         .client
         .ack(pb::AckRequest { lease: Some(lease) })

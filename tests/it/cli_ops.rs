@@ -225,3 +225,40 @@ async fn receive_shows_control_characters_escaped() {
     );
     assert!(stdout.contains("-> acknowledged"), "{stdout}");
 }
+
+/// The README's first command, with `--demo`: a fresh development
+/// federation, a clue transfer rejected, a rectification suggestion
+/// acknowledged and answered, every receipt verified.
+#[test]
+fn up_runs_its_demo_to_the_end() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(["up", "--demo", "--base-port", &free_base_port().to_string()])
+        .arg("--dir")
+        .arg(tmp.path().join("dev"))
+        .output()
+        .expect("run up --demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("demo complete: every receipt verified"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A base port below the ephemeral range whose four node ports and four
+/// metrics ports (+2000) are free now.
+fn free_base_port() -> u16 {
+    let seed = std::process::id() as u16;
+    for attempt in 0..100u16 {
+        let base = 10_000 + seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(97)) % 20_000;
+        let ports = (0..4).flat_map(|i| [base + i, base + 2000 + i]);
+        if ports
+            .into_iter()
+            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        {
+            return base;
+        }
+    }
+    panic!("no free ports for a development federation");
+}
