@@ -392,17 +392,10 @@ async fn a_repeated_settlement_answers_the_first_receipt_and_a_stale_lease_is_na
         .await
         .expect("received");
     assert_eq!(held.state, "acknowledged");
-    let kinds: Vec<ReceiptKind> = held
-        .receipts
-        .iter()
-        .map(|r| {
-            SignedReceipt::from_wire(r.clone())
-                .open()
-                .expect("receipt")
-                .kind
-        })
-        .collect();
-    assert_eq!(kinds, [ReceiptKind::Delivered, ReceiptKind::Acknowledged]);
+    assert_eq!(
+        receipt_kinds(&held.receipts),
+        [ReceiptKind::Delivered, ReceiptKind::Acknowledged]
+    );
     assert_eq!(Some(&held.receipts[1]), first.receipt.as_ref());
     let waiting = get_received(&mut security, "idem-stale")
         .await

@@ -201,15 +201,11 @@ async fn an_acknowledgement_that_overtakes_its_custody_receipt_waits_for_it() {
         20 * SECOND,
     )
     .await;
-    let kinds: Vec<String> = status
-        .receipts
-        .into_iter()
-        .map(|r| {
-            let opened = cluebridge::model::SignedReceipt::from_wire(r).open();
-            opened.expect("receipt").kind.to_string()
-        })
-        .collect();
-    assert_eq!(kinds, ["accepted", "delivered", "acknowledged"]);
+    use cluebridge::model::ReceiptKind::*;
+    assert_eq!(
+        receipt_kinds(&status.receipts),
+        [Accepted, Delivered, Acknowledged]
+    );
 }
 
 async fn wait_health(fed: &TestFederation, node: &str, want: ServingStatus) {

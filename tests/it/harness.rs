@@ -271,6 +271,28 @@ pub async fn next(stream: &mut tonic::Streaming<pb::Delivery>, within: Duration)
         .expect("delivery")
 }
 
+/// What `admin`'s node says of its peer `peer` (ListPeers).
+pub async fn peer_info(admin: &mut AdminClient<Channel>, peer: &str) -> pb::PeerInfo {
+    let peers = admin
+        .list_peers(pb::ListPeersRequest {})
+        .await
+        .expect("peers")
+        .into_inner()
+        .peers;
+    peers.into_iter().find(|p| p.peer == peer).expect("a peer")
+}
+
+/// The kinds of signed receipts, in their order.
+pub fn receipt_kinds(receipts: &[pb::SignedReceipt]) -> Vec<cluebridge::model::ReceiptKind> {
+    receipts
+        .iter()
+        .map(|r| {
+            let opened = SignedReceipt::from_wire(r.clone()).open();
+            opened.expect("a receipt that opens").kind
+        })
+        .collect()
+}
+
 pub fn lease_of(d: &pb::Delivery) -> Option<pb::LeaseRef> {
     Some(pb::LeaseRef {
         sender_node: d.sender_node.clone(),

@@ -8,15 +8,7 @@ use cluebridge::model::{
 use cluebridge::pb;
 
 fn kinds(s: &pb::GetStatusResponse) -> Vec<ReceiptKind> {
-    s.receipts
-        .iter()
-        .map(|r| {
-            SignedReceipt::from_wire(r.clone())
-                .open()
-                .expect("receipt")
-                .kind
-        })
-        .collect()
+    receipt_kinds(&s.receipts)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,13 +209,7 @@ async fn a_peer_that_comes_back_gets_its_backlog_without_waiting_out_the_backoff
     let mut admin = fed.admin(DISCIPLINE);
     let deadline = std::time::Instant::now() + 10 * SECOND;
     loop {
-        let peers = admin
-            .list_peers(pb::ListPeersRequest {})
-            .await
-            .expect("peers")
-            .into_inner()
-            .peers;
-        let security = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
+        let security = peer_info(&mut admin, SECURITY).await;
         if security.consecutive_failures > 0 {
             break;
         }

@@ -514,13 +514,7 @@ async fn paused_peer_waits_across_a_restart_and_flows_after_resume() {
     fed.stop(DISCIPLINE).await;
     fed.restart(DISCIPLINE).await;
     let mut admin = fed.admin(DISCIPLINE);
-    let peers = admin
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .expect("peers")
-        .into_inner()
-        .peers;
-    let security = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
+    let security = peer_info(&mut admin, SECURITY).await;
     assert_eq!(security.state, pb::PeerState::Paused as i32);
     assert_eq!(security.backlog, 2);
     // Half a second more after the restart: still held.
@@ -547,13 +541,7 @@ async fn paused_peer_waits_across_a_restart_and_flows_after_resume() {
     for id in ["p-1", "p-2"] {
         wait_state(&mut discipline, id, SentState::Delivered, 10 * SECOND).await;
     }
-    let peers = admin
-        .list_peers(pb::ListPeersRequest {})
-        .await
-        .expect("peers")
-        .into_inner()
-        .peers;
-    let security = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
+    let security = peer_info(&mut admin, SECURITY).await;
     assert_eq!(security.state, pb::PeerState::Up as i32);
     assert!(security.last_success_ms > 0);
     assert_eq!(security.backlog, 0);
@@ -571,13 +559,7 @@ async fn a_down_peer_is_reported_with_its_error() {
     let mut admin = fed.admin(DISCIPLINE);
     let deadline = Instant::now() + 20 * SECOND;
     loop {
-        let peers = admin
-            .list_peers(pb::ListPeersRequest {})
-            .await
-            .expect("peers")
-            .into_inner()
-            .peers;
-        let p = peers.iter().find(|p| p.peer == SECURITY).expect("peer");
+        let p = peer_info(&mut admin, SECURITY).await;
         if p.state == pb::PeerState::Down as i32 {
             assert!(p.consecutive_failures >= 5);
             assert!(!p.last_error.is_empty());
