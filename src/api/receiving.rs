@@ -55,7 +55,7 @@ async fn serve_stream(
     lease_ms: u64,
     permits: std::sync::Arc<tokio::sync::Semaphore>,
     tx: &mpsc::Sender<Result<pb::Delivery, Status>>,
-    stop: &CancellationToken,
+    ends: &CancellationToken,
     held: &mut HashMap<u64, MessageRef>,
 ) {
     loop {
@@ -65,7 +65,7 @@ async fn serve_stream(
                 Err(_) => return,
             },
             _ = tx.closed() => return,
-            _ = stop.cancelled() => return,
+            _ = ends.cancelled() => return,
         };
         // Leases that ended no longer need returning.
         held.retain(|lease_id, _| broker.lease_outstanding(*lease_id));
@@ -106,7 +106,7 @@ async fn serve_stream(
                 _ = &mut wake => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = tx.closed() => return,
-                _ = stop.cancelled() => return,
+                _ = ends.cancelled() => return,
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The receipt feed that `WatchReceipts` follows: every receipt about a
-//! sent message, under a cursor that only grows (not contiguous: it jumps
-//! at a restart), with the state that receipt left the message in and the
+//! sent message, under a cursor that only grows (not contiguous: other
+//! changes draw from the same counter), with the state that receipt left
+//! the message in and the
 //! time it was stored. Entries older than the retention are removed, and
 //! the highest cursor removed is noted, so that a client whose cursor fell
 //! out of the feed is told so instead of silently skipping receipts.
@@ -47,7 +48,7 @@ impl Store {
     /// Whether a client reading on after `cursor` misses nothing.
     pub fn check_feed_cursor(&self, cursor: u64) -> Result<CursorCheck> {
         let newest = self.shared.seq.load(std::sync::atomic::Ordering::Acquire);
-        if cursor >= newest {
+        if cursor != 0 && cursor >= newest {
             return Ok(CursorCheck::Ahead {
                 newest: newest.saturating_sub(1),
             });
