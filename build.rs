@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cluebridge/v1/peer.proto",
         "cluebridge/v1/admin.proto",
         "cluebridge/v1/audit.proto",
+        "cluebridge/v1/rectification.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(files, ["proto"])?;

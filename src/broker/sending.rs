@@ -176,6 +176,7 @@ impl Broker {
             signing_key_id: self.signer().key_id().to_string(),
         };
         super::validate::check_header(config, &header)?;
+        let header = self.check_structured(header, &input.payload).await?;
         let message = header.message_ref();
         let request_digest = input.digest(principal, &header.content_type);
         let envelope = self.signer().seal(&header, input.payload);
@@ -227,11 +228,8 @@ impl Broker {
     }
 
     fn stored_envelope(&self, message: &MessageRef) -> Result<SignedEnvelope> {
-        let bytes = self
-            .store()
-            .envelope(message)?
-            .ok_or_else(|| Error::corrupt("envelopes", format!("{message} has no envelope")))?;
-        SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))
+        self.held_envelope(message)?
+            .ok_or_else(|| Error::corrupt("envelopes", format!("{message} has no envelope")))
     }
 
     /// Every receipt stored about a message, in the order of its path.
@@ -265,6 +263,36 @@ impl Broker {
             header: envelope.header,
             signature: envelope.signature,
         })
+    }
+
+    /// Checks a structured payload (see `structured`) on the blocking pool:
+    /// the feedback check reads the suggestion it answers.
+    async fn check_structured(
+        &self,
+        header: EnvelopeHeader,
+        payload: &[u8],
+    ) -> Result<EnvelopeHeader> {
+        if !super::structured::names_schema(&header.content_type) {
+            return Ok(header);
+        }
+        let payload = payload.to_vec();
+        self.read(move |b| {
+            let answered = MessageRef {
+                sender_node: header.recipient_node.clone(),
+                message_id: header.correlation_id.clone(),
+            };
+            super::structured::check(&header, &payload, || b.held_envelope(&answered))?;
+            Ok(header)
+        })
+        .await
+    }
+
+    /// The signed envelope of a message this node sent or holds, if any.
+    pub(super) fn held_envelope(&self, message: &MessageRef) -> Result<Option<SignedEnvelope>> {
+        self.store()
+            .envelope(message)?
+            .map(|bytes| SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e)))
+            .transpose()
     }
 
     /// Receipts about sent messages after `cursor`, with the message state

@@ -25,6 +25,7 @@ mod message_path;
 mod operations;
 mod properties;
 mod raw;
+mod rectification;
 mod refusals;
 mod reindex;
 mod session;
