@@ -106,6 +106,11 @@ pub struct RouteFile {
     pub from: String,
     pub to: String,
     pub kinds: Vec<String>,
+    /// Messages on this route must be answered within this many days of
+    /// their creation: their `reply_by_ms` defaults to it, and a submitter
+    /// may only set an earlier one (1 to 3650).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_within_days: Option<u32>,
 }
 
 /// A node file (`config/<agency>.toml`) as written.
@@ -550,6 +555,7 @@ impl Federation {
         crate::crypto::tls::check_node_dns_names(file.nodes.iter().map(|n| n.id.as_str()))
             .map_err(|e| err(path, format!("node: {e}")))?;
         let mut routes = Vec::new();
+        let mut windows = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let at = format!("route[{i}]");
             let from: AgencyKind = r
@@ -564,9 +570,26 @@ impl Federation {
                     .parse()
                     .map_err(|e| err(path, format!("{at}.kinds: {e}")))?;
                 routes.push(Route { from, to, kind });
+                match r.reply_within_days {
+                    None => {}
+                    Some(days @ 1..=3650) => {
+                        windows.push((Route { from, to, kind }, u64::from(days) * 86_400_000))
+                    }
+                    Some(days) => {
+                        return Err(err(
+                            path,
+                            format!("{at}.reply_within_days: {days} is not between 1 and 3650"),
+                        ));
+                    }
+                }
             }
         }
-        let policy = RoutePolicy::new(routes).map_err(|e| err(path, format!("route: {e}")))?;
+        let mut policy = RoutePolicy::new(routes).map_err(|e| err(path, format!("route: {e}")))?;
+        for (route, window_ms) in windows {
+            policy
+                .set_reply_window(route, window_ms)
+                .map_err(|e| err(path, format!("route: {e}")))?;
+        }
         Ok(Federation {
             name: file.name,
             ca_path,

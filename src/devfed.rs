@@ -29,11 +29,15 @@ pub fn dev_routes() -> Vec<RouteFile> {
         from: from.into(),
         to: to.into(),
         kinds: kinds.iter().map(|k| k.to_string()).collect(),
+        reply_within_days: None,
     };
     vec![
         r("discipline", "public_security", &["clue_transfer"]),
         r("discipline", "judicial", &["clue_transfer"]),
-        r("discipline", "personnel", &["rectification_suggestion"]),
+        RouteFile {
+            reply_within_days: Some(30),
+            ..r("discipline", "personnel", &["rectification_suggestion"])
+        },
         r("public_security", "discipline", &["clue_transfer"]),
         r("judicial", "discipline", &["clue_transfer"]),
         r("public_security", "judicial", &["clue_transfer"]),

@@ -175,6 +175,15 @@ impl Broker {
             reply_by_ms: input.reply_by_ms,
             signing_key_id: self.signer().key_id().to_string(),
         };
+        let header = EnvelopeHeader {
+            // A route with a reply window gives the deadline when the
+            // submitter gives none.
+            reply_by_ms: match super::validate::reply_window_ms(config, &header) {
+                Some(window) if header.reply_by_ms == 0 => now.saturating_add(window),
+                _ => header.reply_by_ms,
+            },
+            ..header
+        };
         super::validate::check_header(config, &header)?;
         let header = self.check_structured(header, &input.payload).await?;
         let message = header.message_ref();

@@ -91,7 +91,30 @@ fn check_times(config: &NodeConfig, h: &EnvelopeHeader) -> Result<()> {
             h.reply_by_ms, h.created_at_ms
         )));
     }
+    if let Some(window) = reply_window_ms(config, h) {
+        let latest = h.created_at_ms.saturating_add(window);
+        if h.reply_by_ms > latest {
+            return Err(Error::invalid(format!(
+                "reply_by_ms {} is later than the route allows: a {} from {} to {} is to be \
+                 answered within {} days of its creation, by {latest} at the latest (leave \
+                 reply_by_ms 0 for that, or set an earlier time)",
+                h.reply_by_ms,
+                h.kind,
+                h.sender_node,
+                h.recipient_node,
+                window / 86_400_000
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The reply window of the route a header travels on, if it has one.
+pub(super) fn reply_window_ms(config: &NodeConfig, h: &EnvelopeHeader) -> Option<u64> {
+    let federation = &config.federation;
+    let from = federation.node(&h.sender_node)?.kind;
+    let to = federation.node(&h.recipient_node)?.kind;
+    federation.policy.reply_window_ms(from, h.kind, to)
 }
 
 impl Broker {

@@ -2,7 +2,7 @@
 
 use super::{AgencyKind, MessageKind};
 use crate::error::{Error, Result};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// One allowed route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,6 +21,10 @@ pub struct Route {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RoutePolicy {
     routes: BTreeSet<Route>,
+    /// The reply window of a route that has one (ms): a message on it must
+    /// be answered within this long of its creation (`reply_by_ms` is set
+    /// to that when the submitter gives none, and may only be earlier).
+    reply_windows: BTreeMap<Route, u64>,
 }
 
 impl RoutePolicy {
@@ -35,7 +39,32 @@ impl RoutePolicy {
             }
             set.insert(r);
         }
-        Ok(RoutePolicy { routes: set })
+        Ok(RoutePolicy {
+            routes: set,
+            reply_windows: BTreeMap::new(),
+        })
+    }
+
+    /// Gives a listed route a reply window.
+    pub fn set_reply_window(&mut self, route: Route, window_ms: u64) -> Result<()> {
+        if !self.routes.contains(&route) {
+            return Err(Error::invalid(format!(
+                "a reply window for {} from {} to {}, which is not a route",
+                route.kind, route.from, route.to
+            )));
+        }
+        self.reply_windows.insert(route, window_ms);
+        Ok(())
+    }
+
+    /// The reply window of a route (ms), if it has one.
+    pub fn reply_window_ms(
+        &self,
+        from: AgencyKind,
+        kind: MessageKind,
+        to: AgencyKind,
+    ) -> Option<u64> {
+        self.reply_windows.get(&Route { from, to, kind }).copied()
     }
 
     /// Whether a non-feedback message of `kind` may go from `from` to `to`.
@@ -82,5 +111,29 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, Error::PermissionDenied(_)));
+    }
+
+    #[test]
+    fn only_a_listed_route_has_a_reply_window() {
+        let route = Route {
+            from: AgencyKind::Discipline,
+            to: AgencyKind::Personnel,
+            kind: MessageKind::RectificationSuggestion,
+        };
+        let mut policy = RoutePolicy::new([route]).unwrap();
+        policy.set_reply_window(route, 1_000).unwrap();
+        assert_eq!(
+            policy.reply_window_ms(route.from, route.kind, route.to),
+            Some(1_000)
+        );
+        let unlisted = Route {
+            kind: MessageKind::ClueTransfer,
+            ..route
+        };
+        assert!(policy.set_reply_window(unlisted, 1_000).is_err());
+        assert_eq!(
+            policy.reply_window_ms(unlisted.from, unlisted.kind, unlisted.to),
+            None
+        );
     }
 }

@@ -103,3 +103,29 @@ fn a_journal_file_size_out_of_range_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_reply_window_out_of_range_is_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev =
+        cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |_| {}).expect("dev");
+    let fed_path = tmp.path().join("federation.toml");
+    let text = std::fs::read_to_string(&fed_path).expect("read");
+    assert!(text.contains("reply_within_days = 30"), "{text}");
+    for bad in ["0", "3651"] {
+        let edited = text.replace(
+            "reply_within_days = 30",
+            &format!("reply_within_days = {bad}"),
+        );
+        std::fs::write(&fed_path, edited).expect("write");
+        let err = NodeConfig::load(&dev.node_file("discipline"))
+            .expect_err("out of range")
+            .to_string();
+        assert!(
+            err.contains("federation.toml")
+                && err.contains("reply_within_days")
+                && err.contains("between 1 and 3650"),
+            "{err}"
+        );
+    }
+}

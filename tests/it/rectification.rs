@@ -257,3 +257,85 @@ async fn a_peer_delivering_bad_structured_content_is_refused() {
     }
     assert_eq!(fed.node(PERSONNEL).broker.store().counts(), before);
 }
+
+/// The development federation gives rectification suggestions to personnel
+/// a 30-day reply window: the deadline comes from it unless the submitter
+/// sets an earlier one; a later one is refused by the sender and, from a
+/// member node, by the recipient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_with_a_reply_window_sets_and_bounds_the_deadline() {
+    use cluebridge::model::EnvelopeHeader;
+    const DAY_MS: u64 = 86_400_000;
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let kind = MessageKind::RectificationSuggestion;
+    let header_of =
+        |r: pb::SubmitResponse| EnvelopeHeader::decode(&r.envelope_header).expect("header");
+
+    let defaulted = discipline
+        .submit(submit_request("rb-1", kind, PERSONNEL, b"x"))
+        .await
+        .expect("submit")
+        .into_inner();
+    let h = header_of(defaulted);
+    assert_eq!(h.reply_by_ms, h.created_at_ms + 30 * DAY_MS);
+
+    let earlier = pb::SubmitRequest {
+        reply_by_ms: cluebridge::now_ms() + 10 * DAY_MS,
+        ..submit_request("rb-2", kind, PERSONNEL, b"x")
+    };
+    let asked = earlier.reply_by_ms;
+    let h = header_of(
+        discipline
+            .submit(earlier)
+            .await
+            .expect("submit")
+            .into_inner(),
+    );
+    assert_eq!(h.reply_by_ms, asked);
+
+    let clue = discipline
+        .submit(submit_request(
+            "rb-3",
+            MessageKind::ClueTransfer,
+            SECURITY,
+            b"x",
+        ))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(header_of(clue).reply_by_ms, 0, "no window on that route");
+
+    let before = fed.node(DISCIPLINE).broker.store().counts();
+    let later = pb::SubmitRequest {
+        reply_by_ms: cluebridge::now_ms() + 40 * DAY_MS,
+        ..submit_request("rb-4", kind, PERSONNEL, b"x")
+    };
+    let e = discipline.submit(later).await.expect_err("past the window");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("within 30 days"), "{}", e.message());
+    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
+
+    // A member node that sets a later deadline is refused by the recipient.
+    let mut h = header("rb-peer", kind, DISCIPLINE, PERSONNEL, b"x");
+    h.reply_by_ms = h.created_at_ms + 40 * DAY_MS;
+    let answer = fed
+        .peer_as(DISCIPLINE, PERSONNEL)
+        .deliver(pb::DeliverRequest {
+            envelopes: vec![sealed(&fed.signer(DISCIPLINE), &h, b"x")],
+        })
+        .await
+        .expect("deliver call")
+        .into_inner();
+    match answer.outcomes[0].outcome.clone().expect("outcome") {
+        pb::deliver_outcome::Outcome::Refused(r) => {
+            assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
+            assert!(
+                r.message.contains("later than the route allows"),
+                "{}",
+                r.message
+            );
+        }
+        other => panic!("taken into custody: {other:?}"),
+    }
+}
