@@ -200,11 +200,13 @@ impl Broker {
                 .policy
                 .check(sender.kind, header.kind, config.kind)?;
         }
-        let answered = MessageRef {
-            sender_node: config.node_id.clone(),
-            message_id: header.correlation_id.clone(),
-        };
-        super::structured::check(&header, &envelope.payload, || self.held_envelope(&answered))?;
+        // Structured feedback answers a message this node sent, read only then.
+        crate::model::rectification::check(&header, &envelope.payload, || {
+            self.held_envelope(&MessageRef {
+                sender_node: config.node_id.clone(),
+                message_id: header.correlation_id.clone(),
+            })
+        })?;
         let message = header.message_ref();
         let header_sha256 = envelope.header_sha256();
         let delivered = self.issue(&message, ReceiptKind::Delivered, header_sha256, 0, "");

@@ -7,7 +7,6 @@ mod audit;
 mod custody;
 mod operations;
 mod sending;
-pub mod structured;
 mod validate;
 
 pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};

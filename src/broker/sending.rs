@@ -281,7 +281,7 @@ impl Broker {
         header: EnvelopeHeader,
         payload: &[u8],
     ) -> Result<EnvelopeHeader> {
-        if !super::structured::names_schema(&header.content_type) {
+        if !crate::model::rectification::names_schema(&header.content_type) {
             return Ok(header);
         }
         let payload = payload.to_vec();
@@ -290,7 +290,7 @@ impl Broker {
                 sender_node: header.recipient_node.clone(),
                 message_id: header.correlation_id.clone(),
             };
-            super::structured::check(&header, &payload, || b.held_envelope(&answered))?;
+            crate::model::rectification::check(&header, &payload, || b.held_envelope(&answered))?;
             Ok(header)
         })
         .await

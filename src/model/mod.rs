@@ -6,6 +6,7 @@ mod audit;
 mod envelope;
 mod policy;
 mod receipt;
+pub mod rectification;
 
 pub use audit::{
     AuditEntry, AuditEvent, Checkpoint, ENTRY_DOMAIN, GENESIS_HASH, MAX_DETAIL_LEN,

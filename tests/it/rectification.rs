@@ -3,7 +3,8 @@
 //! a clear status and nothing stored when bad.
 
 use crate::harness::*;
-use cluebridge::broker::structured::{FEEDBACK_TYPE, SUGGESTION_TYPE};
+use crate::refusals::refusal;
+use cluebridge::model::rectification::{FEEDBACK_TYPE, SUGGESTION_TYPE};
 use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
 use prost::Message;
@@ -240,21 +241,15 @@ async fn a_peer_delivering_bad_structured_content_is_refused() {
     h.content_type = SUGGESTION_TYPE.into();
     h.case_reference = "CASE-7".into();
     let before = fed.node(PERSONNEL).broker.store().counts();
-    let answer = fed
-        .peer_as(DISCIPLINE, PERSONNEL)
-        .deliver(pb::DeliverRequest {
-            envelopes: vec![sealed(&fed.signer(DISCIPLINE), &h, &payload)],
-        })
-        .await
-        .expect("deliver call")
-        .into_inner();
-    match answer.outcomes[0].outcome.clone().expect("outcome") {
-        pb::deliver_outcome::Outcome::Refused(r) => {
-            assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
-            assert!(r.message.contains("1 to 64 items"), "{}", r.message);
-        }
-        other => panic!("taken into custody: {other:?}"),
-    }
+    let r = refusal(
+        &fed,
+        DISCIPLINE,
+        PERSONNEL,
+        sealed(&fed.signer(DISCIPLINE), &h, &payload),
+    )
+    .await;
+    assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
+    assert!(r.message.contains("1 to 64 items"), "{}", r.message);
     assert_eq!(fed.node(PERSONNEL).broker.store().counts(), before);
 }
 
@@ -319,23 +314,17 @@ async fn a_route_with_a_reply_window_sets_and_bounds_the_deadline() {
     // A member node that sets a later deadline is refused by the recipient.
     let mut h = header("rb-peer", kind, DISCIPLINE, PERSONNEL, b"x");
     h.reply_by_ms = h.created_at_ms + 40 * DAY_MS;
-    let answer = fed
-        .peer_as(DISCIPLINE, PERSONNEL)
-        .deliver(pb::DeliverRequest {
-            envelopes: vec![sealed(&fed.signer(DISCIPLINE), &h, b"x")],
-        })
-        .await
-        .expect("deliver call")
-        .into_inner();
-    match answer.outcomes[0].outcome.clone().expect("outcome") {
-        pb::deliver_outcome::Outcome::Refused(r) => {
-            assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
-            assert!(
-                r.message.contains("later than the route allows"),
-                "{}",
-                r.message
-            );
-        }
-        other => panic!("taken into custody: {other:?}"),
-    }
+    let r = refusal(
+        &fed,
+        DISCIPLINE,
+        PERSONNEL,
+        sealed(&fed.signer(DISCIPLINE), &h, b"x"),
+    )
+    .await;
+    assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
+    assert!(
+        r.message.contains("later than the route allows"),
+        "{}",
+        r.message
+    );
 }

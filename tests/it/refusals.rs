@@ -8,7 +8,7 @@ use cluebridge::pb;
 use tonic::Code;
 
 /// Delivers one envelope to `target` as node `as_node`; returns the refusal.
-async fn refusal(
+pub async fn refusal(
     fed: &TestFederation,
     as_node: &str,
     target: &str,

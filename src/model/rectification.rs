@@ -1,10 +1,11 @@
 //! Structured follow-up content (`proto/cluebridge/v1/rectification.proto`):
 //! what a rectification suggestion, or the feedback that answers it, must
-//! be when its content type names the schema. One check for `Submit` and
-//! `Peer.Deliver` alike, so that a peer gets past nothing a client cannot.
+//! be when its content type names the schema. Pure: the broker calls it at
+//! `Submit` and `Peer.Deliver` alike, so that a peer gets past nothing a
+//! client cannot, and hands it the answered envelope to read.
 
+use super::{EnvelopeHeader, MessageKind, SignedEnvelope, check_text, validate_id};
 use crate::error::{Error, Result};
-use crate::model::{EnvelopeHeader, MessageKind, SignedEnvelope, check_text, validate_id};
 use crate::pb;
 use prost::Message;
 
