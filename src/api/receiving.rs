@@ -134,12 +134,11 @@ async fn send_all(
             lease_expires_at_ms: lease.lease_expires_at_ms,
         };
         if tx.send(Ok(delivery)).await.is_err() {
-            broker.return_unsent(&message, lease.lease_id).await;
-            for rest in leased {
-                broker
-                    .return_unsent(&rest.header.message_ref(), rest.lease_id)
-                    .await;
-            }
+            // Not sent: back in the inbox with the rest, in one write.
+            let unsent = std::iter::once((message, lease.lease_id))
+                .chain(leased.map(|l| (l.header.message_ref(), l.lease_id)))
+                .collect();
+            broker.return_stream_leases(unsent).await;
             return false;
         }
         held.insert(lease.lease_id, message);

@@ -686,16 +686,4 @@ impl Broker {
             }
         }
     }
-
-    /// Puts a lease that never reached its receiver (the stream closed
-    /// while sending) straight back in the inbox.
-    pub async fn return_unsent(&self, message: &MessageRef, lease_id: u64) {
-        let how = "not sent: stream closed";
-        if let Err(e) = self
-            .end_lease_attempt(message, lease_id, Holder::Node, 0, how)
-            .await
-        {
-            tracing::warn!(%message, error = %e, "could not return an unsent lease");
-        }
-    }
 }

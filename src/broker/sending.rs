@@ -274,7 +274,7 @@ impl Broker {
         })
     }
 
-    /// Checks a structured payload (see `structured`) on the blocking pool:
+    /// Checks a structured payload (`model::rectification`) on the blocking pool:
     /// the feedback check reads the suggestion it answers.
     async fn check_structured(
         &self,
