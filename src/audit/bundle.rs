@@ -7,8 +7,8 @@ use super::{Check, Report, TimelineItem};
 use crate::crypto::{Keyring, PublicKeyEntry};
 use crate::error::{Error, Result};
 use crate::model::{
-    AuditEntry, AuditEvent, EnvelopeHeader, MessageRef, Receipt, SignedCheckpoint, SignedReceipt,
-    sha256,
+    AuditEntry, AuditEvent, BatchProof, EnvelopeHeader, MessageRef, Receipt, SignedCheckpoint,
+    SignedReceipt, sha256,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -60,9 +60,24 @@ pub struct EnvelopePart {
 pub struct ReceiptPart {
     /// Base64 of the encoded receipt, exactly as signed.
     pub receipt: String,
+    /// Base64 of the issuer's signature: over the receipt, or over the
+    /// root of its batch when `batch` is present.
     pub signature: String,
+    /// The receipt's place in a batch its issuer signed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchPart>,
     /// The receipt decoded, for people; must equal what the bytes say.
     pub fields: serde_json::Value,
+}
+
+/// A receipt's Merkle inclusion proof (`ReceiptBatchProof` in
+/// `envelope.proto`), with the path's hashes in hex.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchPart {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    pub audit_path: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +170,11 @@ pub fn build(input: BundleInput<'_>) -> Result<Bundle> {
         receipts.push(ReceiptPart {
             receipt: B64.encode(&r.receipt),
             signature: B64.encode(&r.signature),
+            batch: r.batch.as_ref().map(|b| BatchPart {
+                leaf_index: b.leaf_index,
+                tree_size: b.tree_size,
+                audit_path: b.audit_path.iter().map(hex::encode).collect(),
+            }),
             fields: receipt_fields(&opened),
         });
     }
@@ -605,9 +625,22 @@ fn receipt(
     message: &MessageRef,
     header_sha256: Option<[u8; 32]>,
 ) -> Result<(Receipt, [u8; 32])> {
+    let batch = match &part.batch {
+        None => None,
+        Some(b) => Some(BatchProof {
+            leaf_index: b.leaf_index,
+            tree_size: b.tree_size,
+            audit_path: b
+                .audit_path
+                .iter()
+                .map(|h| digest("receipt batch path hash", h).map(|d| d.to_vec()))
+                .collect::<Result<_>>()?,
+        }),
+    };
     let signed = SignedReceipt {
         receipt: b64("receipt", &part.receipt)?,
         signature: b64("receipt signature", &part.signature)?,
+        batch,
     };
     let r = keyring.verify_receipt(&signed)?;
     if &r.message_ref() != message {

@@ -4,8 +4,8 @@
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::model::{
-    EnvelopeHeader, InboundState, MessageKind, MessageRef, Principal, ReceiptKind, SignedEnvelope,
-    SignedReceipt,
+    EnvelopeHeader, InboundState, MessageKind, MessageRef, Principal, Receipt, ReceiptKind,
+    SignedEnvelope, SignedReceipt,
 };
 use crate::now_ms;
 use crate::store::{Holder, InboundOutcome, InboundRecord, Settled, Store};
@@ -19,7 +19,8 @@ struct Custody {
     /// Its header, for the store's catalogue.
     header: EnvelopeHeader,
     record: InboundRecord,
-    delivered: SignedReceipt,
+    /// The `delivered` receipt to sign once every envelope is checked.
+    delivered: Receipt,
 }
 
 /// A new lease id: random, so that no receiver can guess another's.
@@ -94,6 +95,16 @@ impl Broker {
                     .collect())
             })
             .await?;
+        // The batch's `delivered` receipts share one signature.
+        let unsigned = checked
+            .iter()
+            .filter_map(|(_, c)| c.as_ref().ok().map(|c| c.delivered.clone()))
+            .collect();
+        let mut signed = self.sign_together(unsigned).await.into_iter();
+        let checked: Vec<_> = checked
+            .into_iter()
+            .map(|(id, c)| (id, c.map(|c| (c, signed.next().expect("one per custody")))))
+            .collect();
         let (outcomes, stored) = self
             .store()
             .write(move |s| {
@@ -101,18 +112,18 @@ impl Broker {
                 let outcomes = checked
                     .into_iter()
                     .map(|(id, custody)| {
-                        let outcome = custody.and_then(|c| {
+                        let outcome = custody.and_then(|(c, delivered)| {
                             match s.accept_inbound(
                                 &c.message,
                                 &c.envelope,
                                 &c.header,
                                 &c.record,
-                                &c.delivered,
+                                &delivered,
                                 now,
                             )? {
                                 InboundOutcome::Stored => {
                                     stored += 1;
-                                    Ok(c.delivered)
+                                    Ok(delivered)
                                 }
                                 InboundOutcome::AlreadyHeld(original) => Ok(original),
                             }
@@ -209,7 +220,7 @@ impl Broker {
         })?;
         let message = header.message_ref();
         let header_sha256 = envelope.header_sha256();
-        let delivered = self.issue(&message, ReceiptKind::Delivered, header_sha256, 0, "");
+        let delivered = self.receipt(&message, ReceiptKind::Delivered, header_sha256, 0, "");
         let record = InboundRecord::arrived(header.kind, header_sha256, header.expires_at_ms);
         Ok(Custody {
             message,
@@ -410,7 +421,9 @@ impl Broker {
             }
         };
         let record = self.receivers_record(receiver, message)?;
-        let receipt = self.issue(message, kind, record.header_sha256, record.attempts, reason);
+        let receipt = self
+            .issue_batched(message, kind, record.header_sha256, record.attempts, reason)
+            .await;
         let settled = {
             let (message, receipt) = (message.clone(), receipt.clone());
             let holder = Holder::Principal(receiver.name.clone());

@@ -6,6 +6,7 @@
 mod audit;
 mod custody;
 mod operations;
+mod receipt_signer;
 mod sending;
 mod validate;
 
@@ -23,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::model::{MessageRef, Receipt, ReceiptKind, SignedReceipt};
 use crate::now_ms;
 use crate::store::Store;
+use receipt_signer::ReceiptSigner;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -53,6 +55,9 @@ struct Shared {
     submit_buckets: Mutex<HashMap<String, Bucket>>,
     /// Counters and histograms for `/metrics`.
     metrics: Metrics,
+    /// Signs the receipts issued on the request paths, many under one
+    /// signature when they come together.
+    receipts: ReceiptSigner,
     /// What each peer's forwarder last saw, and pauses. A std Mutex: held
     /// only to read or bump a few figures, never across an `.await`.
     peers: Mutex<BTreeMap<String, PeerStatus>>,
@@ -83,6 +88,9 @@ impl Broker {
             .peers()
             .map(|p| (p.id.clone(), Arc::default()))
             .collect();
+        let receipts = ReceiptSigner::start(Arc::clone(&config.signer)).map_err(|e| {
+            crate::error::Error::Unavailable(format!("cannot start the receipt-signer thread: {e}"))
+        })?;
         let broker = Broker {
             shared: Arc::new(Shared {
                 config,
@@ -93,6 +101,7 @@ impl Broker {
                 permits: Mutex::new(HashMap::new()),
                 submit_buckets: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
+                receipts,
                 peers: Mutex::new(BTreeMap::new()),
             }),
         };
@@ -147,16 +156,16 @@ impl Broker {
         &self.shared.feed_wake
     }
 
-    /// Issues and signs a receipt by this node.
-    fn issue(
+    /// A receipt by this node, not yet signed.
+    fn receipt(
         &self,
         message: &MessageRef,
         kind: ReceiptKind,
         header_sha256: [u8; 32],
         attempt: u32,
         reason: impl Into<String>,
-    ) -> SignedReceipt {
-        let receipt = Receipt {
+    ) -> Receipt {
+        Receipt {
             message_id: message.message_id.clone(),
             sender_node: message.sender_node.clone(),
             kind,
@@ -166,8 +175,41 @@ impl Broker {
             header_sha256,
             signing_key_id: self.signer().key_id().to_string(),
             attempt,
-        };
+        }
+    }
+
+    /// Issues and signs a receipt by this node, alone: for the store's
+    /// writer thread and other paths that cannot wait for a batch.
+    fn issue(
+        &self,
+        message: &MessageRef,
+        kind: ReceiptKind,
+        header_sha256: [u8; 32],
+        attempt: u32,
+        reason: impl Into<String>,
+    ) -> SignedReceipt {
+        let receipt = self.receipt(message, kind, header_sha256, attempt, reason);
         self.signer().sign_receipt(&receipt)
+    }
+
+    /// Signs receipts by this node together with the others issued at the
+    /// same time (one signature over their Merkle root).
+    async fn sign_together(&self, receipts: Vec<Receipt>) -> Vec<SignedReceipt> {
+        self.shared.receipts.sign(receipts).await
+    }
+
+    /// [`Broker::issue`] through the batch signer.
+    async fn issue_batched(
+        &self,
+        message: &MessageRef,
+        kind: ReceiptKind,
+        header_sha256: [u8; 32],
+        attempt: u32,
+        reason: impl Into<String>,
+    ) -> SignedReceipt {
+        let receipt = self.receipt(message, kind, header_sha256, attempt, reason);
+        let mut signed = self.sign_together(vec![receipt]).await;
+        signed.pop().expect("one receipt signed")
     }
 
     fn lock_permits(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OwnedSemaphorePermit>> {

@@ -190,7 +190,9 @@ impl Broker {
         let request_digest = input.digest(principal, &header.content_type);
         let envelope = self.signer().seal(&header, input.payload);
         let header_sha256 = envelope.header_sha256();
-        let accepted = self.issue(&message, ReceiptKind::Accepted, header_sha256, 0, "");
+        let accepted = self
+            .issue_batched(&message, ReceiptKind::Accepted, header_sha256, 0, "")
+            .await;
         let record = SentRecord {
             state: SentState::Accepted,
             recipient: recipient.id.clone(),

@@ -5,6 +5,7 @@
 //! this module's signing half.
 
 pub mod certs;
+pub mod merkle;
 pub mod signing;
 pub mod tls;
 

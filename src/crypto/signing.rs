@@ -1,19 +1,23 @@
 //! Ed25519 signatures over the exact bytes that travel, with one
 //! domain-separation prefix per object type. Verification never re-encodes.
 
+use super::merkle;
 use crate::error::{Error, Result};
 use crate::model::{
-    Checkpoint, EnvelopeHeader, Receipt, SignedCheckpoint, SignedEnvelope, SignedReceipt,
+    BatchProof, Checkpoint, EnvelopeHeader, Receipt, SignedCheckpoint, SignedEnvelope,
+    SignedReceipt,
 };
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Prefix of every envelope-header signature input.
 pub const ENVELOPE_DOMAIN: &[u8] = b"cluebridge/v1/envelope-header\n";
 /// Prefix of every receipt signature input.
 pub const RECEIPT_DOMAIN: &[u8] = b"cluebridge/v1/receipt\n";
+/// Prefix of every receipt-batch signature input (tree size and root).
+pub const RECEIPT_BATCH_DOMAIN: &[u8] = b"cluebridge/v1/receipt-batch\n";
 /// Prefix of every audit checkpoint signature input.
 pub const CHECKPOINT_DOMAIN: &[u8] = b"cluebridge/v1/checkpoint\n";
 
@@ -22,6 +26,39 @@ fn signing_input(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
     input.extend_from_slice(domain);
     input.extend_from_slice(bytes);
     input
+}
+
+/// What a batch's signature covers: its size and Merkle root.
+fn batch_input(tree_size: u64, root: &[u8; 32]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(RECEIPT_BATCH_DOMAIN.len() + 8 + 32);
+    input.extend_from_slice(RECEIPT_BATCH_DOMAIN);
+    input.extend_from_slice(&tree_size.to_be_bytes());
+    input.extend_from_slice(root);
+    input
+}
+
+/// The bytes a receipt's signature covers: the receipt itself, or the
+/// root its batch proof leads to.
+fn receipt_input(signed: &SignedReceipt) -> Result<Vec<u8>> {
+    let Some(proof) = &signed.batch else {
+        return Ok(signing_input(RECEIPT_DOMAIN, &signed.receipt));
+    };
+    let path = proof
+        .audit_path
+        .iter()
+        .map(|h| {
+            <[u8; 32]>::try_from(h.as_slice()).map_err(|_| {
+                Error::invalid(format!(
+                    "receipt batch proof has a {}-byte hash; each is 32",
+                    h.len()
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let leaf = merkle::leaf_hash(&signed.receipt);
+    let root = merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path)
+        .map_err(|e| Error::invalid(format!("receipt batch proof: {e}")))?;
+    Ok(batch_input(proof.tree_size, &root))
 }
 
 /// A node's private signing key with its id in the trust list.
@@ -111,10 +148,42 @@ impl NodeSigner {
         debug_assert_eq!(receipt.issuer_node, self.node_id);
         let bytes = receipt.encode();
         let signature = self.key.sign(&signing_input(RECEIPT_DOMAIN, &bytes));
-        SignedReceipt {
-            receipt: bytes,
-            signature: signature.to_bytes().to_vec(),
+        SignedReceipt::single(bytes, signature.to_bytes().to_vec())
+    }
+
+    /// Encodes and signs receipts issued by this node together: one
+    /// signature over the root of their Merkle tree, each receipt with
+    /// its audit path. One receipt is signed alone.
+    pub fn sign_receipts(&self, receipts: &[Receipt]) -> Vec<SignedReceipt> {
+        if receipts.len() < 2 {
+            return receipts.iter().map(|r| self.sign_receipt(r)).collect();
         }
+        let encoded: Vec<Vec<u8>> = receipts
+            .iter()
+            .map(|r| {
+                debug_assert_eq!(r.issuer_node, self.node_id);
+                r.encode()
+            })
+            .collect();
+        let tree = merkle::Tree::new(encoded.iter().map(|b| merkle::leaf_hash(b)).collect());
+        let signature = self
+            .key
+            .sign(&batch_input(tree.size(), &tree.root()))
+            .to_bytes()
+            .to_vec();
+        encoded
+            .into_iter()
+            .enumerate()
+            .map(|(i, receipt)| SignedReceipt {
+                receipt,
+                signature: signature.clone(),
+                batch: Some(BatchProof {
+                    leaf_index: i as u64,
+                    tree_size: tree.size(),
+                    audit_path: tree.audit_path(i).iter().map(|h| h.to_vec()).collect(),
+                }),
+            })
+            .collect()
     }
 
     /// Encodes and signs a checkpoint of this node's audit chain.
@@ -374,8 +443,31 @@ impl Keyring {
         Ok(h)
     }
 
-    /// Checks the issuer's signature over the receipt bytes as they are.
+    /// Checks the issuer's signature over the receipt bytes as they are,
+    /// or over the root its batch proof leads to.
     pub fn verify_receipt(&self, receipt: &SignedReceipt) -> Result<Receipt> {
+        self.verify_receipt_once(receipt, &mut HashSet::new())
+    }
+
+    /// [`Keyring::verify_receipt`] for a batch: each receipt gets the
+    /// outcome it would get alone, and a batch root that several of them
+    /// share is checked once.
+    pub fn verify_receipts(&self, receipts: &[SignedReceipt]) -> Vec<Result<Receipt>> {
+        let mut roots = HashSet::new();
+        receipts
+            .iter()
+            .map(|r| self.verify_receipt_once(r, &mut roots))
+            .collect()
+    }
+
+    /// Verifies `receipt`, skipping the curve arithmetic for a batch root
+    /// already in `roots` (the key, the signed root and the signature,
+    /// which `verify_strict` passed); adds the roots it checks.
+    fn verify_receipt_once(
+        &self,
+        receipt: &SignedReceipt,
+        roots: &mut HashSet<Vec<u8>>,
+    ) -> Result<Receipt> {
         let r = Receipt::decode(&receipt.receipt)?;
         let signed = Signed {
             node_id: &r.issuer_node,
@@ -384,26 +476,18 @@ impl Keyring {
             bytes: &receipt.receipt,
             signature: &receipt.signature,
         };
-        self.check("receipt", signed, RECEIPT_DOMAIN)?;
+        let input = receipt_input(receipt)?;
+        let (key, signature) = self.prepare("receipt", &signed)?;
+        if receipt.batch.is_none() {
+            strict("receipt", &signed, key, &input, &signature)?;
+            return Ok(r);
+        }
+        let memo = [key.as_bytes().as_slice(), &signature.to_bytes(), &input].concat();
+        if !roots.contains(&memo) {
+            strict("receipt batch", &signed, key, &input, &signature)?;
+            roots.insert(memo);
+        }
         Ok(r)
-    }
-
-    /// [`Keyring::verify_receipt`] for a batch: each receipt gets the
-    /// outcome it would get alone.
-    pub fn verify_receipts(&self, receipts: &[SignedReceipt]) -> Vec<Result<Receipt>> {
-        self.verify_decoded(
-            "receipt",
-            RECEIPT_DOMAIN,
-            receipts,
-            |s| Receipt::decode(&s.receipt),
-            |s, r| Signed {
-                node_id: &r.issuer_node,
-                key_id: &r.signing_key_id,
-                at_ms: r.issued_at_ms,
-                bytes: &s.receipt,
-                signature: &s.signature,
-            },
-        )
     }
 
     /// Checks the node's signature over the checkpoint bytes as they are.

@@ -14,7 +14,7 @@ pub use audit::{
 };
 pub use envelope::{EnvelopeHeader, SignedEnvelope};
 pub use policy::{Route, RoutePolicy};
-pub use receipt::{Receipt, ReceiptKind, SignedReceipt};
+pub use receipt::{BatchProof, Receipt, ReceiptKind, SignedReceipt};
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};

@@ -123,14 +123,37 @@ impl Receipt {
     }
 }
 
-/// Receipt bytes as signed, with the issuer's signature.
+/// Receipt bytes as signed, with the issuer's signature: over the bytes
+/// alone, or over the root of a batch the receipt belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedReceipt {
     pub receipt: Vec<u8>,
     pub signature: Vec<u8>,
+    pub batch: Option<BatchProof>,
+}
+
+/// A receipt's place in the Merkle tree of a batch its issuer signed at
+/// once (`ReceiptBatchProof` in `envelope.proto`; checked by
+/// [`Keyring::verify_receipt`](crate::crypto::Keyring::verify_receipt)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchProof {
+    pub leaf_index: u64,
+    pub tree_size: u64,
+    /// Sibling hashes from the leaf up; each should be 32 bytes, which
+    /// verification checks.
+    pub audit_path: Vec<Vec<u8>>,
 }
 
 impl SignedReceipt {
+    /// A receipt signed alone.
+    pub fn single(receipt: Vec<u8>, signature: Vec<u8>) -> Self {
+        SignedReceipt {
+            receipt,
+            signature,
+            batch: None,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         self.to_wire().encode_to_vec()
     }
@@ -145,6 +168,11 @@ impl SignedReceipt {
         pb::SignedReceipt {
             receipt: self.receipt.clone(),
             signature: self.signature.clone(),
+            batch: self.batch.as_ref().map(|b| pb::ReceiptBatchProof {
+                leaf_index: b.leaf_index,
+                tree_size: b.tree_size,
+                audit_path: b.audit_path.clone(),
+            }),
         }
     }
 
@@ -152,6 +180,11 @@ impl SignedReceipt {
         SignedReceipt {
             receipt: r.receipt,
             signature: r.signature,
+            batch: r.batch.map(|b| BatchProof {
+                leaf_index: b.leaf_index,
+                tree_size: b.tree_size,
+                audit_path: b.audit_path,
+            }),
         }
     }
 

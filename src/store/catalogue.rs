@@ -235,10 +235,7 @@ mod tests {
             signing_key_id: "discipline-k1".into(),
             attempt: 0,
         };
-        SignedReceipt {
-            receipt: r.encode(),
-            signature: vec![9; 64],
-        }
+        SignedReceipt::single(r.encode(), vec![9; 64])
     }
 
     async fn send(store: &Store, h: EnvelopeHeader) -> Result<SubmitOutcome> {

@@ -90,10 +90,7 @@ fn submit_of(i: usize) -> Submit {
             audit_seqs: Vec::new(),
             conflict_recorded: false,
         },
-        accepted: SignedReceipt {
-            receipt: receipt.encode(),
-            signature: vec![9; 64],
-        },
+        accepted: SignedReceipt::single(receipt.encode(), vec![9; 64]),
     }
 }
 

@@ -19,7 +19,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 /// Checkpoints come quickly, so peers witness them within a test.
-fn audited(node: &mut NodeFile) {
+pub fn audited(node: &mut NodeFile) {
     node.audit.checkpoint_every_entries = 2;
     node.audit.checkpoint_interval_secs = 1;
     // Public security lets auditors take payloads in bundles; discipline

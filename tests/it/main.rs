@@ -4,6 +4,7 @@
 mod archive;
 mod audit;
 mod bad_input;
+mod batch_receipts;
 mod bench_cmd;
 mod cli_ops;
 mod config_files;

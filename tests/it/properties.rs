@@ -3,10 +3,13 @@
 //! the header, payload or signature makes verification fail; decoding
 //! arbitrary bytes never panics; checking a batch gives each item the
 //! outcome it gets alone; a signature whose R carries a small-order
-//! component is refused alone and in any batch.
+//! component is refused alone and in any batch. Receipts signed as a
+//! batch (one signature over a Merkle root) verify each on its own, and
+//! any change to a receipt, its proof or the root breaks it.
 
 use crate::forge::{passes_cofactored, seed_of, torsion_signature};
-use cluebridge::crypto::signing::{ENVELOPE_DOMAIN, RECEIPT_DOMAIN};
+use cluebridge::crypto::merkle;
+use cluebridge::crypto::signing::{ENVELOPE_DOMAIN, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN};
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use cluebridge::model::{
@@ -110,6 +113,20 @@ fn signer_and_keyring() -> (NodeSigner, Keyring) {
     (signer, keyring)
 }
 
+/// The bytes a batch receipt's signature covers, rebuilt from its proof.
+fn batch_input(signed: &SignedReceipt) -> Vec<u8> {
+    let proof = signed.batch.as_ref().expect("a batch proof");
+    let path: Vec<[u8; 32]> = proof
+        .audit_path
+        .iter()
+        .map(|h| h.as_slice().try_into().expect("32 bytes"))
+        .collect();
+    let leaf = merkle::leaf_hash(&signed.receipt);
+    let root =
+        merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path).expect("a root");
+    [RECEIPT_BATCH_DOMAIN, &proof.tree_size.to_be_bytes(), &root].concat()
+}
+
 fn flip(bytes: &mut [u8], bit: usize) {
     let bit = bit % (bytes.len() * 8);
     bytes[bit / 8] ^= 1 << (bit % 8);
@@ -211,6 +228,90 @@ proptest! {
                 prop_assert!(r.is_ok(), "honest receipt {i} refused: {r:?}");
                 prop_assert!(e.is_ok(), "honest envelope {i} refused: {e:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_batch_of_receipts_verifies_and_any_flipped_bit_breaks_it(
+        receipts in proptest::collection::vec(receipt(), 2..24),
+        pick: prop::sample::Index,
+        part in 0usize..6,
+        bit in any::<usize>(),
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let signed = signer.sign_receipts(&receipts);
+        for (s, r) in signed.iter().zip(&receipts) {
+            prop_assert_eq!(&keyring.verify_receipt(s).expect("verifies alone"), r);
+            prop_assert_eq!(s.batch.as_ref().map(|b| b.tree_size), Some(receipts.len() as u64));
+        }
+        let i = pick.index(signed.len());
+        let mut broken = signed.clone();
+        let b = &mut broken[i];
+        let input = batch_input(b);
+        let proof = b.batch.as_mut().expect("proof");
+        match part {
+            0 => flip(&mut b.receipt, bit),
+            1 => flip(&mut b.signature, bit),
+            2 => {
+                let k = bit % proof.audit_path.len();
+                flip(&mut proof.audit_path[k], bit);
+            }
+            3 => proof.leaf_index ^= 1 << (bit % 64),
+            4 => proof.tree_size ^= 1 << (bit % 64),
+            _ => {
+                // A signature, by the same key, over a root one bit away.
+                let mut other = input.clone();
+                let at = RECEIPT_BATCH_DOMAIN.len() + 8 + (bit % 256) / 8;
+                other[at] ^= 1 << (bit % 8);
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&signer.to_text()));
+                b.signature = ed25519_dalek::Signer::sign(&key, &other).to_bytes().to_vec();
+            }
+        }
+        prop_assert!(keyring.verify_receipt(&broken[i]).is_err());
+        // Checked together, each keeps the outcome it gets alone: the
+        // broken one shares no verdict with its batch's good root.
+        let alone: Vec<_> = broken.iter().map(|s| keyring.verify_receipt(s).map_err(|e| e.to_string())).collect();
+        let together: Vec<_> = keyring.verify_receipts(&broken).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        prop_assert_eq!(together, alone);
+    }
+
+    #[test]
+    fn a_proof_from_one_batch_never_verifies_in_another(
+        a in proptest::collection::vec(receipt(), 2..12),
+        b in proptest::collection::vec(receipt(), 2..12),
+        pick: prop::sample::Index,
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let (sa, sb) = (signer.sign_receipts(&a), signer.sign_receipts(&b));
+        let i = pick.index(a.len().min(b.len()));
+        prop_assume!(sa[i].receipt != sb[i].receipt);
+        // A's receipt with B's proof and signature.
+        let borrowed = SignedReceipt { receipt: sa[i].receipt.clone(), ..sb[i].clone() };
+        prop_assert!(keyring.verify_receipt(&borrowed).is_err());
+        // A's receipt and proof with B's signature.
+        let resigned = SignedReceipt { signature: sb[i].signature.clone(), ..sa[i].clone() };
+        prop_assert!(keyring.verify_receipt(&resigned).is_err());
+        // Verified together, B's good root does not vouch for either.
+        let together = keyring.verify_receipts(&[sb[i].clone(), borrowed, resigned]);
+        prop_assert!(together[0].is_ok() && together[1].is_err() && together[2].is_err());
+    }
+
+    #[test]
+    fn torsion_in_a_batch_root_signature_is_refused(
+        receipts in proptest::collection::vec(receipt(), 2..12),
+        torsion in 1usize..8,
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let seed = seed_of(&signer.to_text());
+        let mut signed = signer.sign_receipts(&receipts);
+        let input = batch_input(&signed[0]);
+        let forged = torsion_signature(&signer, &seed, &input, torsion);
+        prop_assert!(passes_cofactored(&signer.verifying_key().to_bytes(), &input, &forged));
+        for s in &mut signed {
+            s.signature = forged.clone();
+        }
+        for r in keyring.verify_receipts(&signed) {
+            prop_assert!(r.is_err_and(|e| e.to_string().contains("does not verify")));
         }
     }
 
