@@ -111,6 +111,13 @@ pub struct RouteFile {
     /// may only set an earlier one (1 to 3650).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_within_days: Option<u32>,
+    /// Whether messages on this route expect feedback (a follow-up is
+    /// kept for each, and feedback to a message that expects none is
+    /// refused). Defaults to true when `reply_within_days` is set, else
+    /// false; a message submitted with a `reply_by_ms` expects feedback
+    /// whatever the route says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expects_feedback: Option<bool>,
 }
 
 /// A node file (`config/<agency>.toml`) as written.
@@ -556,6 +563,7 @@ impl Federation {
             .map_err(|e| err(path, format!("node: {e}")))?;
         let mut routes = Vec::new();
         let mut windows = Vec::new();
+        let mut feedback = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let at = format!("route[{i}]");
             let from: AgencyKind = r
@@ -570,6 +578,9 @@ impl Federation {
                     .parse()
                     .map_err(|e| err(path, format!("{at}.kinds: {e}")))?;
                 routes.push(Route { from, to, kind });
+                if let Some(expected) = r.expects_feedback {
+                    feedback.push((Route { from, to, kind }, expected, at.clone()));
+                }
                 match r.reply_within_days {
                     None => {}
                     Some(days @ 1..=3650) => {
@@ -589,6 +600,11 @@ impl Federation {
             policy
                 .set_reply_window(route, window_ms)
                 .map_err(|e| err(path, format!("route: {e}")))?;
+        }
+        for (route, expected, at) in feedback {
+            policy
+                .set_expects_feedback(route, expected)
+                .map_err(|e| err(path, format!("{at}.expects_feedback: {e}")))?;
         }
         Ok(Federation {
             name: file.name,

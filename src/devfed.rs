@@ -30,6 +30,7 @@ pub fn dev_routes() -> Vec<RouteFile> {
         to: to.into(),
         kinds: kinds.iter().map(|k| k.to_string()).collect(),
         reply_within_days: None,
+        expects_feedback: None,
     };
     vec![
         r("discipline", "public_security", &["clue_transfer"]),

@@ -215,6 +215,13 @@ impl pb::broker_server::Broker for BrokerService {
         }))
     }
 
+    async fn list_follow_ups(
+        &self,
+        request: Request<pb::ListFollowUpsRequest>,
+    ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
+        super::followups::list(&self.broker, request).await
+    }
+
     type WatchReceiptsStream = BoxStream<pb::ReceiptEvent>;
 
     async fn watch_receipts(

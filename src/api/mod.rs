@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 mod broker;
+pub mod followups;
 mod gate;
 mod health;
 mod oversize;

@@ -3,24 +3,26 @@
 
 use super::Broker;
 use crate::error::{Error, Result};
+use crate::model::followup::Side;
 use crate::model::{
     EnvelopeHeader, InboundState, MessageKind, MessageRef, Principal, Receipt, ReceiptKind,
     SignedEnvelope, SignedReceipt,
 };
 use crate::now_ms;
-use crate::store::{Holder, InboundOutcome, InboundRecord, Settled, Store};
+use crate::store::{FollowUpChange, Holder, InboundOutcome, InboundRecord, Settled, Store};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 /// An envelope that passed every check, ready to be stored.
 struct Custody {
-    message: MessageRef,
     envelope: Vec<u8>,
     /// Its header, for the store's catalogue.
     header: EnvelopeHeader,
     record: InboundRecord,
     /// The `delivered` receipt to sign once every envelope is checked.
     delivered: Receipt,
+    /// The follow-up it starts (it expects feedback) or answers (it is one).
+    follow: FollowUpChange,
 }
 
 /// A new lease id: random, so that no receiver can guess another's.
@@ -114,12 +116,12 @@ impl Broker {
                     .map(|(id, custody)| {
                         let outcome = custody.and_then(|(c, delivered)| {
                             match s.accept_inbound(
-                                &c.message,
                                 &c.envelope,
                                 &c.header,
                                 &c.record,
                                 &delivered,
                                 now,
+                                &c.follow,
                             )? {
                                 InboundOutcome::Stored => {
                                     stored += 1;
@@ -218,16 +220,26 @@ impl Broker {
                 message_id: header.correlation_id.clone(),
             })
         })?;
+        if header.kind == MessageKind::Feedback {
+            self.check_answerable(&header)?;
+        }
+        let follow = self.follow_up_change(
+            Side::Owed,
+            &header,
+            &envelope.payload,
+            (sender.kind, config.kind),
+            now,
+        );
         let message = header.message_ref();
         let header_sha256 = envelope.header_sha256();
         let delivered = self.receipt(&message, ReceiptKind::Delivered, header_sha256, 0, "");
         let record = InboundRecord::arrived(header.kind, header_sha256, header.expires_at_ms);
         Ok(Custody {
-            message,
             envelope: envelope.encode(),
             header,
             record,
             delivered,
+            follow,
         })
     }
 

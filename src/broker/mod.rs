@@ -5,6 +5,7 @@
 
 mod audit;
 mod custody;
+mod followups;
 mod operations;
 mod receipt_signer;
 mod sending;

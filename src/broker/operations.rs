@@ -5,6 +5,7 @@
 use super::Broker;
 use crate::error::{Error, Result};
 use crate::metrics::Exposition;
+use crate::model::followup::Side as FollowUpSide;
 use crate::model::{
     EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SignedEnvelope, validate_id,
 };
@@ -562,6 +563,31 @@ impl Broker {
             &m.expired,
             &["custody", "sent"],
         );
+
+        // Overdue follow-ups: the index walk sees only the overdue ones.
+        if let Ok(counts) = self.store().overdue_counts() {
+            let per_peer = |side: FollowUpSide| -> Vec<(&str, f64)> {
+                peer_refs
+                    .iter()
+                    .map(|p| {
+                        let n = counts.get(&(side, p.to_string())).copied().unwrap_or(0);
+                        (*p, n as f64)
+                    })
+                    .collect()
+            };
+            e.labeled_gauge(
+                "cluebridge_followups_overdue",
+                "Messages this node sent whose reply-by deadline passed with no final feedback, by recipient node.",
+                "peer",
+                &per_peer(FollowUpSide::Awaiting),
+            );
+            e.labeled_gauge(
+                "cluebridge_feedback_owed_overdue",
+                "Messages this node received and owes feedback on, past their reply-by deadline, by sender node.",
+                "peer",
+                &per_peer(FollowUpSide::Owed),
+            );
+        }
 
         // From the store's counters: a scrape costs the same at any backlog.
         match self.queues() {

@@ -3,6 +3,7 @@
 
 use super::Broker;
 use crate::error::{Error, Result};
+use crate::model::followup::Side;
 use crate::model::{
     EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope, SignedReceipt,
     sha256, validate_id,
@@ -186,6 +187,17 @@ impl Broker {
         };
         super::validate::check_header(config, &header)?;
         let header = self.check_structured(header, &input.payload).await?;
+        if kind == MessageKind::Feedback {
+            let feedback = header.clone();
+            self.read(move |b| b.check_answerable(&feedback)).await?;
+        }
+        let follow = self.follow_up_change(
+            Side::Awaiting,
+            &header,
+            &input.payload,
+            (config.kind, recipient.kind),
+            now,
+        );
         let message = header.message_ref();
         let request_digest = input.digest(principal, &header.content_type);
         let envelope = self.signer().seal(&header, input.payload);
@@ -211,7 +223,7 @@ impl Broker {
             let (message, envelope, accepted) =
                 (message.clone(), envelope.encode(), accepted.clone());
             self.store()
-                .write(move |s| s.submit(&message, &envelope, &header, &record, &accepted))
+                .write(move |s| s.submit(&message, &envelope, &header, &record, &accepted, &follow))
                 .await?
         };
         match outcome {

@@ -7,6 +7,7 @@ mod bench_cpu;
 mod bench_receiver;
 mod client_cmds;
 mod console;
+mod followups;
 mod gen_certs;
 pub(crate) mod ops;
 mod render;
@@ -59,6 +60,9 @@ pub enum Command {
     Status(client_cmds::StatusArgs),
     /// Follow the receipts of this agency's sent messages as they arrive.
     Watch(client_cmds::WatchArgs),
+    /// Follow-ups: messages that expect feedback, which this agency awaits
+    /// (sent) or owes (received), overdue first.
+    Followups(followups::FollowUpsArgs),
     /// Measure durable submit throughput and end-to-end latency.
     Bench(bench::BenchArgs),
     /// Operators: every queue of a node (outboxes, inbox, dead letters).
@@ -123,6 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receive(a) => client_cmds::receive(a).await,
         Command::Status(a) => client_cmds::status(a).await,
         Command::Watch(a) => client_cmds::watch(a).await,
+        Command::Followups(a) => followups::run(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Queues(a) => ops::queues(a).await,
         Command::Peers(a) => ops::peers(a).await,

@@ -1,5 +1,6 @@
 //! Ends lapsed leases (redelivery or dead letter), expires messages
-//! whose time to live passed, and trims the receipt feed to its retention.
+//! whose time to live passed, marks follow-ups whose reply-by deadline
+//! passed overdue, and trims the receipt feed to its retention.
 
 use super::failures::{Failures, LATCHED_WAIT};
 use crate::broker::Broker;
@@ -21,13 +22,14 @@ pub(super) async fn run(broker: Broker, stop: CancellationToken) {
         // Each sweep is one writer command: durable when it returns.
         let leases = broker.sweep_lapsed_leases().await;
         let expired = broker.sweep_expired().await;
+        let overdue = broker.sweep_overdue().await;
         let pruned = if tokio::time::Instant::now() >= next_prune {
             next_prune = tokio::time::Instant::now() + retention.min(MAX_FEED_PRUNE);
             broker.prune_feed().await
         } else {
             Ok(0)
         };
-        let busy = match leases.and_then(|n| Ok(n + expired? + pruned?)) {
+        let busy = match leases.and_then(|n| Ok(n + expired? + overdue? + pruned?)) {
             Ok(n) => {
                 failures.succeeded();
                 n > 0

@@ -53,10 +53,16 @@ pub enum AuditEvent {
     Expired,
     /// Recipient: an operator gave a dead letter up for good, with a reason.
     Discarded,
+    /// Either side: a feedback answered a message that expects one (the
+    /// state is the follow-up's: still open after an interim feedback,
+    /// `answered` or `answered_late` after a final one).
+    FeedbackRecorded,
+    /// Either side: the reply-by deadline passed with no final feedback.
+    Overdue,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 13] = [
+    pub const ALL: [AuditEvent; 15] = [
         AuditEvent::Accepted,
         AuditEvent::ReceiptReceived,
         AuditEvent::Delivered,
@@ -70,6 +76,8 @@ impl AuditEvent {
         AuditEvent::Requeued,
         AuditEvent::Expired,
         AuditEvent::Discarded,
+        AuditEvent::FeedbackRecorded,
+        AuditEvent::Overdue,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -87,6 +95,8 @@ impl AuditEvent {
             AuditEvent::Requeued => "requeued",
             AuditEvent::Expired => "expired",
             AuditEvent::Discarded => "discarded",
+            AuditEvent::FeedbackRecorded => "feedback_recorded",
+            AuditEvent::Overdue => "overdue",
         }
     }
 

@@ -4,6 +4,7 @@
 
 mod audit;
 mod envelope;
+pub mod followup;
 mod policy;
 mod receipt;
 pub mod rectification;
@@ -391,7 +392,7 @@ impl InboundState {
 
 /// A message's identity in the federation: the sender node and the
 /// sender-chosen message id.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MessageRef {
     pub sender_node: String,
     pub message_id: String,

@@ -25,6 +25,8 @@ pub struct RoutePolicy {
     /// be answered within this long of its creation (`reply_by_ms` is set
     /// to that when the submitter gives none, and may only be earlier).
     reply_windows: BTreeMap<Route, u64>,
+    /// Routes whose messages expect feedback (a reply window implies it).
+    feedback_expected: BTreeSet<Route>,
 }
 
 impl RoutePolicy {
@@ -42,19 +44,47 @@ impl RoutePolicy {
         Ok(RoutePolicy {
             routes: set,
             reply_windows: BTreeMap::new(),
+            feedback_expected: BTreeSet::new(),
         })
     }
 
-    /// Gives a listed route a reply window.
+    /// Gives a listed route a reply window (its messages expect feedback).
     pub fn set_reply_window(&mut self, route: Route, window_ms: u64) -> Result<()> {
-        if !self.routes.contains(&route) {
+        self.listed(route, "a reply window")?;
+        self.reply_windows.insert(route, window_ms);
+        self.feedback_expected.insert(route);
+        Ok(())
+    }
+
+    /// Says whether messages on a listed route expect feedback.
+    pub fn set_expects_feedback(&mut self, route: Route, expected: bool) -> Result<()> {
+        self.listed(route, "expects_feedback")?;
+        if expected {
+            self.feedback_expected.insert(route);
+        } else if self.reply_windows.contains_key(&route) {
             return Err(Error::invalid(format!(
-                "a reply window for {} from {} to {}, which is not a route",
+                "{} from {} to {} has a reply window, so it expects feedback",
                 route.kind, route.from, route.to
             )));
         }
-        self.reply_windows.insert(route, window_ms);
         Ok(())
+    }
+
+    fn listed(&self, route: Route, what: &str) -> Result<()> {
+        if self.routes.contains(&route) {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!(
+                "{what} for {} from {} to {}, which is not a route",
+                route.kind, route.from, route.to
+            )))
+        }
+    }
+
+    /// Whether messages of `kind` from `from` to `to` expect feedback by
+    /// the policy (a message with a reply-by deadline expects it anyway).
+    pub fn expects_feedback(&self, from: AgencyKind, kind: MessageKind, to: AgencyKind) -> bool {
+        self.feedback_expected.contains(&Route { from, to, kind })
     }
 
     /// The reply window of a route (ms), if it has one.

@@ -58,6 +58,52 @@ pub fn check(
     }
 }
 
+/// Whether structured feedback is final, with its outcomes item by item;
+/// `None` for other content (free-form feedback). Call after [`check`].
+pub fn feedback_outcomes(
+    header: &EnvelopeHeader,
+    payload: &[u8],
+) -> Option<(bool, Vec<super::followup::ItemOutcome>)> {
+    if header.content_type != FEEDBACK_TYPE {
+        return None;
+    }
+    let f = pb::RectificationFeedback::decode(payload).ok()?;
+    let outcomes = f
+        .outcomes
+        .into_iter()
+        .map(|o| super::followup::ItemOutcome {
+            item: o.item,
+            outcome: outcome_name(o.outcome).to_string(),
+            reason: o.reason,
+            expected_by_ms: o.expected_by_ms,
+        })
+        .collect();
+    Some((f.r#final, outcomes))
+}
+
+const OUTCOMES: [(pb::Outcome, &str); 4] = [
+    (pb::Outcome::Corrected, "corrected"),
+    (pb::Outcome::PartlyCorrected, "partly_corrected"),
+    (pb::Outcome::NotCorrected, "not_corrected"),
+    (pb::Outcome::InProgress, "in_progress"),
+];
+
+/// The schema's name of an outcome, in lower case.
+pub fn outcome_name(outcome: i32) -> &'static str {
+    OUTCOMES
+        .iter()
+        .find(|(o, _)| *o as i32 == outcome)
+        .map_or("unspecified", |(_, name)| name)
+}
+
+/// The wire number of an outcome named by [`outcome_name`] (0 if none).
+pub fn outcome_number(name: &str) -> i32 {
+    OUTCOMES
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or(0, |(o, _)| *o as i32)
+}
+
 fn expect_kind(header: &EnvelopeHeader, kind: MessageKind) -> Result<()> {
     if header.kind != kind {
         return Err(Error::invalid(format!(

@@ -253,7 +253,16 @@ mod tests {
         };
         let accepted = receipt(&h, ReceiptKind::Accepted);
         store
-            .write(move |s| s.submit(&h.message_ref(), &envelope_of(&h), &h, &record, &accepted))
+            .write(move |s| {
+                s.submit(
+                    &h.message_ref(),
+                    &envelope_of(&h),
+                    &h,
+                    &record,
+                    &accepted,
+                    &Default::default(),
+                )
+            })
             .await
     }
 
@@ -263,12 +272,12 @@ mod tests {
         store
             .write(move |s| {
                 s.accept_inbound(
-                    &h.message_ref(),
                     &envelope_of(&h),
                     &h,
                     &record,
                     &delivered,
                     0,
+                    &Default::default(),
                 )
             })
             .await

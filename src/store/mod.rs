@@ -58,6 +58,7 @@ mod durable;
 mod evidence;
 mod expiry;
 mod feed;
+mod followups;
 pub mod fs;
 mod index;
 mod indexer;
@@ -84,6 +85,7 @@ pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
 pub use counters::OutboxDepth;
 pub use feed::CursorCheck;
+pub use followups::{FollowUpChange, FollowUpFilter};
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;
 
@@ -178,7 +180,9 @@ const EQUIVOCATIONS: usize = 17;
 const META: usize = 18;
 const CATALOGUE_BY_TIME: usize = 19;
 const CATALOGUE_BY_CASE: usize = 20;
-const TREE_NAMES: [&str; 21] = [
+const FOLLOWUPS: usize = 21;
+const FOLLOWUP_INDEX: usize = 22;
+const TREE_NAMES: [&str; 23] = [
     "envelopes",
     "sent",
     "inbound",
@@ -200,6 +204,8 @@ const TREE_NAMES: [&str; 21] = [
     "meta",
     "catalogue_by_time",
     "catalogue_by_case",
+    "followups",
+    "followup_index",
 ];
 
 fn abort<T>(e: Error) -> TxResult<T> {

@@ -102,6 +102,7 @@ impl Submit {
             &self.header,
             &self.record,
             &self.accepted,
+            &Default::default(),
         )
     }
 

@@ -40,13 +40,14 @@ impl Store {
     /// receipt; another envelope under the same id → `AlreadyExists`.
     pub fn accept_inbound(
         &self,
-        message: &MessageRef,
         envelope: &[u8],
         header: &EnvelopeHeader,
         record: &InboundRecord,
         delivered: &SignedReceipt,
         ready_at_ms: u64,
+        follow: &FollowUpChange,
     ) -> Result<InboundOutcome> {
+        let message = &header.message_ref();
         let key = keys::message(message);
         let inbox_key = keys::pair(ready_at_ms, self.next_seq()?);
         let receipt_digest = sha256(&delivered.receipt);
@@ -78,6 +79,7 @@ impl Store {
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
+            self.apply_follow_up(t, follow)?;
             Ok(None)
         })?;
         match held {

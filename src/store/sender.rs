@@ -42,6 +42,7 @@ impl Store {
         header: &EnvelopeHeader,
         record: &SentRecord,
         accepted: &SignedReceipt,
+        follow: &FollowUpChange,
     ) -> Result<SubmitOutcome> {
         let key = keys::message(message);
         if let Some(existing) = self.sent(message)? {
@@ -78,6 +79,7 @@ impl Store {
             t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
             catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
+            self.apply_follow_up(t, follow)?;
             Ok(true)
         })?;
         if outcome {

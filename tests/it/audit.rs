@@ -1145,7 +1145,16 @@ async fn concurrent_appends_form_one_gapless_chain() {
                         b"x",
                     );
                     store
-                        .write(move |s| s.submit(&message, b"envelope", &header, &record, &receipt))
+                        .write(move |s| {
+                            s.submit(
+                                &message,
+                                b"envelope",
+                                &header,
+                                &record,
+                                &receipt,
+                                &Default::default(),
+                            )
+                        })
                         .await
                         .expect("submit");
                 }

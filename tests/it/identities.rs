@@ -568,11 +568,10 @@ async fn a_receiver_limited_to_some_kinds_gets_only_those() {
         10 * SECOND,
     )
     .await;
-    submit(
-        &mut security,
-        submit_request("clue-out", MessageKind::ClueTransfer, DISCIPLINE, b"c"),
-    )
-    .await;
+    // A reply-by deadline: the clue expects feedback.
+    let mut clue_out = submit_request("clue-out", MessageKind::ClueTransfer, DISCIPLINE, b"c");
+    clue_out.reply_by_ms = cluebridge::now_ms() + 86_400_000;
+    submit(&mut security, clue_out).await;
     wait_state(&mut security, "clue-out", SentState::Delivered, 10 * SECOND).await;
     let mut answer = submit_request("answer", MessageKind::Feedback, SECURITY, b"thanks");
     answer.correlation_id = "clue-out".into();

@@ -1,0 +1,128 @@
+//! `Broker.ListFollowUps`: the request's filters checked, the answer in
+//! wire form.
+
+use super::authorize;
+use crate::broker::Broker;
+use crate::model::followup::{FollowUp, FollowUpState, Side};
+use crate::model::{Role, validate_id};
+use crate::pb;
+use crate::store::FollowUpFilter;
+use tonic::{Request, Response, Status};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+/// A page token is the hex of an index key: a state, a deadline and a
+/// message key (two ids of at most 128 characters).
+const MAX_TOKEN: usize = 2 * (1 + 8 + 2 * 128 + 1);
+
+pub(super) async fn list(
+    broker: &Broker,
+    request: Request<pb::ListFollowUpsRequest>,
+) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
+    let config = broker.config();
+    if authorize(config, &request, Role::Submit).is_err() {
+        authorize(config, &request, Role::Receive).map_err(|_| {
+            Status::permission_denied(
+                "follow-ups are for principals with the submit or receive role",
+            )
+        })?;
+    }
+    let r = request.into_inner();
+    let (filter, after, limit) = parse(r)?;
+    let (found, next) = broker.list_follow_ups(filter, after, limit).await?;
+    Ok(Response::new(pb::ListFollowUpsResponse {
+        follow_ups: found.iter().map(to_wire).collect(),
+        next_page_token: next.map(hex::encode).unwrap_or_default(),
+    }))
+}
+
+type Parsed = (FollowUpFilter, Option<Vec<u8>>, usize);
+
+fn parse(r: pb::ListFollowUpsRequest) -> Result<Parsed, Status> {
+    let states = r
+        .states
+        .iter()
+        .map(|s| FollowUpState::parse(s))
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    let side = match r.side.as_str() {
+        "" => None,
+        "awaiting" => Some(Side::Awaiting),
+        "owed" => Some(Side::Owed),
+        other => {
+            return Err(Status::invalid_argument(format!(
+                "side {other:?} is not \"awaiting\" or \"owed\""
+            )));
+        }
+    };
+    if !r.peer.is_empty() {
+        validate_id("peer", &r.peer)?;
+    }
+    if r.case_reference.len() > 256 {
+        return Err(Status::invalid_argument(
+            "case_reference is longer than 256 bytes",
+        ));
+    }
+    let limit = match r.page_size as usize {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => {
+            return Err(Status::invalid_argument(format!(
+                "page_size {n} is over the limit of {MAX_PAGE}"
+            )));
+        }
+        n => n,
+    };
+    let after = match r.page_token.as_str() {
+        "" => None,
+        t if t.len() > MAX_TOKEN => {
+            return Err(Status::invalid_argument(
+                "page_token is not one this node gave",
+            ));
+        }
+        t => Some(
+            hex::decode(t)
+                .map_err(|_| Status::invalid_argument("page_token is not one this node gave"))?,
+        ),
+    };
+    let filter = FollowUpFilter {
+        states,
+        side,
+        peer: (!r.peer.is_empty()).then_some(r.peer),
+        due_before_ms: (r.due_before_ms != 0).then_some(r.due_before_ms),
+        case_reference: (!r.case_reference.is_empty()).then_some(r.case_reference),
+    };
+    Ok((filter, after, limit))
+}
+
+pub fn to_wire(f: &FollowUp) -> pb::FollowUp {
+    pb::FollowUp {
+        sender_node: f.message.sender_node.clone(),
+        message_id: f.message.message_id.clone(),
+        kind: f.kind.to_wire(),
+        side: f.side.as_str().to_string(),
+        peer: f.peer.clone(),
+        case_reference: f.case_reference.clone(),
+        created_at_ms: f.created_at_ms,
+        due_ms: f.due_ms.unwrap_or(0),
+        state: f.state.as_str().to_string(),
+        changed_at_ms: f.changed_at_ms,
+        answers: f
+            .answers
+            .iter()
+            .map(|a| pb::FeedbackAnswer {
+                feedback_id: a.feedback_id.clone(),
+                at_ms: a.at_ms,
+                r#final: a.is_final,
+                outcomes: a
+                    .outcomes
+                    .iter()
+                    .map(|o| pb::ItemOutcome {
+                        item: o.item,
+                        outcome: crate::model::rectification::outcome_number(&o.outcome),
+                        reason: o.reason.clone(),
+                        expected_by_ms: o.expected_by_ms,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
