@@ -27,7 +27,7 @@ pub fn audited(node: &mut NodeFile) {
     node.audit.allow_payload_export = node.node_id == SECURITY;
 }
 
-fn auditor(fed: &TestFederation, node: &str) -> AuditClient<Channel> {
+pub fn auditor(fed: &TestFederation, node: &str) -> AuditClient<Channel> {
     Connection::from_files(&fed.dev.client_as(node, AUDITOR_NAME).expect("files"))
         .expect("connection")
         .audit()

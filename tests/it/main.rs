@@ -18,6 +18,7 @@ mod deploy_files;
 mod disk_failure;
 #[cfg(unix)]
 mod file_modes;
+mod followups;
 mod forge;
 mod harness;
 mod hostile;

@@ -10,14 +10,14 @@ use cluebridge::pb;
 use prost::Message;
 use tonic::Code;
 
-fn item(kind: pb::ItemKind, description: &str) -> pb::RectificationItem {
+pub fn item(kind: pb::ItemKind, description: &str) -> pb::RectificationItem {
     pb::RectificationItem {
         kind: kind as i32,
         description: description.into(),
     }
 }
 
-fn suggestion() -> pb::RectificationSuggestion {
+pub fn suggestion() -> pb::RectificationSuggestion {
     pb::RectificationSuggestion {
         person_ref: "P-0042".into(),
         case_reference: "CASE-7".into(),
@@ -31,7 +31,7 @@ fn suggestion() -> pb::RectificationSuggestion {
     }
 }
 
-fn outcome(item: u32, outcome: pb::Outcome) -> pb::ItemOutcome {
+pub fn outcome(item: u32, outcome: pb::Outcome) -> pb::ItemOutcome {
     pb::ItemOutcome {
         item,
         outcome: outcome as i32,
@@ -40,7 +40,7 @@ fn outcome(item: u32, outcome: pb::Outcome) -> pb::ItemOutcome {
     }
 }
 
-fn structured(
+pub fn structured(
     id: &str,
     kind: MessageKind,
     to: &str,
@@ -53,7 +53,7 @@ fn structured(
     }
 }
 
-fn feedback(id: &str, answers: &str, f: &pb::RectificationFeedback) -> pb::SubmitRequest {
+pub fn feedback(id: &str, answers: &str, f: &pb::RectificationFeedback) -> pb::SubmitRequest {
     pb::SubmitRequest {
         correlation_id: answers.into(),
         ..structured(
