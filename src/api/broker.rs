@@ -5,6 +5,7 @@ use super::{authorize, missing};
 use crate::broker::{Broker, SubmitInput};
 use crate::model::{MessageRef, Principal, Role, validate_id};
 use crate::pb;
+use crate::store::FeedItem;
 use std::pin::Pin;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -261,12 +262,25 @@ impl pb::broker_server::Broker for BrokerService {
                     }
                     continue;
                 }
-                for (seq, receipt, state) in batch {
+                for (seq, item, state) in batch {
                     cursor = seq;
+                    let (receipt, overdue) = match item {
+                        FeedItem::Receipt(r) => (Some(r.to_wire()), None),
+                        FeedItem::Overdue(f) => (
+                            None,
+                            Some(pb::OverdueEvent {
+                                message_id: f.message.message_id,
+                                recipient_node: f.peer,
+                                case_reference: f.case_reference,
+                                due_ms: f.due_ms.unwrap_or(0),
+                            }),
+                        ),
+                    };
                     let event = pb::ReceiptEvent {
                         cursor: seq,
-                        receipt: Some(receipt.to_wire()),
+                        receipt,
                         state: state.to_wire(),
+                        overdue,
                     };
                     if tx.send(Ok(event)).await.is_err() {
                         return;

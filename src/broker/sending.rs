@@ -9,7 +9,7 @@ use crate::model::{
     sha256, validate_id,
 };
 use crate::now_ms;
-use crate::store::{CursorCheck, SentRecord, Store, SubmitOutcome, keys};
+use crate::store::{CursorCheck, FeedItem, SentRecord, Store, SubmitOutcome, keys};
 
 /// A submit request after protobuf decoding, before any rule is checked.
 #[derive(Clone, Debug, Default)]
@@ -320,11 +320,7 @@ impl Broker {
 
     /// Receipts about sent messages after `cursor`, with the message state
     /// each one left (the same live and replayed).
-    pub fn feed_after(
-        &self,
-        cursor: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, SignedReceipt, SentState)>> {
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, FeedItem, SentState)>> {
         self.store().feed_after(cursor, limit)
     }
 

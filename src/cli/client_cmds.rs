@@ -397,17 +397,26 @@ pub async fn watch(args: WatchArgs) -> Result<()> {
     let mut seen = 0;
     while let Some(event) = stream.next().await {
         let event = event.map_err(explain)?;
-        let Some(receipt) = event.receipt.map(SignedReceipt::from_wire) else {
+        if let Some(o) = &event.overdue {
+            println!(
+                "cursor {} message {} to {} is overdue: its reply-by deadline {} passed with no final feedback",
+                event.cursor,
+                escape(&o.message_id),
+                escape(&o.recipient_node),
+                super::ops::when(o.due_ms)
+            );
+        } else if let Some(receipt) = event.receipt.map(SignedReceipt::from_wire) {
+            let r = receipt.open()?;
+            print!(
+                "cursor {} message {} now {}\n{}",
+                event.cursor,
+                escape(&r.message_id),
+                state_name(event.state),
+                super::timeline(&[receipt], keyring.as_ref())
+            );
+        } else {
             continue;
-        };
-        let r = receipt.open()?;
-        print!(
-            "cursor {} message {} now {}\n{}",
-            event.cursor,
-            escape(&r.message_id),
-            state_name(event.state),
-            super::timeline(&[receipt], keyring.as_ref())
-        );
+        }
         seen += 1;
         if args.count.is_some_and(|c| seen >= c) {
             break;

@@ -7,6 +7,7 @@
 //! out of the feed is told so instead of silently skipping receipts.
 
 use super::*;
+use crate::model::followup::FollowUp;
 
 /// The `meta` key holding the highest cursor removed by retention.
 const PRUNED_THROUGH: &[u8] = b"feed_pruned_through";
@@ -23,14 +24,18 @@ pub enum CursorCheck {
     Ahead { newest: u64 },
 }
 
+/// One event of the feed.
+#[derive(Clone, Debug)]
+pub enum FeedItem {
+    Receipt(SignedReceipt),
+    /// A sent message's reply-by deadline passed with no final feedback.
+    Overdue(FollowUp),
+}
+
 impl Store {
-    /// Receipts about sent messages stored after `cursor`, oldest first,
-    /// each with the state it left the message in.
-    pub fn feed_after(
-        &self,
-        cursor: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, SignedReceipt, SentState)>> {
+    /// Events about sent messages stored after `cursor`, oldest first,
+    /// each with the state the message was in.
+    pub fn feed_after(&self, cursor: u64, limit: usize) -> Result<Vec<(u64, FeedItem, SentState)>> {
         let start = cursor.saturating_add(1).to_be_bytes();
         let mut out = Vec::new();
         for kv in self.tree(FEED).range(start..).take(limit) {
@@ -38,8 +43,17 @@ impl Store {
             let seq = keys::first_u64(&k);
             let (receipt_key, state, _) = keys::split_feed_entry(&entry)
                 .ok_or_else(|| Error::corrupt("feed", format!("entry {seq} is malformed")))?;
-            if let Some(v) = self.tree(RECEIPTS).get(receipt_key)? {
-                out.push((seq, self.receipt_at(RECEIPTS, &v)?, state));
+            if let Some(message_key) = keys::overdue_in_feed(receipt_key) {
+                if let Some(v) = self.tree(FOLLOWUPS).get(message_key)? {
+                    let f = records::decode("followups", &v)?;
+                    out.push((seq, FeedItem::Overdue(f), state));
+                }
+            } else if let Some(v) = self.tree(RECEIPTS).get(receipt_key)? {
+                out.push((
+                    seq,
+                    FeedItem::Receipt(self.receipt_at(RECEIPTS, &v)?),
+                    state,
+                ));
             }
         }
         Ok(out)
@@ -108,5 +122,18 @@ mod tests {
             Some((&b"receipt-key"[..], SentState::Acknowledged, 1_234))
         );
         assert_eq!(keys::split_feed_entry(&entry[..8]), None);
+    }
+
+    #[test]
+    fn an_overdue_event_is_told_apart_from_every_receipt() {
+        let message = keys::message_parts("discipline", "rs-1");
+        let overdue = keys::overdue_feed_key(&message);
+        assert_eq!(keys::overdue_in_feed(&overdue), Some(message.as_slice()));
+        for digest in [[0u8; 32], [0xFE; 32], [7; 32]] {
+            assert_eq!(
+                keys::overdue_in_feed(&keys::receipt(&message, &digest)),
+                None
+            );
+        }
     }
 }

@@ -126,9 +126,13 @@ impl Store {
         if due.is_empty() {
             return Ok(Vec::new());
         }
+        let feed_seqs = due
+            .iter()
+            .map(|_| self.next_seq())
+            .collect::<Result<Vec<_>>>()?;
         self.transact(|t| {
             let mut changed = Vec::new();
-            for index in due {
+            for (index, feed_seq) in due.into_iter().zip(feed_seqs) {
                 let Some(message) = keys::parse_message(&index[9..]) else {
                     return abort(Error::corrupt("followup_index", "bad message key"));
                 };
@@ -141,6 +145,13 @@ impl Store {
                     put(t, Some(index), &f)?;
                     let note = Note::new(AuditEvent::Overdue, f.state.as_str(), f.note());
                     self.append_audit(t, &message, &note)?;
+                    if let Some(sent) = record_in::<SentRecord>(t, SENT, &key)? {
+                        // `WatchReceipts` tells the sender, in order.
+                        t[FEED].insert(
+                            feed_seq.to_be_bytes(),
+                            keys::feed_entry(&keys::overdue_feed_key(&key), sent.state, now_ms),
+                        )?;
+                    }
                     changed.push(f);
                 }
             }

@@ -122,6 +122,21 @@ pub fn split_feed_entry(v: &[u8]) -> Option<(&[u8], SentState, u64)> {
     Some((receipt_key, state, first_u64(&rest[1..])))
 }
 
+/// The feed's stand-in for a receipt key when the event is a sent
+/// message falling overdue: the message's receipt prefix and sixteen
+/// `0xFF` bytes, which no receipt digest is.
+pub fn overdue_feed_key(message_key: &[u8]) -> Vec<u8> {
+    let mut k = receipts_prefix(message_key);
+    k.extend_from_slice(&[0xFF; 16]);
+    k
+}
+
+/// The message key of an [`overdue_feed_key`], or `None` for a receipt key.
+pub fn overdue_in_feed(receipt_key: &[u8]) -> Option<&[u8]> {
+    let message = receipt_key.strip_suffix(&[0xFF; 16])?;
+    message.strip_suffix(&[0])
+}
+
 pub fn receipts_prefix(message_key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(message_key.len() + 17);
     k.extend_from_slice(message_key);

@@ -84,7 +84,7 @@ pub use archive::DIR as ARCHIVE_DIR;
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
 pub use counters::OutboxDepth;
-pub use feed::CursorCheck;
+pub use feed::{CursorCheck, FeedItem};
 pub use followups::{FollowUpChange, FollowUpFilter};
 /// The journal's directory inside a store's data directory.
 pub use wal::DIR as JOURNAL_DIR;

@@ -80,6 +80,32 @@ async fn wait_follow_up(
     wait_until(client, id, state, within, |f| f.state == state).await
 }
 
+/// `WatchReceipts` from the start, up to and with the first event `last`
+/// accepts (within a deadline).
+async fn feed_until(
+    client: &mut BrokerClient<Channel>,
+    last: impl Fn(&pb::ReceiptEvent) -> bool,
+) -> Vec<pb::ReceiptEvent> {
+    let mut stream = client
+        .watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    loop {
+        let event = tokio::time::timeout(10 * SECOND, tokio_stream::StreamExt::next(&mut stream))
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("event");
+        let done = last(&event);
+        events.push(event);
+        if done {
+            return events;
+        }
+    }
+}
+
 /// The audit entries of `node` about message `id` with event `event`.
 async fn audit_events(
     fed: &TestFederation,
@@ -303,6 +329,38 @@ async fn a_passed_deadline_is_overdue_once_in_lists_metrics_and_the_log_and_late
         table.contains("overdue") && table.contains("discipline/rs-due"),
         "{table}"
     );
+
+    // WatchReceipts tells the sender once, after the message's receipts:
+    // read on until a later message's `accepted` receipt.
+    submit(
+        &mut discipline,
+        submit_request("marker", MessageKind::ClueTransfer, SECURITY, b"m"),
+    )
+    .await;
+    let events = feed_until(&mut discipline, |e| {
+        e.receipt.as_ref().is_some_and(|r| {
+            cluebridge::model::SignedReceipt::from_wire(r.clone())
+                .open()
+                .is_ok_and(|r| r.message_id == "marker")
+        })
+    })
+    .await;
+    let overdue: Vec<_> = events.iter().filter_map(|e| e.overdue.as_ref()).collect();
+    assert_eq!(overdue.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            overdue[0].message_id.as_str(),
+            overdue[0].recipient_node.as_str()
+        ),
+        ("rs-due", PERSONNEL)
+    );
+    assert_eq!(overdue[0].due_ms, f.due_ms);
+    let at = events
+        .iter()
+        .position(|e| e.overdue.is_some())
+        .expect("overdue");
+    assert!(events[at].receipt.is_none());
+    assert_eq!(events[at].state, SentState::Delivered.to_wire());
 
     // Feedback after the deadline: answered late, on both sides.
     let answer = pb::RectificationFeedback {
