@@ -118,6 +118,11 @@ pub struct RouteFile {
     /// whatever the route says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expects_feedback: Option<bool>,
+    /// Whether a submit on this route waits, unsigned and unsent, until a
+    /// principal with the `approve` role (not the submitter) approves it
+    /// (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires_approval: Option<bool>,
 }
 
 /// A node file (`config/<agency>.toml`) as written.
@@ -564,6 +569,7 @@ impl Federation {
         let mut routes = Vec::new();
         let mut windows = Vec::new();
         let mut feedback = Vec::new();
+        let mut approvals = Vec::new();
         for (i, r) in file.routes.iter().enumerate() {
             let at = format!("route[{i}]");
             let from: AgencyKind = r
@@ -580,6 +586,9 @@ impl Federation {
                 routes.push(Route { from, to, kind });
                 if let Some(expected) = r.expects_feedback {
                     feedback.push((Route { from, to, kind }, expected, at.clone()));
+                }
+                if r.requires_approval == Some(true) {
+                    approvals.push(Route { from, to, kind });
                 }
                 match r.reply_within_days {
                     None => {}
@@ -599,6 +608,11 @@ impl Federation {
         for (route, window_ms) in windows {
             policy
                 .set_reply_window(route, window_ms)
+                .map_err(|e| err(path, format!("route: {e}")))?;
+        }
+        for route in approvals {
+            policy
+                .require_approval(route)
                 .map_err(|e| err(path, format!("route: {e}")))?;
         }
         for (route, expected, at) in feedback {

@@ -19,6 +19,9 @@ pub const CLIENT_NAME: &str = "backoffice";
 pub const OPERATOR_NAME: &str = "operator";
 /// The compliance staff's principal of each node: role `audit`.
 pub const AUDITOR_NAME: &str = "auditor";
+/// The principal of each development node that approves submits on
+/// routes that require it.
+pub const APPROVER_NAME: &str = "approver";
 
 /// The routes of the development federation: discipline transfers clues to
 /// public security and judicial organs and receives theirs; it sends
@@ -31,12 +34,15 @@ pub fn dev_routes() -> Vec<RouteFile> {
         kinds: kinds.iter().map(|k| k.to_string()).collect(),
         reply_within_days: None,
         expects_feedback: None,
+        requires_approval: None,
     };
     vec![
         r("discipline", "public_security", &["clue_transfer"]),
         r("discipline", "judicial", &["clue_transfer"]),
+        // Four eyes: a second principal approves each suggestion.
         RouteFile {
             reply_within_days: Some(30),
+            requires_approval: Some(true),
             ..r("discipline", "personnel", &["rectification_suggestion"])
         },
         r("public_security", "discipline", &["clue_transfer"]),
@@ -121,6 +127,7 @@ impl DevFederation {
                     principal(CLIENT_NAME, &["submit", "receive"]),
                     principal(OPERATOR_NAME, &["operate"]),
                     principal(AUDITOR_NAME, &["audit"]),
+                    principal(APPROVER_NAME, &["approve"]),
                 ],
             };
             tune(&mut node);

@@ -62,7 +62,8 @@ impl pb::broker_server::Broker for BrokerService {
         let answer = self.submit_inner(request).await;
         match &answer {
             Ok(r) => {
-                if !r.get_ref().duplicate {
+                let r = r.get_ref();
+                if !r.duplicate && !r.pending_approval {
                     metrics.accepted.inc();
                 }
                 metrics.submit_seconds.observe_duration(started.elapsed());
@@ -205,7 +206,17 @@ impl pb::broker_server::Broker for BrokerService {
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         self.authorize(&request, Role::Submit)?;
         let id = request.into_inner().message_id;
-        let status = self.broker.read(move |b| b.status(&id)).await?;
+        let asked = id.clone();
+        let status = match self.broker.read(move |b| b.status(&asked)).await {
+            Err(crate::error::Error::NotFound(why)) => {
+                let broker = self.broker.clone();
+                return match super::approval::status_before_sending(&broker, &id)? {
+                    Some(held) => Ok(Response::new(held)),
+                    None => Err(Status::not_found(why)),
+                };
+            }
+            other => other?,
+        };
         Ok(Response::new(pb::GetStatusResponse {
             message_id: status.message.message_id,
             recipient_node: status.recipient,
@@ -213,7 +224,29 @@ impl pb::broker_server::Broker for BrokerService {
             receipts: status.receipts.iter().map(|r| r.to_wire()).collect(),
             envelope_header: status.header,
             envelope_signature: status.signature,
+            ..Default::default()
         }))
+    }
+
+    async fn list_pending(
+        &self,
+        request: Request<pb::ListPendingRequest>,
+    ) -> Result<Response<pb::ListPendingResponse>, Status> {
+        super::approval::list(&self.broker, request).await
+    }
+
+    async fn approve(
+        &self,
+        request: Request<pb::ApproveRequest>,
+    ) -> Result<Response<pb::SubmitResponse>, Status> {
+        super::approval::approve(&self.broker, request).await
+    }
+
+    async fn decline(
+        &self,
+        request: Request<pb::DeclineRequest>,
+    ) -> Result<Response<pb::DeclineResponse>, Status> {
+        super::approval::decline(&self.broker, request).await
     }
 
     async fn list_follow_ups(
@@ -324,12 +357,7 @@ impl BrokerService {
             )
             .instrument(span)
             .await?;
-        Ok(Response::new(pb::SubmitResponse {
-            accepted: Some(submitted.accepted.to_wire()),
-            envelope_header: submitted.header,
-            envelope_signature: submitted.signature,
-            duplicate: submitted.duplicate,
-        }))
+        Ok(Response::new(super::approval::submit_response(submitted)))
     }
 }
 

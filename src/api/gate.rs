@@ -132,6 +132,7 @@ fn client_role(service: &str, method: &str) -> Option<Option<Role>> {
     Some(match method {
         "Submit" | "GetStatus" | "WatchReceipts" => Some(Role::Submit),
         "Receive" | "Ack" | "Reject" | "Release" | "ExtendLease" => Some(Role::Receive),
+        "ListPending" | "Approve" | "Decline" => Some(Role::Approve),
         _ => None,
     })
 }
@@ -155,6 +156,7 @@ mod tests {
         assert_eq!(role("Submit"), Some(Some(Role::Submit)));
         assert_eq!(role("WatchReceipts"), Some(Some(Role::Submit)));
         assert_eq!(role("Ack"), Some(Some(Role::Receive)));
+        assert_eq!(role("Approve"), Some(Some(Role::Approve)));
         assert_eq!(role("Nope"), Some(None));
         assert_eq!(client_role("grpc.health.v1.Health", "Check"), None);
         assert_eq!(

@@ -2,6 +2,7 @@
 //! request/response messages and domain types, and errors to `Status`.
 
 mod admin;
+mod approval;
 mod audit;
 mod broker;
 pub mod followups;

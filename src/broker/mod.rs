@@ -3,6 +3,7 @@
 //! the gRPC services (`api`) and the background tasks (`delivery`); the
 //! store makes each step atomic and durable.
 
+mod approval;
 mod audit;
 mod custody;
 mod followups;
@@ -11,6 +12,7 @@ mod receipt_signer;
 mod sending;
 mod validate;
 
+pub use approval::PendingView;
 pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};
 pub use custody::{LeaseBatch, Leased};
 pub use operations::{

@@ -57,12 +57,21 @@ impl SubmitInput {
 
 /// The answer to a submit.
 #[derive(Clone, Debug)]
-pub struct Submitted {
-    pub accepted: SignedReceipt,
-    pub header: Vec<u8>,
-    pub signature: Vec<u8>,
-    /// The id had been accepted before with the same content.
-    pub duplicate: bool,
+pub enum Submitted {
+    /// Signed and stored: on its way.
+    Accepted {
+        accepted: SignedReceipt,
+        header: Vec<u8>,
+        signature: Vec<u8>,
+        /// The id had been accepted before with the same content.
+        duplicate: bool,
+    },
+    /// Its route requires approval: kept, unsigned and unsent, until a
+    /// second principal approves or declines it.
+    PendingApproval {
+        /// The same submit was held before.
+        duplicate: bool,
+    },
 }
 
 /// A sent message's state and evidence.
@@ -191,16 +200,45 @@ impl Broker {
             let feedback = header.clone();
             self.read(move |b| b.check_answerable(&feedback)).await?;
         }
+        let request_digest = input.digest(principal, &header.content_type);
+        if config
+            .federation
+            .policy
+            .requires_approval(config.kind, kind, recipient.kind)
+        {
+            return self
+                .hold_for_approval(principal, header, input.payload, request_digest)
+                .await;
+        }
+        self.accept(header, input.payload, request_digest, None)
+            .await
+    }
+
+    /// Signs a checked submit and stores it as accepted (`approved_by`:
+    /// the principal that approved it, when its route requires approval).
+    pub(super) async fn accept(
+        &self,
+        header: EnvelopeHeader,
+        payload: Vec<u8>,
+        request_digest: [u8; 32],
+        approved_by: Option<String>,
+    ) -> Result<Submitted> {
+        let config = self.config();
+        let recipient = config.federation.node(&header.recipient_node).ok_or_else(|| {
+            Error::NotFound(format!(
+                "recipient node {:?} is not in the federation trust list",
+                header.recipient_node
+            ))
+        })?;
         let follow = self.follow_up_change(
             Side::Awaiting,
             &header,
-            &input.payload,
+            &payload,
             (config.kind, recipient.kind),
-            now,
+            now_ms(),
         );
         let message = header.message_ref();
-        let request_digest = input.digest(principal, &header.content_type);
-        let envelope = self.signer().seal(&header, input.payload);
+        let envelope = self.signer().seal(&header, payload);
         let header_sha256 = envelope.header_sha256();
         let accepted = self
             .issue_batched(&message, ReceiptKind::Accepted, header_sha256, 0, "")
@@ -208,10 +246,10 @@ impl Broker {
         let record = SentRecord {
             state: SentState::Accepted,
             recipient: recipient.id.clone(),
-            kind,
+            kind: header.kind,
             request_digest,
             header_sha256,
-            created_at_ms: now,
+            created_at_ms: header.created_at_ms,
             expires_at_ms: header.expires_at_ms,
             outbox_key: None,
             audit_seqs: Vec::new(),
@@ -220,10 +258,12 @@ impl Broker {
         // The answer comes after the writer's flush on the duplicate path
         // too: the original may not have reached the disk yet.
         let outcome = {
-            let (message, envelope, accepted) =
-                (message.clone(), envelope.encode(), accepted.clone());
+            let (envelope, accepted) = (envelope.encode(), accepted.clone());
             self.store()
-                .write(move |s| s.submit(&message, &envelope, &header, &record, &accepted, &follow))
+                .write(move |s| {
+                    let approver = approved_by.as_deref();
+                    s.submit(&envelope, &header, &record, &accepted, &follow, approver)
+                })
                 .await?
         };
         match outcome {
@@ -231,23 +271,30 @@ impl Broker {
                 tracing::debug!(%message, peer = %recipient.id, "accepted");
                 self.wake_peer(&recipient.id);
                 self.feed_wake().notify_waiters();
-                Ok(Submitted {
+                Ok(Submitted::Accepted {
                     accepted,
                     header: envelope.header,
                     signature: envelope.signature,
                     duplicate: false,
                 })
             }
-            SubmitOutcome::Duplicate(original) => {
-                let stored = self.stored_envelope(&message)?;
-                Ok(Submitted {
-                    accepted: original,
-                    header: stored.header,
-                    signature: stored.signature,
-                    duplicate: true,
-                })
-            }
+            SubmitOutcome::Duplicate(original) => self.answered_before(&message, original),
         }
+    }
+
+    /// The answer to a submit of a message accepted before.
+    pub(super) fn answered_before(
+        &self,
+        message: &MessageRef,
+        accepted: SignedReceipt,
+    ) -> Result<Submitted> {
+        let stored = self.stored_envelope(message)?;
+        Ok(Submitted::Accepted {
+            accepted,
+            header: stored.header,
+            signature: stored.signature,
+            duplicate: true,
+        })
     }
 
     fn stored_envelope(&self, message: &MessageRef) -> Result<SignedEnvelope> {

@@ -189,23 +189,41 @@ pub async fn send(args: SendArgs) -> Result<()> {
         .await
         .map_err(explain)?
         .into_inner();
+    print_submitted(&id, &format!("{kind} to {}", args.to), response, &args.client)
+}
+
+/// What a node answered to a submit (or an approval), for people.
+pub(super) fn print_submitted(
+    id: &str,
+    what: &str,
+    response: pb::SubmitResponse,
+    client: &ClientArgs,
+) -> Result<()> {
+    if response.pending_approval {
+        println!(
+            "{} {id} ({what}): nothing is signed or sent until another principal with the \
+             approve role approves it (`cluebridge approve {id}`)",
+            if response.duplicate {
+                "already waiting for approval"
+            } else {
+                "waiting for approval"
+            }
+        );
+        return Ok(());
+    }
     let receipt = response
         .accepted
         .map(SignedReceipt::from_wire)
         .context("node answered without a receipt")?;
     println!(
-        "{} {id} ({kind} to {})",
+        "{} {id} ({what})",
         if response.duplicate {
             "already accepted"
         } else {
             "accepted"
-        },
-        args.to
+        }
     );
-    print!(
-        "{}",
-        super::timeline(&[receipt], args.client.keyring().as_ref())
-    );
+    print!("{}", super::timeline(&[receipt], client.keyring().as_ref()));
     Ok(())
 }
 

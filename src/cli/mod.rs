@@ -1,5 +1,6 @@
 //! The command line: one module per group of subcommands.
 
+mod approval;
 mod audit;
 mod bench;
 mod bench_backlog;
@@ -60,6 +61,12 @@ pub enum Command {
     Status(client_cmds::StatusArgs),
     /// Follow the receipts of this agency's sent messages as they arrive.
     Watch(client_cmds::WatchArgs),
+    /// Approvers: the submits waiting for a second pair of eyes (routes
+    /// that require approval).
+    Pending(approval::PendingArgs),
+    /// Approvers: approve a waiting submit (it is signed and sent), or
+    /// --decline it with a reason (never sent).
+    Approve(approval::ApproveArgs),
     /// Follow-ups: messages that expect feedback, which this agency awaits
     /// (sent) or owes (received), overdue first.
     Followups(followups::FollowUpsArgs),
@@ -128,6 +135,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => client_cmds::status(a).await,
         Command::Watch(a) => client_cmds::watch(a).await,
         Command::Followups(a) => followups::run(a).await,
+        Command::Pending(a) => approval::pending(a).await,
+        Command::Approve(a) => approval::approve(a).await,
         Command::Bench(a) => bench::run(a).await,
         Command::Queues(a) => ops::queues(a).await,
         Command::Peers(a) => ops::peers(a).await,

@@ -59,10 +59,19 @@ pub enum AuditEvent {
     FeedbackRecorded,
     /// Either side: the reply-by deadline passed with no final feedback.
     Overdue,
+    /// Sender: a submit on a route that requires approval waits, unsigned
+    /// and unsent, for a second principal.
+    AwaitingApproval,
+    /// Sender: a principal with the approve role approved it (named in
+    /// the detail); it is signed and accepted next.
+    Approved,
+    /// Sender: a principal with the approve role declined it, with a
+    /// reason; it is never signed or sent.
+    Declined,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 15] = [
+    pub const ALL: [AuditEvent; 18] = [
         AuditEvent::Accepted,
         AuditEvent::ReceiptReceived,
         AuditEvent::Delivered,
@@ -78,6 +87,9 @@ impl AuditEvent {
         AuditEvent::Discarded,
         AuditEvent::FeedbackRecorded,
         AuditEvent::Overdue,
+        AuditEvent::AwaitingApproval,
+        AuditEvent::Approved,
+        AuditEvent::Declined,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,6 +109,9 @@ impl AuditEvent {
             AuditEvent::Discarded => "discarded",
             AuditEvent::FeedbackRecorded => "feedback_recorded",
             AuditEvent::Overdue => "overdue",
+            AuditEvent::AwaitingApproval => "awaiting_approval",
+            AuditEvent::Approved => "approved",
+            AuditEvent::Declined => "declined",
         }
     }
 

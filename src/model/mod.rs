@@ -2,6 +2,7 @@
 //! the route policy. Pure: no I/O, no tokio, no sled. The signed header and
 //! receipt encodings are produced and parsed here and nowhere else.
 
+pub mod approval;
 mod audit;
 mod envelope;
 pub mod followup;
@@ -211,10 +212,20 @@ pub enum Role {
     Operate,
     /// The `Audit` service: receipt bundles, the audit log, checkpoints.
     Audit,
+    /// `ListPending`, `Approve`, `Decline`: the second pair of eyes on a
+    /// route that requires approval (never for the principal's own
+    /// submits).
+    Approve,
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Submit, Role::Receive, Role::Operate, Role::Audit];
+    pub const ALL: [Role; 5] = [
+        Role::Submit,
+        Role::Receive,
+        Role::Operate,
+        Role::Audit,
+        Role::Approve,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -222,6 +233,7 @@ impl Role {
             Role::Receive => "receive",
             Role::Operate => "operate",
             Role::Audit => "audit",
+            Role::Approve => "approve",
         }
     }
 }
@@ -240,7 +252,7 @@ impl FromStr for Role {
             .find(|r| r.as_str() == s)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown role {s:?}; expected submit, receive, operate or audit"
+                    "unknown role {s:?}; expected submit, receive, operate, audit or approve"
                 ))
             })
     }

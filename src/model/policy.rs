@@ -27,6 +27,9 @@ pub struct RoutePolicy {
     reply_windows: BTreeMap<Route, u64>,
     /// Routes whose messages expect feedback (a reply window implies it).
     feedback_expected: BTreeSet<Route>,
+    /// Routes whose messages wait for a second principal's approval
+    /// before the sending node signs and sends them.
+    approval_required: BTreeSet<Route>,
 }
 
 impl RoutePolicy {
@@ -45,6 +48,7 @@ impl RoutePolicy {
             routes: set,
             reply_windows: BTreeMap::new(),
             feedback_expected: BTreeSet::new(),
+            approval_required: BTreeSet::new(),
         })
     }
 
@@ -79,6 +83,18 @@ impl RoutePolicy {
                 route.kind, route.from, route.to
             )))
         }
+    }
+
+    /// Makes messages on a listed route wait for approval.
+    pub fn require_approval(&mut self, route: Route) -> Result<()> {
+        self.listed(route, "requires_approval")?;
+        self.approval_required.insert(route);
+        Ok(())
+    }
+
+    /// Whether messages of `kind` from `from` to `to` wait for approval.
+    pub fn requires_approval(&self, from: AgencyKind, kind: MessageKind, to: AgencyKind) -> bool {
+        self.approval_required.contains(&Route { from, to, kind })
     }
 
     /// Whether messages of `kind` from `from` to `to` expect feedback by

@@ -255,12 +255,12 @@ mod tests {
         store
             .write(move |s| {
                 s.submit(
-                    &h.message_ref(),
                     &envelope_of(&h),
                     &h,
                     &record,
                     &accepted,
                     &Default::default(),
+                    None,
                 )
             })
             .await

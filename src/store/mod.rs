@@ -47,6 +47,7 @@
 //! Durability is explicit: a caller that must not answer before its write is on disk
 //! awaits [`Store::flush`], which joins the group commit.
 
+mod approvals;
 mod archive;
 mod audit;
 mod catalogue;
@@ -80,6 +81,7 @@ mod writer;
 #[cfg(test)]
 mod power_cut_tests;
 
+pub use approvals::HoldOutcome;
 pub use archive::DIR as ARCHIVE_DIR;
 pub use audit::{MAX_EQUIVOCATIONS, parse_record as parse_audit_record};
 pub use checkpoint::SNAPSHOT_JOURNAL_BYTES;
@@ -182,7 +184,9 @@ const CATALOGUE_BY_TIME: usize = 19;
 const CATALOGUE_BY_CASE: usize = 20;
 const FOLLOWUPS: usize = 21;
 const FOLLOWUP_INDEX: usize = 22;
-const TREE_NAMES: [&str; 23] = [
+const PENDING_APPROVAL: usize = 23;
+const DECLINED: usize = 24;
+const TREE_NAMES: [&str; 25] = [
     "envelopes",
     "sent",
     "inbound",
@@ -206,6 +210,8 @@ const TREE_NAMES: [&str; 23] = [
     "catalogue_by_case",
     "followups",
     "followup_index",
+    "pending_approval",
+    "declined",
 ];
 
 fn abort<T>(e: Error) -> TxResult<T> {

@@ -97,12 +97,12 @@ fn submit_of(i: usize) -> Submit {
 impl Submit {
     fn on(&self, store: &Store) -> Result<SubmitOutcome> {
         store.submit(
-            &self.message,
             &self.envelope,
             &self.header,
             &self.record,
             &self.accepted,
             &Default::default(),
+            None,
         )
     }
 

@@ -35,15 +35,18 @@ impl Store {
     /// receipt, outbox entry, expiry index and catalogue entries (from
     /// `header`), all or nothing. If the id is taken, compares request
     /// digests: same → the original receipt, other → `AlreadyExists`.
+    /// With `approved_by`, the message waited for approval: its pending
+    /// record goes, and the approval is logged before the acceptance.
     pub fn submit(
         &self,
-        message: &MessageRef,
         envelope: &[u8],
         header: &EnvelopeHeader,
         record: &SentRecord,
         accepted: &SignedReceipt,
         follow: &FollowUpChange,
+        approved_by: Option<&str>,
     ) -> Result<SubmitOutcome> {
+        let message = &header.message_ref();
         let key = keys::message(message);
         if let Some(existing) = self.sent(message)? {
             return self.duplicate(message, &existing, record);
@@ -67,6 +70,9 @@ impl Store {
                 // Raced with a concurrent submit of the same id; the caller
                 // retries and takes the duplicate path.
                 return Ok(false);
+            }
+            if let Some(approver) = approved_by {
+                self.take_approved(t, message, approver)?;
             }
             t[ENVELOPES].insert(key.as_slice(), envelope)?;
             t[SENT].insert(key.as_slice(), record_bytes.as_slice())?;

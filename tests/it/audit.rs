@@ -1147,12 +1147,12 @@ async fn concurrent_appends_form_one_gapless_chain() {
                     store
                         .write(move |s| {
                             s.submit(
-                                &message,
                                 b"envelope",
                                 &header,
                                 &record,
                                 &receipt,
                                 &Default::default(),
+                                None,
                             )
                         })
                         .await

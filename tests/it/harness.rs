@@ -48,7 +48,20 @@ impl TestFederation {
     }
 
     /// The federation with extra node-file settings, running only `running`.
+    /// No route requires approval (see [`TestFederation::start_approving`]).
     pub async fn start_with(tune: impl Fn(&mut NodeFile), running: &[&str]) -> TestFederation {
+        let fed = Self::start_stopped(tune).await;
+        without_approval(&fed.dev.dir);
+        fed.launch_all(running)
+    }
+
+    /// [`TestFederation::start_with`] with the development routes as `up`
+    /// makes them: rectification suggestions wait for approval.
+    pub async fn start_approving(running: &[&str]) -> TestFederation {
+        Self::start_stopped(|_| {}).await.launch_all(running)
+    }
+
+    async fn start_stopped(tune: impl Fn(&mut NodeFile)) -> StoppedFederation {
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut listeners = Vec::new();
         let mut ports = BTreeMap::new();
@@ -68,21 +81,18 @@ impl TestFederation {
             tune(n);
         })
         .expect("create federation");
-        let mut fed = TestFederation {
-            dev,
-            ports,
-            nodes: BTreeMap::new(),
-            _tmp: tmp,
-        };
-        for (id, listener) in listeners {
-            if running.contains(&id) {
-                fed.launch(id, listener);
-            }
+        StoppedFederation {
+            fed: TestFederation {
+                dev,
+                ports,
+                nodes: BTreeMap::new(),
+                _tmp: tmp,
+            },
+            listeners,
         }
-        fed
     }
 
-    fn launch(&mut self, id: &str, listener: tokio::net::TcpListener) {
+    pub(crate) fn launch(&mut self, id: &str, listener: tokio::net::TcpListener) {
         let node = RunningNode::start(self.config(id), listener)
             .unwrap_or_else(|e| panic!("start node {id}: {e}"));
         self.nodes.insert(id.to_string(), node);
@@ -460,4 +470,34 @@ impl Drop for ServeProcess {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A federation made, its ports held, no node started yet.
+pub struct StoppedFederation {
+    fed: TestFederation,
+    listeners: Vec<(&'static str, tokio::net::TcpListener)>,
+}
+
+impl StoppedFederation {
+    fn launch_all(self, running: &[&str]) -> TestFederation {
+        let mut fed = self.fed;
+        for (id, listener) in self.listeners {
+            if running.contains(&id) {
+                fed.launch(id, listener);
+            }
+        }
+        fed
+    }
+}
+
+/// Takes `requires_approval` off every route of the federation file, so
+/// that tests of other things submit straight through.
+fn without_approval(dir: &std::path::Path) {
+    let path = dir.join("federation.toml");
+    let text = std::fs::read_to_string(&path).expect("federation file");
+    let mut file: cluebridge::config::FederationFile = toml::from_str(&text).expect("parse");
+    for route in &mut file.routes {
+        route.requires_approval = None;
+    }
+    std::fs::write(&path, toml::to_string_pretty(&file).expect("encode")).expect("write");
 }

@@ -1,0 +1,145 @@
+//! `Broker.ListPending`, `Approve` and `Decline`: approval before
+//! sending, for principals with the approve role.
+
+use super::{authorize, missing};
+use crate::broker::{Broker, PendingView, Submitted};
+use crate::model::{MessageRef, Role, validate_id};
+use crate::pb;
+use tonic::{Request, Response, Status};
+
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+/// A submit's answer in wire form.
+pub(super) fn submit_response(submitted: Submitted) -> pb::SubmitResponse {
+    match submitted {
+        Submitted::Accepted {
+            accepted,
+            header,
+            signature,
+            duplicate,
+        } => pb::SubmitResponse {
+            accepted: Some(accepted.to_wire()),
+            envelope_header: header,
+            envelope_signature: signature,
+            duplicate,
+            pending_approval: false,
+        },
+        Submitted::PendingApproval { duplicate } => pb::SubmitResponse {
+            duplicate,
+            pending_approval: true,
+            ..Default::default()
+        },
+    }
+}
+
+pub(super) async fn list(
+    broker: &Broker,
+    request: Request<pb::ListPendingRequest>,
+) -> Result<Response<pb::ListPendingResponse>, Status> {
+    authorize(broker.config(), &request, Role::Approve)?;
+    let r = request.into_inner();
+    let limit = match r.page_size as usize {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => {
+            return Err(Status::invalid_argument(format!(
+                "page_size {n} is over the limit of {MAX_PAGE}"
+            )));
+        }
+        n => n,
+    };
+    let after = match r.page_token.as_str() {
+        "" => None,
+        t => Some(
+            hex::decode(t)
+                .ok()
+                .filter(|k| k.len() <= 512)
+                .ok_or_else(|| Status::invalid_argument("page_token is not one this node gave"))?,
+        ),
+    };
+    let (found, next) = broker
+        .read(move |b| b.pending_approvals(after.as_deref(), limit))
+        .await?;
+    Ok(Response::new(pb::ListPendingResponse {
+        pending: found.into_iter().map(pending_to_wire).collect(),
+        next_page_token: next.map(hex::encode).unwrap_or_default(),
+    }))
+}
+
+fn pending_to_wire(p: PendingView) -> pb::PendingMessage {
+    let h = p.header;
+    pb::PendingMessage {
+        message_id: h.message_id,
+        kind: h.kind.to_wire(),
+        recipient_node: h.recipient_node,
+        case_reference: h.case_reference,
+        correlation_id: h.correlation_id,
+        subject: h.subject,
+        content_type: h.content_type,
+        payload_sha256: h.payload_sha256.to_vec(),
+        payload_length: h.payload_length,
+        submitted_by: p.submitter,
+        submitted_at_ms: p.submitted_at_ms,
+        expires_at_ms: h.expires_at_ms,
+        reply_by_ms: h.reply_by_ms,
+    }
+}
+
+pub(super) async fn approve(
+    broker: &Broker,
+    request: Request<pb::ApproveRequest>,
+) -> Result<Response<pb::SubmitResponse>, Status> {
+    let principal = authorize(broker.config(), &request, Role::Approve)?;
+    let id = request.into_inner().message_id;
+    validate_id("message_id", &id)?;
+    let approved = broker.approve(&principal.name, &id).await?;
+    Ok(Response::new(submit_response(approved)))
+}
+
+pub(super) async fn decline(
+    broker: &Broker,
+    request: Request<pb::DeclineRequest>,
+) -> Result<Response<pb::DeclineResponse>, Status> {
+    let principal = authorize(broker.config(), &request, Role::Approve)?;
+    let r = request.into_inner();
+    validate_id("message_id", &r.message_id)?;
+    if r.reason.is_empty() {
+        return Err(missing("reason"));
+    }
+    broker.decline(&principal.name, &r.message_id, &r.reason).await?;
+    Ok(Response::new(pb::DeclineResponse {}))
+}
+
+/// `GetStatus` of a message that never left approval: waiting, or
+/// declined with who and why. `None` when neither.
+pub(super) fn status_before_sending(
+    broker: &Broker,
+    message_id: &str,
+) -> Result<Option<pb::GetStatusResponse>, Status> {
+    let message = MessageRef {
+        sender_node: broker.node_id().to_string(),
+        message_id: message_id.to_string(),
+    };
+    let store = broker.store();
+    let (held, state) = if let Some(p) = store.pending_approval(&message)? {
+        (p, pb::MessageState::PendingApproval)
+    } else if let Some(p) = store.declined(&message)? {
+        (p, pb::MessageState::Declined)
+    } else {
+        return Ok(None);
+    };
+    let header = held.header()?;
+    let decision = held.declined.unwrap_or_else(|| crate::model::approval::Decision {
+        by: String::new(),
+        at_ms: 0,
+        reason: String::new(),
+    });
+    Ok(Some(pb::GetStatusResponse {
+        message_id: message.message_id,
+        recipient_node: header.recipient_node,
+        state: state as i32,
+        declined_by: decision.by,
+        declined_reason: decision.reason,
+        ..Default::default()
+    }))
+}
