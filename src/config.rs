@@ -168,7 +168,7 @@ pub struct PrincipalFile {
     /// The client name in its certificate
     /// (`cluebridge://node/<node-id>/client/<name>`).
     pub name: String,
-    /// Any of `submit`, `receive`, `operate`, `audit`.
+    /// Any of `submit`, `receive`, `operate`, `audit`, `approve`.
     pub roles: Vec<String>,
     /// For `receive`: the message kinds this principal is given (all when
     /// absent).

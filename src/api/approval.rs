@@ -106,7 +106,9 @@ pub(super) async fn decline(
     if r.reason.is_empty() {
         return Err(missing("reason"));
     }
-    broker.decline(&principal.name, &r.message_id, &r.reason).await?;
+    broker
+        .decline(&principal.name, &r.message_id, &r.reason)
+        .await?;
     Ok(Response::new(pb::DeclineResponse {}))
 }
 
@@ -129,11 +131,13 @@ pub(super) fn status_before_sending(
         return Ok(None);
     };
     let header = held.header()?;
-    let decision = held.declined.unwrap_or_else(|| crate::model::approval::Decision {
-        by: String::new(),
-        at_ms: 0,
-        reason: String::new(),
-    });
+    let decision = held
+        .declined
+        .unwrap_or_else(|| crate::model::approval::Decision {
+            by: String::new(),
+            at_ms: 0,
+            reason: String::new(),
+        });
     Ok(Some(pb::GetStatusResponse {
         message_id: message.message_id,
         recipient_node: header.recipient_node,

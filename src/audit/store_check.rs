@@ -133,7 +133,9 @@ fn walk(
                 )));
             }
             let logged = messages.entry(entry.message.clone()).or_default();
-            logged.state = entry.state.clone();
+            if entry.event.is_message_state() {
+                logged.state = entry.state.clone();
+            }
             logged.last_seq = key;
             if let Some(d) = entry.receipt_sha256 {
                 logged.receipts.insert(d);
@@ -212,6 +214,12 @@ fn states(store: &Store, messages: &HashMap<MessageRef, Logged>) -> Result<Strin
     for item in store.inbound_records() {
         let (message, record) = item?;
         check(&message, record.state.as_str())?;
+        seen.insert(message);
+        n += 1;
+    }
+    // Submits that never left approval: waiting, or declined.
+    for (message, state) in store.approval_records()? {
+        check(&message, state)?;
         seen.insert(message);
         n += 1;
     }

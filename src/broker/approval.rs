@@ -77,7 +77,10 @@ impl Broker {
         }
         self.receipts_in_order(message)?
             .into_iter()
-            .find(|r| r.open().is_ok_and(|r| r.kind == crate::model::ReceiptKind::Accepted))
+            .find(|r| {
+                r.open()
+                    .is_ok_and(|r| r.kind == crate::model::ReceiptKind::Accepted)
+            })
             .ok_or_else(|| Error::corrupt("receipts", format!("{message} has no accepted receipt")))
     }
 

@@ -224,12 +224,15 @@ impl Broker {
         approved_by: Option<String>,
     ) -> Result<Submitted> {
         let config = self.config();
-        let recipient = config.federation.node(&header.recipient_node).ok_or_else(|| {
-            Error::NotFound(format!(
-                "recipient node {:?} is not in the federation trust list",
-                header.recipient_node
-            ))
-        })?;
+        let recipient = config
+            .federation
+            .node(&header.recipient_node)
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "recipient node {:?} is not in the federation trust list",
+                    header.recipient_node
+                ))
+            })?;
         let follow = self.follow_up_change(
             Side::Awaiting,
             &header,

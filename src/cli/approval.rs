@@ -85,7 +85,11 @@ pub async fn pending(args: PendingArgs) -> Result<()> {
             escape(&p.message_id),
             kind_name(p.kind),
             escape(&p.recipient_node),
-            escape(if p.case_reference.is_empty() { "-" } else { &p.case_reference }),
+            escape(if p.case_reference.is_empty() {
+                "-"
+            } else {
+                &p.case_reference
+            }),
             escape(&p.submitted_by),
             when(p.submitted_at_ms),
             escape(&p.subject),

@@ -41,8 +41,8 @@ pub struct ClientArgs {
     #[arg(long)]
     pub trust: Option<PathBuf>,
     /// With --dir: the principal whose certificate to use (default:
-    /// backoffice for send/receive/status/watch, operator for
-    /// queues/peers/dlq/message).
+    /// backoffice for send/receive/status/watch/followups, operator for
+    /// queues/peers/dlq/message, approver for pending/approve).
     #[arg(long = "as", value_name = "PRINCIPAL")]
     pub principal: Option<String>,
 }
@@ -189,7 +189,12 @@ pub async fn send(args: SendArgs) -> Result<()> {
         .await
         .map_err(explain)?
         .into_inner();
-    print_submitted(&id, &format!("{kind} to {}", args.to), response, &args.client)
+    print_submitted(
+        &id,
+        &format!("{kind} to {}", args.to),
+        response,
+        &args.client,
+    )
 }
 
 /// What a node answered to a submit (or an approval), for people.

@@ -3,11 +3,13 @@
 
 use crate::client::Connection;
 use crate::config::NodeConfig;
-use crate::devfed::{DevFederation, NODES};
+use crate::devfed::{APPROVER_NAME, DevFederation, NODES};
+use crate::model::rectification::{FEEDBACK_TYPE, SUGGESTION_TYPE};
 use crate::model::{MessageKind, SignedReceipt};
 use crate::node::RunningNode;
 use crate::pb;
 use anyhow::{Context, Result, bail};
+use prost::Message;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -130,11 +132,143 @@ struct Agency {
     client: pb::broker_client::BrokerClient<tonic::transport::Channel>,
 }
 
+/// The demo's case reference.
+const DEMO_CASE: &str = "DEMO-2026-001";
+
+/// The demo's second suggestion must be answered within this long: it
+/// goes overdue while the demo watches.
+const DEMO_REPLY_WINDOW_MS: u64 = 2_000;
+
 impl Agency {
     fn of(dev: &DevFederation, node: &str) -> Result<Agency> {
+        Self::as_principal(dev, node, crate::devfed::CLIENT_NAME)
+    }
+
+    fn as_principal(dev: &DevFederation, node: &str, name: &str) -> Result<Agency> {
         Ok(Agency {
-            client: Connection::from_files(&dev.client(node)?)?.broker()?,
+            client: Connection::from_files(&dev.client_as(node, name)?)?.broker()?,
         })
+    }
+
+    /// Submits a structured rectification suggestion with two items to
+    /// personnel (a reply window `reply_in_ms` from now, or the route's).
+    async fn suggest(&mut self, id: &str, reply_in_ms: u64) -> Result<()> {
+        let s = pb::RectificationSuggestion {
+            person_ref: "P-0042".into(),
+            case_reference: DEMO_CASE.into(),
+            items: vec![
+                pb::RectificationItem {
+                    kind: pb::ItemKind::Rank as i32,
+                    description: "restore the rank withheld after the false report".into(),
+                },
+                pb::RectificationItem {
+                    kind: pb::ItemKind::ProfessionalTitle as i32,
+                    description: "restore the professional title withdrawn".into(),
+                },
+            ],
+        };
+        let answer = self
+            .client
+            .submit(pb::SubmitRequest {
+                message_id: id.into(),
+                kind: MessageKind::RectificationSuggestion.to_wire(),
+                recipient_node: "personnel".into(),
+                case_reference: DEMO_CASE.into(),
+                subject: "Restore what official W. lost to the false report".into(),
+                content_type: SUGGESTION_TYPE.into(),
+                payload: s.encode_to_vec(),
+                ttl_seconds: 3600,
+                reply_by_ms: if reply_in_ms == 0 {
+                    0
+                } else {
+                    crate::now_ms() + reply_in_ms
+                },
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("submitting {id}"))?
+            .into_inner();
+        println!(
+            "  submitted {id}: rectification_suggestion (2 items) to personnel{}",
+            if answer.pending_approval {
+                ", waiting for approval"
+            } else {
+                ""
+            }
+        );
+        Ok(())
+    }
+
+    /// Approves a waiting submit (as the approver principal).
+    async fn approve(&mut self, id: &str) -> Result<()> {
+        self.client
+            .approve(pb::ApproveRequest {
+                message_id: id.into(),
+            })
+            .await
+            .with_context(|| format!("approving {id}"))?;
+        println!("  approver approved {id}: signed and sent");
+        Ok(())
+    }
+
+    /// Answers a suggestion item by item, finally.
+    async fn answer(&mut self, id: &str, suggestion: &str) -> Result<()> {
+        let outcome = |item, outcome: pb::Outcome, reason: &str| pb::ItemOutcome {
+            item,
+            outcome: outcome as i32,
+            reason: reason.into(),
+            expected_by_ms: 0,
+        };
+        let f = pb::RectificationFeedback {
+            outcomes: vec![
+                outcome(0, pb::Outcome::Corrected, ""),
+                outcome(
+                    1,
+                    pb::Outcome::PartlyCorrected,
+                    "title restored; back pay pending",
+                ),
+            ],
+            r#final: true,
+        };
+        self.client
+            .submit(pb::SubmitRequest {
+                message_id: id.into(),
+                kind: MessageKind::Feedback.to_wire(),
+                recipient_node: "discipline".into(),
+                case_reference: DEMO_CASE.into(),
+                correlation_id: suggestion.into(),
+                subject: "Rank restored, title partly".into(),
+                content_type: FEEDBACK_TYPE.into(),
+                payload: f.encode_to_vec(),
+                ttl_seconds: 3600,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("submitting {id}"))?;
+        println!("  personnel answered {suggestion} item by item ({id})");
+        Ok(())
+    }
+
+    /// Polls the follow-up of `id` until it is in `state`.
+    async fn wait_follow_up(&mut self, id: &str, state: &str) -> Result<pb::FollowUp> {
+        for _ in 0..300 {
+            let found = self
+                .client
+                .list_follow_ups(pb::ListFollowUpsRequest {
+                    case_reference: DEMO_CASE.into(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .follow_ups
+                .into_iter()
+                .find(|f| f.message_id == id && f.state == state);
+            if let Some(f) = found {
+                return Ok(f);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the follow-up of {id} did not become {state} within 30 s")
     }
 
     async fn submit(
@@ -151,7 +285,7 @@ impl Agency {
                 message_id: id.into(),
                 kind: kind.to_wire(),
                 recipient_node: to.into(),
-                case_reference: "DEMO-2026-001".into(),
+                case_reference: DEMO_CASE.into(),
                 correlation_id: answers.into(),
                 subject: subject.into(),
                 content_type: "text/plain".into(),
@@ -218,7 +352,9 @@ async fn demo(dev: &DevFederation) -> Result<()> {
     let clue = format!("demo-clue-{run}");
     let suggestion = format!("demo-rectification-{run}");
     let feedback = format!("demo-feedback-{run}");
+    let late = format!("demo-rectification-due-{run}");
     let mut discipline = Agency::of(dev, "discipline")?;
+    let mut approver = Agency::as_principal(dev, "discipline", APPROVER_NAME)?;
     let mut security = Agency::of(dev, "public_security")?;
     let mut personnel = Agency::of(dev, "personnel")?;
 
@@ -233,17 +369,6 @@ async fn demo(dev: &DevFederation) -> Result<()> {
             "Evidence that the report against official W. was fabricated.",
         )
         .await?;
-    discipline
-        .submit(
-            &suggestion,
-            MessageKind::RectificationSuggestion,
-            "personnel",
-            "Restore the rank withheld from official W.",
-            "",
-            "Suggest restoring rank and title withheld after the false report.",
-        )
-        .await?;
-
     let (lease, _stream) = security.receive(&clue).await?;
     security
         .client
@@ -254,22 +379,16 @@ async fn demo(dev: &DevFederation) -> Result<()> {
         .await?;
     println!("  public_security rejected {clue} with a reason");
 
+    // A structured suggestion with two items: four eyes, then personnel.
+    discipline.suggest(&suggestion, 0).await?;
+    approver.approve(&suggestion).await?;
     let (lease, _stream) = personnel.receive(&suggestion).await?;
     personnel
         .client
         .ack(pb::AckRequest { lease: Some(lease) })
         .await?;
     println!("  personnel acknowledged {suggestion}");
-    personnel
-        .submit(
-            &feedback,
-            MessageKind::Feedback,
-            "discipline",
-            "Rank restored",
-            &suggestion,
-            "Rank and title restored on 2026-11-26.",
-        )
-        .await?;
+    personnel.answer(&feedback, &suggestion).await?;
     let (lease, _stream) = discipline.receive(&feedback).await?;
     discipline
         .client
@@ -301,6 +420,27 @@ async fn demo(dev: &DevFederation) -> Result<()> {
                 .context("a demo receipt does not verify")?;
         }
     }
+
+    // Follow-up: the answered suggestion, and one whose deadline passes.
+    let answered = discipline.wait_follow_up(&suggestion, "answered").await?;
+    println!("\nfollow-up of {suggestion}: {}", answered.state);
+    for a in &answered.answers {
+        for o in &a.outcomes {
+            println!(
+                "  item {}: {}",
+                o.item,
+                crate::model::rectification::outcome_name(o.outcome)
+            );
+        }
+    }
+    discipline.suggest(&late, DEMO_REPLY_WINDOW_MS).await?;
+    approver.approve(&late).await?;
+    let overdue = discipline.wait_follow_up(&late, "overdue").await?;
+    println!(
+        "follow-up of {late}: {} (reply by {} passed with no feedback; `cluebridge followups --node discipline --overdue` lists it)",
+        overdue.state,
+        crate::format_time(overdue.due_ms)
+    );
     println!("\ndemo complete: every receipt verified with the federation's public keys");
     Ok(())
 }

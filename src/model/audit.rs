@@ -115,6 +115,12 @@ impl AuditEvent {
         }
     }
 
+    /// Whether the entry's `state` is the message's own state (the one its
+    /// record holds), not a follow-up's (`feedback_recorded`, `overdue`).
+    pub fn is_message_state(self) -> bool {
+        !matches!(self, AuditEvent::FeedbackRecorded | AuditEvent::Overdue)
+    }
+
     pub fn parse(s: &str) -> Result<AuditEvent> {
         AuditEvent::ALL
             .into_iter()

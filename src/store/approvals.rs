@@ -80,13 +80,34 @@ impl Store {
     ) -> Result<Vec<(Vec<u8>, PendingApproval)>> {
         let tree = self.tree(PENDING_APPROVAL);
         let iter = match after {
-            Some(a) => tree.range((std::ops::Bound::Excluded(a.to_vec()), std::ops::Bound::Unbounded)),
+            Some(a) => tree.range((
+                std::ops::Bound::Excluded(a.to_vec()),
+                std::ops::Bound::Unbounded,
+            )),
             None => tree.iter(),
         };
         let mut out = Vec::new();
         for kv in iter.take(limit) {
             let (k, v) = kv?;
             out.push((k.to_vec(), records::decode("pending_approval", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// Every submit that never left approval, with its state as the
+    /// audit chain names it (`pending_approval` or `declined`).
+    pub fn approval_records(&self) -> Result<Vec<(MessageRef, &'static str)>> {
+        let mut out = Vec::new();
+        for (tree, state) in [
+            (PENDING_APPROVAL, "pending_approval"),
+            (DECLINED, "declined"),
+        ] {
+            for kv in self.tree(tree).iter() {
+                let (k, _) = kv?;
+                let message = keys::parse_message(&k)
+                    .ok_or_else(|| Error::corrupt(TREE_NAMES[tree], "bad message key"))?;
+                out.push((message, state));
+            }
         }
         Ok(out)
     }
@@ -111,7 +132,12 @@ impl Store {
 
     /// In an approving submit's transaction: removes the waiting submit
     /// and logs who approved it.
-    pub(super) fn take_approved(&self, t: &Tx, message: &MessageRef, approver: &str) -> TxResult<()> {
+    pub(super) fn take_approved(
+        &self,
+        t: &Tx,
+        message: &MessageRef,
+        approver: &str,
+    ) -> TxResult<()> {
         let held = take_pending(t, message, &keys::message(message))?;
         let note = Note::new(
             AuditEvent::Approved,

@@ -599,7 +599,7 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-fn data_dir(fed: &TestFederation, node: &str) -> PathBuf {
+pub fn data_dir(fed: &TestFederation, node: &str) -> PathBuf {
     fed.config(node).data_dir
 }
 

@@ -227,8 +227,9 @@ async fn receive_shows_control_characters_escaped() {
 }
 
 /// The README's first command, with `--demo`: a fresh development
-/// federation, a clue transfer rejected, a rectification suggestion
-/// acknowledged and answered, every receipt verified.
+/// federation, a clue transfer rejected, a structured rectification
+/// suggestion approved, acknowledged and answered item by item, another
+/// one overdue, every receipt verified.
 #[test]
 fn up_runs_its_demo_to_the_end() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -244,6 +245,16 @@ fn up_runs_its_demo_to_the_end() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    for step in [
+        "waiting for approval",
+        "approver approved",
+        "personnel answered",
+        "item 0: corrected",
+        "item 1: partly_corrected",
+        ": overdue (reply by",
+    ] {
+        assert!(stdout.contains(step), "{step:?} missing in\n{stdout}");
+    }
 }
 
 /// A base port below the ephemeral range whose four node ports and four

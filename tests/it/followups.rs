@@ -4,7 +4,7 @@
 //! metrics, lists), late feedback says so, feedback to a message that
 //! expects none is refused, and all of it survives a SIGKILL.
 
-use crate::audit::auditor;
+use crate::audit::{auditor, check_store, data_dir};
 use crate::harness::*;
 use crate::rectification::{feedback, outcome, structured, suggestion};
 use crate::refusals::refusal;
@@ -133,7 +133,7 @@ async fn audit_events(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interim_then_final_feedback_answers_a_suggestion_item_by_item_on_both_sides() {
-    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
     let mut discipline = fed.client(DISCIPLINE);
     let mut personnel = fed.client(PERSONNEL);
     submit(&mut discipline, suggestion_to_personnel("rs-1", None)).await;
@@ -228,6 +228,13 @@ async fn interim_then_final_feedback_answers_a_suggestion_item_by_item_on_both_s
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("already answered"), "{}", e.message());
     assert_eq!(fed.node(PERSONNEL).broker.store().counts(), before);
+
+    // Follow-up entries do not confuse the check of a stopped store.
+    for node in [DISCIPLINE, PERSONNEL] {
+        fed.stop(node).await;
+        let report = check_store(&data_dir(&fed, node), &fed, &[]);
+        assert!(report.passed, "{node}: {}", report.render());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,14 +51,14 @@ impl TestFederation {
     /// No route requires approval (see [`TestFederation::start_approving`]).
     pub async fn start_with(tune: impl Fn(&mut NodeFile), running: &[&str]) -> TestFederation {
         let fed = Self::start_stopped(tune).await;
-        without_approval(&fed.dev.dir);
+        without_approval(&fed.fed.dev.dir);
         fed.launch_all(running)
     }
 
     /// [`TestFederation::start_with`] with the development routes as `up`
     /// makes them: rectification suggestions wait for approval.
-    pub async fn start_approving(running: &[&str]) -> TestFederation {
-        Self::start_stopped(|_| {}).await.launch_all(running)
+    pub async fn start_approving(tune: impl Fn(&mut NodeFile), running: &[&str]) -> TestFederation {
+        Self::start_stopped(tune).await.launch_all(running)
     }
 
     async fn start_stopped(tune: impl Fn(&mut NodeFile)) -> StoppedFederation {

@@ -1,6 +1,7 @@
 //! Integration tests: real nodes on 127.0.0.1:0 with real certificates in
 //! a temporary directory. One test binary; `harness` holds the federation.
 
+mod approval;
 mod archive;
 mod audit;
 mod bad_input;

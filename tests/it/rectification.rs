@@ -301,6 +301,11 @@ async fn a_route_with_a_reply_window_sets_and_bounds_the_deadline() {
         .into_inner();
     assert_eq!(header_of(clue).reply_by_ms, 0, "no window on that route");
 
+    // Settled traffic first (personnel takes both; public security is
+    // down), so that the counts below change only by what is refused.
+    for id in ["rb-1", "rb-2"] {
+        wait_state(&mut discipline, id, SentState::Delivered, 10 * SECOND).await;
+    }
     let before = fed.node(DISCIPLINE).broker.store().counts();
     let later = pb::SubmitRequest {
         reply_by_ms: cluebridge::now_ms() + 40 * DAY_MS,

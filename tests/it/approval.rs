@@ -1,0 +1,321 @@
+//! Approval before sending (four eyes): on a route that requires it, a
+//! submit waits unsigned and unsent until another principal with the
+//! approve role approves it (then it is signed, accepted and sent, the
+//! approver named in the audit chain and the bundle) or declines it (never
+//! sent, final, recorded). The submitter cannot approve its own message,
+//! and a principal without the role cannot approve at all.
+
+use crate::audit::{auditor, bundle_of, check_store, data_dir};
+use crate::harness::*;
+use crate::rectification::{structured, suggestion};
+use cluebridge::audit::bundle;
+use cluebridge::config::{NodeFile, PrincipalFile};
+use cluebridge::devfed::{APPROVER_NAME, OPERATOR_NAME};
+use cluebridge::model::rectification::SUGGESTION_TYPE;
+use cluebridge::model::{MessageKind, SentState};
+use cluebridge::pb;
+use prost::Message;
+use std::process::Command;
+use tonic::Code;
+
+/// Discipline also has a clerk who may both submit and approve.
+const CLERK: &str = "clerk";
+
+fn with_clerk(node: &mut NodeFile) {
+    node.principals.push(PrincipalFile {
+        name: CLERK.into(),
+        roles: vec!["submit".into(), "approve".into()],
+        receive_kinds: None,
+    });
+}
+
+fn suggestion_request(id: &str) -> pb::SubmitRequest {
+    let mut r = structured(
+        id,
+        MessageKind::RectificationSuggestion,
+        PERSONNEL,
+        SUGGESTION_TYPE,
+        suggestion().encode_to_vec(),
+    );
+    r.case_reference = "CASE-7".into();
+    r
+}
+
+async fn status(fed: &TestFederation, id: &str) -> pb::GetStatusResponse {
+    fed.client(DISCIPLINE)
+        .get_status(pb::GetStatusRequest {
+            message_id: id.into(),
+        })
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+fn cli(fed: &TestFederation, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(args)
+        .args(["--node", DISCIPLINE, "--dir"])
+        .arg(&fed.dev.dir)
+        .output()
+        .expect("run cluebridge");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_waits_unsigned_and_unsent_until_another_principal_approves_it() {
+    let mut fed = TestFederation::start_approving(with_clerk, &[DISCIPLINE, PERSONNEL]).await;
+    let mut backoffice = fed.client(DISCIPLINE);
+    let personnel_before = fed.node(PERSONNEL).broker.store().counts();
+
+    let held = backoffice
+        .submit(suggestion_request("rs-approve"))
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(held.pending_approval && !held.duplicate);
+    assert!(
+        held.accepted.is_none()
+            && held.envelope_header.is_empty()
+            && held.envelope_signature.is_empty()
+    );
+    let again = backoffice
+        .submit(suggestion_request("rs-approve"))
+        .await
+        .expect("repeat")
+        .into_inner();
+    assert!(again.pending_approval && again.duplicate);
+    let s = status(&fed, "rs-approve").await;
+    assert_eq!(s.state, pb::MessageState::PendingApproval as i32);
+    assert!(s.receipts.is_empty() && s.envelope_header.is_empty());
+
+    // The back office has no approve role; the clerk may not approve its
+    // own submit.
+    let e = backoffice
+        .approve(pb::ApproveRequest {
+            message_id: "rs-approve".into(),
+        })
+        .await
+        .expect_err("no role");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(e.message().contains("approve role"), "{}", e.message());
+    let mut clerk = fed
+        .connection_as(DISCIPLINE, CLERK)
+        .broker()
+        .expect("clerk");
+    clerk
+        .submit(suggestion_request("rs-own"))
+        .await
+        .expect("clerk submits");
+    let e = clerk
+        .approve(pb::ApproveRequest {
+            message_id: "rs-own".into(),
+        })
+        .await
+        .expect_err("own");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(
+        e.message().contains("was submitted by clerk"),
+        "{}",
+        e.message()
+    );
+
+    // Nothing reached personnel; the approver sees both waiting.
+    assert_eq!(
+        fed.node(PERSONNEL).broker.store().counts(),
+        personnel_before
+    );
+    let (ok, listed) = cli(&fed, &["pending", "--json"]);
+    assert!(ok, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    let ids: Vec<_> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| {
+            (
+                p["message_id"].as_str().unwrap_or(""),
+                p["submitted_by"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(ids, [("rs-approve", "backoffice"), ("rs-own", CLERK)]);
+
+    // The approver approves: signed, accepted, sent.
+    let (ok, said) = cli(&fed, &["approve", "rs-approve"]);
+    assert!(ok && said.contains("accepted rs-approve"), "{said}");
+    let mut backoffice = fed.client(DISCIPLINE);
+    wait_state(
+        &mut backoffice,
+        "rs-approve",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+    let s = status(&fed, "rs-approve").await;
+    assert!(!s.envelope_header.is_empty());
+    // A repeat answers the same receipt.
+    let first = s.receipts[0].clone();
+    let repeat = fed
+        .connection_as(DISCIPLINE, APPROVER_NAME)
+        .broker()
+        .expect("approver")
+        .approve(pb::ApproveRequest {
+            message_id: "rs-approve".into(),
+        })
+        .await
+        .expect("repeat approve")
+        .into_inner();
+    assert!(repeat.duplicate);
+    assert_eq!(repeat.accepted, Some(first));
+
+    // The audit chain and the bundle name the submitter and the approver,
+    // before the acceptance.
+    let text = bundle_of(&fed, DISCIPLINE, "", "rs-approve").await;
+    let report = bundle::verify(&text, Some(&fed.keyring()), None);
+    assert!(report.passed, "{}", report.render());
+    let b: bundle::Bundle = serde_json::from_str(&text).expect("bundle");
+    let events: Vec<(String, String)> = b
+        .audit
+        .segments
+        .iter()
+        .flat_map(|s| &s.entries)
+        .filter_map(|e| e.content.as_ref())
+        .map(|c| (c.event.clone(), c.detail.clone()))
+        .collect();
+    let names: Vec<_> = events.iter().map(|(e, _)| e.as_str()).take(3).collect();
+    assert_eq!(
+        names,
+        ["awaiting_approval", "approved", "accepted"],
+        "{events:?}"
+    );
+    assert!(
+        events[0].1.contains("submitted by backoffice"),
+        "{events:?}"
+    );
+    assert!(events[1].1.contains("approved by approver"), "{events:?}");
+
+    // The stopped node's store agrees with its chain: sent, and waiting.
+    fed.stop(DISCIPLINE).await;
+    let report = check_store(&data_dir(&fed, DISCIPLINE), &fed, &[]);
+    assert!(report.passed, "{}", report.render());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_submit_is_never_sent_and_the_decline_is_final_and_recorded() {
+    let mut fed = TestFederation::start_approving(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut backoffice = fed.client(DISCIPLINE);
+    let personnel_before = fed.node(PERSONNEL).broker.store().counts();
+    backoffice
+        .submit(suggestion_request("rs-decline"))
+        .await
+        .expect("submit");
+    let mut approver = fed
+        .connection_as(DISCIPLINE, APPROVER_NAME)
+        .broker()
+        .expect("approver");
+
+    // Refusals first: no role, no reason, nothing waiting.
+    let mut operator = fed
+        .connection_as(DISCIPLINE, OPERATOR_NAME)
+        .broker()
+        .expect("operator");
+    let decline = |id: &str, reason: &str| pb::DeclineRequest {
+        message_id: id.into(),
+        reason: reason.into(),
+    };
+    let e = operator
+        .decline(decline("rs-decline", "no"))
+        .await
+        .expect_err("operator");
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    let e = approver
+        .decline(decline("rs-decline", ""))
+        .await
+        .expect_err("no reason");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = approver
+        .decline(decline("rs-nothing", "no"))
+        .await
+        .expect_err("nothing waits");
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+
+    let (ok, said) = cli(
+        &fed,
+        &[
+            "approve",
+            "rs-decline",
+            "--decline",
+            "the items repeat case 6",
+        ],
+    );
+    assert!(ok && said.contains("declined rs-decline"), "{said}");
+    let s = status(&fed, "rs-decline").await;
+    assert_eq!(s.state, pb::MessageState::Declined as i32);
+    assert_eq!(
+        (s.declined_by.as_str(), s.declined_reason.as_str()),
+        (APPROVER_NAME, "the items repeat case 6")
+    );
+
+    // Final: no approval, no resubmit, nothing listed, nothing sent.
+    let e = approver
+        .approve(pb::ApproveRequest {
+            message_id: "rs-decline".into(),
+        })
+        .await
+        .expect_err("declined");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("declined by approver"),
+        "{}",
+        e.message()
+    );
+    let e = backoffice
+        .submit(suggestion_request("rs-decline"))
+        .await
+        .expect_err("resubmit");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    let pending = approver
+        .list_pending(pb::ListPendingRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .pending;
+    assert!(pending.is_empty(), "{pending:?}");
+    assert_eq!(
+        fed.node(PERSONNEL).broker.store().counts(),
+        personnel_before
+    );
+
+    // Recorded in the audit chain with who and why.
+    let mut log = auditor(&fed, DISCIPLINE)
+        .export_log(pb::ExportLogRequest {
+            from_seq: 1,
+            to_seq: 0,
+        })
+        .await
+        .expect("export")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = tokio_stream::StreamExt::next(&mut log).await {
+        let e = e.expect("entry");
+        if e.message_id == "rs-decline" {
+            events.push((e.event, e.detail));
+        }
+    }
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[1].0, "declined");
+    assert!(
+        events[1]
+            .1
+            .contains("declined by approver: the items repeat case 6"),
+        "{events:?}"
+    );
+    fed.stop(DISCIPLINE).await;
+    let report = check_store(&data_dir(&fed, DISCIPLINE), &fed, &[]);
+    assert!(report.passed, "{}", report.render());
+}
