@@ -2,7 +2,7 @@
 //! and checkpoints, for principals holding the `audit` role.
 
 use super::authorize;
-use crate::broker::{Broker, MessageFilter, PageToken};
+use crate::broker::{Broker, MessageFilter, MessageSummary, PageToken};
 use crate::model::{AuditEntry, MessageKind, Role, SignedCheckpoint};
 use crate::pb;
 use std::pin::Pin;
@@ -52,6 +52,21 @@ fn entry_to_wire(e: &AuditEntry) -> pb::AuditEntry {
         prev_hash: e.prev_hash.to_vec(),
         content_sha256: crate::model::sha256(&e.content()).to_vec(),
         hash: e.hash().to_vec(),
+    }
+}
+
+/// A message's summary in wire form (`ListMessages`, `GetCase`).
+pub(super) fn summary_to_wire(m: MessageSummary) -> pb::MessageSummary {
+    pb::MessageSummary {
+        sender_node: m.message.sender_node,
+        message_id: m.message.message_id,
+        kind: m.kind.to_wire(),
+        direction: m.direction.into(),
+        peer: m.peer,
+        case_reference: m.case_reference,
+        subject: m.subject,
+        state: m.state.into(),
+        created_at_ms: m.created_at_ms,
     }
 }
 
@@ -156,21 +171,7 @@ impl pb::audit_server::Audit for AuditService {
             },
         };
         let page = self.broker.read(move |b| b.list_messages(&filter)).await?;
-        let messages = page
-            .messages
-            .into_iter()
-            .map(|m| pb::MessageSummary {
-                sender_node: m.message.sender_node,
-                message_id: m.message.message_id,
-                kind: m.kind.to_wire(),
-                direction: m.direction.into(),
-                peer: m.peer,
-                case_reference: m.case_reference,
-                subject: m.subject,
-                state: m.state.into(),
-                created_at_ms: m.created_at_ms,
-            })
-            .collect();
+        let messages = page.messages.into_iter().map(summary_to_wire).collect();
         Ok(Response::new(pb::ListMessagesResponse {
             messages,
             next_page_token: page.next.map(|t| t.encode()).unwrap_or_default(),

@@ -249,6 +249,13 @@ impl pb::broker_server::Broker for BrokerService {
         super::approval::decline(&self.broker, request).await
     }
 
+    async fn get_case(
+        &self,
+        request: Request<pb::GetCaseRequest>,
+    ) -> Result<Response<pb::GetCaseResponse>, Status> {
+        super::followups::case(&self.broker, request).await
+    }
+
     async fn list_follow_ups(
         &self,
         request: Request<pb::ListFollowUpsRequest>,

@@ -2,7 +2,7 @@
 //! wire form.
 
 use super::authorize;
-use crate::broker::Broker;
+use crate::broker::{Broker, PageToken};
 use crate::model::followup::{FollowUp, FollowUpState, Side};
 use crate::model::{Role, validate_id};
 use crate::pb;
@@ -15,18 +15,25 @@ const MAX_PAGE: usize = 1000;
 /// message key (two ids of at most 128 characters).
 const MAX_TOKEN: usize = 2 * (1 + 8 + 2 * 128 + 1);
 
+/// Follow-ups and cases are for the agency's staff: principals with the
+/// submit or receive role.
+fn authorize_staff<T>(broker: &Broker, request: &Request<T>, what: &str) -> Result<(), Status> {
+    let config = broker.config();
+    if authorize(config, request, Role::Submit).is_err() {
+        authorize(config, request, Role::Receive).map_err(|_| {
+            Status::permission_denied(format!(
+                "{what} are for principals with the submit or receive role"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 pub(super) async fn list(
     broker: &Broker,
     request: Request<pb::ListFollowUpsRequest>,
 ) -> Result<Response<pb::ListFollowUpsResponse>, Status> {
-    let config = broker.config();
-    if authorize(config, &request, Role::Submit).is_err() {
-        authorize(config, &request, Role::Receive).map_err(|_| {
-            Status::permission_denied(
-                "follow-ups are for principals with the submit or receive role",
-            )
-        })?;
-    }
+    authorize_staff(broker, &request, "follow-ups")?;
     let r = request.into_inner();
     let (filter, after, limit) = parse(r)?;
     let (found, next) = broker.list_follow_ups(filter, after, limit).await?;
@@ -125,4 +132,49 @@ pub fn to_wire(f: &FollowUp) -> pb::FollowUp {
             })
             .collect(),
     }
+}
+
+pub(super) async fn case(
+    broker: &Broker,
+    request: Request<pb::GetCaseRequest>,
+) -> Result<Response<pb::GetCaseResponse>, Status> {
+    authorize_staff(broker, &request, "cases")?;
+    let r = request.into_inner();
+    if r.case_reference.is_empty() {
+        return Err(super::missing("case_reference"));
+    }
+    if r.case_reference.len() > 256 {
+        return Err(Status::invalid_argument(
+            "case_reference is longer than 256 bytes",
+        ));
+    }
+    let limit = match r.limit as usize {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => {
+            return Err(Status::invalid_argument(format!(
+                "limit {n} is over the limit of {MAX_PAGE}"
+            )));
+        }
+        n => n,
+    };
+    let after = match r.page_token.as_str() {
+        "" => None,
+        t => Some(PageToken::decode(t)?),
+    };
+    let case_reference = r.case_reference.clone();
+    let (entries, next) = broker
+        .read(move |b| b.case_view(case_reference, after, limit))
+        .await?;
+    Ok(Response::new(pb::GetCaseResponse {
+        case_reference: r.case_reference,
+        messages: entries
+            .into_iter()
+            .map(|e| pb::CaseMessage {
+                message: Some(super::audit::summary_to_wire(e.summary)),
+                receipts: e.receipts.iter().map(|r| r.to_wire()).collect(),
+                follow_up: e.follow_up.as_ref().map(to_wire),
+            })
+            .collect(),
+        next_page_token: next.map(|t| t.encode()).unwrap_or_default(),
+    }))
 }

@@ -6,6 +6,7 @@
 //! transaction); its encodings live in `model::audit`.
 
 pub mod bundle;
+pub mod case_bundle;
 pub mod store_check;
 
 use crate::error::{Error, Result};

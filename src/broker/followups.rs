@@ -1,10 +1,10 @@
 //! Follow-up rules: which messages expect feedback, what a feedback
 //! answers, the overdue sweep and the lists (`model::followup`).
 
-use super::Broker;
+use super::{Broker, MessageFilter, MessageSummary, PageToken};
 use crate::error::{Error, Result};
 use crate::model::followup::{Answer, FollowUp, Side};
-use crate::model::{AgencyKind, EnvelopeHeader, MessageKind, MessageRef};
+use crate::model::{AgencyKind, EnvelopeHeader, MessageKind, MessageRef, SignedReceipt};
 use crate::store::{FollowUpChange, FollowUpFilter};
 
 /// Follow-ups marked overdue per store change.
@@ -91,6 +91,48 @@ impl Broker {
                 .follow_ups(&filter, after.as_deref(), limit, LIST_SCAN)
         })
         .await
+    }
+}
+
+/// One message of a case, as `GetCase` shows it.
+#[derive(Clone, Debug)]
+pub struct CaseEntry {
+    pub summary: MessageSummary,
+    pub receipts: Vec<SignedReceipt>,
+    pub follow_up: Option<FollowUp>,
+}
+
+impl Broker {
+    /// One page of a case: its messages newest first, each with its
+    /// receipts and follow-up.
+    pub fn case_view(
+        &self,
+        case_reference: String,
+        after: Option<PageToken>,
+        limit: usize,
+    ) -> Result<(Vec<CaseEntry>, Option<PageToken>)> {
+        let page = self.list_messages(&MessageFilter {
+            case_reference: Some(case_reference),
+            from_ms: None,
+            to_ms: None,
+            state: None,
+            peer: None,
+            kind: None,
+            limit,
+            after,
+        })?;
+        let entries = page
+            .messages
+            .into_iter()
+            .map(|summary| {
+                Ok(CaseEntry {
+                    receipts: self.receipts_in_order(&summary.message)?,
+                    follow_up: self.store().follow_up(&summary.message)?,
+                    summary,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok((entries, page.next))
     }
 }
 

@@ -15,6 +15,7 @@ mod validate;
 pub use approval::PendingView;
 pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};
 pub use custody::{LeaseBatch, Leased};
+pub use followups::CaseEntry;
 pub use operations::{
     DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,
     PeerStatus, PeerView, QueuesView, Side,

@@ -3,7 +3,7 @@
 //! `audit checkpoints` (fetch the checkpoints a node holds).
 
 use super::client_cmds::{ClientArgs, explain};
-use crate::audit::{Check, CheckpointsFile, Report, bundle, store_check};
+use crate::audit::{Check, CheckpointsFile, Report, bundle, case_bundle, store_check};
 use crate::client::Connection;
 use crate::config::Federation;
 use crate::crypto::Keyring;
@@ -20,7 +20,12 @@ pub struct ExportArgs {
     pub client: ClientArgs,
     /// The message id. The call is made as the `auditor` principal of
     /// --dir unless --as names a principal other than the default.
-    pub id: String,
+    #[arg(required_unless_present = "case")]
+    pub id: Option<String>,
+    /// Export every message this node sent or received under this case
+    /// reference, in one case bundle (instead of one message).
+    #[arg(long = "case", value_name = "CASE", conflicts_with_all = ["id", "sender"])]
+    pub case: Option<String>,
     /// The node that sent the message (default: the node you call).
     #[arg(long)]
     pub sender: Option<String>,
@@ -41,10 +46,14 @@ fn auditor_connection(client: &ClientArgs) -> Result<Connection> {
 /// Fetches a bundle as an auditor.
 pub async fn export(args: ExportArgs) -> Result<()> {
     let mut client = auditor_connection(&args.client)?.audit()?;
+    if let Some(case) = &args.case {
+        return export_case(&mut client, case, &args).await;
+    }
+    let id = args.id.clone().unwrap_or_default();
     let response = client
         .get_bundle(pb::GetBundleRequest {
             sender_node: args.sender.clone().unwrap_or_default(),
-            message_id: args.id.clone(),
+            message_id: id.clone(),
             include_payload: args.payload,
         })
         .await
@@ -54,9 +63,77 @@ pub async fn export(args: ExportArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!(
         "wrote the receipt bundle of {} to {} ({} bytes); check it with `cluebridge verify {}`",
-        args.id,
+        id,
         args.output.display(),
         response.bundle_json.len(),
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// The most messages one case bundle holds.
+const MAX_CASE_MESSAGES: usize = 10_000;
+
+/// Writes the case bundle of `case`: the receipt bundle of every message
+/// the node holds under it.
+async fn export_case(
+    client: &mut pb::audit_client::AuditClient<tonic::transport::Channel>,
+    case: &str,
+    args: &ExportArgs,
+) -> Result<()> {
+    let mut listed = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_messages(pb::ListMessagesRequest {
+                case_reference: case.to_string(),
+                limit: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .map_err(explain)?
+            .into_inner();
+        listed.extend(page.messages);
+        if listed.len() > MAX_CASE_MESSAGES {
+            bail!(
+                "case {case} holds more than {MAX_CASE_MESSAGES} messages; export them one by one"
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    if listed.is_empty() {
+        bail!("the node holds no message under case {case}");
+    }
+    let mut bundles = Vec::with_capacity(listed.len());
+    for m in &listed {
+        let text = client
+            .get_bundle(pb::GetBundleRequest {
+                sender_node: m.sender_node.clone(),
+                message_id: m.message_id.clone(),
+                include_payload: args.payload,
+            })
+            .await
+            .map_err(explain)?
+            .into_inner()
+            .bundle_json;
+        let b: bundle::Bundle = serde_json::from_str(&text)
+            .with_context(|| format!("the node's bundle of {} does not parse", m.message_id))?;
+        bundles.push(b);
+    }
+    let node = bundles[0].audit.node.clone();
+    let case_bundle = case_bundle::CaseBundle::new(case, &node, bundles);
+    let text = serde_json::to_string_pretty(&case_bundle)?;
+    std::fs::write(&args.output, &text)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!(
+        "wrote the case bundle of {case} ({} messages) to {} ({} bytes); check it with `cluebridge verify {}`",
+        listed.len(),
+        args.output.display(),
+        text.len(),
         args.output.display()
     );
     Ok(())
@@ -125,7 +202,11 @@ pub fn verify(args: VerifyArgs) -> Result<()> {
     let trust = load_trust(args.trust.as_deref())?;
     let witnessed = load_witnessed(&args.witnessed)?;
     let witnessed = (!args.witnessed.is_empty()).then_some(witnessed.as_slice());
-    let report = bundle::verify(&text, trust.as_ref(), witnessed);
+    let report = if case_bundle::is_case_bundle(&text) {
+        case_bundle::verify(&text, trust.as_ref(), witnessed)
+    } else {
+        bundle::verify(&text, trust.as_ref(), witnessed)
+    };
     finish(&report, args.json)
 }
 

@@ -101,7 +101,7 @@ impl ClientArgs {
         })
     }
 
-    fn keyring(&self) -> Option<crate::crypto::Keyring> {
+    pub(super) fn keyring(&self) -> Option<crate::crypto::Keyring> {
         let path = self
             .trust
             .clone()

@@ -87,7 +87,7 @@ pub async fn run(args: FollowUpsArgs) -> Result<()> {
     Ok(())
 }
 
-fn answers_line(f: &pb::FollowUp) -> String {
+pub(super) fn answers_line(f: &pb::FollowUp) -> String {
     let Some(last) = f.answers.last() else {
         return "-".into();
     };
@@ -142,7 +142,7 @@ fn table(found: &[pb::FollowUp]) -> String {
     out
 }
 
-fn as_json(f: &pb::FollowUp) -> serde_json::Value {
+pub(super) fn as_json(f: &pb::FollowUp) -> serde_json::Value {
     json!({
         "sender_node": f.sender_node,
         "message_id": f.message_id,

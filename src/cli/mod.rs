@@ -6,6 +6,7 @@ mod bench;
 mod bench_backlog;
 mod bench_cpu;
 mod bench_receiver;
+mod case;
 mod client_cmds;
 mod console;
 mod followups;
@@ -61,6 +62,9 @@ pub enum Command {
     Status(client_cmds::StatusArgs),
     /// Follow the receipts of this agency's sent messages as they arrive.
     Watch(client_cmds::WatchArgs),
+    /// One case: everything this agency sent or received under a case
+    /// reference, newest first, with receipts and follow-ups.
+    Case(case::CaseArgs),
     /// Approvers: the submits waiting for a second pair of eyes (routes
     /// that require approval).
     Pending(approval::PendingArgs),
@@ -135,6 +139,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => client_cmds::status(a).await,
         Command::Watch(a) => client_cmds::watch(a).await,
         Command::Followups(a) => followups::run(a).await,
+        Command::Case(a) => case::run(a).await,
         Command::Pending(a) => approval::pending(a).await,
         Command::Approve(a) => approval::approve(a).await,
         Command::Bench(a) => bench::run(a).await,

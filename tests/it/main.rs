@@ -7,6 +7,7 @@ mod audit;
 mod bad_input;
 mod batch_receipts;
 mod bench_cmd;
+mod cases;
 mod cli_ops;
 mod config_files;
 mod connections;
