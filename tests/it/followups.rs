@@ -5,6 +5,7 @@
 //! expects none is refused, and all of it survives a SIGKILL.
 
 use crate::audit::{auditor, check_store, data_dir};
+use crate::crash::wait_serving;
 use crate::harness::*;
 use crate::rectification::{feedback, outcome, structured, suggestion};
 use crate::refusals::refusal;
@@ -13,7 +14,7 @@ use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
 use cluebridge::pb::broker_client::BrokerClient;
 use prost::Message;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -441,6 +442,38 @@ async fn feedback_to_a_message_that_expects_none_is_refused_by_the_client_and_th
     assert!(r.message.contains("expects no feedback"), "{}", r.message);
     assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
 
+    // Feedback on a message that went to another agency: refused by the
+    // client's node, and by the sender's node from a member node.
+    submit(
+        &mut discipline,
+        suggestion_to_personnel("rs-elsewhere", None),
+    )
+    .await;
+    let before = fed.node(SECURITY).broker.store().counts();
+    let mut answer = submit_request("fb-4", MessageKind::Feedback, DISCIPLINE, b"done");
+    answer.correlation_id = "rs-elsewhere".into();
+    let e = security.submit(answer).await.expect_err("not ours");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("no message \"rs-elsewhere\""),
+        "{}",
+        e.message()
+    );
+    assert_eq!(fed.node(SECURITY).broker.store().counts(), before);
+    let before = fed.node(DISCIPLINE).broker.store().counts();
+    let mut h = header("fb-5", MessageKind::Feedback, SECURITY, DISCIPLINE, b"done");
+    h.correlation_id = "rs-elsewhere".into();
+    let r = refusal(
+        &fed,
+        SECURITY,
+        DISCIPLINE,
+        sealed(&fed.signer(SECURITY), &h, b"done"),
+    )
+    .await;
+    assert_eq!(r.code, Code::PermissionDenied as i32, "{}", r.message);
+    assert!(r.message.contains("never sent to"), "{}", r.message);
+    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
+
     // With a reply-by deadline, the same route's clue expects feedback.
     let mut clue = submit_request("clue-2", MessageKind::ClueTransfer, SECURITY, b"c");
     clue.reply_by_ms = cluebridge::now_ms() + 86_400_000;
@@ -533,9 +566,13 @@ async fn the_list_refuses_bad_filters_and_strangers_and_pages_through_everything
     assert_eq!(seen, ["rs-0", "rs-1", "rs-2", "rs-3", "rs-4"]);
 }
 
+/// The real binary, killed with SIGKILL: follow-ups come back whole, and a
+/// deadline that passed while the node was down fires once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn follow_ups_survive_a_kill_and_a_deadline_passed_while_down_fires_once() {
-    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+async fn follow_ups_survive_sigkill_and_a_deadline_passed_while_down_fires_once() {
+    let fed = TestFederation::start_with(|_| {}, &[PERSONNEL]).await;
+    let mut child = spawn_serve_to(&fed, DISCIPLINE, Stdio::null());
+    wait_serving(&fed, DISCIPLINE).await;
     let mut discipline = fed.client(DISCIPLINE);
     submit(
         &mut discipline,
@@ -549,11 +586,13 @@ async fn follow_ups_survive_a_kill_and_a_deadline_passed_while_down_fires_once()
         .due_ms;
 
     // Killed before the deadline; it passes while the node is down.
-    fed.abandon(DISCIPLINE).await;
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
     while cluebridge::now_ms() <= due + 100 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    fed.restart(DISCIPLINE).await;
+    let mut child = spawn_serve_to(&fed, DISCIPLINE, Stdio::null());
+    wait_serving(&fed, DISCIPLINE).await;
     let mut discipline = fed.client(DISCIPLINE);
     let f = wait_follow_up(&mut discipline, "rs-down", "overdue", 15 * SECOND).await;
     assert_eq!(f.due_ms, due);
@@ -565,9 +604,12 @@ async fn follow_ups_survive_a_kill_and_a_deadline_passed_while_down_fires_once()
             .len(),
         1
     );
-    // Once: another crash and start leave it overdue, with its one event.
-    fed.abandon(DISCIPLINE).await;
-    fed.restart(DISCIPLINE).await;
+
+    // Once: another SIGKILL and start leave it overdue, with its one event.
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    let _child = spawn_serve_to(&fed, DISCIPLINE, Stdio::null());
+    wait_serving(&fed, DISCIPLINE).await;
     let mut discipline = fed.client(DISCIPLINE);
     wait_follow_up(&mut discipline, "rs-down", "overdue", 15 * SECOND).await;
     assert_eq!(
