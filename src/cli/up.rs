@@ -88,7 +88,12 @@ pub async fn run(args: UpArgs) -> Result<()> {
          Auditors (certificate of the `auditor` principal):\n\
          \x20 cargo run --release -- export --dir {dir} --node discipline <MESSAGE-ID> -o bundle.json\n\
          \x20 cargo run --release -- verify bundle.json --trust {dir}/federation.toml\n\
-         \x20 cargo run --release -- console --dir {dir} --node discipline --as auditor --listen 127.0.0.1:7399\n"
+         \x20 cargo run --release -- console --dir {dir} --node discipline --as auditor --listen 127.0.0.1:7399\n\
+         Follow-up (suggestions to personnel wait for discipline's `approver` principal):\n\
+         \x20 cargo run --release -- pending --dir {dir} --node discipline\n\
+         \x20 cargo run --release -- approve --dir {dir} --node discipline <MESSAGE-ID>\n\
+         \x20 cargo run --release -- followups --dir {dir} --node discipline --overdue\n\
+         \x20 cargo run --release -- case --dir {dir} --node discipline DEMO-2026-001\n"
     );
     let result = if args.demo {
         demo(&dev).await
