@@ -15,18 +15,22 @@ const MAX_PAGE: usize = 1000;
 /// message key (two ids of at most 128 characters).
 const MAX_TOKEN: usize = 2 * (1 + 8 + 2 * 128 + 1);
 
-/// Follow-ups and cases are for the agency's staff: principals with the
-/// submit or receive role.
+/// Follow-ups and cases are for the agency's staff and its compliance
+/// staff: principals with the submit, receive or audit role (metadata,
+/// never payloads).
 fn authorize_staff<T>(broker: &Broker, request: &Request<T>, what: &str) -> Result<(), Status> {
     let config = broker.config();
-    if authorize(config, request, Role::Submit).is_err() {
-        authorize(config, request, Role::Receive).map_err(|_| {
-            Status::permission_denied(format!(
-                "{what} are for principals with the submit or receive role"
-            ))
-        })?;
+    let allowed = [Role::Submit, Role::Receive, Role::Audit]
+        .into_iter()
+        .any(|role| authorize(config, request, role).is_ok());
+    if allowed {
+        return Ok(());
     }
-    Ok(())
+    // The usual refusal for a stranger or another node's principal.
+    authorize(config, request, Role::Submit)?;
+    Err(Status::permission_denied(format!(
+        "{what} are for principals with the submit, receive or audit role"
+    )))
 }
 
 pub(super) async fn list(

@@ -22,6 +22,7 @@
 //! - `listener`: accepted connections, capped and closed when idle.
 
 mod assets;
+mod followups;
 mod listener;
 mod nodes;
 mod pages;

@@ -11,6 +11,7 @@ use crate::client::Connection;
 use crate::pb;
 use crate::pb::admin_client::AdminClient;
 use crate::pb::audit_client::AuditClient;
+use crate::pb::broker_client::BrokerClient;
 use anyhow::Result;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -110,6 +111,9 @@ pub async fn call<T>(
     }
 }
 
+/// Overdue follow-ups a snapshot counts (more show as "100+").
+pub const OVERDUE_COUNTED: u32 = 100;
+
 /// What the console shows of one node at one moment.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -122,6 +126,8 @@ pub struct Snapshot {
     pub peers: Result<pb::ListPeersResponse, Refusal>,
     /// The head of the node's audit chain (no checkpoints are listed).
     pub audit: Result<pb::GetCheckpointsResponse, Refusal>,
+    /// Overdue follow-ups (the first page).
+    pub overdue: Result<pb::ListFollowUpsResponse, Refusal>,
 }
 
 impl Snapshot {
@@ -211,6 +217,10 @@ impl Node {
         AdminClient::new(self.channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES)
     }
 
+    pub fn broker(&self) -> BrokerClient<Channel> {
+        BrokerClient::new(self.channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES)
+    }
+
     pub fn audit(&self) -> AuditClient<Channel> {
         AuditClient::new(self.channel.clone()).max_decoding_message_size(MAX_ANSWER_BYTES)
     }
@@ -247,9 +257,14 @@ impl Node {
     }
 
     async fn take(&self) -> Snapshot {
-        let (mut admin, mut admin2, mut audit, mut health) =
-            (self.admin(), self.admin(), self.audit(), self.health());
-        let (health, queues, peers, audit) = tokio::join!(
+        let (mut admin, mut admin2, mut audit, mut health, mut broker) = (
+            self.admin(),
+            self.admin(),
+            self.audit(),
+            self.health(),
+            self.broker(),
+        );
+        let (health, queues, peers, audit, overdue) = tokio::join!(
             call(health.check(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             })),
@@ -257,6 +272,11 @@ impl Node {
             call(admin2.list_peers(pb::ListPeersRequest {})),
             call(audit.get_checkpoints(pb::GetCheckpointsRequest {
                 head_only: true,
+                ..Default::default()
+            })),
+            call(broker.list_follow_ups(pb::ListFollowUpsRequest {
+                states: vec!["overdue".into()],
+                page_size: OVERDUE_COUNTED,
                 ..Default::default()
             })),
         );
@@ -269,6 +289,7 @@ impl Node {
             queues,
             peers,
             audit,
+            overdue,
         }
     }
 

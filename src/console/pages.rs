@@ -11,6 +11,8 @@
 //! - `GET /nodes/NODE/messages` lookup and search,
 //!   `GET /nodes/NODE/messages/SENDER/ID` a message, `…/verify` the offline
 //!   verifier's report on its bundle, `…/bundle.json` the bundle itself;
+//! - `GET /nodes/NODE/follow-ups` and `GET /nodes/NODE/cases/CASE`
+//!   (`followups`);
 //! - `GET /audit` checkpoints and their witnesses;
 //! - `GET /assets/…` the CSS and the script.
 
@@ -54,6 +56,11 @@ pub fn router(console: Console) -> Router {
             "/nodes/{node}/dead-letters/{sender}/{id}/{verb}",
             get(confirm).post(act),
         )
+        .route(
+            "/nodes/{node}/follow-ups",
+            get(super::followups::follow_ups),
+        )
+        .route("/nodes/{node}/cases/{case}", get(super::followups::case))
         .route("/nodes/{node}/messages", get(messages))
         .route("/nodes/{node}/messages/{sender}/{id}", get(message))
         .route("/nodes/{node}/messages/{sender}/{id}/verify", get(verify))
@@ -79,7 +86,7 @@ pub fn router(console: Console) -> Router {
 /// A page answered instead of the one asked for (a node this console does
 /// not know, an id that cannot be one). Boxed: a response is large.
 #[derive(Debug)]
-struct Refused(Box<Response>);
+pub(super) struct Refused(Box<Response>);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
@@ -87,7 +94,7 @@ impl IntoResponse for Refused {
     }
 }
 
-fn chrome<'a>(
+pub(super) fn chrome<'a>(
     console: &'a Console,
     session: &'a SessionInfo,
     current: Option<&'a str>,
@@ -99,7 +106,7 @@ fn chrome<'a>(
     }
 }
 
-fn respond(status: StatusCode, markup: Markup) -> Response {
+pub(super) fn respond(status: StatusCode, markup: Markup) -> Response {
     (status, markup).into_response()
 }
 
@@ -131,7 +138,11 @@ async fn fallback(
 }
 
 /// Looks up the node of a path, or answers 404.
-fn node_of<'a>(console: &'a Console, session: &SessionInfo, id: &str) -> Result<&'a Node, Refused> {
+pub(super) fn node_of<'a>(
+    console: &'a Console,
+    session: &SessionInfo,
+    id: &str,
+) -> Result<&'a Node, Refused> {
     console.node(id).ok_or_else(|| {
         Refused(Box::new(not_found(
             console,

@@ -174,6 +174,7 @@ fn frame(chrome: &Chrome, title: &str, body: Markup, refresh: bool) -> Markup {
                             a href=(node_path(&n.id, "queues")) { "queues and peers" }
                             a href=(node_path(&n.id, "dead-letters")) { "dead letters" }
                             a href=(node_path(&n.id, "messages")) { "messages" }
+                            a href=(node_path(&n.id, "follow-ups")) { "follow-ups" }
                         }
                         a href="/audit" { "Audit" }
                     }
@@ -337,6 +338,19 @@ fn node_panel(node: &Node, s: &Snapshot, series: &Series) -> Markup {
                 },
                 Err(r) if r.denied() => { (not_held("Queues and peers", r)) },
                 Err(r) => { (refusal_box("the queue figures", r)) },
+            }
+            @match &s.overdue {
+                Ok(o) => {
+                    p {
+                        "Overdue follow-ups: "
+                        strong id={"overdue-" (id)} {
+                            (o.follow_ups.len()) @if !o.next_page_token.is_empty() { "+" }
+                        }
+                        " · " a href={(node_path(id, "follow-ups")) "?overdue=1"} { "follow-ups" }
+                    }
+                },
+                Err(r) if r.denied() => {},
+                Err(r) => { (refusal_box("the overdue follow-ups", r)) },
             }
             @match &s.audit {
                 Ok(a) => {
@@ -822,7 +836,8 @@ pub fn messages(
                                     td { (when(m.created_at_ms)) }
                                     td { a href=(message_path(node, &m.sender_node, &m.message_id)) { (m.sender_node) "/" (m.message_id) } }
                                     td { (m.direction) } td { (m.peer) } td { (kind_name(m.kind)) }
-                                    td { (m.case_reference) } td.wrap { (m.subject) } td { (m.state) }
+                                    td { @if !m.case_reference.is_empty() { a href=(super::followups::case_path(node, &m.case_reference)) { (m.case_reference) } } }
+                                    td.wrap { (m.subject) } td { (m.state) }
                                 }
                             }
                         }

@@ -947,6 +947,111 @@ async fn console_for_an_auditor_verifies_and_cannot_requeue() {
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The follow-up and case pages, for an auditor (allowed: metadata, no
+/// payloads) and an operator (refused by the node); overdue first, and the
+/// overview counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_follow_ups_and_a_case() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut late = submit_request(
+        "rs-late",
+        MessageKind::RectificationSuggestion,
+        PERSONNEL,
+        &payload("rs-late"),
+    );
+    late.reply_by_ms = cluebridge::now_ms() + 1_000;
+    submit(&mut discipline, late).await;
+    submit(
+        &mut discipline,
+        submit_request(
+            "rs-open",
+            MessageKind::RectificationSuggestion,
+            PERSONNEL,
+            &payload("rs-open"),
+        ),
+    )
+    .await;
+    // Polled until the deadline has passed and the sweep has seen it.
+    let deadline = Instant::now() + 15 * SECOND;
+    loop {
+        let overdue = discipline
+            .list_follow_ups(pb::ListFollowUpsRequest {
+                states: vec!["overdue".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("follow-ups")
+            .into_inner()
+            .follow_ups;
+        if !overdue.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rs-late never became overdue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut console = ConsoleProcess::start(&fed, AUDITOR_NAME, &[DISCIPLINE]).await;
+    let mut browser = console.login().await;
+    let page = browser.get("/").await;
+    assert_eq!(
+        text_of_id(&page.body, "overdue-discipline").as_deref(),
+        Some("1"),
+        "{}",
+        page.body
+    );
+    let page = browser.get("/nodes/discipline/follow-ups").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let (late_at, open_at) = (page.body.find("rs-late"), page.body.find("rs-open"));
+    assert!(
+        late_at.is_some() && late_at < open_at,
+        "overdue first: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("<strong>overdue</strong>"),
+        "{}",
+        page.body
+    );
+    let page = browser.get("/nodes/discipline/follow-ups?overdue=1").await;
+    assert!(
+        page.body.contains("rs-late") && !page.body.contains("rs-open"),
+        "{}",
+        page.body
+    );
+    let page = browser.get("/nodes/discipline/cases/CASE-7").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    for text in [
+        "Case CASE-7 at discipline",
+        "rs-late",
+        "rs-open",
+        "Follow-up: ",
+        "accepted",
+    ] {
+        assert!(page.body.contains(text), "{text}: {}", page.body);
+    }
+    let page = browser.get("/nodes/discipline/cases/NO-SUCH-CASE").await;
+    assert!(
+        page.body.contains("no message under this case"),
+        "{}",
+        page.body
+    );
+    browser.assert_no_payload();
+
+    // The operator's console: the node refuses it the follow-ups.
+    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE]).await;
+    let mut browser = console.login().await;
+    let page = browser.get("/nodes/discipline/follow-ups").await;
+    assert!(
+        page.body
+            .contains("need a principal with the submit, receive or audit role"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("rs-late"), "{}", page.body);
+    browser.assert_no_payload();
+}
+
 /// Runs headless Chromium with a fresh profile on `url` with `extra`
 /// arguments, under a deadline: its standard output.
 async fn chromium(url: &str, extra: &[&str]) -> String {
