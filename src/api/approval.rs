@@ -7,8 +7,9 @@ use crate::model::{MessageRef, Role, validate_id};
 use crate::pb;
 use tonic::{Request, Response, Status};
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
+/// A page token is the hex of a message key (two ids of at most 128
+/// characters and their separator).
+const MAX_TOKEN: usize = 2 * 128 + 1;
 
 /// A submit's answer in wire form.
 pub(super) fn submit_response(submitted: Submitted) -> pb::SubmitResponse {
@@ -39,24 +40,8 @@ pub(super) async fn list(
 ) -> Result<Response<pb::ListPendingResponse>, Status> {
     authorize(broker.config(), &request, Role::Approve)?;
     let r = request.into_inner();
-    let limit = match r.page_size as usize {
-        0 => DEFAULT_PAGE,
-        n if n > MAX_PAGE => {
-            return Err(Status::invalid_argument(format!(
-                "page_size {n} is over the limit of {MAX_PAGE}"
-            )));
-        }
-        n => n,
-    };
-    let after = match r.page_token.as_str() {
-        "" => None,
-        t => Some(
-            hex::decode(t)
-                .ok()
-                .filter(|k| k.len() <= 512)
-                .ok_or_else(|| Status::invalid_argument("page_token is not one this node gave"))?,
-        ),
-    };
+    let limit = super::page_size(r.page_size, "page_size")?;
+    let after = super::hex_token(&r.page_token, MAX_TOKEN)?;
     let (found, next) = broker
         .read(move |b| b.pending_approvals(after.as_deref(), limit))
         .await?;

@@ -9,11 +9,9 @@ use crate::pb;
 use crate::store::FollowUpFilter;
 use tonic::{Request, Response, Status};
 
-const DEFAULT_PAGE: usize = 100;
-const MAX_PAGE: usize = 1000;
 /// A page token is the hex of an index key: a state, a deadline and a
 /// message key (two ids of at most 128 characters).
-const MAX_TOKEN: usize = 2 * (1 + 8 + 2 * 128 + 1);
+const MAX_TOKEN: usize = 1 + 8 + 2 * 128 + 1;
 
 /// Follow-ups and cases are for the agency's staff and its compliance
 /// staff: principals with the submit, receive or audit role (metadata,
@@ -73,27 +71,8 @@ fn parse(r: pb::ListFollowUpsRequest) -> Result<Parsed, Status> {
             "case_reference is longer than 256 bytes",
         ));
     }
-    let limit = match r.page_size as usize {
-        0 => DEFAULT_PAGE,
-        n if n > MAX_PAGE => {
-            return Err(Status::invalid_argument(format!(
-                "page_size {n} is over the limit of {MAX_PAGE}"
-            )));
-        }
-        n => n,
-    };
-    let after = match r.page_token.as_str() {
-        "" => None,
-        t if t.len() > MAX_TOKEN => {
-            return Err(Status::invalid_argument(
-                "page_token is not one this node gave",
-            ));
-        }
-        t => Some(
-            hex::decode(t)
-                .map_err(|_| Status::invalid_argument("page_token is not one this node gave"))?,
-        ),
-    };
+    let limit = super::page_size(r.page_size, "page_size")?;
+    let after = super::hex_token(&r.page_token, MAX_TOKEN)?;
     let filter = FollowUpFilter {
         states,
         side,
@@ -152,15 +131,7 @@ pub(super) async fn case(
             "case_reference is longer than 256 bytes",
         ));
     }
-    let limit = match r.limit as usize {
-        0 => DEFAULT_PAGE,
-        n if n > MAX_PAGE => {
-            return Err(Status::invalid_argument(format!(
-                "limit {n} is over the limit of {MAX_PAGE}"
-            )));
-        }
-        n => n,
-    };
+    let limit = super::page_size(r.limit, "limit")?;
     let after = match r.page_token.as_str() {
         "" => None,
         t => Some(PageToken::decode(t)?),

@@ -105,6 +105,32 @@ pub(crate) fn authorize<T>(
     require(principal, role)
 }
 
+/// A page size asked for: 0 means 100, more than 1000 is refused.
+pub(super) fn page_size(asked: u32, name: &str) -> Result<usize, Status> {
+    const DEFAULT: usize = 100;
+    const MAX: usize = 1000;
+    match asked as usize {
+        0 => Ok(DEFAULT),
+        n if n > MAX => Err(Status::invalid_argument(format!(
+            "{name} {n} is over the limit of {MAX}"
+        ))),
+        n => Ok(n),
+    }
+}
+
+/// A page token this node gave as hex (an index key of at most `max`
+/// bytes); empty: from the start.
+pub(super) fn hex_token(token: &str, max: usize) -> Result<Option<Vec<u8>>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(token)
+        .ok()
+        .filter(|k| k.len() <= max)
+        .map(Some)
+        .ok_or_else(|| Status::invalid_argument("page_token is not one this node gave"))
+}
+
 /// The principal of this node that `identity` names, if the node file
 /// lists it.
 fn principal_of(config: &NodeConfig, identity: PeerIdentity) -> Result<&Principal, Status> {

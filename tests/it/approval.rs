@@ -5,17 +5,13 @@
 //! sent, final, recorded). The submitter cannot approve its own message,
 //! and a principal without the role cannot approve at all.
 
-use crate::audit::{auditor, bundle_of, check_store, data_dir};
+use crate::audit::{bundle_of, check_store, data_dir};
 use crate::harness::*;
-use crate::rectification::{structured, suggestion};
 use cluebridge::audit::bundle;
 use cluebridge::config::{NodeFile, PrincipalFile};
 use cluebridge::devfed::{APPROVER_NAME, OPERATOR_NAME};
-use cluebridge::model::rectification::SUGGESTION_TYPE;
-use cluebridge::model::{MessageKind, SentState};
+use cluebridge::model::SentState;
 use cluebridge::pb;
-use prost::Message;
-use std::process::Command;
 use tonic::Code;
 
 /// Discipline also has a clerk who may both submit and approve.
@@ -30,15 +26,7 @@ fn with_clerk(node: &mut NodeFile) {
 }
 
 fn suggestion_request(id: &str) -> pb::SubmitRequest {
-    let mut r = structured(
-        id,
-        MessageKind::RectificationSuggestion,
-        PERSONNEL,
-        SUGGESTION_TYPE,
-        suggestion().encode_to_vec(),
-    );
-    r.case_reference = "CASE-7".into();
-    r
+    crate::followups::suggestion_to_personnel(id, None)
 }
 
 async fn status(fed: &TestFederation, id: &str) -> pb::GetStatusResponse {
@@ -51,19 +39,9 @@ async fn status(fed: &TestFederation, id: &str) -> pb::GetStatusResponse {
         .into_inner()
 }
 
+/// A client command at discipline, as its approver by default.
 fn cli(fed: &TestFederation, args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args(args)
-        .args(["--node", DISCIPLINE, "--dir"])
-        .arg(&fed.dev.dir)
-        .output()
-        .expect("run cluebridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    fed.cli(&[args, &["--node", DISCIPLINE]].concat())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,21 +270,12 @@ async fn a_declined_submit_is_never_sent_and_the_decline_is_final_and_recorded()
     );
 
     // Recorded in the audit chain with who and why.
-    let mut log = auditor(&fed, DISCIPLINE)
-        .export_log(pb::ExportLogRequest {
-            from_seq: 1,
-            to_seq: 0,
-        })
-        .await
-        .expect("export")
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(e) = tokio_stream::StreamExt::next(&mut log).await {
-        let e = e.expect("entry");
-        if e.message_id == "rs-decline" {
-            events.push((e.event, e.detail));
-        }
-    }
+    let events: Vec<(String, String)> =
+        crate::followups::audit_entries(&fed, DISCIPLINE, "rs-decline")
+            .await
+            .into_iter()
+            .map(|e| (e.event, e.detail))
+            .collect();
     assert_eq!(events.len(), 2, "{events:?}");
     assert_eq!(events[1].0, "declined");
     assert!(

@@ -9,27 +9,7 @@ use cluebridge::audit::case_bundle;
 use cluebridge::devfed::OPERATOR_NAME;
 use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
-use std::process::Command;
 use tonic::Code;
-
-/// Runs a client command against the test federation's `--dir`.
-fn run(fed: &TestFederation, args: &[&str]) -> (bool, String) {
-    let dir = fed.dev.dir.to_str().expect("path");
-    run_plain(&[args, &["--dir", dir]].concat())
-}
-
-fn run_plain(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .args(args)
-        .output()
-        .expect("run cluebridge");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// Discipline, under CASE-7: a clue to public security, a structured
 /// suggestion to personnel answered by feedback; and a clue of another
@@ -166,7 +146,7 @@ async fn a_case_shows_what_was_sent_and_received_newest_first_with_receipts_and_
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
 
     // The CLI's timeline.
-    let (ok, text) = run(&fed, &["case", "CASE-7", "--node", DISCIPLINE]);
+    let (ok, text) = fed.cli(&["case", "CASE-7", "--node", DISCIPLINE]);
     assert!(ok, "{text}");
     assert!(
         text.contains("case CASE-7: 3 message(s), newest first"),
@@ -186,15 +166,12 @@ async fn a_case_bundle_verifies_offline_and_any_changed_byte_fails() {
     a_case(&fed).await;
     let file = fed.dev.dir.join("case-7.json");
     let path = file.to_str().expect("path");
-    let (ok, said) = run(
-        &fed,
-        &[
-            "export", "--case", "CASE-7", "-o", path, "--node", DISCIPLINE,
-        ],
-    );
+    let (ok, said) = fed.cli(&[
+        "export", "--case", "CASE-7", "-o", path, "--node", DISCIPLINE,
+    ]);
     assert!(ok && said.contains("(3 messages)"), "{said}");
     let trust = fed.dev.dir.join("federation.toml");
-    let (ok, said) = run_plain(&["verify", path, "--trust", trust.to_str().expect("path")]);
+    let (ok, said) = run_cluebridge(&["verify", path, "--trust", trust.to_str().expect("path")]);
     assert!(ok && said.contains("result: PASS"), "{said}");
     assert!(said.contains("message 3 (discipline/case-clue)"), "{said}");
 

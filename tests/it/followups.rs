@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 /// A structured suggestion from discipline to personnel (two items),
 /// with a reply-by deadline `reply_in` from now (`None`: the route's).
-fn suggestion_to_personnel(id: &str, reply_in: Option<Duration>) -> pb::SubmitRequest {
+pub fn suggestion_to_personnel(id: &str, reply_in: Option<Duration>) -> pb::SubmitRequest {
     let mut r = structured(
         id,
         MessageKind::RectificationSuggestion,
@@ -107,13 +107,8 @@ async fn feed_until(
     }
 }
 
-/// The audit entries of `node` about message `id` with event `event`.
-async fn audit_events(
-    fed: &TestFederation,
-    node: &str,
-    id: &str,
-    event: &str,
-) -> Vec<pb::AuditEntry> {
+/// The audit entries of `node` about message `id`, oldest first.
+pub async fn audit_entries(fed: &TestFederation, node: &str, id: &str) -> Vec<pb::AuditEntry> {
     let mut log = auditor(fed, node)
         .export_log(pb::ExportLogRequest {
             from_seq: 1,
@@ -125,10 +120,22 @@ async fn audit_events(
     let mut found = Vec::new();
     while let Some(e) = tokio_stream::StreamExt::next(&mut log).await {
         let e = e.expect("entry");
-        if e.message_id == id && e.event == event {
+        if e.message_id == id {
             found.push(e);
         }
     }
+    found
+}
+
+/// The audit entries of `node` about message `id` with event `event`.
+async fn audit_events(
+    fed: &TestFederation,
+    node: &str,
+    id: &str,
+    event: &str,
+) -> Vec<pb::AuditEntry> {
+    let mut found = audit_entries(fed, node, id).await;
+    found.retain(|e| e.event == event);
     found
 }
 
@@ -397,6 +404,44 @@ async fn a_passed_deadline_is_overdue_once_in_lists_metrics_and_the_log_and_late
     );
 }
 
+/// Feedback from public security answering discipline's message
+/// `answers`: refused at its own node's Submit (`client`), and at
+/// discipline's Peer.Deliver when public security's node signs it itself
+/// (`peer`); nothing stored on either side.
+async fn refused_both_ways(
+    fed: &TestFederation,
+    answers: &str,
+    client: (Code, &str),
+    peer: (Code, &str),
+) {
+    let before = fed.node(SECURITY).broker.store().counts();
+    let mut answer = submit_request("fb-client", MessageKind::Feedback, DISCIPLINE, b"done");
+    answer.correlation_id = answers.into();
+    let e = fed
+        .client(SECURITY)
+        .submit(answer)
+        .await
+        .expect_err(answers);
+    assert_eq!(e.code(), client.0, "{}", e.message());
+    assert!(e.message().contains(client.1), "{}", e.message());
+    assert_eq!(fed.node(SECURITY).broker.store().counts(), before);
+
+    let before = fed.node(DISCIPLINE).broker.store().counts();
+    let mut h = header(
+        "fb-peer",
+        MessageKind::Feedback,
+        SECURITY,
+        DISCIPLINE,
+        b"done",
+    );
+    h.correlation_id = answers.into();
+    let envelope = sealed(&fed.signer(SECURITY), &h, b"done");
+    let r = refusal(fed, SECURITY, DISCIPLINE, envelope).await;
+    assert_eq!(r.code, peer.0 as i32, "{}", r.message);
+    assert!(r.message.contains(peer.1), "{}", r.message);
+    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn feedback_to_a_message_that_expects_none_is_refused_by_the_client_and_the_peer() {
     let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
@@ -415,32 +460,13 @@ async fn feedback_to_a_message_that_expects_none_is_refused_by_the_client_and_th
             .is_empty()
     );
 
-    let before = fed.node(SECURITY).broker.store().counts();
-    let mut answer = submit_request("fb-1", MessageKind::Feedback, DISCIPLINE, b"done");
-    answer.correlation_id = "clue-1".into();
-    let e = security.submit(answer).await.expect_err("expects none");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
-    assert!(
-        e.message().contains("expects no feedback"),
-        "{}",
-        e.message()
-    );
-    assert_eq!(fed.node(SECURITY).broker.store().counts(), before);
-
-    // A member node signing such feedback itself gets no further.
-    let before = fed.node(DISCIPLINE).broker.store().counts();
-    let mut h = header("fb-2", MessageKind::Feedback, SECURITY, DISCIPLINE, b"done");
-    h.correlation_id = "clue-1".into();
-    let r = refusal(
+    refused_both_ways(
         &fed,
-        SECURITY,
-        DISCIPLINE,
-        sealed(&fed.signer(SECURITY), &h, b"done"),
+        "clue-1",
+        (Code::FailedPrecondition, "expects no feedback"),
+        (Code::FailedPrecondition, "expects no feedback"),
     )
     .await;
-    assert_eq!(r.code, Code::FailedPrecondition as i32, "{}", r.message);
-    assert!(r.message.contains("expects no feedback"), "{}", r.message);
-    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
 
     // Feedback on a message that went to another agency: refused by the
     // client's node, and by the sender's node from a member node.
@@ -449,30 +475,13 @@ async fn feedback_to_a_message_that_expects_none_is_refused_by_the_client_and_th
         suggestion_to_personnel("rs-elsewhere", None),
     )
     .await;
-    let before = fed.node(SECURITY).broker.store().counts();
-    let mut answer = submit_request("fb-4", MessageKind::Feedback, DISCIPLINE, b"done");
-    answer.correlation_id = "rs-elsewhere".into();
-    let e = security.submit(answer).await.expect_err("not ours");
-    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
-    assert!(
-        e.message().contains("no message \"rs-elsewhere\""),
-        "{}",
-        e.message()
-    );
-    assert_eq!(fed.node(SECURITY).broker.store().counts(), before);
-    let before = fed.node(DISCIPLINE).broker.store().counts();
-    let mut h = header("fb-5", MessageKind::Feedback, SECURITY, DISCIPLINE, b"done");
-    h.correlation_id = "rs-elsewhere".into();
-    let r = refusal(
+    refused_both_ways(
         &fed,
-        SECURITY,
-        DISCIPLINE,
-        sealed(&fed.signer(SECURITY), &h, b"done"),
+        "rs-elsewhere",
+        (Code::FailedPrecondition, "no message \"rs-elsewhere\""),
+        (Code::PermissionDenied, "never sent to"),
     )
     .await;
-    assert_eq!(r.code, Code::PermissionDenied as i32, "{}", r.message);
-    assert!(r.message.contains("never sent to"), "{}", r.message);
-    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
 
     // With a reply-by deadline, the same route's clue expects feedback.
     let mut clue = submit_request("clue-2", MessageKind::ClueTransfer, SECURITY, b"c");

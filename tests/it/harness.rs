@@ -501,3 +501,26 @@ fn without_approval(dir: &std::path::Path) {
     }
     std::fs::write(&path, toml::to_string_pretty(&file).expect("encode")).expect("write");
 }
+
+/// Runs the `cluebridge` binary; whether it succeeded, and its standard
+/// output then standard error.
+pub fn run_cluebridge(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+        .args(args)
+        .output()
+        .expect("run cluebridge");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+impl TestFederation {
+    /// [`run_cluebridge`] with this federation's `--dir`.
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let dir = self.dev.dir.to_str().expect("path");
+        run_cluebridge(&[args, &["--dir", dir]].concat())
+    }
+}
