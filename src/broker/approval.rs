@@ -145,6 +145,23 @@ impl Broker {
         Ok(())
     }
 
+    /// Declines, in the node's name, a submit whose time to live passed
+    /// while it waited for approval. On the store's writer thread.
+    pub(super) fn expire_pending(
+        &self,
+        s: &crate::store::Store,
+        message: &MessageRef,
+    ) -> Result<()> {
+        let decision = Decision {
+            by: self.node_id().to_string(),
+            at_ms: now_ms(),
+            reason: "its time to live passed while it waited for approval".into(),
+        };
+        s.decline(message, &decision)?;
+        tracing::warn!(%message, "declined: its time to live passed while it waited for approval");
+        Ok(())
+    }
+
     /// Submits waiting for approval, after the message key `after`.
     pub fn pending_approvals(
         &self,

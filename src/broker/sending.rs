@@ -635,8 +635,8 @@ impl Broker {
         Ok(r)
     }
 
-    /// Expires a sent message that never left the outbox.
-    /// Runs on the store's writer thread, inside `Store::write`.
+    /// Expires a sent message that never left the outbox (or never left
+    /// approval). Runs on the store's writer thread, inside `Store::write`.
     pub(super) fn expire_sent(
         &self,
         s: &Store,
@@ -644,6 +644,9 @@ impl Broker {
         index_key: &[u8],
     ) -> Result<()> {
         let Some(record) = s.sent(message)? else {
+            if s.pending_approval(message)?.is_some() {
+                self.expire_pending(s, message)?;
+            }
             return s.drop_expiry(index_key);
         };
         if record.state != SentState::Accepted {

@@ -6,7 +6,9 @@
 //! - `declined`: message key → a declined submit (without its payload).
 //!
 //! An approved submit leaves `pending_approval` in the transaction that
-//! accepts it (`Store::submit` with its approver).
+//! accepts it (`Store::submit` with its approver). A waiting submit has
+//! its entry in the expiry index, so that one whose time to live passes
+//! is declined in the node's name.
 
 use super::*;
 use crate::model::approval::{Decision, PendingApproval};
@@ -33,6 +35,7 @@ impl Store {
         detail: String,
     ) -> Result<HoldOutcome> {
         let key = keys::message(message);
+        let expires_at_ms = pending.header()?.expires_at_ms;
         let note = Note::new(AuditEvent::AwaitingApproval, "pending_approval", detail);
         self.transact(|t| {
             if t[SENT].get(&key)?.is_some() {
@@ -52,6 +55,9 @@ impl Store {
                 return Ok(HoldOutcome::AlreadyHeld);
             }
             t[PENDING_APPROVAL].insert(key.as_slice(), records::encode(pending))?;
+            // Its time to live runs while it waits: the expiry sweep
+            // declines it when that passes (`Broker::expire_pending`).
+            t[EXPIRY].insert(keys::expiry(expires_at_ms, &key), [])?;
             self.append_audit(t, message, &note)?;
             Ok(HoldOutcome::Held)
         })

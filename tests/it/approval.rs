@@ -288,3 +288,48 @@ async fn a_declined_submit_is_never_sent_and_the_decline_is_final_and_recorded()
     let report = check_store(&data_dir(&fed, DISCIPLINE), &fed, &[]);
     assert!(report.passed, "{}", report.render());
 }
+
+/// A submit whose time to live passes while it waits is declined in the
+/// node's name, never sent, and the store still agrees with its chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_that_outlives_its_time_to_live_while_waiting_is_declined_by_the_node() {
+    let mut fed = TestFederation::start_approving(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut request = suggestion_request("rs-stale");
+    request.ttl_seconds = 1;
+    let held = fed
+        .client(DISCIPLINE)
+        .submit(request)
+        .await
+        .expect("submit")
+        .into_inner();
+    assert!(held.pending_approval);
+    let deadline = std::time::Instant::now() + 15 * SECOND;
+    let s = loop {
+        let s = status(&fed, "rs-stale").await;
+        if s.state == pb::MessageState::Declined as i32 {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", s.state);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(s.declined_by, DISCIPLINE);
+    assert!(s.declined_reason.contains("time to live passed"), "{s:?}");
+    let e = fed
+        .connection_as(DISCIPLINE, APPROVER_NAME)
+        .broker()
+        .expect("approver")
+        .approve(pb::ApproveRequest {
+            message_id: "rs-stale".into(),
+        })
+        .await
+        .expect_err("declined");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert_eq!(
+        fed.node(PERSONNEL).broker.store().counts().inbound,
+        0,
+        "never sent"
+    );
+    fed.stop(DISCIPLINE).await;
+    let report = check_store(&data_dir(&fed, DISCIPLINE), &fed, &[]);
+    assert!(report.passed, "{}", report.render());
+}
