@@ -105,6 +105,26 @@ pub(crate) fn authorize<T>(
     require(principal, role)
 }
 
+/// [`authorize`] for a call any of `roles` may make: the caller's
+/// certificate is read once.
+pub(crate) fn authorize_any<T>(
+    config: &NodeConfig,
+    request: &Request<T>,
+    roles: &[Role],
+    what: &str,
+) -> Result<Principal, Status> {
+    let principal = principal_of(config, caller(config, request)?)?;
+    if roles.iter().any(|r| principal.has(*r)) {
+        return Ok(principal.clone());
+    }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(Status::permission_denied(format!(
+        "{what} are for principals with one of the roles {}; principal {} has none",
+        names.join(", "),
+        principal.name
+    )))
+}
+
 /// A page size asked for: 0 means 100, more than 1000 is refused.
 pub(super) fn page_size(asked: u32, name: &str) -> Result<usize, Status> {
     const DEFAULT: usize = 100;

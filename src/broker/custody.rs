@@ -434,7 +434,7 @@ impl Broker {
         };
         let record = self.receivers_record(receiver, message)?;
         let receipt = self
-            .issue_batched(message, kind, record.header_sha256, record.attempts, reason)
+            .sign_one(self.receipt(message, kind, record.header_sha256, record.attempts, reason))
             .await;
         let settled = {
             let (message, receipt) = (message.clone(), receipt.clone());

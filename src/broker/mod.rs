@@ -202,16 +202,8 @@ impl Broker {
         self.shared.receipts.sign(receipts).await
     }
 
-    /// [`Broker::issue`] through the batch signer.
-    async fn issue_batched(
-        &self,
-        message: &MessageRef,
-        kind: ReceiptKind,
-        header_sha256: [u8; 32],
-        attempt: u32,
-        reason: impl Into<String>,
-    ) -> SignedReceipt {
-        let receipt = self.receipt(message, kind, header_sha256, attempt, reason);
+    /// Signs one receipt by this node through the batch signer.
+    async fn sign_one(&self, receipt: Receipt) -> SignedReceipt {
         let mut signed = self.sign_together(vec![receipt]).await;
         signed.pop().expect("one receipt signed")
     }

@@ -244,7 +244,7 @@ impl Broker {
         let envelope = self.signer().seal(&header, payload);
         let header_sha256 = envelope.header_sha256();
         let accepted = self
-            .issue_batched(&message, ReceiptKind::Accepted, header_sha256, 0, "")
+            .sign_one(self.receipt(&message, ReceiptKind::Accepted, header_sha256, 0, ""))
             .await;
         let record = SentRecord {
             state: SentState::Accepted,

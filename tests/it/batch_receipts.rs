@@ -10,7 +10,6 @@ use crate::harness::*;
 use cluebridge::audit::bundle;
 use cluebridge::model::{MessageKind, SentState};
 use sha2::{Digest, Sha256};
-use std::process::Command;
 
 const MESSAGES: usize = 5;
 
@@ -139,16 +138,14 @@ async fn receipts_taken_together_share_one_signature_and_verify_with_the_federat
     // The real binary agrees.
     let file = fed.dev.dir.join("batch-2.json");
     std::fs::write(&file, &text).expect("write bundle");
-    let out = Command::new(env!("CARGO_BIN_EXE_cluebridge"))
-        .arg("verify")
-        .arg(&file)
-        .arg("--trust")
-        .arg(fed.dev.dir.join("federation.toml"))
-        .output()
-        .expect("run verify");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("result: PASS"), "{stdout}");
+    let trust_file = fed.dev.dir.join("federation.toml");
+    let (ok, said) = run_cluebridge(&[
+        "verify",
+        file.to_str().expect("path"),
+        "--trust",
+        trust_file.to_str().expect("path"),
+    ]);
+    assert!(ok && said.contains("result: PASS"), "{said}");
 
     // Any change to the proof fails the receipt, with the reason.
     let changes: [(&str, Box<Edit>); 5] = [
