@@ -134,8 +134,15 @@ where
         return Ok(());
     };
     let every = Duration::from_secs(every.max(1));
+    // One listener for the whole watch: a signal that arrives while a
+    // refresh is being fetched is not lost between two listeners.
+    let interrupted = super::shutdown_signal();
+    tokio::pin!(interrupted);
     loop {
-        let text = once().await?;
+        let text = tokio::select! {
+            text = once() => text?,
+            _ = &mut interrupted => return Ok(()),
+        };
         if output.json {
             print!("{text}");
         } else {
@@ -147,7 +154,7 @@ where
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = super::shutdown_signal() => return Ok(()),
+            _ = &mut interrupted => return Ok(()),
         }
     }
 }
