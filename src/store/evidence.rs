@@ -154,7 +154,9 @@ impl JournalReader {
         };
         let mut payload = vec![0; len];
         file.read_exact_at(&mut payload, at.offset + 8)?;
-        Ok(wal::crc_holds(&header, &payload).then_some(payload))
+        Ok(wal::crc_holds(&header, &payload)
+            .then(|| wal::unpack(&payload))
+            .flatten())
     }
 
     fn file(&self, path: &Path, epoch: u64) -> std::io::Result<Arc<dyn FsFile>> {

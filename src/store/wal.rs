@@ -255,7 +255,7 @@ fn next_record(
     if crc32fast::hash(payload) != crc {
         return Ok(None);
     }
-    let Some(ops) = decode(payload) else {
+    let Some(ops) = unpack(payload).as_deref().and_then(decode) else {
         return Ok(None);
     };
     if !complete(&ops)? {
@@ -264,8 +264,21 @@ fn next_record(
     Ok(Some((8 + len, ops)))
 }
 
-/// Where each op's value lies in its record's payload (`encode` lays
-/// them out): (start, length), `None` for a removal.
+/// The writes of a record as `encode` laid them out, from its stored
+/// payload: LZ4 block compression, the uncompressed length first (a
+/// record's keys repeat: the message key of a submit appears in most of
+/// its writes). `None` if the payload does not decompress to a length
+/// a record can have.
+pub(super) fn unpack(payload: &[u8]) -> Option<Vec<u8>> {
+    let announced = u32::from_le_bytes(payload.get(..4)?.try_into().ok()?) as usize;
+    if announced > MAX_RECORD {
+        return None;
+    }
+    lz4_flex::block::decompress_size_prepended(payload).ok()
+}
+
+/// Where each op's value lies in its record's writes once unpacked
+/// (`encode` lays them out): (start, length), `None` for a removal.
 pub(super) fn value_spans(ops: &[Op]) -> Vec<Option<(u32, u32)>> {
     let mut at = 0usize;
     ops.iter()
@@ -307,8 +320,7 @@ fn encode(ops: &[Op]) -> Vec<u8> {
         .iter()
         .map(|op| 10 + op.key.len() + op.value.as_ref().map_or(0, Vec::len))
         .sum();
-    let mut payload = Vec::with_capacity(8 + size);
-    payload.extend_from_slice(&[0; 8]);
+    let mut payload = Vec::with_capacity(size);
     for op in ops {
         payload.push(op.tree);
         payload.push(if op.value.is_some() { INSERT } else { REMOVE });
@@ -319,11 +331,12 @@ fn encode(ops: &[Op]) -> Vec<u8> {
             payload.extend_from_slice(v);
         }
     }
-    let len = (payload.len() - 8) as u32;
-    let crc = crc32fast::hash(&payload[8..]);
-    payload[..4].copy_from_slice(&len.to_le_bytes());
-    payload[4..8].copy_from_slice(&crc.to_le_bytes());
-    payload
+    let packed = lz4_flex::block::compress_prepend_size(&payload);
+    let mut record = Vec::with_capacity(8 + packed.len());
+    record.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+    record.extend_from_slice(&crc32fast::hash(&packed).to_le_bytes());
+    record.extend_from_slice(&packed);
+    record
 }
 
 fn decode(mut payload: &[u8]) -> Option<Vec<Op>> {
@@ -846,10 +859,40 @@ mod tests {
     fn a_record_round_trips_and_a_flipped_bit_is_caught() {
         let record = encode(&ops());
         let payload = &record[8..];
-        assert_eq!(decode(payload).expect("decode").len(), 3);
+        let unpacked = unpack(payload).expect("unpack");
+        assert_eq!(decode(&unpacked).expect("decode").len(), 3);
         let crc = u32::from_le_bytes(record[4..8].try_into().expect("crc"));
         let mut flipped = payload.to_vec();
         flipped[3] ^= 1;
         assert_ne!(crc32fast::hash(&flipped), crc);
+    }
+
+    /// A record is stored compressed: writes that repeat one message's key
+    /// take little more room than one of them, and a stored length that no
+    /// record can have is refused before anything is allocated for it.
+    #[test]
+    fn a_record_is_stored_compressed_and_a_wild_length_is_refused() {
+        let key = b"discipline\01b9d6bcd-bbfd-4b2d-9da7-ab8e2e6c1f0c".to_vec();
+        let writes: Vec<Op> = (0..8u8)
+            .map(|tree| Op {
+                tree,
+                key: key.clone(),
+                value: Some(vec![tree; 24]),
+            })
+            .collect();
+        let raw: usize = writes.iter().map(|w| 10 + w.key.len() + 24).sum();
+        let record = encode(&writes);
+        assert!(record.len() < raw / 2, "{} of {raw} bytes", record.len());
+        let unpacked = unpack(&record[8..]).expect("unpack");
+        let back = decode(&unpacked).expect("decode");
+        assert_eq!(back.len(), 8);
+        assert!(back.iter().all(|w| w.key == key));
+        let spans = value_spans(&writes);
+        let (start, len) = spans[5].expect("a value");
+        assert_eq!(&unpacked[start as usize..][..len as usize], &[5u8; 24]);
+
+        let mut wild = record[8..].to_vec();
+        wild[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(unpack(&wild), None);
     }
 }
