@@ -872,7 +872,7 @@ mod tests {
     /// record can have is refused before anything is allocated for it.
     #[test]
     fn a_record_is_stored_compressed_and_a_wild_length_is_refused() {
-        let key = b"discipline\01b9d6bcd-bbfd-4b2d-9da7-ab8e2e6c1f0c".to_vec();
+        let key = b"discipline\x00b9d6bcd-bbfd-4b2d-9da7-ab8e2e6c1f0c".to_vec();
         let writes: Vec<Op> = (0..8u8)
             .map(|tree| Op {
                 tree,
