@@ -60,6 +60,7 @@ mod evidence;
 mod expiry;
 mod feed;
 mod followups;
+mod format;
 pub mod fs;
 mod index;
 mod indexer;
@@ -451,6 +452,7 @@ impl Store {
                 source,
             })
         })?;
+        format::stamp_or_check(&*fs, dir)?;
         let segments = Segments::open(Arc::clone(&fs), dir)?;
         let r = recovery::recover(Arc::clone(&fs), dir, &segments)?;
         // The replayed changes become durable in the index, with the

@@ -42,6 +42,7 @@ impl Store {
                 dir.display()
             )));
         }
+        super::format::check(&*fs, dir)?;
         let (db, sled_trees) = index::open_temporary()?;
         let live = Live::new(Maps::new());
         let trees = live::trees(sled_trees, &live);
