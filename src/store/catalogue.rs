@@ -250,6 +250,7 @@ mod tests {
             outbox_key: None,
             audit_seqs: Vec::new(),
             conflict_recorded: false,
+            envelope_at: Vec::new(),
         };
         let accepted = receipt(&h, ReceiptKind::Accepted);
         store
@@ -384,7 +385,7 @@ mod tests {
         let digests = |s: &Store| -> Vec<[u8; 32]> {
             [CATALOGUE_BY_TIME, CATALOGUE_BY_CASE]
                 .iter()
-                .map(|&i| s.tree_digest(i, s.tree(i)).expect("digest"))
+                .map(|&i| s.tree_digest(s.tree(i)).expect("digest"))
                 .collect()
         };
         let (trees, index) = (digests(&store), store.index_digest().expect("digest"));

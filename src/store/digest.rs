@@ -33,11 +33,11 @@ impl Store {
         Ok(h.finalize().into())
     }
 
-    /// The digest of one tree's keys and values (envelopes by their bytes).
-    pub(super) fn tree_digest(&self, i: usize, tree: &Tree) -> Result<[u8; 32]> {
+    /// The digest of one tree's keys and values.
+    pub(super) fn tree_digest(&self, tree: &Tree) -> Result<[u8; 32]> {
         use sha2::Digest;
         let mut h = sha2::Sha256::new();
-        self.hash_tree(&mut h, i, tree)?;
+        self.hash_tree(&mut h, tree)?;
         Ok(h.finalize().into())
     }
 
@@ -49,21 +49,17 @@ impl Store {
             }
             h.update((name.len() as u64).to_be_bytes());
             h.update(name.as_bytes());
-            self.hash_tree(h, i, tree)?;
+            self.hash_tree(h, tree)?;
         }
         Ok(())
     }
 
-    fn hash_tree(&self, h: &mut sha2::Sha256, i: usize, tree: &Tree) -> Result<()> {
+    fn hash_tree(&self, h: &mut sha2::Sha256, tree: &Tree) -> Result<()> {
         use sha2::Digest;
         {
             for entry in tree.iter() {
                 let (k, v) = entry?;
-                let v = if i == ENVELOPES {
-                    self.envelope_bytes(&v)?
-                } else {
-                    v.to_vec()
-                };
+                let v = v.to_vec();
                 h.update((k.len() as u64).to_be_bytes());
                 h.update(&k);
                 h.update((v.len() as u64).to_be_bytes());

@@ -7,7 +7,7 @@
 
 use super::fs::{Fs, FsFile};
 use super::wal::{self, Op, Position};
-use super::{AUDIT, RECEIPT_OUTBOX, RECEIPTS, StoreError};
+use super::{AUDIT, ENVELOPES, RECEIPT_OUTBOX, RECEIPTS, StoreError};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,10 +53,13 @@ impl JournalLocator {
 }
 
 /// The writes of the record written at `at`, as the index holds them:
-/// values of the evidence trees replaced by their locators.
+/// values of the evidence trees replaced by their locators, and no
+/// `envelopes` write (the journal's note of where an envelope lies; the
+/// message's record holds it).
 pub(super) fn index_form(ops: &[Op], at: Position) -> Vec<Op> {
     ops.iter()
         .zip(wal::value_spans(ops))
+        .filter(|(op, _)| op.tree as usize != ENVELOPES)
         .map(
             |(op, span)| match (span, TREES.contains(&(op.tree as usize))) {
                 (Some((start, len)), true) => Op {

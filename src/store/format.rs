@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 use std::path::Path;
 
 /// What the stamp holds; changed with every change of the bytes on disk.
-/// Format 2: journal records LZ4-compressed.
-const FORMAT: &[u8] = b"cluebridge store format 2\n";
+/// Format 2: journal records LZ4-compressed; 3: envelope locators in the
+/// message records, not in an index tree of their own.
+const FORMAT: &[u8] = b"cluebridge store format 3\n";
 
 /// The stamp's file name, inside `journal/`.
 const FILE: &str = "FORMAT";
@@ -92,7 +93,7 @@ mod tests {
         let err = stamp_or_check(&fs, tmp.path()).expect_err("another format");
         let text = err.to_string();
         assert!(
-            text.contains("format 1") && text.contains("format 2") && text.contains("remove"),
+            text.contains("format 1") && text.contains("format 3") && text.contains("remove"),
             "{text}"
         );
         assert!(matches!(err, Error::FailedPrecondition(_)));

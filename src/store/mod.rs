@@ -1,8 +1,10 @@
 //! The durable store: the only module that imports sled.
 //!
 //! Trees (all keys documented in `keys`):
-//! - `envelopes`: message key → locator of the signed envelope bytes in
-//!   the envelope segments (see `segments`), written once;
+//! - `envelopes`: a write of the journal alone (message key → locator of
+//!   the signed envelope bytes in the envelope segments, see `segments`),
+//!   never in the index: the message's record holds the locator
+//!   (`envelope_at`);
 //! - `sent`: message key → [`SentRecord`] for messages this node sent
 //!   (also the idempotency record: it holds the submit request digest);
 //! - `inbound`: message key → [`InboundRecord`] for messages in custody;
@@ -329,10 +331,36 @@ pub enum InboundOutcome {
     AlreadyHeld(SignedReceipt),
 }
 
+/// Notes in the record of message `key`, written in the same change
+/// (`ops`), where its new envelope lies (`at`, an encoded locator).
+fn place_envelope(ops: &mut [wal::Op], key: &[u8], at: &[u8]) -> Result<()> {
+    for op in ops.iter_mut().filter(|op| op.key == key) {
+        let Some(value) = &op.value else { continue };
+        let placed = match op.tree as usize {
+            SENT => {
+                let mut r: SentRecord = records::decode("sent", value)?;
+                r.envelope_at = at.to_vec();
+                records::encode(&r)
+            }
+            INBOUND => {
+                let mut r: InboundRecord = records::decode("inbound", value)?;
+                r.envelope_at = at.to_vec();
+                records::encode(&r)
+            }
+            _ => continue,
+        };
+        op.value = Some(placed);
+        return Ok(());
+    }
+    Err(Error::corrupt(
+        "envelopes",
+        "an envelope was written without its message's record",
+    ))
+}
+
 /// Counts of records per tree, for tests and operators.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    pub envelopes: usize,
     pub sent: usize,
     pub inbound: usize,
     pub receipts: usize,
@@ -895,6 +923,11 @@ impl Store {
                 op.value = Some(at.encode().to_vec());
                 located.push((op.key.clone(), at.encode().to_vec()));
             }
+        }
+        // The message's record, written in the same change, notes where
+        // its envelope lies: the index holds no entry of its own for it.
+        for (key, at) in &located {
+            place_envelope(&mut ops, key, at)?;
         }
         // An outbox entry written with its envelope names the envelope by
         // where it lies, not by message key: a forwarder reads it without

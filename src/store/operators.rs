@@ -197,7 +197,6 @@ impl Store {
     /// checks, never on a scrape.
     pub fn counts(&self) -> Counts {
         Counts {
-            envelopes: self.tree(ENVELOPES).len(),
             sent: self.tree(SENT).len(),
             inbound: self.tree(INBOUND).len(),
             receipts: self.tree(RECEIPTS).len(),

@@ -89,6 +89,7 @@ fn submit_of(i: usize) -> Submit {
             outbox_key: None,
             audit_seqs: Vec::new(),
             conflict_recorded: false,
+            envelope_at: Vec::new(),
         },
         accepted: SignedReceipt::single(receipt.encode(), vec![9; 64]),
     }

@@ -131,7 +131,7 @@ impl Store {
             if i == super::META || live::is_live(i) {
                 continue;
             }
-            if self.tree_digest(i, mine)? != self.tree_digest(i, theirs)? {
+            if self.tree_digest(mine)? != self.tree_digest(theirs)? {
                 return Ok(Some(super::TREE_NAMES[i].to_string()));
             }
         }

@@ -153,13 +153,9 @@ impl Store {
                 Ok(Some(record))
             })?;
             if let Some(record) = leased {
-                let envelope = self
-                    .tree(ENVELOPES)
-                    .get(&msg_key)?
-                    .ok_or_else(|| Error::corrupt("envelopes", "leased message has no envelope"))?;
                 return Ok(Ok(Lease {
                     message_key: msg_key.to_vec(),
-                    envelope: self.envelope_bytes(&envelope)?,
+                    envelope: self.envelope_bytes(&record.envelope_at)?,
                     record,
                 }));
             }

@@ -23,6 +23,9 @@ pub struct SentRecord {
     /// A final receipt contradicting the message's final state came back
     /// and was recorded in the audit log; later ones are refused unrecorded.
     pub conflict_recorded: bool,
+    /// Where the signed envelope lies in the segments (a
+    /// `segments::Locator`), set by the store when it writes the envelope.
+    pub envelope_at: Vec<u8>,
 }
 
 /// State of a message in this node's custody.
@@ -46,6 +49,8 @@ pub struct InboundRecord {
     /// The principal that holds the current lease: only it may settle,
     /// release or extend the lease.
     pub lease_holder: String,
+    /// As [`SentRecord::envelope_at`].
+    pub envelope_at: Vec<u8>,
 }
 
 impl InboundRecord {
@@ -64,6 +69,7 @@ impl InboundRecord {
             delivered_receipt_key: Vec::new(),
             audit_seqs: Vec::new(),
             lease_holder: String::new(),
+            envelope_at: Vec::new(),
         }
     }
 }
@@ -153,6 +159,7 @@ mod tests {
             outbox_key: Some(vec![5]),
             audit_seqs: vec![7, 9],
             conflict_recorded: false,
+            envelope_at: vec![8; 21],
         };
         let back: SentRecord = decode("sent", &encode(&record)).expect("round trip");
         assert_eq!(back, record);

@@ -131,11 +131,17 @@ impl Store {
             .transpose()
     }
 
-    /// The signed envelope bytes of `message`, as they were stored.
+    /// The signed envelope bytes of `message` (sent or in custody), as
+    /// they were stored.
     pub fn envelope(&self, message: &MessageRef) -> Result<Option<Vec<u8>>> {
-        self.read(ENVELOPES, &keys::message(message))?
-            .map(|v| self.envelope_bytes(&v))
-            .transpose()
+        let at = match self.sent(message)? {
+            Some(r) => r.envelope_at,
+            None => match self.inbound(message)? {
+                Some(r) => r.envelope_at,
+                None => return Ok(None),
+            },
+        };
+        self.envelope_bytes(&at).map(Some)
     }
 
     /// Every receipt stored about a message (unordered).

@@ -1136,6 +1136,7 @@ async fn concurrent_appends_form_one_gapless_chain() {
                         outbox_key: None,
                         audit_seqs: Vec::new(),
                         conflict_recorded: false,
+                        envelope_at: Vec::new(),
                     };
                     let header = header(
                         &message.message_id,
