@@ -1040,6 +1040,40 @@ struct HeadCache {
 mod tests {
     use super::*;
 
+    /// The record written with a new envelope gets its locator (sent or in
+    /// custody); an envelope written without its record is refused.
+    #[test]
+    fn a_new_envelope_is_placed_in_its_record_and_never_alone() {
+        let key = b"discipline\x00m1".to_vec();
+        let at = [7u8; 21];
+        let inbound = InboundRecord::arrived(MessageKind::ClueTransfer, [1; 32], 9);
+        let op = |tree: usize, value: Vec<u8>| wal::Op {
+            tree: tree as u8,
+            key: key.clone(),
+            value: Some(value),
+        };
+        let mut ops = vec![
+            op(ENVELOPES, at.to_vec()),
+            op(INBOUND, records::encode(&inbound)),
+        ];
+        place_envelope(&mut ops, &key, &at).expect("placed");
+        let placed: InboundRecord =
+            records::decode("inbound", ops[1].value.as_deref().expect("value")).expect("decode");
+        assert_eq!(placed.envelope_at, at.to_vec());
+        assert_eq!(
+            ops[0].value.as_deref(),
+            Some(&at[..]),
+            "the journal's note stays"
+        );
+
+        let mut alone = vec![op(ENVELOPES, at.to_vec())];
+        let err = place_envelope(&mut alone, &key, &at).expect_err("no record");
+        assert!(
+            err.to_string().contains("without its message's record"),
+            "{err}"
+        );
+    }
+
     /// A checkpoint makes the index durable (sled's files fsynced) up to
     /// the journal's end, and deletes nothing: the journal is the truth.
     /// An index lost afterwards is rebuilt from the journal at the next
