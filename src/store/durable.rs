@@ -89,6 +89,13 @@ pub(super) fn sync_sled(dir: &Path) -> io::Result<SledSynced> {
     Ok(SledSynced { synced })
 }
 
+/// Fsyncs one file the store keeps beside sled's (the audit slots).
+pub(super) fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| with_path(path, e))
+}
+
 /// Fsyncs a directory: makes the creates, renames and removes of its
 /// entries durable.
 pub(super) fn sync_dir(fs: &dyn Fs, dir: &Path) -> io::Result<()> {

@@ -30,7 +30,7 @@ pub(super) struct JournalLocator {
 }
 
 impl JournalLocator {
-    const SIZE: usize = 24;
+    pub const SIZE: usize = 24;
 
     pub fn encode(self) -> [u8; Self::SIZE] {
         let mut out = [0; Self::SIZE];

@@ -9,11 +9,13 @@
 //! (see `durable`): a checkpoint flushes it, fsyncs its files and only
 //! then counts the position as reached.
 
-use super::live::Tree;
+use super::live::{Backing, Tree};
+use super::slots::{self, Slots};
 use super::wal::{Op, Position};
-use super::{META, StoreError, TREE_NAMES, durable};
+use super::{AUDIT, META, StoreError, TREE_NAMES, durable};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The index's directory inside a store's data directory.
 pub const DIR: &str = "index";
@@ -33,7 +35,7 @@ pub fn dir(data_dir: &Path) -> PathBuf {
 /// Opens the index in `data_dir`, or a new one if sled finds the old one
 /// damaged (the damaged files are moved aside, then removed: the journal
 /// holds everything they held).
-pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
+pub fn open(data_dir: &Path) -> Result<Opened> {
     let path = dir(data_dir);
     match open_at(&path) {
         Err(sled::Error::Corruption { .. } | sled::Error::ReportableBug(_))
@@ -51,25 +53,35 @@ pub fn open(data_dir: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
 
 /// A new, empty index in memory (sled's temporary database: `/dev/shm`
 /// on Linux), removed when dropped.
-pub fn open_temporary() -> Result<(sled::Db, Vec<sled::Tree>)> {
+pub fn open_temporary() -> Result<Opened> {
     let db = sled::Config::new()
         .temporary(true)
         .flush_every_ms(None)
         .open()?;
-    Ok(with_trees(db)?)
+    let slots = Slots::temporary().map_err(sled::Error::Io)?;
+    Ok(with_trees(db, slots)?)
 }
 
-/// The store's trees of `db`, opened in their fixed order.
-fn with_trees(db: sled::Db) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
+/// An open index: sled, and every tree in its fixed order (the audit
+/// chain's locators in their slots, the others in sled).
+pub type Opened = (sled::Db, Vec<Backing>);
+
+/// The store's trees of `db` and `slots`, in their fixed order.
+fn with_trees(db: sled::Db, slots: Slots) -> std::result::Result<Opened, sled::Error> {
+    let slots = Arc::new(slots);
     let trees = TREE_NAMES
         .iter()
-        .map(|n| db.open_tree(n))
+        .enumerate()
+        .map(|(i, n)| match i {
+            AUDIT => Ok(Backing::Slots(Arc::clone(&slots))),
+            _ => db.open_tree(n).map(Backing::Sled),
+        })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok((db, trees))
 }
 
 /// Opens a copy of an index made elsewhere (for comparing it).
-pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
+pub fn open_copy(path: &Path) -> Result<Opened> {
     Ok(open_at(path)?)
 }
 
@@ -78,7 +90,7 @@ pub fn open_copy(path: &Path) -> Result<(sled::Db, Vec<sled::Tree>)> {
 /// own threads have finished with it.
 const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
+fn open_at(path: &Path) -> std::result::Result<Opened, sled::Error> {
     let deadline = std::time::Instant::now() + LOCK_WAIT;
     loop {
         match open_once(path) {
@@ -95,7 +107,7 @@ fn open_at(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled
     }
 }
 
-fn open_once(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sled::Error> {
+fn open_once(path: &Path) -> std::result::Result<Opened, sled::Error> {
     let db = sled::Config::new()
         .path(path)
         // sled's cache; queued messages live on disk, not here. 8 MiB
@@ -106,7 +118,17 @@ fn open_once(path: &Path) -> std::result::Result<(sled::Db, Vec<sled::Tree>), sl
         // makes changes durable.
         .flush_every_ms(None)
         .open()?;
-    with_trees(db)
+    let (slots, existed) = Slots::open(path)?;
+    let noted = db.open_tree(TREE_NAMES[META])?.contains_key(POSITION_KEY)?;
+    if noted && !existed {
+        // The index claims a journal position its audit slots do not
+        // cover: rebuilt, like a damaged sled.
+        return Err(sled::Error::Unsupported(format!(
+            "{} is missing beside an index that notes a journal position",
+            slots::FILE
+        )));
+    }
+    with_trees(db, slots)
 }
 
 /// Removes the index of a stopped store, durably; the next open rebuilds
@@ -187,6 +209,18 @@ pub fn checkpoint(
     next_seq: u64,
     flushed: impl FnOnce(),
 ) -> Result<()> {
+    let path = dir(data_dir);
+    // The audit slots up to `reached` are durable before the position
+    // that claims them can be (sled may write it out at any time).
+    let slots_file = path.join(slots::FILE);
+    if slots_file.exists() {
+        durable::sync_file(&slots_file).map_err(|source| {
+            Error::Store(StoreError::Io {
+                what: format!("syncing {}", slots_file.display()),
+                source,
+            })
+        })?;
+    }
     trees[META].insert(POSITION_KEY, reached.encode())?;
     // The counter as it is now: at least what every record up to
     // `reached` carried (numbers handed out since and never journaled
@@ -194,7 +228,6 @@ pub fn checkpoint(
     trees[META].insert(SEQ_KEY, next_seq.to_be_bytes())?;
     db.flush()?;
     flushed();
-    let path = dir(data_dir);
     let synced = durable::sync_sled(&path).map_err(|source| {
         Error::Store(StoreError::Io {
             what: format!("syncing the index files in {}", path.display()),
@@ -213,6 +246,37 @@ pub fn checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An index whose audit slots are gone, beside a position it notes,
+    /// is rebuilt (opened empty: the journal is replayed from its start),
+    /// never trusted.
+    #[test]
+    fn an_index_without_its_audit_slots_is_rebuilt() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (db, trees) = open(tmp.path()).expect("open");
+        trees[META]
+            .insert(
+                POSITION_KEY,
+                &Position {
+                    epoch: 1,
+                    offset: 8,
+                }
+                .encode(),
+            )
+            .expect("note");
+        db.flush().expect("flush");
+        drop((db, trees));
+        let (db, trees) = open(tmp.path()).expect("reopen");
+        assert!(
+            trees[META].get(POSITION_KEY).expect("get").is_some(),
+            "kept"
+        );
+        drop((db, trees));
+
+        std::fs::remove_file(dir(tmp.path()).join(slots::FILE)).expect("lose the slots");
+        let (_db, trees) = open(tmp.path()).expect("rebuilt");
+        assert_eq!(trees[META].get(POSITION_KEY).expect("get"), None);
+    }
 
     /// An index still held by a database closing in this process is
     /// waited for, not reported unusable; one held for good is refused

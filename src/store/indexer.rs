@@ -14,7 +14,7 @@
 //! The queue is bounded: a writer that runs [`MAX_UNINDEXED`] writes ahead
 //! of the indexer waits for it.
 
-use super::live::Tree;
+use super::live::{BackingIter, Tree};
 use super::wal::Position;
 use crate::error::Result;
 use sled::IVec;
@@ -283,7 +283,7 @@ pub(super) type Unseen = VecDeque<(IVec, Option<IVec>)>;
 /// yet in sled (taken when the walk starts), these winning on equal keys
 /// and removals hiding sled's entry.
 pub(super) struct Merged {
-    sled: sled::Iter,
+    sled: BackingIter,
     unseen: Unseen,
     front: Option<(IVec, IVec)>,
     back: Option<(IVec, IVec)>,
@@ -294,7 +294,7 @@ pub(super) struct Merged {
 }
 
 impl Merged {
-    pub fn new(sled: sled::Iter, unseen: Unseen) -> Merged {
+    pub fn new(sled: BackingIter, unseen: Unseen) -> Merged {
         Merged {
             sled,
             unseen,
@@ -464,7 +464,11 @@ mod tests {
                 sled_tree.insert(k.as_slice(), v.as_slice()).expect("insert");
             }
             let unindexed = Arc::new(Unindexed::new(1, Position::default()));
-            let tree = Tree::Indexed(sled_tree.clone(), 0, Arc::clone(&unindexed));
+            let tree = Tree::Indexed(
+                crate::store::live::Backing::Sled(sled_tree.clone()),
+                0,
+                Arc::clone(&unindexed),
+            );
             let mut model = initial.clone();
             let split = split.min(writes.len());
             let mut offset = 0;

@@ -11,6 +11,7 @@
 
 use super::indexer::{Merged, Unindexed};
 use super::packed::PackedMap;
+use super::slots::{SlotIter, Slots};
 use super::{DEAD_LETTERS, INBOX, LEASES, OUTBOX, PAUSED_PEERS, RECEIPT_OUTBOX, TREE_NAMES};
 use sled::IVec;
 use std::ops::{Bound, RangeBounds};
@@ -84,15 +85,78 @@ impl Live {
 /// store) in sled with the writes the indexer has not reached yet.
 #[derive(Clone, Debug)]
 pub(super) enum Tree {
-    Sled(sled::Tree),
+    Sled(Backing),
     Live(Arc<Live>, usize),
     /// Index tree `usize`, read through its unindexed writes (see
     /// `indexer`).
-    Indexed(sled::Tree, usize, Arc<Unindexed>),
+    Indexed(Backing, usize, Arc<Unindexed>),
 }
 
-/// The store's trees: sled's, with the live ones taken from `live`.
-pub(super) fn trees(sled: Vec<sled::Tree>, live: &Arc<Live>) -> Vec<Tree> {
+/// Where an index tree's entries are kept: a sled tree, or (the audit
+/// chain's locators) the slots of `slots`.
+#[derive(Clone, Debug)]
+pub(super) enum Backing {
+    Sled(sled::Tree),
+    Slots(Arc<Slots>),
+}
+
+/// A walk over a backing tree.
+pub(super) type BackingIter =
+    Box<dyn DoubleEndedIterator<Item = sled::Result<(IVec, IVec)>> + Send>;
+
+impl Backing {
+    pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
+        match self {
+            Backing::Sled(t) => t.get(key),
+            Backing::Slots(s) => s.get(key.as_ref()),
+        }
+    }
+
+    pub fn contains_key(&self, key: impl AsRef<[u8]>) -> sled::Result<bool> {
+        Ok(self.get(key)?.is_some())
+    }
+
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
+        match self {
+            Backing::Sled(t) => t.insert(key, value),
+            Backing::Slots(s) => s.insert(key, value),
+        }
+    }
+
+    pub fn remove(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        match self {
+            Backing::Sled(t) => t.remove(key),
+            Backing::Slots(s) => s.remove(key),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Backing::Sled(t) => t.len(),
+            Backing::Slots(s) => s.len().unwrap_or(0),
+        }
+    }
+
+    pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> BackingIter {
+        match self {
+            Backing::Sled(t) => Box::new(t.range(range)),
+            Backing::Slots(s) => Box::new(SlotIter::range(
+                s,
+                (
+                    range.start_bound().map(|k| k.as_ref()),
+                    range.end_bound().map(|k| k.as_ref()),
+                ),
+            )),
+        }
+    }
+
+    pub fn iter(&self) -> BackingIter {
+        self.range::<&[u8], _>(..)
+    }
+}
+
+/// The store's trees: the index's, with the live ones taken from `live`.
+pub(super) fn trees(sled: Vec<Backing>, live: &Arc<Live>) -> Vec<Tree> {
     sled.into_iter()
         .enumerate()
         .map(|(i, t)| {
@@ -120,7 +184,9 @@ pub(super) fn indexed(trees: Vec<Tree>, unindexed: &Arc<Unindexed>) -> Vec<Tree>
 /// Every tree in sled (tests of the journal alone).
 #[cfg(test)]
 pub(super) fn all_sled(sled: Vec<sled::Tree>) -> Vec<Tree> {
-    sled.into_iter().map(Tree::Sled).collect()
+    sled.into_iter()
+        .map(|t| Tree::Sled(Backing::Sled(t)))
+        .collect()
 }
 
 /// Owned bounds of a range of keys.
@@ -207,8 +273,7 @@ impl Tree {
 
     pub fn first(&self) -> sled::Result<Option<(IVec, IVec)>> {
         match self {
-            Tree::Sled(t) => t.first(),
-            Tree::Indexed(..) => self.iter().next().transpose(),
+            Tree::Sled(..) | Tree::Indexed(..) => self.iter().next().transpose(),
             Tree::Live(live, i) => Ok(live
                 .read()
                 .map(*i)
@@ -219,8 +284,7 @@ impl Tree {
 
     pub fn last(&self) -> sled::Result<Option<(IVec, IVec)>> {
         match self {
-            Tree::Sled(t) => t.last(),
-            Tree::Indexed(..) => self.iter().next_back().transpose(),
+            Tree::Sled(..) | Tree::Indexed(..) => self.iter().next_back().transpose(),
             Tree::Live(live, i) => Ok(live
                 .read()
                 .map(*i)
@@ -249,7 +313,7 @@ impl Tree {
 
     pub fn iter(&self) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(Box::new(t.iter())),
+            Tree::Sled(t) => Iter::Sled(t.iter()),
             Tree::Indexed(t, i, unindexed) => Iter::Merged(Box::new(Merged::new(
                 t.iter(),
                 unindexed.range(*i, (Bound::Unbounded, Bound::Unbounded)),
@@ -260,15 +324,14 @@ impl Tree {
 
     pub fn scan_prefix(&self, prefix: impl AsRef<[u8]>) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(Box::new(t.scan_prefix(prefix))),
-            Tree::Indexed(..) => self.range(prefix_range(prefix.as_ref())),
+            Tree::Sled(..) | Tree::Indexed(..) => self.range(prefix_range(prefix.as_ref())),
             Tree::Live(live, i) => Iter::live(live, *i, prefix_range(prefix.as_ref())),
         }
     }
 
     pub fn range<K: AsRef<[u8]>, R: RangeBounds<K>>(&self, range: R) -> Iter {
         match self {
-            Tree::Sled(t) => Iter::Sled(Box::new(t.range(range))),
+            Tree::Sled(t) => Iter::Sled(t.range(range)),
             Tree::Indexed(t, i, unindexed) => {
                 let (start, end) = (owned(range.start_bound()), owned(range.end_bound()));
                 let unseen = unindexed.range(
@@ -290,7 +353,7 @@ impl Tree {
 /// read lock for one lookup and lets it go, so a long walk never holds
 /// up the writer; it sees each key as it is when reached.
 pub(super) enum Iter {
-    Sled(Box<sled::Iter>),
+    Sled(BackingIter),
     Merged(Box<Merged>),
     Live {
         live: Arc<Live>,
@@ -376,7 +439,10 @@ mod tests {
         let db = sled::Config::new().temporary(true).open().expect("sled");
         let sled_tree = db.open_tree("outbox").expect("tree");
         let live = Live::new(Maps::new());
-        let both = [Tree::Sled(sled_tree), Tree::Live(Arc::clone(&live), OUTBOX)];
+        let both = [
+            Tree::Sled(Backing::Sled(sled_tree)),
+            Tree::Live(Arc::clone(&live), OUTBOX),
+        ];
         for t in &both {
             for k in [
                 &b"a\0\x01"[..],

@@ -77,6 +77,7 @@ mod records;
 mod recovery;
 mod segments;
 mod sender;
+mod slots;
 mod snapshot;
 mod wal;
 mod writer;

@@ -728,13 +728,13 @@ async fn edits_of_a_stopped_store_are_detected_and_named() {
         f.detail
     );
 
-    // An audit entry deleted.
-    let dir = edited(&recipient_dir, "delete", |db| {
-        db.open_tree("audit")
-            .expect("tree")
-            .remove(3u64.to_be_bytes())
-            .expect("remove");
-    });
+    // An audit entry deleted from the index: its slot (entry 3 at byte
+    // 2 × 24 of `index/audit.slots`) zeroed.
+    let dir = edited(&recipient_dir, "delete", |_| {});
+    let slots = dir.join("index").join("audit.slots");
+    let mut bytes = std::fs::read(&slots).expect("slots");
+    bytes[48..72].fill(0);
+    std::fs::write(&slots, bytes).expect("zero a slot");
     let f = check_store(&dir, &fed, &[])
         .first_failure()
         .expect("detected")

@@ -1,0 +1,310 @@
+//! The audit chain's locators in fixed slots: entry `seq` → the 24-byte
+//! journal locator of its record at byte `(seq - 1) × 24` of one file in
+//! the index directory (`index/audit.slots`), as Kafka's offset index
+//! does. The chain's numbers are dense and only grow, so no key is
+//! stored and no tree is kept: one `pwrite` per entry, where sled made
+//! an index entry (its node copies, splits and page-table memory) three
+//! times per message on each side.
+//!
+//! Like sled, the file is derived from the journal: written by the
+//! indexer, fsynced with sled's files at checkpoints, removed with the
+//! index, rebuilt with it. A slot of zeros is empty (a locator never is:
+//! journal epochs start at 1).
+
+use super::evidence::JournalLocator;
+use sled::IVec;
+use std::fs::File;
+use std::ops::Bound;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The file's name inside the index directory.
+pub const FILE: &str = "audit.slots";
+
+const SLOT: u64 = JournalLocator::SIZE as u64;
+
+/// The slots file of one index.
+#[derive(Debug)]
+pub(super) struct Slots {
+    file: File,
+}
+
+/// An entry as trees give them: the key is the sequence number, big-endian.
+type Entry = sled::Result<(IVec, IVec)>;
+
+fn io(e: std::io::Error) -> sled::Error {
+    sled::Error::Io(e)
+}
+
+impl Slots {
+    /// Opens (or creates) the slots of the index in `index_dir`; `false`
+    /// with them if the file was not there.
+    pub fn open(index_dir: &Path) -> std::io::Result<(Slots, bool)> {
+        let path = index_dir.join(FILE);
+        let existed = path.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        Ok((Slots { file }, existed))
+    }
+
+    /// Slots in an unnamed file, gone when dropped (a temporary index).
+    pub fn temporary() -> std::io::Result<Slots> {
+        Ok(Slots {
+            file: tempfile::tempfile()?,
+        })
+    }
+
+    /// Slots the file spans (the last ones may be empty).
+    fn count(&self) -> sled::Result<u64> {
+        Ok(self.file.metadata().map_err(io)?.len() / SLOT)
+    }
+
+    fn read(&self, seq: u64) -> sled::Result<Option<IVec>> {
+        if seq == 0 || seq > self.count()? {
+            return Ok(None);
+        }
+        let mut slot = [0u8; JournalLocator::SIZE];
+        self.file
+            .read_exact_at(&mut slot, (seq - 1) * SLOT)
+            .map_err(io)?;
+        Ok((slot != [0; JournalLocator::SIZE]).then(|| IVec::from(&slot[..])))
+    }
+
+    fn write(&self, seq: u64, slot: &[u8]) -> sled::Result<Option<IVec>> {
+        let before = self.read(seq)?;
+        self.file.write_all_at(slot, (seq - 1) * SLOT).map_err(io)?;
+        Ok(before)
+    }
+
+    pub fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        match seq_of(key) {
+            Some(seq) => self.read(seq),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes the locator of entry `key`; anything but an 8-byte nonzero
+    /// key and a locator is refused.
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
+        match seq_of(key).filter(|&s| s > 0) {
+            Some(seq) if JournalLocator::decode(value).is_some() => self.write(seq, value),
+            _ => Err(sled::Error::Unsupported(format!(
+                "an audit slot holds a journal locator under an entry number, not a \
+                 {}-byte key and a {}-byte value",
+                key.len(),
+                value.len()
+            ))),
+        }
+    }
+
+    pub fn remove(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
+        match seq_of(key).filter(|&s| s > 0) {
+            Some(seq) if seq <= self.count()? => self.write(seq, &[0; JournalLocator::SIZE]),
+            _ => Ok(None),
+        }
+    }
+
+    /// Non-empty slots; reads the whole file (never on a hot path).
+    pub fn len(&self) -> sled::Result<usize> {
+        let mut chunk = vec![0u8; 2730 * JournalLocator::SIZE];
+        let (mut at, end, mut n) = (0u64, self.count()? * SLOT, 0);
+        while at < end {
+            let take = (end - at).min(chunk.len() as u64) as usize;
+            self.file
+                .read_exact_at(&mut chunk[..take], at)
+                .map_err(io)?;
+            n += chunk[..take]
+                .chunks(JournalLocator::SIZE)
+                .filter(|slot| slot.iter().any(|&b| b != 0))
+                .count();
+            at += take as u64;
+        }
+        Ok(n)
+    }
+}
+
+/// The entry number an 8-byte key names.
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// The smallest entry number whose key is at or after `key` (`None`: no
+/// 8-byte key is).
+fn ceiling(key: &[u8]) -> Option<u64> {
+    let mut first = [0u8; 8];
+    let n = key.len().min(8);
+    first[..n].copy_from_slice(&key[..n]);
+    let first = u64::from_be_bytes(first);
+    if key.len() > 8 {
+        first.checked_add(1)
+    } else {
+        Some(first)
+    }
+}
+
+/// The largest entry number whose key is at or before `key`.
+fn floor(key: &[u8]) -> Option<u64> {
+    if key.len() >= 8 {
+        return seq_of(&key[..8]);
+    }
+    let mut padded = [0u8; 8];
+    padded[..key.len()].copy_from_slice(key);
+    u64::from_be_bytes(padded).checked_sub(1)
+}
+
+/// The entry numbers within a range of keys, inclusive, if any.
+fn span(range: (Bound<&[u8]>, Bound<&[u8]>)) -> Option<(u64, u64)> {
+    let low = match range.0 {
+        Bound::Unbounded => 1,
+        Bound::Included(k) => ceiling(k)?,
+        Bound::Excluded(k) if k.len() == 8 => seq_of(k)?.checked_add(1)?,
+        Bound::Excluded(k) => ceiling(k)?,
+    };
+    let high = match range.1 {
+        Bound::Unbounded => u64::MAX,
+        Bound::Included(k) => floor(k)?,
+        Bound::Excluded(k) if k.len() == 8 => seq_of(k)?.checked_sub(1)?,
+        Bound::Excluded(k) => floor(k)?,
+    };
+    Some((low.max(1), high))
+}
+
+/// A walk over the non-empty slots of a span, from either end; each step
+/// reads one slot.
+pub(super) struct SlotIter {
+    slots: Arc<Slots>,
+    front: u64,
+    back: u64,
+}
+
+impl SlotIter {
+    fn owned(slots: Arc<Slots>, front: u64, back: u64) -> SlotIter {
+        let back = back.min(slots.count().unwrap_or(0));
+        SlotIter { slots, front, back }
+    }
+
+    /// The walk over `range` of `slots`.
+    pub fn range(slots: &Arc<Slots>, range: (Bound<&[u8]>, Bound<&[u8]>)) -> SlotIter {
+        match span(range) {
+            Some((front, back)) => SlotIter::owned(Arc::clone(slots), front, back),
+            None => SlotIter::owned(Arc::clone(slots), 1, 0),
+        }
+    }
+
+    fn entry(&self, seq: u64) -> Option<Entry> {
+        match self.slots.read(seq) {
+            Ok(Some(v)) => Some(Ok((IVec::from(&seq.to_be_bytes()[..]), v))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl Iterator for SlotIter {
+    type Item = Entry;
+
+    fn next(&mut self) -> Option<Entry> {
+        while self.front <= self.back && self.front > 0 {
+            let seq = self.front;
+            self.front += 1;
+            if let Some(entry) = self.entry(seq) {
+                return Some(entry);
+            }
+        }
+        None
+    }
+}
+
+impl DoubleEndedIterator for SlotIter {
+    fn next_back(&mut self) -> Option<Entry> {
+        while self.front <= self.back && self.back > 0 {
+            let seq = self.back;
+            self.back -= 1;
+            if let Some(entry) = self.entry(seq) {
+                return Some(entry);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::wal::Position;
+
+    fn locator(offset: u64) -> Vec<u8> {
+        JournalLocator {
+            record: Position { epoch: 1, offset },
+            start: 3,
+            len: 40,
+        }
+        .encode()
+        .to_vec()
+    }
+
+    fn keys(it: impl Iterator<Item = Entry>) -> Vec<u64> {
+        it.map(|e| seq_of(&e.expect("entry").0).expect("key"))
+            .collect()
+    }
+
+    /// Slots answer like a tree keyed by entry number: gets, ranges from
+    /// both ends, removals; refuse what is not a locator; and keep what
+    /// was written across a reopen.
+    #[test]
+    fn slots_read_like_a_tree_of_entry_numbers_and_survive_a_reopen() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (slots, existed) = Slots::open(tmp.path()).expect("open");
+        assert!(!existed);
+        let slots = Arc::new(slots);
+        for seq in [1u64, 2, 3, 5, 9] {
+            assert_eq!(
+                slots
+                    .insert(&seq.to_be_bytes(), &locator(seq * 100))
+                    .expect("insert"),
+                None
+            );
+        }
+        assert_eq!(
+            slots.get(&5u64.to_be_bytes()).expect("get").as_deref(),
+            Some(locator(500).as_slice())
+        );
+        assert_eq!(slots.get(&4u64.to_be_bytes()).expect("get"), None);
+        assert_eq!(slots.get(b"short").expect("get"), None);
+        let all = |s: &Arc<Slots>| SlotIter::range(s, (Bound::Unbounded, Bound::Unbounded));
+        assert_eq!(keys(all(&slots)), vec![1, 2, 3, 5, 9]);
+        assert_eq!(keys(all(&slots).rev()), vec![9, 5, 3, 2, 1]);
+        let (two, five) = (2u64.to_be_bytes(), 5u64.to_be_bytes());
+        assert_eq!(
+            keys(SlotIter::range(
+                &slots,
+                (Bound::Included(&two[..]), Bound::Excluded(&five[..]))
+            )),
+            vec![2, 3]
+        );
+        assert_eq!(
+            keys(SlotIter::range(
+                &slots,
+                (Bound::Excluded(&two[..]), Bound::Included(&five[..]))
+            )),
+            vec![3, 5]
+        );
+        assert_eq!(slots.len().expect("len"), 5);
+        assert!(slots.remove(&3u64.to_be_bytes()).expect("remove").is_some());
+        assert_eq!(keys(all(&slots)), vec![1, 2, 5, 9]);
+        assert!(slots.insert(&7u64.to_be_bytes(), b"not a locator").is_err());
+        assert!(slots.insert(&0u64.to_be_bytes(), &locator(1)).is_err());
+        assert!(slots.insert(b"k", &locator(1)).is_err());
+        drop(slots);
+
+        let (again, existed) = Slots::open(tmp.path()).expect("reopen");
+        assert!(existed);
+        let again = Arc::new(again);
+        assert_eq!(keys(all(&again)), vec![1, 2, 5, 9]);
+    }
+}
