@@ -65,20 +65,20 @@ impl Slots {
     }
 
     fn read(&self, seq: u64) -> sled::Result<Option<IVec>> {
-        if seq == 0 || seq > self.count()? {
+        if seq == 0 {
             return Ok(None);
         }
         let mut slot = [0u8; JournalLocator::SIZE];
-        self.file
-            .read_exact_at(&mut slot, (seq - 1) * SLOT)
-            .map_err(io)?;
+        match self.file.read_exact_at(&mut slot, (seq - 1) * SLOT) {
+            // Past the end of the file: not written yet.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            other => other.map_err(io)?,
+        }
         Ok((slot != [0; JournalLocator::SIZE]).then(|| IVec::from(&slot[..])))
     }
 
-    fn write(&self, seq: u64, slot: &[u8]) -> sled::Result<Option<IVec>> {
-        let before = self.read(seq)?;
-        self.file.write_all_at(slot, (seq - 1) * SLOT).map_err(io)?;
-        Ok(before)
+    fn write(&self, seq: u64, slot: &[u8]) -> sled::Result<()> {
+        self.file.write_all_at(slot, (seq - 1) * SLOT).map_err(io)
     }
 
     pub fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
@@ -88,11 +88,14 @@ impl Slots {
         }
     }
 
-    /// Writes the locator of entry `key`; anything but an 8-byte nonzero
-    /// key and a locator is refused.
+    /// Writes the locator of entry `key` (one `pwrite`; the value it
+    /// replaced is not read, and `None` is returned); anything but an
+    /// 8-byte nonzero key and a locator is refused.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
         match seq_of(key).filter(|&s| s > 0) {
-            Some(seq) if JournalLocator::decode(value).is_some() => self.write(seq, value),
+            Some(seq) if JournalLocator::decode(value).is_some() => {
+                self.write(seq, value).map(|()| None)
+            }
             _ => Err(sled::Error::Unsupported(format!(
                 "an audit slot holds a journal locator under an entry number, not a \
                  {}-byte key and a {}-byte value",
@@ -104,8 +107,14 @@ impl Slots {
 
     pub fn remove(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
         match seq_of(key).filter(|&s| s > 0) {
-            Some(seq) if seq <= self.count()? => self.write(seq, &[0; JournalLocator::SIZE]),
-            _ => Ok(None),
+            Some(seq) => {
+                let before = self.read(seq)?;
+                if before.is_some() {
+                    self.write(seq, &[0; JournalLocator::SIZE])?;
+                }
+                Ok(before)
+            }
+            None => Ok(None),
         }
     }
 
