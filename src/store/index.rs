@@ -7,7 +7,9 @@
 //! damaged, is rebuilt from the whole journal (`cluebridge store reindex`
 //! does the same on demand). sled's `flush()` is not durable on its own
 //! (see `durable`): a checkpoint flushes it, fsyncs its files and only
-//! then counts the position as reached.
+//! then counts the position as reached. Beside sled, the audit entries'
+//! locators sit in fixed slots (`slots`), part of the index in every
+//! respect: fsynced first at checkpoints, removed and rebuilt with it.
 
 use super::live::{Backing, Tree};
 use super::slots::{self, Slots};
