@@ -333,12 +333,8 @@ pub fn verify(
     witnessed: Option<&[SignedCheckpoint]>,
 ) -> Report {
     let mut report = Report::default();
-    let bundle: Bundle = match serde_json::from_str(text) {
-        Ok(b) => b,
-        Err(e) => {
-            report.push(Check::fail("bundle parses", format!("not a bundle: {e}")));
-            return report;
-        }
+    let Some(bundle) = report.parse::<Bundle>(text, "bundle") else {
+        return report;
     };
     report.push(Check::pass("bundle parses", ""));
     report.push(Check::from(

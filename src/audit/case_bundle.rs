@@ -59,15 +59,8 @@ pub fn verify(
     witnessed: Option<&[SignedCheckpoint]>,
 ) -> Report {
     let mut report = Report::default();
-    let case: CaseBundle = match serde_json::from_str(text) {
-        Ok(c) => c,
-        Err(e) => {
-            report.push(Check::fail(
-                "case bundle parses",
-                format!("not a case bundle: {e}"),
-            ));
-            return report;
-        }
+    let Some(case) = report.parse::<CaseBundle>(text, "case bundle") else {
+        return report;
     };
     report.subject = format!("case {} at node {}", case.case_reference, case.node);
     report.trusted_keys = trust.is_some();

@@ -77,6 +77,25 @@ impl Report {
         self.passed = self.checks.iter().all(|c| c.pass);
     }
 
+    /// `text` as a `what` (a bundle, a case bundle); `None` once the check
+    /// "`what` parses" has failed with the reason.
+    pub(crate) fn parse<T: serde::de::DeserializeOwned>(
+        &mut self,
+        text: &str,
+        what: &str,
+    ) -> Option<T> {
+        match serde_json::from_str(text) {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                self.push(Check::fail(
+                    &format!("{what} parses"),
+                    format!("not a {what}: {e}"),
+                ));
+                None
+            }
+        }
+    }
+
     /// The first failed check, if any.
     pub fn first_failure(&self) -> Option<&Check> {
         self.checks.iter().find(|c| !c.pass)
