@@ -509,7 +509,7 @@ async fn cut_at(point: Point, n: usize, dir: &Path) -> (BTreeSet<usize>, SimFs, 
     let sim = SimFs::with_torn_writes(n as u64);
     let options = StoreOptions {
         journal_file_bytes: 16 * 1024,
-        snapshot_journal_bytes: 32 * 1024,
+        snapshot_journal_bytes: 16 * 1024,
         ..StoreOptions::default()
     };
     let store = Store::open_on(Arc::new(sim.clone()), dir, options).expect("open");
@@ -564,7 +564,9 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
         (Point::AfterApply, 8),
         (Point::DuringIndexBatch, 20),
         (Point::DuringCheckpoint, 2),
-        (Point::DuringSnapshot, 2),
+        // The first snapshot comes after 16 KiB of compressed journal:
+        // early in the run, even when the checkpoint thread lags.
+        (Point::DuringSnapshot, 1),
     ];
     for (point, n) in plan {
         for lose_index in [false, true] {
