@@ -258,6 +258,7 @@ impl Broker {
             audit_seqs: Vec::new(),
             conflict_recorded: false,
             envelope_at: Vec::new(),
+            receipts: Vec::new(),
         };
         // The answer comes after the writer's flush on the duplicate path
         // too: the original may not have reached the disk yet.

@@ -29,8 +29,8 @@
 
 use super::evidence::JournalReader;
 use super::{
-    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, EQUIVOCATIONS, INBOUND, InboundRecord, RECEIPTS,
-    SENT, SentRecord, Store, Tx, TxError, TxResult, keys, records,
+    AUDIT, AUDIT_HEAD, AUDIT_INDEX, CHECKPOINTS, EQUIVOCATIONS, INBOUND, InboundRecord, SENT,
+    SentRecord, Store, Tx, TxError, TxResult, keys, records,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -462,20 +462,6 @@ impl Store {
             let r = keys::parse_message(&k)
                 .ok_or_else(|| Error::corrupt("inbound", "bad message key"))?;
             Ok((r, records::decode("inbound", &v)?))
-        })
-    }
-
-    /// Every stored receipt, raw: (message, the key's 16-byte digest
-    /// prefix, stored bytes).
-    pub fn receipt_records(
-        &self,
-    ) -> impl Iterator<Item = Result<(MessageRef, Vec<u8>, Vec<u8>)>> + '_ {
-        self.tree(RECEIPTS).iter().map(|kv| {
-            let (k, v) = kv?;
-            let split = k.len().saturating_sub(17);
-            let r = keys::parse_message(&k[..split])
-                .ok_or_else(|| Error::corrupt("receipts", "bad receipt key"))?;
-            Ok((r, k[split + 1..].to_vec(), self.evidence(RECEIPTS, &v)?))
         })
     }
 }

@@ -251,6 +251,7 @@ mod tests {
             audit_seqs: Vec::new(),
             conflict_recorded: false,
             envelope_at: Vec::new(),
+            receipts: Vec::new(),
         };
         let accepted = receipt(&h, ReceiptKind::Accepted);
         store

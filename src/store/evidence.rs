@@ -6,6 +6,7 @@
 //! index, and a rebuilt index points at the same bytes.
 
 use super::fs::{Fs, FsFile};
+use super::receipts::{self, Prior};
 use super::wal::{self, Op, Position};
 use super::{AUDIT, ENVELOPES, RECEIPT_OUTBOX, RECEIPTS, StoreError};
 use crate::error::{Error, Result};
@@ -53,10 +54,16 @@ impl JournalLocator {
 }
 
 /// The writes of the record written at `at`, as the index holds them:
-/// values of the evidence trees replaced by their locators, and no
+/// values of the evidence trees replaced by their locators, no
 /// `envelopes` write (the journal's note of where an envelope lies; the
-/// message's record holds it).
-pub(super) fn index_form(ops: &[Op], at: Position) -> Vec<Op> {
+/// message's record holds it), and receipts noted in their messages'
+/// records, after the receipts `prior` says each record lists already
+/// (see `receipts::fold`).
+pub(super) fn index_form(ops: &[Op], at: Position, prior: Prior) -> Result<Vec<Op>> {
+    receipts::fold(located(ops, at), prior)
+}
+
+fn located(ops: &[Op], at: Position) -> Vec<Op> {
     ops.iter()
         .zip(wal::value_spans(ops))
         .filter(|(op, _)| op.tree as usize != ENVELOPES)
@@ -83,7 +90,10 @@ pub(super) fn index_form(ops: &[Op], at: Position) -> Vec<Op> {
 
 /// Applies the record written at `at` to the index, evidence as locators.
 pub(super) fn apply(trees: &[super::live::Tree], ops: &[Op], at: Position) -> Result<()> {
-    wal::apply(trees, &index_form(ops, at))
+    let indexed = index_form(ops, at, &mut |tree, key| {
+        receipts::listed_in(trees, tree, key)
+    })?;
+    wal::apply(trees, &indexed)
 }
 
 /// Reads evidence back from the journal files of one store.
@@ -229,7 +239,7 @@ mod tests {
         ];
         let at = wal.position();
         wal.append(&ops).expect("append");
-        let indexed = index_form(&ops, at);
+        let indexed = index_form(&ops, at, &mut |_, _| Ok(Vec::new())).expect("index form");
         let reader = JournalReader::new(Arc::clone(&fs), tmp.path());
 
         assert_eq!(

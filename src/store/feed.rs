@@ -48,12 +48,8 @@ impl Store {
                     let f = records::decode("followups", &v)?;
                     out.push((seq, FeedItem::Overdue(f), state));
                 }
-            } else if let Some(v) = self.tree(RECEIPTS).get(receipt_key)? {
-                out.push((
-                    seq,
-                    FeedItem::Receipt(self.receipt_at(RECEIPTS, &v)?),
-                    state,
-                ));
+            } else if let Some(receipt) = self.receipt_by_key(receipt_key)? {
+                out.push((seq, FeedItem::Receipt(receipt), state));
             }
         }
         Ok(out)

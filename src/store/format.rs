@@ -13,7 +13,7 @@ use std::path::Path;
 /// What the stamp holds; changed with every change of the bytes on disk.
 /// Format 2: journal records LZ4-compressed; 3: envelope locators in the
 /// message records, not in an index tree of their own.
-const FORMAT: &[u8] = b"cluebridge store format 3\n";
+const FORMAT: &[u8] = b"cluebridge store format 4\n";
 
 /// The stamp's file name, inside `journal/`.
 const FILE: &str = "FORMAT";
@@ -93,7 +93,7 @@ mod tests {
         let err = stamp_or_check(&fs, tmp.path()).expect_err("another format");
         let text = err.to_string();
         assert!(
-            text.contains("format 1") && text.contains("format 3") && text.contains("remove"),
+            text.contains("format 1") && text.contains("format 4") && text.contains("remove"),
             "{text}"
         );
         assert!(matches!(err, Error::FailedPrecondition(_)));

@@ -72,6 +72,7 @@ mod operators;
 mod packed;
 mod pending;
 mod read_only;
+mod receipts;
 mod recipient;
 mod records;
 mod recovery;
@@ -895,6 +896,7 @@ impl Store {
         let tx = Tx::new(&self.shared.trees, &self.shared.pending, head);
         let out = f(&tx)?;
         self.index_audit_entries(&tx)?;
+        receipts::keep_with_records(&tx)?;
         let new_head = tx.audit_head.get();
         let mut ops = tx.into_ops();
         // The counter of `next_seq` travels with the record that follows
@@ -943,10 +945,12 @@ impl Store {
         }
         if !ops.is_empty() {
             let at = wal.position();
+            let lists = receipts::strip(&mut ops);
             wal.append(&ops).map_err(|e| self.fail(e.to_string()))?;
             // Applied to the trees after the group commit's sync, evidence
             // as locators into the record just written.
-            let indexed = evidence::index_form(&ops, at);
+            let indexed =
+                evidence::index_form(&ops, at, &mut |tree, key| Ok(lists.prior(tree, key)))?;
             wal::lock(&self.shared.pending).push(indexed, wal.position());
             self.cross(Point::AfterAppend);
         }

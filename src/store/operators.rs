@@ -199,7 +199,7 @@ impl Store {
         Counts {
             sent: self.tree(SENT).len(),
             inbound: self.tree(INBOUND).len(),
-            receipts: self.tree(RECEIPTS).len(),
+            receipts: self.receipt_count(),
             outbox: self.tree(OUTBOX).len(),
             inbox: self.tree(INBOX).len(),
             leases: self.tree(LEASES).len(),

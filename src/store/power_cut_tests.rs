@@ -90,6 +90,7 @@ fn submit_of(i: usize) -> Submit {
             audit_seqs: Vec::new(),
             conflict_recorded: false,
             envelope_at: Vec::new(),
+            receipts: Vec::new(),
         },
         accepted: SignedReceipt::single(receipt.encode(), vec![9; 64]),
     }

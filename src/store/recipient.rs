@@ -85,15 +85,13 @@ impl Store {
         match held {
             None => Ok(InboundOutcome::Stored),
             Some(receipt_key) => {
-                let raw = self.tree(RECEIPTS).get(&receipt_key)?.ok_or_else(|| {
+                let delivered = self.receipt_by_key(&receipt_key)?.ok_or_else(|| {
                     Error::corrupt(
                         "receipts",
                         format!("delivered receipt of {message} is missing"),
                     )
                 })?;
-                Ok(InboundOutcome::AlreadyHeld(
-                    self.receipt_at(RECEIPTS, &raw)?,
-                ))
+                Ok(InboundOutcome::AlreadyHeld(delivered))
             }
         }
     }

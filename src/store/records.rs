@@ -26,6 +26,18 @@ pub struct SentRecord {
     /// Where the signed envelope lies in the segments (a
     /// `segments::Locator`), set by the store when it writes the envelope.
     pub envelope_at: Vec<u8>,
+    /// The receipts about the message, oldest first, noted by the store
+    /// when it indexes the journal record that holds each (`receipts`).
+    pub receipts: Vec<ReceiptAt>,
+}
+
+/// One receipt about a message: the first half of its SHA-256 (what it
+/// is known by, as in a receipt key) and where its bytes lie in the
+/// journal (an `evidence::JournalLocator`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReceiptAt {
+    pub digest: [u8; 16],
+    pub at: [u8; 24],
 }
 
 /// State of a message in this node's custody.
@@ -51,6 +63,8 @@ pub struct InboundRecord {
     pub lease_holder: String,
     /// As [`SentRecord::envelope_at`].
     pub envelope_at: Vec<u8>,
+    /// As [`SentRecord::receipts`].
+    pub receipts: Vec<ReceiptAt>,
 }
 
 impl InboundRecord {
@@ -70,6 +84,7 @@ impl InboundRecord {
             audit_seqs: Vec::new(),
             lease_holder: String::new(),
             envelope_at: Vec::new(),
+            receipts: Vec::new(),
         }
     }
 }
@@ -160,6 +175,10 @@ mod tests {
             audit_seqs: vec![7, 9],
             conflict_recorded: false,
             envelope_at: vec![8; 21],
+            receipts: vec![ReceiptAt {
+                digest: [6; 16],
+                at: [5; 24],
+            }],
         };
         let back: SentRecord = decode("sent", &encode(&record)).expect("round trip");
         assert_eq!(back, record);

@@ -144,14 +144,6 @@ impl Store {
         self.envelope_bytes(&at).map(Some)
     }
 
-    /// Every receipt stored about a message (unordered).
-    pub fn receipts(&self, message: &MessageRef) -> Result<Vec<SignedReceipt>> {
-        self.read_prefix(RECEIPTS, &keys::receipts_prefix(&keys::message(message)))?
-            .iter()
-            .map(|v| self.receipt_at(RECEIPTS, v))
-            .collect()
-    }
-
     /// The oldest `limit` outbox entries for `peer`, oldest first.
     /// The first `limit` envelopes waiting for `peer`, after the entry
     /// `after` if given (a forwarder with batches in flight reads on
@@ -223,7 +215,9 @@ impl Store {
                     "{message} is not a message this node sent"
                 )));
             };
-            if t[RECEIPTS].get(&receipt_key)?.is_some() {
+            if receipts::lists(&record.receipts, &receipt_digest)
+                || t[RECEIPTS].get(&receipt_key)?.is_some()
+            {
                 return Ok(Ok(record.state));
             }
             if awaits_custody_receipt(record.state, kind, &opened.issuer_node, message) {

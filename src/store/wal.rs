@@ -71,7 +71,7 @@ const REMOVE: u8 = 0;
 
 /// One write of a state change: tree index, key, and the new value
 /// (`None` removes the key).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Op {
     pub tree: u8,
     pub key: Vec<u8>,
@@ -186,6 +186,25 @@ impl Tx {
             audit_head: std::cell::Cell::new(audit_head),
             audit_appended: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The keys of `tree` this change writes a value to so far.
+    pub fn written(&self, tree: usize) -> Vec<Vec<u8>> {
+        let ops = self.ops.borrow();
+        ops.iter()
+            .filter(|op| op.tree as usize == tree && op.value.is_some())
+            .map(|op| op.key.clone())
+            .collect()
+    }
+
+    /// Whether this change's last word on `key` of `tree` so far is a
+    /// value.
+    pub fn writes(&self, tree: usize, key: &[u8]) -> bool {
+        let ops = self.ops.borrow();
+        ops.iter()
+            .rev()
+            .find(|op| op.tree as usize == tree && op.key == key)
+            .is_some_and(|op| op.value.is_some())
     }
 
     /// The writes, one per key: a key written twice keeps its last write

@@ -1137,6 +1137,7 @@ async fn concurrent_appends_form_one_gapless_chain() {
                         audit_seqs: Vec::new(),
                         conflict_recorded: false,
                         envelope_at: Vec::new(),
+                        receipts: Vec::new(),
                     };
                     let header = header(
                         &message.message_id,
