@@ -5,10 +5,11 @@
 //! journal is the hash-chained audit log, with no second copy in the
 //! index, and a rebuilt index points at the same bytes.
 
+use super::feed::FeedSlot;
 use super::fs::{Fs, FsFile};
 use super::receipts::{self, Prior};
 use super::wal::{self, Op, Position};
-use super::{AUDIT, ENVELOPES, RECEIPT_OUTBOX, RECEIPTS, StoreError};
+use super::{AUDIT, ENVELOPES, FEED, RECEIPT_OUTBOX, RECEIPTS, StoreError};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,28 +64,39 @@ pub(super) fn index_form(ops: &[Op], at: Position, prior: Prior) -> Result<Vec<O
     receipts::fold(located(ops, at), prior)
 }
 
+/// The evidence of `ops` as locators into the record at `at`, feed
+/// entries as slots naming theirs (an entry whose evidence is not in its
+/// record cannot be read and is left out), envelope notes left out.
 fn located(ops: &[Op], at: Position) -> Vec<Op> {
+    let spans = wal::value_spans(ops);
     ops.iter()
-        .zip(wal::value_spans(ops))
-        .filter(|(op, _)| op.tree as usize != ENVELOPES)
-        .map(
-            |(op, span)| match (span, TREES.contains(&(op.tree as usize))) {
-                (Some((start, len)), true) => Op {
-                    tree: op.tree,
-                    key: op.key.clone(),
-                    value: Some(
-                        JournalLocator {
-                            record: at,
-                            start,
-                            len,
-                        }
+        .zip(&spans)
+        .filter_map(|(op, span)| {
+            let tree = op.tree as usize;
+            let value = match (&op.value, span) {
+                _ if tree == ENVELOPES => return None,
+                (Some(entry), _) if tree == FEED => Some(
+                    FeedSlot::of_entry(entry, ops, &spans, at)?
                         .encode()
                         .to_vec(),
-                    ),
-                },
-                _ => op.clone(),
-            },
-        )
+                ),
+                (Some(_), Some((start, len))) if TREES.contains(&tree) => Some(
+                    JournalLocator {
+                        record: at,
+                        start: *start,
+                        len: *len,
+                    }
+                    .encode()
+                    .to_vec(),
+                ),
+                (value, _) => value.clone(),
+            };
+            Some(Op {
+                tree: op.tree,
+                key: op.key.clone(),
+                value,
+            })
+        })
         .collect()
 }
 

@@ -40,7 +40,7 @@ impl Store {
         let receipt_digest = sha256(&receipt.receipt);
         let receipt_key = keys::receipt(&key, &receipt_digest);
         let bytes = receipt.encode();
-        let feed_seq = self.next_seq()?;
+        let feed_seq = self.next_feed();
         let note = Note::new(
             AuditEvent::Expired,
             SentState::Expired.as_str(),

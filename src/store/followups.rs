@@ -126,10 +126,7 @@ impl Store {
         if due.is_empty() {
             return Ok(Vec::new());
         }
-        let feed_seqs = due
-            .iter()
-            .map(|_| self.next_seq())
-            .collect::<Result<Vec<_>>>()?;
+        let feed_seqs: Vec<u64> = due.iter().map(|_| self.next_feed()).collect();
         self.transact(|t| {
             let mut changed = Vec::new();
             for (index, feed_seq) in due.into_iter().zip(feed_seqs) {

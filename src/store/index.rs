@@ -9,12 +9,13 @@
 //! (see `durable`): a checkpoint flushes it, fsyncs its files and only
 //! then counts the position as reached. Beside sled, the audit entries'
 //! locators sit in fixed slots (`slots`), part of the index in every
-//! respect: fsynced first at checkpoints, removed and rebuilt with it.
+//! respect: fsynced first at checkpoints, removed and rebuilt with it;
+//! so do the receipt feed's entries.
 
 use super::live::{Backing, Tree};
-use super::slots::{self, Slots};
+use super::slots::{Kind, Slots};
 use super::wal::{Op, Position};
-use super::{AUDIT, META, StoreError, TREE_NAMES, durable};
+use super::{AUDIT, FEED, META, StoreError, TREE_NAMES, durable};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,22 +61,25 @@ pub fn open_temporary() -> Result<Opened> {
         .temporary(true)
         .flush_every_ms(None)
         .open()?;
-    let slots = Slots::temporary().map_err(sled::Error::Io)?;
-    Ok(with_trees(db, slots)?)
+    let audit = Slots::temporary(Kind::Audit).map_err(sled::Error::Io)?;
+    let feed = Slots::temporary(Kind::Feed).map_err(sled::Error::Io)?;
+    Ok(with_trees(db, audit, feed)?)
 }
 
 /// An open index: sled, and every tree in its fixed order (the audit
-/// chain's locators in their slots, the others in sled).
+/// chain's locators and the receipt feed in their slots, the others in
+/// sled).
 pub type Opened = (sled::Db, Vec<Backing>);
 
-/// The store's trees of `db` and `slots`, in their fixed order.
-fn with_trees(db: sled::Db, slots: Slots) -> std::result::Result<Opened, sled::Error> {
-    let slots = Arc::new(slots);
+/// The store's trees of `db` and the slots, in their fixed order.
+fn with_trees(db: sled::Db, audit: Slots, feed: Slots) -> std::result::Result<Opened, sled::Error> {
+    let (audit, feed) = (Arc::new(audit), Arc::new(feed));
     let trees = TREE_NAMES
         .iter()
         .enumerate()
         .map(|(i, n)| match i {
-            AUDIT => Ok(Backing::Slots(Arc::clone(&slots))),
+            AUDIT => Ok(Backing::Slots(Arc::clone(&audit))),
+            FEED => Ok(Backing::Slots(Arc::clone(&feed))),
             _ => db.open_tree(n).map(Backing::Sled),
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
@@ -121,17 +125,20 @@ fn open_once(path: &Path) -> std::result::Result<Opened, sled::Error> {
         // makes changes durable.
         .flush_every_ms(None)
         .open()?;
-    let (slots, existed) = Slots::open(path)?;
+    let (audit, audit_existed) = Slots::open(path, Kind::Audit)?;
+    let (feed, feed_existed) = Slots::open(path, Kind::Feed)?;
     let noted = db.open_tree(TREE_NAMES[META])?.contains_key(POSITION_KEY)?;
-    if noted && !existed {
-        // The index claims a journal position its audit slots do not
-        // cover: rebuilt, like a damaged sled.
-        return Err(sled::Error::Unsupported(format!(
-            "{} is missing beside an index that notes a journal position",
-            slots::FILE
-        )));
+    for (kind, existed) in [(Kind::Audit, audit_existed), (Kind::Feed, feed_existed)] {
+        if noted && !existed {
+            // The index claims a journal position its slots do not
+            // cover: rebuilt, like a damaged sled.
+            return Err(sled::Error::Unsupported(format!(
+                "{} is missing beside an index that notes a journal position",
+                kind.file()
+            )));
+        }
     }
-    with_trees(db, slots)
+    with_trees(db, audit, feed)
 }
 
 /// Removes the index of a stopped store, durably; the next open rebuilds
@@ -213,16 +220,18 @@ pub fn checkpoint(
     flushed: impl FnOnce(),
 ) -> Result<()> {
     let path = dir(data_dir);
-    // The audit slots up to `reached` are durable before the position
-    // that claims them can be (sled may write it out at any time).
-    let slots_file = path.join(slots::FILE);
-    if slots_file.exists() {
-        durable::sync_file(&slots_file).map_err(|source| {
-            Error::Store(StoreError::Io {
-                what: format!("syncing {}", slots_file.display()),
-                source,
-            })
-        })?;
+    // The slots up to `reached` are durable before the position that
+    // claims them can be (sled may write it out at any time).
+    for kind in Kind::ALL {
+        let slots_file = path.join(kind.file());
+        if slots_file.exists() {
+            durable::sync_file(&slots_file).map_err(|source| {
+                Error::Store(StoreError::Io {
+                    what: format!("syncing {}", slots_file.display()),
+                    source,
+                })
+            })?;
+        }
     }
     trees[META].insert(POSITION_KEY, reached.encode())?;
     // The counter as it is now: at least what every record up to
@@ -250,11 +259,17 @@ pub fn checkpoint(
 mod tests {
     use super::*;
 
-    /// An index whose audit slots are gone, beside a position it notes,
-    /// is rebuilt (opened empty: the journal is replayed from its start),
-    /// never trusted.
+    /// An index whose slots (audit or feed) are gone, beside a position
+    /// it notes, is rebuilt (opened empty: the journal is replayed from
+    /// its start), never trusted.
     #[test]
-    fn an_index_without_its_audit_slots_is_rebuilt() {
+    fn an_index_without_its_slots_is_rebuilt() {
+        for kind in Kind::ALL {
+            index_without_slots_is_rebuilt(kind);
+        }
+    }
+
+    fn index_without_slots_is_rebuilt(kind: Kind) {
         let tmp = tempfile::tempdir().expect("tmp");
         let (db, trees) = open(tmp.path()).expect("open");
         trees[META]
@@ -276,7 +291,7 @@ mod tests {
         );
         drop((db, trees));
 
-        std::fs::remove_file(dir(tmp.path()).join(slots::FILE)).expect("lose the slots");
+        std::fs::remove_file(dir(tmp.path()).join(kind.file())).expect("lose the slots");
         let (_db, trees) = open(tmp.path()).expect("rebuilt");
         assert_eq!(trees[META].get(POSITION_KEY).expect("get"), None);
     }

@@ -312,6 +312,8 @@ struct Shared {
     counters: std::sync::Mutex<counters::Counters>,
     /// The next number [`Store::next_seq`] hands out.
     seq: std::sync::atomic::AtomicU64,
+    /// The next cursor of the receipt feed (see `feed`).
+    feed_next: std::sync::atomic::AtomicU64,
     /// The counter as the last journal record carried it.
     logged_seq: std::sync::atomic::AtomicU64,
 }
@@ -493,6 +495,7 @@ impl Store {
         index::checkpoint(dir, &r.db, &r.trees, applied, next_seq, || {})
             .map_err(|e| index::failed(dir, e))?;
         let trees = r.trees;
+        let next_feed = Store::feed_after_newest(&trees)?;
         let journal = JournalReader::new(Arc::clone(&fs), dir);
         let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
@@ -519,6 +522,7 @@ impl Store {
             applied,
             snapshot: r.snapshot,
             next_seq,
+            next_feed,
             options,
             jobs: Some(tx),
         });
@@ -584,6 +588,7 @@ impl Store {
                 applied: std::sync::Mutex::new(p.applied),
                 seq: std::sync::atomic::AtomicU64::new(p.next_seq),
                 logged_seq: std::sync::atomic::AtomicU64::new(0),
+                feed_next: std::sync::atomic::AtomicU64::new(p.next_feed),
             }),
         }
     }
@@ -1029,6 +1034,8 @@ struct Parts {
     counters: counters::Counters,
     applied: wal::Position,
     next_seq: u64,
+    /// The next feed cursor (see `feed`).
+    next_feed: u64,
     options: StoreOptions,
     /// The writer's queue; `None` opens the store read-only.
     jobs: Option<std::sync::mpsc::Sender<Job>>,

@@ -79,6 +79,7 @@ impl Store {
             fs,
             counters,
             next_seq: index::next_seq(&trees)?,
+            next_feed: Store::feed_after_newest(&trees)?,
             db,
             trees,
             live,

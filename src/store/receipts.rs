@@ -26,7 +26,10 @@ fn split_key(receipt_key: &[u8]) -> Option<(&[u8], [u8; 16])> {
     if receipt_key[split] != 0 {
         return None;
     }
-    Some((&receipt_key[..split], receipt_key[split + 1..].try_into().ok()?))
+    Some((
+        &receipt_key[..split],
+        receipt_key[split + 1..].try_into().ok()?,
+    ))
 }
 
 fn is_record(tree: usize) -> bool {

@@ -65,14 +65,14 @@ pub(super) fn recover(fs: Arc<dyn Fs>, dir: &Path, segments: &Segments) -> Resul
             super::receipts::listed_in(&trees, tree, key)
         })?
         .into_iter()
-            .filter(|op| {
-                if live::is_live(op.tree as usize) {
-                    live_due
-                } else {
-                    index_due
-                }
-            })
-            .collect();
+        .filter(|op| {
+            if live::is_live(op.tree as usize) {
+                live_due
+            } else {
+                index_due
+            }
+        })
+        .collect();
         // The counters follow the live trees alone, exactly: the snapshot
         // holds them as they were at its position.
         counters::apply_counted(&trees, &ops, &mut counters, now)

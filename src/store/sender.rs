@@ -52,7 +52,7 @@ impl Store {
             return self.duplicate(message, &existing, record);
         }
         let outbox_key = keys::peer_queue(&record.recipient, self.next_seq()?);
-        let feed_seq = self.next_seq()?;
+        let feed_seq = self.next_feed();
         let mut record = record.clone();
         record.outbox_key = Some(outbox_key.clone());
         let record_bytes = records::encode(&record);
@@ -193,7 +193,7 @@ impl Store {
         let receipt_digest = sha256(&receipt.receipt);
         let receipt_key = keys::receipt(&key, &receipt_digest);
         let bytes = receipt.encode();
-        let feed_seq = self.next_seq()?;
+        let feed_seq = self.next_feed();
         let opened = receipt.open()?;
         // A receipt this node issued itself (a peer's refusal turned into a
         // dead letter) is that event; any other came back from the peer.

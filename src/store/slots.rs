@@ -1,17 +1,19 @@
-//! The audit chain's locators in fixed slots: entry `seq` → the 24-byte
-//! journal locator of its record at byte `(seq - 1) × 24` of one file in
-//! the index directory (`index/audit.slots`), as Kafka's offset index
-//! does. The chain's numbers are dense and only grow, so no key is
-//! stored and no tree is kept: one `pwrite` per entry, where sled made
+//! Index trees whose keys are dense numbers that only grow, in fixed
+//! slots: entry `n` → its fixed-size value at byte `(n - 1) × size` of
+//! one file in the index directory, as Kafka's offset index does. No key
+//! is stored and no tree is kept: one `pwrite` per entry, where sled made
 //! an index entry (its node copies, splits and page-table memory) three
-//! times per message on each side.
+//! times per message. Two trees are kept so ([`Kind`]): the audit chain's
+//! locators by entry number (`audit.slots`) and the receipt feed by
+//! cursor (`feed.slots`).
 //!
-//! Like sled, the file is derived from the journal: written by the
+//! Like sled, the files are derived from the journal: written by the
 //! indexer, fsynced with sled's files at checkpoints, removed with the
-//! index, rebuilt with it. A slot of zeros is empty (a locator never is:
-//! journal epochs start at 1).
+//! index, rebuilt with it. A slot of zeros is empty (no value is all
+//! zeros: a journal locator names an epoch, and epochs start at 1).
 
 use super::evidence::JournalLocator;
+use super::feed::FeedSlot;
 use sled::IVec;
 use std::fs::File;
 use std::ops::Bound;
@@ -19,15 +21,39 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The file's name inside the index directory.
-pub const FILE: &str = "audit.slots";
+/// A tree kept in slots: its file and the size of its values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// The audit chain: entry number → journal locator.
+    Audit,
+    /// The receipt feed: cursor → [`FeedSlot`].
+    Feed,
+}
 
-const SLOT: u64 = JournalLocator::SIZE as u64;
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Audit, Kind::Feed];
 
-/// The slots file of one index.
+    /// The file's name inside the index directory.
+    pub fn file(self) -> &'static str {
+        match self {
+            Kind::Audit => "audit.slots",
+            Kind::Feed => "feed.slots",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Kind::Audit => JournalLocator::SIZE,
+            Kind::Feed => FeedSlot::SIZE,
+        }
+    }
+}
+
+/// The slots file of one tree of an index.
 #[derive(Debug)]
 pub(super) struct Slots {
     file: File,
+    kind: Kind,
 }
 
 /// An entry as trees give them: the key is the sequence number, big-endian.
@@ -38,10 +64,10 @@ fn io(e: std::io::Error) -> sled::Error {
 }
 
 impl Slots {
-    /// Opens (or creates) the slots of the index in `index_dir`; `false`
-    /// with them if the file was not there.
-    pub fn open(index_dir: &Path) -> std::io::Result<(Slots, bool)> {
-        let path = index_dir.join(FILE);
+    /// Opens (or creates) the slots of `kind` of the index in
+    /// `index_dir`; `false` with them if the file was not there.
+    pub fn open(index_dir: &Path, kind: Kind) -> std::io::Result<(Slots, bool)> {
+        let path = index_dir.join(kind.file());
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
             .read(true)
@@ -49,36 +75,44 @@ impl Slots {
             .create(true)
             .truncate(false)
             .open(&path)?;
-        Ok((Slots { file }, existed))
+        Ok((Slots { file, kind }, existed))
     }
 
     /// Slots in an unnamed file, gone when dropped (a temporary index).
-    pub fn temporary() -> std::io::Result<Slots> {
+    pub fn temporary(kind: Kind) -> std::io::Result<Slots> {
         Ok(Slots {
             file: tempfile::tempfile()?,
+            kind,
         })
+    }
+
+    fn size(&self) -> u64 {
+        self.kind.size() as u64
     }
 
     /// Slots the file spans (the last ones may be empty).
     fn count(&self) -> sled::Result<u64> {
-        Ok(self.file.metadata().map_err(io)?.len() / SLOT)
+        Ok(self.file.metadata().map_err(io)?.len() / self.size())
     }
 
     fn read(&self, seq: u64) -> sled::Result<Option<IVec>> {
         if seq == 0 {
             return Ok(None);
         }
-        let mut slot = [0u8; JournalLocator::SIZE];
-        match self.file.read_exact_at(&mut slot, (seq - 1) * SLOT) {
+        let mut slot = [0u8; 64];
+        let slot = &mut slot[..self.kind.size()];
+        match self.file.read_exact_at(slot, (seq - 1) * self.size()) {
             // Past the end of the file: not written yet.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
             other => other.map_err(io)?,
         }
-        Ok((slot != [0; JournalLocator::SIZE]).then(|| IVec::from(&slot[..])))
+        Ok(slot.iter().any(|&b| b != 0).then(|| IVec::from(&slot[..])))
     }
 
     fn write(&self, seq: u64, slot: &[u8]) -> sled::Result<()> {
-        self.file.write_all_at(slot, (seq - 1) * SLOT).map_err(io)
+        self.file
+            .write_all_at(slot, (seq - 1) * self.size())
+            .map_err(io)
     }
 
     pub fn get(&self, key: &[u8]) -> sled::Result<Option<IVec>> {
@@ -88,17 +122,19 @@ impl Slots {
         }
     }
 
-    /// Writes the locator of entry `key` (one `pwrite`; the value it
+    /// Writes the value of entry `key` (one `pwrite`; the value it
     /// replaced is not read, and `None` is returned); anything but an
-    /// 8-byte nonzero key and a locator is refused.
+    /// 8-byte nonzero key and a nonzero value of the slot's size is
+    /// refused.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
+        let fits = value.len() == self.kind.size() && value.iter().any(|&b| b != 0);
         match seq_of(key).filter(|&s| s > 0) {
-            Some(seq) if JournalLocator::decode(value).is_some() => {
-                self.write(seq, value).map(|()| None)
-            }
+            Some(seq) if fits => self.write(seq, value).map(|()| None),
             _ => Err(sled::Error::Unsupported(format!(
-                "an audit slot holds a journal locator under an entry number, not a \
+                "a slot of {} holds a {}-byte value under an entry number, not a \
                  {}-byte key and a {}-byte value",
+                self.kind.file(),
+                self.kind.size(),
                 key.len(),
                 value.len()
             ))),
@@ -110,7 +146,7 @@ impl Slots {
             Some(seq) => {
                 let before = self.read(seq)?;
                 if before.is_some() {
-                    self.write(seq, &[0; JournalLocator::SIZE])?;
+                    self.write(seq, &[0; 64][..self.kind.size()])?;
                 }
                 Ok(before)
             }
@@ -120,15 +156,16 @@ impl Slots {
 
     /// Non-empty slots; reads the whole file (never on a hot path).
     pub fn len(&self) -> sled::Result<usize> {
-        let mut chunk = vec![0u8; 2730 * JournalLocator::SIZE];
-        let (mut at, end, mut n) = (0u64, self.count()? * SLOT, 0);
+        let size = self.kind.size();
+        let mut chunk = vec![0u8; 2048 * size];
+        let (mut at, end, mut n) = (0u64, self.count()? * self.size(), 0);
         while at < end {
             let take = (end - at).min(chunk.len() as u64) as usize;
             self.file
                 .read_exact_at(&mut chunk[..take], at)
                 .map_err(io)?;
             n += chunk[..take]
-                .chunks(JournalLocator::SIZE)
+                .chunks(size)
                 .filter(|slot| slot.iter().any(|&b| b != 0))
                 .count();
             at += take as u64;
@@ -268,7 +305,7 @@ mod tests {
     #[test]
     fn slots_read_like_a_tree_of_entry_numbers_and_survive_a_reopen() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let (slots, existed) = Slots::open(tmp.path()).expect("open");
+        let (slots, existed) = Slots::open(tmp.path(), Kind::Audit).expect("open");
         assert!(!existed);
         let slots = Arc::new(slots);
         for seq in [1u64, 2, 3, 5, 9] {
@@ -307,11 +344,15 @@ mod tests {
         assert!(slots.remove(&3u64.to_be_bytes()).expect("remove").is_some());
         assert_eq!(keys(all(&slots)), vec![1, 2, 5, 9]);
         assert!(slots.insert(&7u64.to_be_bytes(), b"not a locator").is_err());
+        assert!(
+            slots.insert(&7u64.to_be_bytes(), &[0; 24]).is_err(),
+            "empty"
+        );
         assert!(slots.insert(&0u64.to_be_bytes(), &locator(1)).is_err());
         assert!(slots.insert(b"k", &locator(1)).is_err());
         drop(slots);
 
-        let (again, existed) = Slots::open(tmp.path()).expect("reopen");
+        let (again, existed) = Slots::open(tmp.path(), Kind::Audit).expect("reopen");
         assert!(existed);
         let again = Arc::new(again);
         assert_eq!(keys(all(&again)), vec![1, 2, 5, 9]);

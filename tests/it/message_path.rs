@@ -299,22 +299,27 @@ async fn a_cursor_the_feed_no_longer_covers_is_out_of_range() {
         TestFederation::start_with(|n| n.limits.receipt_feed_retention_secs = 1, &[DISCIPLINE])
             .await;
     let mut discipline = fed.client(DISCIPLINE);
-    let request = submit_request("old-1", MessageKind::ClueTransfer, SECURITY, b"o");
-    submit(&mut discipline, request).await;
+    for id in ["old-1", "old-2"] {
+        let request = submit_request(id, MessageKind::ClueTransfer, SECURITY, b"o");
+        submit(&mut discipline, request).await;
+    }
     let mut watch = discipline
         .watch_receipts(pb::WatchReceiptsRequest { after_cursor: 0 })
         .await
         .expect("watch")
         .into_inner();
     let first = events_of(&mut watch, "old-1", 1).await[0].0;
+    let second = events_of(&mut watch, "old-2", 1).await[0].0;
+    assert!(second > first);
     drop(watch);
 
-    // A client that never saw that receipt, once the feed let it go.
+    // A client that saw the first receipt and never the second, once the
+    // feed let both go.
     let deadline = std::time::Instant::now() + 20 * SECOND;
     let refused = loop {
         let answer = discipline
             .watch_receipts(pb::WatchReceiptsRequest {
-                after_cursor: first - 1,
+                after_cursor: first,
             })
             .await;
         match answer {
@@ -328,12 +333,14 @@ async fn a_cursor_the_feed_no_longer_covers_is_out_of_range() {
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
     assert!(
         refused.message().contains("oldest cursor kept")
-            && refused.message().contains(&format!("up to cursor {first}")),
+            && refused
+                .message()
+                .contains(&format!("up to cursor {second}")),
         "{}",
         refused.message()
     );
     // From the oldest kept, and from the last cursor seen, all is well.
-    for after_cursor in [0, first] {
+    for after_cursor in [0, second] {
         discipline
             .watch_receipts(pb::WatchReceiptsRequest { after_cursor })
             .await
