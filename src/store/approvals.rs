@@ -57,7 +57,7 @@ impl Store {
             t[PENDING_APPROVAL].insert(key.as_slice(), records::encode(pending))?;
             // Its time to live runs while it waits: the expiry sweep
             // declines it when that passes (`Broker::expire_pending`).
-            t[EXPIRY].insert(keys::expiry(expires_at_ms, &key), [])?;
+            t[EXPIRY].insert(keys::expiry(expires_at_ms, &key), key.as_slice())?;
             self.append_audit(t, message, &note)?;
             Ok(HoldOutcome::Held)
         })

@@ -9,11 +9,11 @@ impl Store {
         let mut out = Vec::new();
         for kv in self
             .tree(EXPIRY)
-            .range(..keys::expiry(now_ms.saturating_add(1), b""))
+            .range(..keys::expiry_due_end(now_ms))
             .take(limit)
         {
-            let (k, _) = kv?;
-            let r = keys::parse_message(&k[8..])
+            let (k, message_key) = kv?;
+            let r = keys::parse_message(&message_key)
                 .ok_or_else(|| Error::corrupt("expiry", "bad message key"))?;
             out.push((k.to_vec(), r));
         }

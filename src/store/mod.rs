@@ -9,7 +9,9 @@
 //!   (also the idempotency record: it holds the submit request digest);
 //! - `inbound`: message key → [`InboundRecord`] for messages in custody;
 //! - `receipts`: message key + receipt digest → where the signed receipt
-//!   lies in the journal;
+//!   lies in the journal, only for a receipt about a message with no
+//!   record here: the others are listed in their message's record (see
+//!   `receipts`);
 //! - `outbox`: peer + seq → the locator of the envelope (see `segments`;
 //!   written as the message key, which `transact` replaces), envelopes
 //!   waiting for a peer;
@@ -18,9 +20,10 @@
 //! - `leases`: deadline + lease id → message key, messages held by receivers;
 //! - `receipt_outbox`: peer + seq → where a receipt to return lies in
 //!   the journal;
-//! - `feed`: seq → receipt key, the receipts about sent messages in the
-//!   order they were stored (the `WatchReceipts` cursor);
-//! - `expiry`: expires-at + message key → (), the TTL index;
+//! - `feed` (slots, `feed.slots`): cursor → the receipt (or the overdue
+//!   follow-up) about a sent message, in the order stored (see `feed`);
+//! - `expiry`: expires-at + the first half of the message key's SHA-256
+//!   → message key, the TTL index;
 //! - `dead_letters`: message key → dead-lettered-at, messages in custody
 //!   that used up their delivery attempts;
 //! - `operator_events`: message key + seq → [`OperatorEvent`], operators'

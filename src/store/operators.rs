@@ -52,7 +52,7 @@ impl Store {
             record.attempts = 0;
             record.queue_key = inbox_key.clone();
             t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, key))?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), [])?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, key), key)?;
             t[OPERATOR_EVENTS].insert(event_key.as_slice(), event_bytes.as_slice())?;
             let detail = format!("by {}: {}", event.principal, event.reason);
             let note = Note::new(AuditEvent::Requeued, InboundState::Inbox.as_str(), detail);

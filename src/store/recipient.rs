@@ -76,7 +76,7 @@ impl Store {
             t[INBOUND].insert(key.as_slice(), record_bytes.as_slice())?;
             t[RECEIPTS].insert(receipt_key.as_slice(), receipt_bytes.as_slice())?;
             t[INBOX].insert(inbox_key.as_slice(), keys::inbox_entry(record.kind, &key))?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), key.as_slice())?;
             catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
             self.apply_follow_up(t, follow)?;

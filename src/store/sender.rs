@@ -82,7 +82,7 @@ impl Store {
                 feed_seq.to_be_bytes(),
                 keys::feed_entry(&receipt_key, SentState::Accepted, crate::now_ms()),
             )?;
-            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), [])?;
+            t[EXPIRY].insert(keys::expiry(record.expires_at_ms, &key), key.as_slice())?;
             catalogue::insert(t, &key, header)?;
             self.append_audit(t, message, &note)?;
             self.apply_follow_up(t, follow)?;
