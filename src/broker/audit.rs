@@ -28,8 +28,8 @@ pub struct MessageFilter {
 /// Where a page of `ListMessages` ended: the sort key of its last message,
 /// or of the last message its walk examined (see
 /// [`Broker::list_messages`]). The order is the catalogue's: newest first,
-/// then by sender node and message id (`store::keys::by_time`), so a
-/// token is a place in it whatever the filters.
+/// then by a digest of the message (`store::keys::by_time`), so a token,
+/// which names the message, is a place in it whatever the filters.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PageToken {
     /// Newest first: the creation time, reversed.

@@ -1,17 +1,18 @@
 //! The catalogue: every message this node sent or took into custody, in
 //! the two orders `ListMessages` walks, so that a page of the search
 //! reads the messages it shows and those it passes over — never the whole
-//! store. The keys alone are stored (about a hundred bytes per message):
+//! store. Small entries are stored (time, a 16-byte tie and the message
+//! key, see `keys::by_time`):
 //! kind, peer and state come from the message's `sent` or `inbound`
 //! record ([`Store::catalogued_record`]), case reference and subject from
 //! its envelope header, read only for the messages a page shows
 //! ([`Store::catalogue_header`]).
 //!
 //! Trees (keys in `keys`):
-//! - `catalogue_by_time`: [`keys::by_time`] → (), every message, newest
-//!   first;
-//! - `catalogue_by_case`: [`keys::by_case`] → (), the messages that carry
-//!   a case reference, newest first within each case.
+//! - `catalogue_by_time`: [`keys::by_time`] → message key, every message,
+//!   newest first;
+//! - `catalogue_by_case`: [`keys::by_case`] → message key, the messages
+//!   that carry a case reference, newest first within each case.
 //!
 //! Both are written in the transaction that stores the message (`submit`
 //! at the sender, `accept_inbound` at the recipient): they are journaled
@@ -24,7 +25,7 @@ use records::Direction;
 use std::ops::Bound;
 
 /// Which part of the catalogue a walk covers. Every walk goes newest first
-/// (by creation time, then by sender node and message id).
+/// (by creation time, then by [`keys::tie`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CatalogueRange<'a> {
     /// Only the messages of this case (walks `catalogue_by_case`).
@@ -66,11 +67,11 @@ pub(super) fn insert(t: &Tx, key: &[u8], header: &EnvelopeHeader) -> TxResult<()
             "case_reference contains NUL; only printable text is allowed",
         ));
     }
-    t[CATALOGUE_BY_TIME].insert(keys::by_time(header.created_at_ms, key), [])?;
+    t[CATALOGUE_BY_TIME].insert(keys::by_time(header.created_at_ms, key), key)?;
     if !header.case_reference.is_empty() {
         t[CATALOGUE_BY_CASE].insert(
             keys::by_case(&header.case_reference, header.created_at_ms, key),
-            [],
+            key,
         )?;
     }
     Ok(())
@@ -136,9 +137,8 @@ impl Store {
             .into_iter()
             .flatten()
             .map(move |kv| {
-                let (k, _) = kv?;
-                let key = k.get(skip..).unwrap_or_default();
-                let message = keys::parse_message(key)
+                let (k, key) = kv?;
+                let message = keys::parse_message(&key)
                     .ok_or_else(|| Error::corrupt(TREE_NAMES[tree], "bad message key"))?;
                 let created_at_ms =
                     keys::newest_first_time(k.get(prefix.len()..skip).unwrap_or_default());

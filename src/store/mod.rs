@@ -29,8 +29,9 @@
 //! - `operator_events`: message key + seq → [`OperatorEvent`], operators'
 //!   actions on a message (requeue, discard);
 //! - `paused_peers`: peer → [`PauseRecord`], peers an operator paused;
-//! - `catalogue_by_time`: newest-first creation time + message key → (),
-//!   and `catalogue_by_case`: case reference + NUL + the same → () (only
+//! - `catalogue_by_time`: newest-first creation time + tie (half the
+//!   message key's SHA-256) → message key, and `catalogue_by_case`: case
+//!   reference + NUL + the same → message key (only
 //!   messages with a case reference): the orders `ListMessages` walks
 //!   (see `catalogue`);
 //! - `audit`, `audit_index`, `audit_head`, `checkpoints`: the hash-chained

@@ -380,9 +380,11 @@ fn place(m: &pb::MessageSummary) -> (u64, String, String) {
     (m.created_at_ms, m.sender_node.clone(), m.message_id.clone())
 }
 
-/// Newest first, then by sender node and message id: the search's order.
+/// Newest first, then by the tie of the message key (a digest): the
+/// search's order.
 fn newest_first(mut places: Vec<(u64, String, String)>) -> Vec<(u64, String, String)> {
-    places.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| (&a.1, &a.2).cmp(&(&b.1, &b.2))));
+    let tie = |p: &(u64, String, String)| cluebridge::store::keys::tie(&message_key(&p.1, &p.2));
+    places.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| tie(a).cmp(&tie(b))));
     places
 }
 
