@@ -55,13 +55,22 @@ fn with_list(tree: usize, record: &[u8], f: impl FnOnce(&mut Vec<ReceiptAt>)) ->
     }
 }
 
-/// The receipt list of a record value (empty if it has none or does not
-/// decode).
-fn list_of(tree: usize, record: &[u8]) -> Vec<ReceiptAt> {
-    let mut out = Vec::new();
-    with_list(tree, record, |l| out = std::mem::take(l));
-    out
+/// The receipt list of a `sent` or `inbound` record value.
+fn decode_list(tree: usize, record: &[u8]) -> Result<Vec<ReceiptAt>> {
+    match tree {
+        SENT => Ok(records::decode::<SentRecord>("sent", record)?.receipts),
+        _ => Ok(records::decode::<InboundRecord>("inbound", record)?.receipts),
+    }
 }
+
+/// [`decode_list`], empty for a value that does not decode.
+fn list_of(tree: usize, record: &[u8]) -> Vec<ReceiptAt> {
+    decode_list(tree, record).unwrap_or_default()
+}
+
+/// A stored receipt, raw: its message, the 16-byte digest half it is
+/// known by, and its bytes.
+type RawReceipt = (MessageRef, Vec<u8>, Vec<u8>);
 
 /// Lists taken out of a change's record writes by [`strip`].
 #[derive(Default)]
@@ -212,20 +221,16 @@ impl Store {
 
     /// The receipts noted in the record of the message at `key`.
     fn listed_receipts(&self, key: &[u8]) -> Result<Vec<ReceiptAt>> {
-        if let Some(v) = self.read(SENT, key)? {
-            return Ok(records::decode::<SentRecord>("sent", &v)?.receipts);
+        for tree in [SENT, INBOUND] {
+            if let Some(v) = self.read(tree, key)? {
+                return decode_list(tree, &v);
+            }
         }
-        match self.read(INBOUND, key)? {
-            Some(v) => Ok(records::decode::<InboundRecord>("inbound", &v)?.receipts),
-            None => Ok(Vec::new()),
-        }
+        Ok(Vec::new())
     }
 
-    /// Every stored receipt, raw: (message, the 16-byte digest half it
-    /// is known by, stored bytes). Streams: one record at a time.
-    pub fn receipt_records(
-        &self,
-    ) -> impl Iterator<Item = Result<(MessageRef, Vec<u8>, Vec<u8>)>> + '_ {
+    /// Every stored receipt, raw. Streams: one record at a time.
+    pub fn receipt_records(&self) -> impl Iterator<Item = Result<RawReceipt>> + '_ {
         let listed = move |tree: usize| {
             self.tree(tree)
                 .iter()
@@ -246,20 +251,15 @@ impl Store {
     }
 
     /// The receipts one record of `tree` notes, read back.
-    #[allow(clippy::type_complexity)]
     fn noted_in(
         &self,
         tree: usize,
         kv: sled::Result<(IVec, IVec)>,
-    ) -> Result<Vec<Result<(MessageRef, Vec<u8>, Vec<u8>)>>> {
+    ) -> Result<Vec<Result<RawReceipt>>> {
         let (k, v) = kv?;
         let message =
             keys::parse_message(&k).ok_or_else(|| Error::corrupt(TREE_NAMES[tree], "bad key"))?;
-        let listed = match tree {
-            SENT => records::decode::<SentRecord>("sent", &v)?.receipts,
-            _ => records::decode::<InboundRecord>("inbound", &v)?.receipts,
-        };
-        Ok(listed
+        Ok(decode_list(tree, &v)?
             .into_iter()
             .map(|r| {
                 let bytes = self.evidence(RECEIPTS, &r.at)?;
@@ -275,11 +275,7 @@ impl Store {
             self.tree(tree)
                 .iter()
                 .filter_map(|kv| kv.ok())
-                .map(|(_, v)| match tree {
-                    SENT => records::decode::<SentRecord>("sent", &v).map(|r| r.receipts.len()),
-                    _ => records::decode::<InboundRecord>("inbound", &v).map(|r| r.receipts.len()),
-                })
-                .map(|n| n.unwrap_or(0))
+                .map(|(_, v)| list_of(tree, &v).len())
                 .sum()
         };
         listed(SENT) + listed(INBOUND) + self.tree(RECEIPTS).len()
