@@ -114,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         message: &message,
         header: &envelope.header,
         signature: &envelope.signature,
+        header_batch: envelope.batch.as_ref(),
         payload: None,
         receipts: &signed,
         audit_node: "discipline",

@@ -3,7 +3,7 @@
 
 use super::{authorize, missing};
 use crate::broker::{Broker, PendingView, Submitted};
-use crate::model::{MessageRef, Role, validate_id};
+use crate::model::{BatchProof, MessageRef, Role, validate_id};
 use crate::pb;
 use tonic::{Request, Response, Status};
 
@@ -18,11 +18,13 @@ pub(super) fn submit_response(submitted: Submitted) -> pb::SubmitResponse {
             accepted,
             header,
             signature,
+            batch,
             duplicate,
         } => pb::SubmitResponse {
             accepted: Some(accepted.to_wire()),
             envelope_header: header,
             envelope_signature: signature,
+            envelope_batch: batch.as_ref().map(BatchProof::to_envelope_wire),
             duplicate,
             pending_approval: false,
         },

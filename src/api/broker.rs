@@ -224,6 +224,10 @@ impl pb::broker_server::Broker for BrokerService {
             receipts: status.receipts.iter().map(|r| r.to_wire()).collect(),
             envelope_header: status.header,
             envelope_signature: status.signature,
+            envelope_batch: status
+                .batch
+                .as_ref()
+                .map(crate::model::BatchProof::to_envelope_wire),
             ..Default::default()
         }))
     }

@@ -45,8 +45,12 @@ pub struct MessageId {
 pub struct EnvelopePart {
     /// Base64 of the encoded header, exactly as signed.
     pub header: String,
-    /// Base64 of the sender node's Ed25519 signature.
+    /// Base64 of the sender node's Ed25519 signature: over the header, or
+    /// over the root of its batch when `batch` is present.
     pub signature: String,
+    /// The header's place in a batch its sender node signed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchPart>,
     /// The header decoded, for people; must equal what the header says.
     pub header_fields: serde_json::Value,
     /// Hex SHA-256 of the payload, as the signed header states it.
@@ -70,14 +74,39 @@ pub struct ReceiptPart {
     pub fields: serde_json::Value,
 }
 
-/// A receipt's Merkle inclusion proof (`ReceiptBatchProof` in
-/// `envelope.proto`), with the path's hashes in hex.
+/// A receipt's or an envelope header's Merkle inclusion proof
+/// (`ReceiptBatchProof`, `EnvelopeBatchProof` in `envelope.proto`), with
+/// the path's hashes in hex.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchPart {
     pub leaf_index: u64,
     pub tree_size: u64,
     pub audit_path: Vec<String>,
+}
+
+impl BatchPart {
+    fn of(b: &BatchProof) -> BatchPart {
+        BatchPart {
+            leaf_index: b.leaf_index,
+            tree_size: b.tree_size,
+            audit_path: b.audit_path.iter().map(hex::encode).collect(),
+        }
+    }
+
+    /// The proof the part states, each path hash a hex SHA-256 (`what`:
+    /// whose proof, for the error).
+    fn proof(&self, what: &str) -> Result<BatchProof> {
+        Ok(BatchProof {
+            leaf_index: self.leaf_index,
+            tree_size: self.tree_size,
+            audit_path: self
+                .audit_path
+                .iter()
+                .map(|h| digest(&format!("{what} batch path hash"), h).map(|d| d.to_vec()))
+                .collect::<Result<_>>()?,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,6 +179,7 @@ pub struct BundleInput<'a> {
     pub message: &'a MessageRef,
     pub header: &'a [u8],
     pub signature: &'a [u8],
+    pub header_batch: Option<&'a BatchProof>,
     pub payload: Option<&'a [u8]>,
     pub receipts: &'a [SignedReceipt],
     pub audit_node: &'a str,
@@ -170,11 +200,7 @@ pub fn build(input: BundleInput<'_>) -> Result<Bundle> {
         receipts.push(ReceiptPart {
             receipt: B64.encode(&r.receipt),
             signature: B64.encode(&r.signature),
-            batch: r.batch.as_ref().map(|b| BatchPart {
-                leaf_index: b.leaf_index,
-                tree_size: b.tree_size,
-                audit_path: b.audit_path.iter().map(hex::encode).collect(),
-            }),
+            batch: r.batch.as_ref().map(BatchPart::of),
             fields: receipt_fields(&opened),
         });
     }
@@ -215,6 +241,7 @@ pub fn build(input: BundleInput<'_>) -> Result<Bundle> {
         envelope: EnvelopePart {
             header: B64.encode(input.header),
             signature: B64.encode(input.signature),
+            batch: input.header_batch.map(BatchPart::of),
             header_fields: header_fields(&header),
             payload_sha256: hex::encode(header.payload_sha256),
             payload: input.payload.map(|p| B64.encode(p)),
@@ -573,7 +600,10 @@ fn envelope(
 ) -> Result<(Vec<u8>, EnvelopeHeader)> {
     let header = b64("envelope header", &bundle.envelope.header)?;
     let signature = b64("envelope signature", &bundle.envelope.signature)?;
-    let h = keyring.verify_envelope_header(&header, &signature)?;
+    let batch = (bundle.envelope.batch.as_ref())
+        .map(|b| b.proof("envelope"))
+        .transpose()?;
+    let h = keyring.verify_envelope_header(&header, &signature, batch.as_ref())?;
     if &h.message_ref() != message {
         return Err(Error::invalid(format!(
             "the signed header is about {}, the bundle says {message}",
@@ -621,18 +651,11 @@ fn receipt(
     message: &MessageRef,
     header_sha256: Option<[u8; 32]>,
 ) -> Result<(Receipt, [u8; 32])> {
-    let batch = match &part.batch {
-        None => None,
-        Some(b) => Some(BatchProof {
-            leaf_index: b.leaf_index,
-            tree_size: b.tree_size,
-            audit_path: b
-                .audit_path
-                .iter()
-                .map(|h| digest("receipt batch path hash", h).map(|d| d.to_vec()))
-                .collect::<Result<_>>()?,
-        }),
-    };
+    let batch = part
+        .batch
+        .as_ref()
+        .map(|b| b.proof("receipt"))
+        .transpose()?;
     let signed = SignedReceipt {
         receipt: b64("receipt", &part.receipt)?,
         signature: b64("receipt signature", &part.signature)?,

@@ -270,6 +270,7 @@ impl Broker {
             message,
             header: &envelope.header,
             signature: &envelope.signature,
+            header_batch: envelope.batch.as_ref(),
             payload: include_payload.then_some(envelope.payload.as_slice()),
             receipts: &receipts,
             audit_node: node,

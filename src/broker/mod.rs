@@ -202,6 +202,16 @@ impl Broker {
         self.shared.receipts.sign(receipts).await
     }
 
+    /// Signs an accepted message's encoded header and its `accepted`
+    /// receipt through the batch signer.
+    async fn sign_accepted(
+        &self,
+        header: Vec<u8>,
+        accepted: Receipt,
+    ) -> (receipt_signer::HeaderSignature, SignedReceipt) {
+        self.shared.receipts.sign_accepted(header, accepted).await
+    }
+
     /// Signs one receipt by this node through the batch signer.
     async fn sign_one(&self, receipt: Receipt) -> SignedReceipt {
         let mut signed = self.sign_together(vec![receipt]).await;

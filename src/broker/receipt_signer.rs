@@ -1,13 +1,15 @@
-//! Receipts issued at about the same time share one signature: callers
-//! hand their receipts to the `receipt-signer` thread, which takes every
-//! request waiting when it wakes, signs one Merkle root over the lot
-//! ([`NodeSigner::sign_receipts`]) and answers each caller with its own
-//! receipts and their inclusion proofs. Under load one Ed25519 signature
-//! covers many receipts; alone, a receipt is signed as before, with no
+//! Receipts issued at about the same time share one signature, and so do
+//! the envelope headers of messages accepted at about the same time:
+//! callers hand them to the `receipt-signer` thread, which takes every
+//! request waiting when it wakes, signs one Merkle root over the lot's
+//! receipts and one over its headers ([`NodeSigner::sign_receipts`],
+//! [`NodeSigner::sign_headers`]) and answers each caller with its own
+//! signatures and inclusion proofs. Under load one Ed25519 signature
+//! covers many; alone, a receipt or a header is signed as before, with no
 //! wait added beyond the hand-over.
 
 use crate::crypto::NodeSigner;
-use crate::model::{Receipt, SignedReceipt};
+use crate::model::{BatchProof, Receipt, SignedReceipt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -16,9 +18,22 @@ const MAX_BATCH: usize = 4096;
 /// Requests waiting for the thread; a caller past this waits its turn.
 const QUEUE: usize = 1024;
 
-struct Request {
+/// A header's signature and its place in the batch signed with it.
+pub type HeaderSignature = (Vec<u8>, Option<BatchProof>);
+
+/// What a caller hands over: encoded headers and receipts to sign.
+#[derive(Default)]
+struct Items {
+    headers: Vec<Vec<u8>>,
     receipts: Vec<Receipt>,
-    answer: oneshot::Sender<Vec<SignedReceipt>>,
+}
+
+/// Their signatures, in the same order.
+type Signed = (Vec<HeaderSignature>, Vec<SignedReceipt>);
+
+struct Request {
+    items: Items,
+    answer: oneshot::Sender<Signed>,
 }
 
 /// A handle to the signing thread; the thread ends when the last handle
@@ -45,10 +60,36 @@ impl ReceiptSigner {
         if receipts.is_empty() {
             return Vec::new();
         }
+        let items = Items {
+            headers: Vec::new(),
+            receipts,
+        };
+        self.request(items).await.1
+    }
+
+    /// Signs an accepted message's encoded header and its `accepted`
+    /// receipt, together with whatever else is waiting.
+    pub async fn sign_accepted(
+        &self,
+        header: Vec<u8>,
+        accepted: Receipt,
+    ) -> (HeaderSignature, SignedReceipt) {
+        let items = Items {
+            headers: vec![header],
+            receipts: vec![accepted],
+        };
+        let (mut headers, mut receipts) = self.request(items).await;
+        match (headers.pop(), receipts.pop()) {
+            (Some(header), Some(receipt)) => (header, receipt),
+            _ => unreachable!("one header and one receipt signed"),
+        }
+    }
+
+    async fn request(&self, items: Items) -> Signed {
         let (answer, answered) = oneshot::channel();
-        let request = Request { receipts, answer };
+        let request = Request { items, answer };
         if let Err(mpsc::error::SendError(request)) = self.requests.send(request).await {
-            return self.signer.sign_receipts(&request.receipts);
+            return sign(&self.signer, &request.items);
         }
         match answered.await {
             Ok(signed) => signed,
@@ -58,29 +99,45 @@ impl ReceiptSigner {
     }
 }
 
+fn sign(signer: &NodeSigner, items: &Items) -> Signed {
+    let headers = match items.headers.is_empty() {
+        true => Vec::new(),
+        false => signer.sign_headers(&items.headers),
+    };
+    (headers, signer.sign_receipts(&items.receipts))
+}
+
 fn run(signer: &NodeSigner, mut queue: mpsc::Receiver<Request>) {
     while let Some(first) = queue.blocking_recv() {
-        let mut waiting = first.receipts.len();
+        let size = |r: &Request| r.items.receipts.len().max(r.items.headers.len());
+        let mut waiting = size(&first);
         let mut batch = vec![first];
         while waiting < MAX_BATCH {
             match queue.try_recv() {
                 Ok(next) => {
-                    waiting += next.receipts.len();
+                    waiting += size(&next);
                     batch.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let mut receipts = Vec::with_capacity(waiting);
+        let mut all = Items::default();
         let mut answers = Vec::with_capacity(batch.len());
         for request in batch {
-            answers.push((request.receipts.len(), request.answer));
-            receipts.extend(request.receipts);
+            let Items { headers, receipts } = request.items;
+            answers.push((headers.len(), receipts.len(), request.answer));
+            all.headers.extend(headers);
+            all.receipts.extend(receipts);
         }
-        let mut signed = signer.sign_receipts(&receipts).into_iter();
-        for (n, answer) in answers {
-            // A caller that went away no longer needs its receipts.
-            let _ = answer.send(signed.by_ref().take(n).collect());
+        let (headers, receipts) = sign(signer, &all);
+        let (mut headers, mut receipts) = (headers.into_iter(), receipts.into_iter());
+        for (h, r, answer) in answers {
+            // A caller that went away no longer needs its signatures.
+            let signed = (
+                headers.by_ref().take(h).collect(),
+                receipts.by_ref().take(r).collect(),
+            );
+            let _ = answer.send(signed);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::Broker;
 use crate::error::{Error, Result};
+use crate::model::BatchProof;
 use crate::model::followup::Side;
 use crate::model::{
     EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope, SignedReceipt,
@@ -63,6 +64,8 @@ pub enum Submitted {
         accepted: SignedReceipt,
         header: Vec<u8>,
         signature: Vec<u8>,
+        /// The header's place in the batch it was signed with, if any.
+        batch: Option<BatchProof>,
         /// The id had been accepted before with the same content.
         duplicate: bool,
     },
@@ -84,6 +87,7 @@ pub struct Status {
     pub receipts: Vec<SignedReceipt>,
     pub header: Vec<u8>,
     pub signature: Vec<u8>,
+    pub batch: Option<BatchProof>,
 }
 
 /// A batch of envelopes for a peer, and the outbox entry it ends at.
@@ -241,11 +245,17 @@ impl Broker {
             now_ms(),
         );
         let message = header.message_ref();
-        let envelope = self.signer().seal(&header, payload);
-        let header_sha256 = envelope.header_sha256();
-        let accepted = self
-            .sign_one(self.receipt(&message, ReceiptKind::Accepted, header_sha256, 0, ""))
-            .await;
+        debug_assert_eq!(header.signing_key_id, self.signer().key_id());
+        let bytes = header.encode();
+        let header_sha256 = sha256(&bytes);
+        let receipt = self.receipt(&message, ReceiptKind::Accepted, header_sha256, 0, "");
+        let ((signature, batch), accepted) = self.sign_accepted(bytes.clone(), receipt).await;
+        let envelope = SignedEnvelope {
+            header: bytes,
+            signature,
+            payload,
+            batch,
+        };
         let record = SentRecord {
             state: SentState::Accepted,
             recipient: recipient.id.clone(),
@@ -280,6 +290,7 @@ impl Broker {
                     accepted,
                     header: envelope.header,
                     signature: envelope.signature,
+                    batch: envelope.batch,
                     duplicate: false,
                 })
             }
@@ -298,6 +309,7 @@ impl Broker {
             accepted,
             header: stored.header,
             signature: stored.signature,
+            batch: stored.batch,
             duplicate: true,
         })
     }
@@ -337,6 +349,7 @@ impl Broker {
             receipts,
             header: envelope.header,
             signature: envelope.signature,
+            batch: envelope.batch,
         })
     }
 

@@ -18,6 +18,8 @@ pub const ENVELOPE_DOMAIN: &[u8] = b"cluebridge/v1/envelope-header\n";
 pub const RECEIPT_DOMAIN: &[u8] = b"cluebridge/v1/receipt\n";
 /// Prefix of every receipt-batch signature input (tree size and root).
 pub const RECEIPT_BATCH_DOMAIN: &[u8] = b"cluebridge/v1/receipt-batch\n";
+/// Prefix of every envelope-batch signature input (tree size and root).
+pub const ENVELOPE_BATCH_DOMAIN: &[u8] = b"cluebridge/v1/envelope-batch\n";
 /// Prefix of every audit checkpoint signature input.
 pub const CHECKPOINT_DOMAIN: &[u8] = b"cluebridge/v1/checkpoint\n";
 
@@ -29,19 +31,39 @@ fn signing_input(domain: &[u8], bytes: &[u8]) -> Vec<u8> {
 }
 
 /// What a batch's signature covers: its size and Merkle root.
-fn batch_input(tree_size: u64, root: &[u8; 32]) -> Vec<u8> {
-    let mut input = Vec::with_capacity(RECEIPT_BATCH_DOMAIN.len() + 8 + 32);
-    input.extend_from_slice(RECEIPT_BATCH_DOMAIN);
+fn batch_input(domain: &[u8], tree_size: u64, root: &[u8; 32]) -> Vec<u8> {
+    let mut input = Vec::with_capacity(domain.len() + 8 + 32);
+    input.extend_from_slice(domain);
     input.extend_from_slice(&tree_size.to_be_bytes());
     input.extend_from_slice(root);
     input
 }
 
-/// The bytes a receipt's signature covers: the receipt itself, or the
-/// root its batch proof leads to.
-fn receipt_input(signed: &SignedReceipt) -> Result<Vec<u8>> {
-    let Some(proof) = &signed.batch else {
-        return Ok(signing_input(RECEIPT_DOMAIN, &signed.receipt));
+/// The two domains of a kind of signed object: alone, and in a batch.
+#[derive(Clone, Copy)]
+struct Domains {
+    what: &'static str,
+    single: &'static [u8],
+    batch: &'static [u8],
+}
+
+const RECEIPTS: Domains = Domains {
+    what: "receipt",
+    single: RECEIPT_DOMAIN,
+    batch: RECEIPT_BATCH_DOMAIN,
+};
+
+const ENVELOPES: Domains = Domains {
+    what: "envelope header",
+    single: ENVELOPE_DOMAIN,
+    batch: ENVELOPE_BATCH_DOMAIN,
+};
+
+/// The bytes a signature over `bytes` covers: the bytes themselves, or
+/// the root the batch proof leads to.
+fn signed_input(domains: Domains, bytes: &[u8], proof: Option<&BatchProof>) -> Result<Vec<u8>> {
+    let Some(proof) = proof else {
+        return Ok(signing_input(domains.single, bytes));
     };
     let path = proof
         .audit_path
@@ -49,16 +71,17 @@ fn receipt_input(signed: &SignedReceipt) -> Result<Vec<u8>> {
         .map(|h| {
             <[u8; 32]>::try_from(h.as_slice()).map_err(|_| {
                 Error::invalid(format!(
-                    "receipt batch proof has a {}-byte hash; each is 32",
+                    "{} batch proof has a {}-byte hash; each is 32",
+                    domains.what,
                     h.len()
                 ))
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let leaf = merkle::leaf_hash(&signed.receipt);
+    let leaf = merkle::leaf_hash(bytes);
     let root = merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path)
-        .map_err(|e| Error::invalid(format!("receipt batch proof: {e}")))?;
-    Ok(batch_input(proof.tree_size, &root))
+        .map_err(|e| Error::invalid(format!("{} batch proof: {e}", domains.what)))?;
+    Ok(batch_input(domains.batch, proof.tree_size, &root))
 }
 
 /// A node's private signing key with its id in the trust list.
@@ -140,6 +163,7 @@ impl NodeSigner {
             header: bytes,
             signature: signature.to_bytes().to_vec(),
             payload,
+            batch: None,
         }
     }
 
@@ -155,9 +179,6 @@ impl NodeSigner {
     /// signature over the root of their Merkle tree, each receipt with
     /// its audit path. One receipt is signed alone.
     pub fn sign_receipts(&self, receipts: &[Receipt]) -> Vec<SignedReceipt> {
-        if receipts.len() < 2 {
-            return receipts.iter().map(|r| self.sign_receipt(r)).collect();
-        }
         let encoded: Vec<Vec<u8>> = receipts
             .iter()
             .map(|r| {
@@ -165,23 +186,54 @@ impl NodeSigner {
                 r.encode()
             })
             .collect();
-        let tree = merkle::Tree::new(encoded.iter().map(|b| merkle::leaf_hash(b)).collect());
+        self.sign_together(RECEIPTS, &encoded)
+            .into_iter()
+            .zip(encoded)
+            .map(|((signature, batch), receipt)| SignedReceipt {
+                receipt,
+                signature,
+                batch,
+            })
+            .collect()
+    }
+
+    /// Signs encoded headers accepted together: one signature over the
+    /// root of their Merkle tree, each with its audit path (one header is
+    /// signed alone). Returns each header's signature and proof.
+    pub fn sign_headers(&self, headers: &[Vec<u8>]) -> Vec<(Vec<u8>, Option<BatchProof>)> {
+        self.sign_together(ENVELOPES, headers)
+    }
+
+    /// Each item's signature and batch proof: alone for one item, else
+    /// one signature over the root of the items' Merkle tree.
+    fn sign_together(
+        &self,
+        domains: Domains,
+        items: &[Vec<u8>],
+    ) -> Vec<(Vec<u8>, Option<BatchProof>)> {
+        if items.len() < 2 {
+            return items
+                .iter()
+                .map(|bytes| {
+                    let input = signing_input(domains.single, bytes);
+                    (self.key.sign(&input).to_bytes().to_vec(), None)
+                })
+                .collect();
+        }
+        let tree = merkle::Tree::new(items.iter().map(|b| merkle::leaf_hash(b)).collect());
         let signature = self
             .key
-            .sign(&batch_input(tree.size(), &tree.root()))
+            .sign(&batch_input(domains.batch, tree.size(), &tree.root()))
             .to_bytes()
             .to_vec();
-        encoded
-            .into_iter()
-            .enumerate()
-            .map(|(i, receipt)| SignedReceipt {
-                receipt,
-                signature: signature.clone(),
-                batch: Some(BatchProof {
+        (0..items.len())
+            .map(|i| {
+                let proof = BatchProof {
                     leaf_index: i as u64,
                     tree_size: tree.size(),
                     audit_path: tree.audit_path(i).iter().map(|h| h.to_vec()).collect(),
-                }),
+                };
+                (signature.clone(), Some(proof))
             })
             .collect()
     }
@@ -334,7 +386,11 @@ impl Keyring {
         Ok((entry.key, signature))
     }
 
-    /// Checks many signatures, each with `verify_strict` alone.
+    /// Checks `signed`'s signature over `bytes` or over the root its
+    /// batch proof leads to, with `verify_strict`; a batch root already in
+    /// `roots` (the key, the signed root and the signature, which
+    /// `verify_strict` passed) is not checked again, and each root checked
+    /// is added.
     ///
     /// No batch equation is used on purpose: a random-linear-combination
     /// batch check passes a signature whose `R` carries a small-order
@@ -343,93 +399,77 @@ impl Keyring {
     /// would hold evidence that fails every strict verifier, its own
     /// `verify` included; so whatever a node accepts must pass the same
     /// check an auditor runs offline.
-    /// `None` items (objects that did not even decode) are skipped.
-    fn check_many(
+    fn check_proven(
         &self,
-        what: &str,
-        signed: &[Option<Signed<'_>>],
-        domain: &[u8],
-    ) -> Vec<Result<()>> {
-        signed
-            .iter()
-            .map(|s| match s {
-                None => Ok(()),
-                Some(s) => self.check(what, *s, domain),
-            })
-            .collect()
+        domains: Domains,
+        signed: &Signed<'_>,
+        proof: Option<&BatchProof>,
+        roots: &mut HashSet<Vec<u8>>,
+    ) -> Result<()> {
+        let input = signed_input(domains, signed.bytes, proof)?;
+        let (key, signature) = self.prepare(domains.what, signed)?;
+        if proof.is_none() {
+            return strict(domains.what, signed, key, &input, &signature);
+        }
+        let memo = [key.as_bytes().as_slice(), &signature.to_bytes(), &input].concat();
+        if !roots.contains(&memo) {
+            let what = format!("{} batch", domains.what);
+            strict(&what, signed, key, &input, &signature)?;
+            roots.insert(memo);
+        }
+        Ok(())
     }
 
     /// Checks the sender node's signature over the header bytes as they
-    /// are, then the payload against the signed digest. Returns the header.
+    /// are (or over its batch's root), then the payload against the
+    /// signed digest. Returns the header.
     pub fn verify_envelope(&self, envelope: &SignedEnvelope) -> Result<EnvelopeHeader> {
-        let header = EnvelopeHeader::decode(&envelope.header)?;
-        let signed = Signed {
-            node_id: &header.sender_node,
-            key_id: &header.signing_key_id,
-            at_ms: header.created_at_ms,
-            bytes: &envelope.header,
-            signature: &envelope.signature,
-        };
-        self.check("envelope header", signed, ENVELOPE_DOMAIN)?;
-        envelope.open()
+        self.verify_envelope_once(envelope, &mut HashSet::new())
     }
 
     /// [`Keyring::verify_envelope`] for a batch: each envelope gets the
-    /// outcome it would get alone.
+    /// outcome it would get alone, and a batch root that several of them
+    /// share is checked once.
     pub fn verify_envelopes(&self, envelopes: &[SignedEnvelope]) -> Vec<Result<EnvelopeHeader>> {
-        let headers = self.verify_decoded(
-            "envelope header",
-            ENVELOPE_DOMAIN,
-            envelopes,
-            |e| EnvelopeHeader::decode(&e.header),
-            |e, h| Signed {
-                node_id: &h.sender_node,
-                key_id: &h.signing_key_id,
-                at_ms: h.created_at_ms,
-                bytes: &e.header,
-                signature: &e.signature,
-            },
-        );
-        headers
-            .into_iter()
-            .zip(envelopes)
-            .map(|(h, e)| h.and_then(|_| e.open()))
+        let mut roots = HashSet::new();
+        envelopes
+            .iter()
+            .map(|e| self.verify_envelope_once(e, &mut roots))
             .collect()
     }
 
-    /// Decodes each of `items` and checks their signatures
-    /// ([`Keyring::check_many`]): an item that does not decode gets its
-    /// decoding error, any other the outcome of its check.
-    fn verify_decoded<I, T>(
+    fn verify_envelope_once(
         &self,
-        what: &str,
-        domain: &[u8],
-        items: &[I],
-        decode: impl Fn(&I) -> Result<T>,
-        signed: impl for<'a> Fn(&'a I, &'a T) -> Signed<'a>,
-    ) -> Vec<Result<T>> {
-        let decoded: Vec<Result<T>> = items.iter().map(decode).collect();
-        let checked = {
-            let signed: Vec<Option<Signed<'_>>> = decoded
-                .iter()
-                .zip(items)
-                .map(|(d, item)| d.as_ref().ok().map(|d| signed(item, d)))
-                .collect();
-            self.check_many(what, &signed, domain)
-        };
-        decoded
-            .into_iter()
-            .zip(checked)
-            .map(|(d, c)| c.and(d))
-            .collect()
+        envelope: &SignedEnvelope,
+        roots: &mut HashSet<Vec<u8>>,
+    ) -> Result<EnvelopeHeader> {
+        self.verify_header_once(
+            &envelope.header,
+            &envelope.signature,
+            envelope.batch.as_ref(),
+            roots,
+        )?;
+        envelope.open()
     }
 
-    /// Checks the sender node's signature over header bytes as they are,
-    /// without the payload (a receipt bundle carries only its digest).
+    /// Checks the sender node's signature over header bytes as they are
+    /// (or over its batch's root), without the payload (a receipt bundle
+    /// carries only its digest).
     pub fn verify_envelope_header(
         &self,
         header: &[u8],
         signature: &[u8],
+        batch: Option<&BatchProof>,
+    ) -> Result<EnvelopeHeader> {
+        self.verify_header_once(header, signature, batch, &mut HashSet::new())
+    }
+
+    fn verify_header_once(
+        &self,
+        header: &[u8],
+        signature: &[u8],
+        batch: Option<&BatchProof>,
+        roots: &mut HashSet<Vec<u8>>,
     ) -> Result<EnvelopeHeader> {
         let h = EnvelopeHeader::decode(header)?;
         let signed = Signed {
@@ -439,7 +479,7 @@ impl Keyring {
             bytes: header,
             signature,
         };
-        self.check("envelope header", signed, ENVELOPE_DOMAIN)?;
+        self.check_proven(ENVELOPES, &signed, batch, roots)?;
         Ok(h)
     }
 
@@ -460,9 +500,6 @@ impl Keyring {
             .collect()
     }
 
-    /// Verifies `receipt`, skipping the curve arithmetic for a batch root
-    /// already in `roots` (the key, the signed root and the signature,
-    /// which `verify_strict` passed); adds the roots it checks.
     fn verify_receipt_once(
         &self,
         receipt: &SignedReceipt,
@@ -476,17 +513,7 @@ impl Keyring {
             bytes: &receipt.receipt,
             signature: &receipt.signature,
         };
-        let input = receipt_input(receipt)?;
-        let (key, signature) = self.prepare("receipt", &signed)?;
-        if receipt.batch.is_none() {
-            strict("receipt", &signed, key, &input, &signature)?;
-            return Ok(r);
-        }
-        let memo = [key.as_bytes().as_slice(), &signature.to_bytes(), &input].concat();
-        if !roots.contains(&memo) {
-            strict("receipt batch", &signed, key, &input, &signature)?;
-            roots.insert(memo);
-        }
+        self.check_proven(RECEIPTS, &signed, receipt.batch.as_ref(), roots)?;
         Ok(r)
     }
 

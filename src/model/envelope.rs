@@ -1,6 +1,6 @@
 //! Envelope headers and signed envelopes, and their one wire encoding.
 
-use super::{MessageKind, MessageRef, sha256, validate_id};
+use super::{BatchProof, MessageKind, MessageRef, sha256, validate_id};
 use crate::error::{Error, Result};
 use crate::pb;
 use prost::Message;
@@ -95,12 +95,33 @@ impl EnvelopeHeader {
 }
 
 /// The immutable unit that travels: header bytes as signed, the sender
-/// node's signature, and the payload.
+/// node's signature (over the header, or over the root of a batch of
+/// headers it signed at once), and the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignedEnvelope {
     pub header: Vec<u8>,
     pub signature: Vec<u8>,
     pub payload: Vec<u8>,
+    /// The header's place in its batch (`EnvelopeBatchProof`), if any.
+    pub batch: Option<BatchProof>,
+}
+
+impl BatchProof {
+    pub fn to_envelope_wire(&self) -> pb::EnvelopeBatchProof {
+        pb::EnvelopeBatchProof {
+            leaf_index: self.leaf_index,
+            tree_size: self.tree_size,
+            audit_path: self.audit_path.clone(),
+        }
+    }
+
+    pub fn from_envelope_wire(b: pb::EnvelopeBatchProof) -> BatchProof {
+        BatchProof {
+            leaf_index: b.leaf_index,
+            tree_size: b.tree_size,
+            audit_path: b.audit_path,
+        }
+    }
 }
 
 impl SignedEnvelope {
@@ -119,6 +140,7 @@ impl SignedEnvelope {
             header: self.header.clone(),
             signature: self.signature.clone(),
             payload: self.payload.clone(),
+            batch: self.batch.as_ref().map(BatchProof::to_envelope_wire),
         }
     }
 
@@ -127,6 +149,7 @@ impl SignedEnvelope {
             header: e.header,
             signature: e.signature,
             payload: e.payload,
+            batch: e.batch.map(BatchProof::from_envelope_wire),
         }
     }
 

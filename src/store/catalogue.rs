@@ -219,6 +219,7 @@ mod tests {
             header: h.encode(),
             signature: vec![7; 64],
             payload: b"payload".to_vec(),
+            batch: None,
         }
         .encode()
     }

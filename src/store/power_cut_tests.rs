@@ -40,6 +40,7 @@ fn submit_of(i: usize) -> Submit {
         header,
         signature: vec![7; 64],
         payload: vec![i as u8; 700],
+        batch: None,
     }
     .encode();
     let message = MessageRef {

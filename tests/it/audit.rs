@@ -90,6 +90,53 @@ async fn redelivered_released_acked(fed: &TestFederation, id: &str) {
     wait_state(&mut discipline, id, SentState::Acknowledged, 15 * SECOND).await;
 }
 
+/// Messages accepted at the same moment share one signature over their
+/// headers' Merkle root: the submit answers each header's proof, the
+/// recipient takes the envelope on it, and the bundles of both nodes
+/// verify offline with the federation's keys alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envelopes_signed_as_a_batch_travel_and_their_bundles_verify() {
+    let fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;
+    let deadline = Instant::now() + 30 * SECOND;
+    let (id, proof) = 'found: loop {
+        assert!(
+            Instant::now() < deadline,
+            "no two submits were ever signed together"
+        );
+        let round: Vec<_> = (0..32)
+            .map(|i| {
+                let mut client = fed.client(DISCIPLINE);
+                let id = format!("batch-{}-{i}", cluebridge::now_ms());
+                tokio::spawn(async move {
+                    let request = submit_request(&id, MessageKind::ClueTransfer, SECURITY, b"b");
+                    let answer = client.submit(request).await.expect("submit").into_inner();
+                    (id, answer)
+                })
+            })
+            .collect();
+        for call in round {
+            let (id, answer) = call.await.expect("task");
+            if let Some(proof) = answer.envelope_batch.filter(|b| b.tree_size >= 2) {
+                break 'found (id, proof);
+            }
+        }
+    };
+    let mut discipline = fed.client(DISCIPLINE);
+    wait_state(&mut discipline, &id, SentState::Delivered, 15 * SECOND).await;
+    let trust = fed.keyring();
+    for node in [DISCIPLINE, SECURITY] {
+        let text = bundle_of(&fed, node, DISCIPLINE, &id).await;
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(
+            parsed["envelope"]["batch"]["tree_size"],
+            serde_json::json!(proof.tree_size),
+            "{node}'s bundle carries the proof"
+        );
+        let report = bundle::verify(&text, Some(&trust), None);
+        assert!(report.passed, "{node}: {}", report.render());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_shows_redeliveries_a_release_and_the_ack_and_verifies() {
     let fed = TestFederation::start_with(audited, &[DISCIPLINE, SECURITY]).await;

@@ -479,6 +479,7 @@ async fn attempt(w: &World, case: &str) -> Status {
                 header: (0..200u8).map(|i| i.wrapping_mul(37)).collect(),
                 signature: vec![0xAB; 64],
                 payload: vec![1, 2, 3],
+                batch: None,
             };
             deliver_to_security(w, DISCIPLINE, e).await
         }

@@ -259,6 +259,10 @@ async fn a_rotated_signing_key_signs_new_messages_and_old_ones_still_verify() {
             } else {
                 b"two".to_vec()
             },
+            batch: status
+                .envelope_batch
+                .clone()
+                .map(cluebridge::model::BatchProof::from_envelope_wire),
         };
         let header = keyring
             .verify_envelope(&envelope)

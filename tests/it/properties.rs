@@ -5,11 +5,15 @@
 //! outcome it gets alone; a signature whose R carries a small-order
 //! component is refused alone and in any batch. Receipts signed as a
 //! batch (one signature over a Merkle root) verify each on its own, and
-//! any change to a receipt, its proof or the root breaks it.
+//! any change to a receipt, its proof or the root breaks it; so do
+//! envelope headers signed as a batch, whose proofs vouch for nothing in
+//! another batch or as a receipt's.
 
 use crate::forge::{passes_cofactored, seed_of, torsion_signature};
 use cluebridge::crypto::merkle;
-use cluebridge::crypto::signing::{ENVELOPE_DOMAIN, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN};
+use cluebridge::crypto::signing::{
+    ENVELOPE_BATCH_DOMAIN, ENVELOPE_DOMAIN, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN,
+};
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use cluebridge::model::{
@@ -125,6 +129,42 @@ fn batch_input(signed: &SignedReceipt) -> Vec<u8> {
     let root =
         merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path).expect("a root");
     [RECEIPT_BATCH_DOMAIN, &proof.tree_size.to_be_bytes(), &root].concat()
+}
+
+/// Envelopes whose headers `signer` signed together (one root).
+fn sealed_together(
+    signer: &NodeSigner,
+    envelopes: &[(EnvelopeHeader, Vec<u8>)],
+) -> Vec<SignedEnvelope> {
+    let headers: Vec<Vec<u8>> = envelopes.iter().map(|(h, _)| h.encode()).collect();
+    signer
+        .sign_headers(&headers)
+        .into_iter()
+        .zip(headers)
+        .zip(envelopes)
+        .map(
+            |(((signature, batch), header), (_, payload))| SignedEnvelope {
+                header,
+                signature,
+                payload: payload.clone(),
+                batch,
+            },
+        )
+        .collect()
+}
+
+/// The bytes a batch envelope's signature covers, rebuilt from its proof.
+fn envelope_batch_input(signed: &SignedEnvelope) -> Vec<u8> {
+    let proof = signed.batch.as_ref().expect("a batch proof");
+    let path: Vec<[u8; 32]> = proof
+        .audit_path
+        .iter()
+        .map(|h| h.as_slice().try_into().expect("32 bytes"))
+        .collect();
+    let leaf = merkle::leaf_hash(&signed.header);
+    let root =
+        merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path).expect("a root");
+    [ENVELOPE_BATCH_DOMAIN, &proof.tree_size.to_be_bytes(), &root].concat()
 }
 
 fn flip(bytes: &mut [u8], bit: usize) {
@@ -273,6 +313,78 @@ proptest! {
         let alone: Vec<_> = broken.iter().map(|s| keyring.verify_receipt(s).map_err(|e| e.to_string())).collect();
         let together: Vec<_> = keyring.verify_receipts(&broken).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
         prop_assert_eq!(together, alone);
+    }
+
+    #[test]
+    fn a_batch_of_envelopes_verifies_and_any_flipped_bit_breaks_it(
+        envelopes in proptest::collection::vec(envelope(), 2..16),
+        pick: prop::sample::Index,
+        part in 0usize..7,
+        bit in any::<usize>(),
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let sealed = sealed_together(&signer, &envelopes);
+        for (s, (h, _)) in sealed.iter().zip(&envelopes) {
+            prop_assert_eq!(&keyring.verify_envelope(s).expect("verifies alone"), h);
+            prop_assert_eq!(s.batch.as_ref().map(|b| b.tree_size), Some(envelopes.len() as u64));
+            let header = keyring.verify_envelope_header(&s.header, &s.signature, s.batch.as_ref());
+            prop_assert_eq!(&header.expect("the header alone"), h);
+        }
+        let i = pick.index(sealed.len());
+        let mut broken = sealed.clone();
+        let e = &mut broken[i];
+        let input = envelope_batch_input(e);
+        let proof = e.batch.as_mut().expect("proof");
+        match part {
+            0 => flip(&mut e.header, bit),
+            1 => flip(&mut e.signature, bit),
+            2 => {
+                let k = bit % proof.audit_path.len();
+                flip(&mut proof.audit_path[k], bit);
+            }
+            3 => proof.leaf_index ^= 1 << (bit % 64),
+            4 => proof.tree_size ^= 1 << (bit % 64),
+            5 => e.batch = None,
+            _ => {
+                // A signature, by the same key, over a root one bit away.
+                let mut other = input.clone();
+                let at = ENVELOPE_BATCH_DOMAIN.len() + 8 + (bit % 256) / 8;
+                other[at] ^= 1 << (bit % 8);
+                let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&signer.to_text()));
+                e.signature = ed25519_dalek::Signer::sign(&key, &other).to_bytes().to_vec();
+            }
+        }
+        prop_assert!(keyring.verify_envelope(&broken[i]).is_err());
+        let alone: Vec<_> = broken.iter().map(|e| keyring.verify_envelope(e).map_err(|e| e.to_string())).collect();
+        let together: Vec<_> = keyring.verify_envelopes(&broken).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
+        prop_assert_eq!(together, alone);
+    }
+
+    #[test]
+    fn an_envelope_proof_vouches_for_nothing_in_another_batch_or_as_a_receipt(
+        a in proptest::collection::vec(envelope(), 2..8),
+        b in proptest::collection::vec(envelope(), 2..8),
+        receipts in proptest::collection::vec(receipt(), 2..8),
+        pick: prop::sample::Index,
+    ) {
+        let (signer, keyring) = signer_and_keyring();
+        let (sa, sb) = (sealed_together(&signer, &a), sealed_together(&signer, &b));
+        let i = pick.index(a.len().min(b.len()));
+        prop_assume!(sa[i].header != sb[i].header);
+        // A's envelope with B's proof and signature.
+        let borrowed = SignedEnvelope { header: sa[i].header.clone(), payload: sa[i].payload.clone(), ..sb[i].clone() };
+        prop_assert!(keyring.verify_envelope(&borrowed).is_err());
+        // A receipt batch's root signature over the same leaves, presented
+        // as an envelope batch's: the domains differ.
+        let as_receipts = signer.sign_receipts(&receipts);
+        let posing = SignedEnvelope {
+            signature: as_receipts[0].signature.clone(),
+            batch: as_receipts[0].batch.clone(),
+            ..sa[0].clone()
+        };
+        prop_assert!(keyring.verify_envelope(&posing).is_err());
+        let together = keyring.verify_envelopes(&[sb[i].clone(), borrowed, posing]);
+        prop_assert!(together[0].is_ok() && together[1].is_err() && together[2].is_err());
     }
 
     #[test]

@@ -289,6 +289,7 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         header: vec![0xff; 7],
         signature: vec![0; 64],
         payload: vec![],
+        batch: None,
     };
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
     assert_eq!(r.code, Code::InvalidArgument as i32);
@@ -372,4 +373,62 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
     );
     assert_eq!(store().inbound, before.inbound + 1);
     let _ = SignedEnvelope::from_wire(e);
+}
+
+/// A member node's envelopes signed as a batch are taken one by one on
+/// their proofs; one whose proof was changed (a path hash, the size) is
+/// refused with a clear status, and nothing of it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_with_a_tampered_batch_proof_is_refused() {
+    let fed = TestFederation::start().await;
+    let payload = b"batched evidence";
+    let headers: Vec<_> = (0..3)
+        .map(|i| {
+            header(
+                &format!("eb-{i}"),
+                MessageKind::ClueTransfer,
+                DISCIPLINE,
+                SECURITY,
+                payload,
+            )
+        })
+        .collect();
+    let encoded: Vec<Vec<u8>> = headers.iter().map(|h| h.encode()).collect();
+    let signed = fed.signer(DISCIPLINE).sign_headers(&encoded);
+    let envelope = |i: usize| SignedEnvelope {
+        header: encoded[i].clone(),
+        signature: signed[i].0.clone(),
+        payload: payload.to_vec(),
+        batch: signed[i].1.clone(),
+    };
+    let store = || fed.node(SECURITY).broker.store().counts();
+    let before = store();
+
+    let mut path = envelope(0);
+    let proof = path.batch.as_mut().expect("a proof");
+    proof.audit_path[0][0] ^= 1;
+    let r = refusal(&fed, DISCIPLINE, SECURITY, path.to_wire()).await;
+    assert_eq!(r.code, Code::PermissionDenied as i32, "{}", r.message);
+    assert!(r.message.contains("does not verify"), "{}", r.message);
+
+    let mut size = envelope(1);
+    size.batch.as_mut().expect("a proof").tree_size = 1;
+    let r = refusal(&fed, DISCIPLINE, SECURITY, size.to_wire()).await;
+    assert_eq!(r.code, Code::InvalidArgument as i32, "{}", r.message);
+    assert!(r.message.contains("batch proof"), "{}", r.message);
+    assert_eq!(store(), before, "nothing was stored");
+
+    // The same envelope with its proof as signed is taken.
+    let response = fed
+        .peer_as(DISCIPLINE, SECURITY)
+        .deliver(pb::DeliverRequest {
+            envelopes: vec![envelope(2).to_wire()],
+        })
+        .await
+        .expect("deliver call")
+        .into_inner();
+    assert!(matches!(
+        response.outcomes[0].outcome,
+        Some(pb::deliver_outcome::Outcome::Delivered(_))
+    ));
 }
