@@ -17,7 +17,8 @@ use cluebridge::crypto::signing::{
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
 use cluebridge::model::{
-    EnvelopeHeader, MessageKind, Receipt, ReceiptKind, SignedEnvelope, SignedReceipt, sha256,
+    BatchProof, EnvelopeHeader, MessageKind, Receipt, ReceiptKind, SignedEnvelope, SignedReceipt,
+    sha256,
 };
 use proptest::prelude::*;
 
@@ -117,18 +118,24 @@ fn signer_and_keyring() -> (NodeSigner, Keyring) {
     (signer, keyring)
 }
 
-/// The bytes a batch receipt's signature covers, rebuilt from its proof.
-fn batch_input(signed: &SignedReceipt) -> Vec<u8> {
-    let proof = signed.batch.as_ref().expect("a batch proof");
+/// The bytes a batch signature covers (`domain`, size, root), rebuilt
+/// from the proof of `leaf`.
+fn root_input(domain: &[u8], leaf: &[u8], proof: &BatchProof) -> Vec<u8> {
     let path: Vec<[u8; 32]> = proof
         .audit_path
         .iter()
         .map(|h| h.as_slice().try_into().expect("32 bytes"))
         .collect();
-    let leaf = merkle::leaf_hash(&signed.receipt);
+    let leaf = merkle::leaf_hash(leaf);
     let root =
         merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path).expect("a root");
-    [RECEIPT_BATCH_DOMAIN, &proof.tree_size.to_be_bytes(), &root].concat()
+    [domain, &proof.tree_size.to_be_bytes(), &root].concat()
+}
+
+/// The bytes a batch receipt's signature covers.
+fn batch_input(signed: &SignedReceipt) -> Vec<u8> {
+    let proof = signed.batch.as_ref().expect("a batch proof");
+    root_input(RECEIPT_BATCH_DOMAIN, &signed.receipt, proof)
 }
 
 /// Envelopes whose headers `signer` signed together (one root).
@@ -153,18 +160,39 @@ fn sealed_together(
         .collect()
 }
 
-/// The bytes a batch envelope's signature covers, rebuilt from its proof.
-fn envelope_batch_input(signed: &SignedEnvelope) -> Vec<u8> {
-    let proof = signed.batch.as_ref().expect("a batch proof");
-    let path: Vec<[u8; 32]> = proof
-        .audit_path
-        .iter()
-        .map(|h| h.as_slice().try_into().expect("32 bytes"))
-        .collect();
-    let leaf = merkle::leaf_hash(&signed.header);
-    let root =
-        merkle::root_from_path(leaf, proof.leaf_index, proof.tree_size, &path).expect("a root");
-    [ENVELOPE_BATCH_DOMAIN, &proof.tree_size.to_be_bytes(), &root].concat()
+/// Breaks one `part` of a batch-signed item (its bytes, signature and
+/// proof; `domain` the batch's): a flipped bit of the bytes, of the
+/// signature or of a path hash, a changed index or size, the proof
+/// dropped, or a signature by the same key over a root one bit away.
+fn tamper(
+    signer: &NodeSigner,
+    domain: &[u8],
+    (bytes, signature, batch): (&mut Vec<u8>, &mut Vec<u8>, &mut Option<BatchProof>),
+    part: usize,
+    bit: usize,
+) {
+    let input = root_input(domain, bytes, batch.as_ref().expect("a batch proof"));
+    let proof = batch.as_mut().expect("a batch proof");
+    match part {
+        0 => flip(bytes, bit),
+        1 => flip(signature, bit),
+        2 => {
+            let k = bit % proof.audit_path.len();
+            flip(&mut proof.audit_path[k], bit);
+        }
+        3 => proof.leaf_index ^= 1 << (bit % 64),
+        4 => proof.tree_size ^= 1 << (bit % 64),
+        5 => *batch = None,
+        _ => {
+            let mut other = input;
+            let at = domain.len() + 8 + (bit % 256) / 8;
+            other[at] ^= 1 << (bit % 8);
+            let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&signer.to_text()));
+            *signature = ed25519_dalek::Signer::sign(&key, &other)
+                .to_bytes()
+                .to_vec();
+        }
+    }
 }
 
 fn flip(bytes: &mut [u8], bit: usize) {
@@ -275,7 +303,7 @@ proptest! {
     fn a_batch_of_receipts_verifies_and_any_flipped_bit_breaks_it(
         receipts in proptest::collection::vec(receipt(), 2..24),
         pick: prop::sample::Index,
-        part in 0usize..6,
+        part in 0usize..7,
         bit in any::<usize>(),
     ) {
         let (signer, keyring) = signer_and_keyring();
@@ -287,26 +315,7 @@ proptest! {
         let i = pick.index(signed.len());
         let mut broken = signed.clone();
         let b = &mut broken[i];
-        let input = batch_input(b);
-        let proof = b.batch.as_mut().expect("proof");
-        match part {
-            0 => flip(&mut b.receipt, bit),
-            1 => flip(&mut b.signature, bit),
-            2 => {
-                let k = bit % proof.audit_path.len();
-                flip(&mut proof.audit_path[k], bit);
-            }
-            3 => proof.leaf_index ^= 1 << (bit % 64),
-            4 => proof.tree_size ^= 1 << (bit % 64),
-            _ => {
-                // A signature, by the same key, over a root one bit away.
-                let mut other = input.clone();
-                let at = RECEIPT_BATCH_DOMAIN.len() + 8 + (bit % 256) / 8;
-                other[at] ^= 1 << (bit % 8);
-                let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&signer.to_text()));
-                b.signature = ed25519_dalek::Signer::sign(&key, &other).to_bytes().to_vec();
-            }
-        }
+        tamper(&signer, RECEIPT_BATCH_DOMAIN, (&mut b.receipt, &mut b.signature, &mut b.batch), part, bit);
         prop_assert!(keyring.verify_receipt(&broken[i]).is_err());
         // Checked together, each keeps the outcome it gets alone: the
         // broken one shares no verdict with its batch's good root.
@@ -333,27 +342,7 @@ proptest! {
         let i = pick.index(sealed.len());
         let mut broken = sealed.clone();
         let e = &mut broken[i];
-        let input = envelope_batch_input(e);
-        let proof = e.batch.as_mut().expect("proof");
-        match part {
-            0 => flip(&mut e.header, bit),
-            1 => flip(&mut e.signature, bit),
-            2 => {
-                let k = bit % proof.audit_path.len();
-                flip(&mut proof.audit_path[k], bit);
-            }
-            3 => proof.leaf_index ^= 1 << (bit % 64),
-            4 => proof.tree_size ^= 1 << (bit % 64),
-            5 => e.batch = None,
-            _ => {
-                // A signature, by the same key, over a root one bit away.
-                let mut other = input.clone();
-                let at = ENVELOPE_BATCH_DOMAIN.len() + 8 + (bit % 256) / 8;
-                other[at] ^= 1 << (bit % 8);
-                let key = ed25519_dalek::SigningKey::from_bytes(&seed_of(&signer.to_text()));
-                e.signature = ed25519_dalek::Signer::sign(&key, &other).to_bytes().to_vec();
-            }
-        }
+        tamper(&signer, ENVELOPE_BATCH_DOMAIN, (&mut e.header, &mut e.signature, &mut e.batch), part, bit);
         prop_assert!(keyring.verify_envelope(&broken[i]).is_err());
         let alone: Vec<_> = broken.iter().map(|e| keyring.verify_envelope(e).map_err(|e| e.to_string())).collect();
         let together: Vec<_> = keyring.verify_envelopes(&broken).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
