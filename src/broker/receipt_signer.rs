@@ -100,11 +100,10 @@ impl ReceiptSigner {
 }
 
 fn sign(signer: &NodeSigner, items: &Items) -> Signed {
-    let headers = match items.headers.is_empty() {
-        true => Vec::new(),
-        false => signer.sign_headers(&items.headers),
-    };
-    (headers, signer.sign_receipts(&items.receipts))
+    (
+        signer.sign_headers(&items.headers),
+        signer.sign_receipts(&items.receipts),
+    )
 }
 
 fn run(signer: &NodeSigner, mut queue: mpsc::Receiver<Request>) {

@@ -3,11 +3,10 @@
 
 use super::Broker;
 use crate::error::{Error, Result};
-use crate::model::BatchProof;
 use crate::model::followup::Side;
 use crate::model::{
-    EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope, SignedReceipt,
-    sha256, validate_id,
+    BatchProof, EnvelopeHeader, MessageKind, MessageRef, ReceiptKind, SentState, SignedEnvelope,
+    SignedReceipt, sha256, validate_id,
 };
 use crate::now_ms;
 use crate::store::{CursorCheck, FeedItem, SentRecord, Store, SubmitOutcome, keys};

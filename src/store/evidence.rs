@@ -100,12 +100,17 @@ fn located(ops: &[Op], at: Position) -> Vec<Op> {
         .collect()
 }
 
+/// [`index_form`] in a replay into `trees`: the receipts each record
+/// lists already are those the trees being rebuilt hold.
+pub(super) fn replayed(trees: &[super::live::Tree], ops: &[Op], at: Position) -> Result<Vec<Op>> {
+    index_form(ops, at, &mut |tree, key| {
+        receipts::listed_in(trees, tree, key)
+    })
+}
+
 /// Applies the record written at `at` to the index, evidence as locators.
 pub(super) fn apply(trees: &[super::live::Tree], ops: &[Op], at: Position) -> Result<()> {
-    let indexed = index_form(ops, at, &mut |tree, key| {
-        receipts::listed_in(trees, tree, key)
-    })?;
-    wal::apply(trees, &indexed)
+    wal::apply(trees, &replayed(trees, ops, at)?)
 }
 
 /// Reads evidence back from the journal files of one store.

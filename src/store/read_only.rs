@@ -10,7 +10,7 @@ use super::fs::{Fs, RealFs};
 use super::live::{self, Live, Maps};
 use super::segments::{Locator, Segments};
 use super::wal::{self, Wal};
-use super::{ENVELOPES, HeadCache, Parts, Store, StoreOptions, audit, index, receipts};
+use super::{ENVELOPES, HeadCache, Parts, Store, StoreOptions, audit, index};
 use crate::error::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
@@ -54,9 +54,7 @@ impl Store {
             &*fs,
             dir,
             &mut |ops, at| {
-                let ops = evidence::index_form(ops, at, &mut |tree, key| {
-                    receipts::listed_in(&trees, tree, key)
-                })?;
+                let ops = evidence::replayed(&trees, ops, at)?;
                 counters::apply_counted(&trees, &ops, &mut counters, now)
             },
             &complete,

@@ -61,18 +61,16 @@ pub(super) fn recover(fs: Arc<dyn Fs>, dir: &Path, segments: &Segments) -> Resul
     let now = crate::now_ms();
     let mut apply = |ops: &[Op], at: Position| {
         let (index_due, live_due) = (due(at, indexed), due(at, snapshot));
-        let ops: Vec<Op> = evidence::index_form(ops, at, &mut |tree, key| {
-            super::receipts::listed_in(&trees, tree, key)
-        })?
-        .into_iter()
-        .filter(|op| {
-            if live::is_live(op.tree as usize) {
-                live_due
-            } else {
-                index_due
-            }
-        })
-        .collect();
+        let ops: Vec<Op> = evidence::replayed(&trees, ops, at)?
+            .into_iter()
+            .filter(|op| {
+                if live::is_live(op.tree as usize) {
+                    live_due
+                } else {
+                    index_due
+                }
+            })
+            .collect();
         // The counters follow the live trees alone, exactly: the snapshot
         // holds them as they were at its position.
         counters::apply_counted(&trees, &ops, &mut counters, now)
