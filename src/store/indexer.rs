@@ -11,6 +11,14 @@
 //! callers without waiting for sled, and readers still see every synced
 //! change at once: the overlay holds exactly what sled lacks.
 //!
+//! The indexer lets writes gather for up to [`LINGER`] (or
+//! [`LINGER_WRITES`] of them, or until a checkpoint waits for it) before
+//! it takes them: a message's record is rewritten as it moves from
+//! `accepted` to `delivered` to `acknowledged`, usually within that time,
+//! and only the last write of a key in a run reaches sled. The slots'
+//! entries of a run, numbered one after another, go out with one `pwrite`
+//! per stretch of consecutive numbers.
+//!
 //! The queue is bounded: a writer that runs [`MAX_UNINDEXED`] writes ahead
 //! of the indexer waits for it.
 
@@ -18,12 +26,17 @@ use super::live::{BackingIter, Tree};
 use super::wal::Position;
 use crate::error::Result;
 use sled::IVec;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 /// Writes the writer may run ahead of the indexer.
 pub(super) const MAX_UNINDEXED: usize = 64 * 1024;
+/// How long the indexer lets synced writes gather before it takes them.
+pub(super) const LINGER: Duration = Duration::from_millis(200);
+/// Writes that end the wait at once.
+pub(super) const LINGER_WRITES: usize = MAX_UNINDEXED / 4;
 
 /// One index write waiting for the indexer; `version` tells it from a
 /// later write of the same key.
@@ -39,6 +52,9 @@ enum Item {
     /// Every write before this one belongs to records up to here.
     End(Position),
 }
+
+/// A key and its value, shared with the queue.
+type Entry = (Arc<[u8]>, Arc<[u8]>);
 
 /// An overlay entry: the latest unindexed write of a key.
 #[derive(Clone, Debug)]
@@ -63,6 +79,9 @@ struct Queue {
     applying: bool,
     /// The indexer failed: nothing more reaches sled.
     failed: bool,
+    /// Callers waiting for sled to reach a position: the indexer does
+    /// not linger for them.
+    waiting: usize,
 }
 
 /// Synced index writes not yet in sled (see the module).
@@ -161,13 +180,19 @@ impl Unindexed {
     /// nothing left to index).
     pub fn wait_indexed(&self, target: Position) -> Option<Position> {
         let mut queue = self.lock_queue();
-        while queue.indexed < target {
+        queue.waiting += 1;
+        self.queued.notify_all();
+        let reached = loop {
+            if queue.indexed >= target {
+                break Some(queue.indexed);
+            }
             if queue.failed || (queue.closing && queue.items.is_empty() && !queue.applying) {
-                return None;
+                break None;
             }
             queue = self.indexed.wait(queue).unwrap_or_else(|e| e.into_inner());
-        }
-        Some(queue.indexed)
+        };
+        queue.waiting -= 1;
+        reached
     }
 
     /// The latest unindexed write of `key` in `tree`: `None` if sled has
@@ -187,14 +212,30 @@ impl Unindexed {
     }
 
     /// The next run of queued writes, up to and including the last end
-    /// marker queued; `None` once closing and drained.
+    /// marker queued, once it has lingered (see the module); `None` once
+    /// closing and drained.
     fn next_run(&self) -> Option<Vec<Item>> {
         let mut queue = self.lock_queue();
+        let mut deadline = None;
         loop {
             let sealed = queue.items.iter().rposition(|i| matches!(i, Item::End(_)));
             if let Some(last) = sealed {
-                queue.applying = true;
-                return Some(queue.items.drain(..=last).collect());
+                let now = Instant::now();
+                let until = *deadline.get_or_insert(now + LINGER);
+                let go = now >= until
+                    || queue.closing
+                    || queue.waiting > 0
+                    || queue.writes >= LINGER_WRITES;
+                if go {
+                    queue.applying = true;
+                    return Some(queue.items.drain(..=last).collect());
+                }
+                queue = self
+                    .queued
+                    .wait_timeout(queue, until - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
             }
             if queue.closing {
                 return None;
@@ -235,17 +276,26 @@ impl Unindexed {
     }
 
     fn apply(&self, trees: &[Tree], run: Vec<Item>, between: &mut impl FnMut()) -> Result<()> {
+        let last = last_writes(&run);
         let mut done: Vec<(u8, Arc<[u8]>, u64)> = Vec::new();
+        // Slot entries of the run, by tree: written together at the end.
+        let mut slotted: HashMap<u8, Vec<Entry>> = HashMap::new();
         let mut end = None;
         for item in run {
             match item {
                 Item::Write(q) => {
-                    // Straight to sled (see `Tree::insert`).
-                    let tree = &trees[q.tree as usize];
-                    match &q.value {
-                        Some(v) => tree.insert(&*q.key, &**v)?,
-                        None => tree.remove(&*q.key)?,
-                    };
+                    if last.get(&(q.tree, q.key.clone())) == Some(&q.version) {
+                        let tree = &trees[q.tree as usize];
+                        match &q.value {
+                            Some(v) if tree.slots().is_some() => slotted
+                                .entry(q.tree)
+                                .or_default()
+                                .push((q.key.clone(), v.clone())),
+                            // Straight to sled (see `Tree::insert`).
+                            Some(v) => drop(tree.insert(&*q.key, &**v)?),
+                            None => drop(tree.remove(&*q.key)?),
+                        }
+                    }
                     done.push((q.tree, q.key, q.version));
                 }
                 Item::End(at) => {
@@ -254,6 +304,11 @@ impl Unindexed {
                     }
                     end = Some(at);
                 }
+            }
+        }
+        for (tree, entries) in slotted {
+            if let Some(slots) = trees[tree as usize].slots() {
+                slots.insert_many(entries.iter().map(|(k, v)| (&**k, &**v)))?;
             }
         }
         {
@@ -274,6 +329,20 @@ impl Unindexed {
         self.indexed.notify_all();
         Ok(())
     }
+}
+
+/// The version of the last write of each key in `run`: only it reaches
+/// sled, the earlier ones in the run are replaced before anyone could
+/// read sled between them (the position sled reflects moves only once
+/// the whole run is in).
+fn last_writes(run: &[Item]) -> HashMap<(u8, Arc<[u8]>), u64> {
+    let mut last = HashMap::with_capacity(run.len());
+    for item in run {
+        if let Item::Write(q) = item {
+            last.insert((q.tree, q.key.clone()), q.version);
+        }
+    }
+    last
 }
 
 /// Unindexed writes of a range, as a walk merges them with sled's.

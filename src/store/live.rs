@@ -217,6 +217,14 @@ fn pair(k: &[u8], v: &[u8]) -> (IVec, IVec) {
 }
 
 impl Tree {
+    /// The slots an index tree is kept in, if it is (see `slots`).
+    pub fn slots(&self) -> Option<&Arc<Slots>> {
+        match self {
+            Tree::Sled(Backing::Slots(s)) | Tree::Indexed(Backing::Slots(s), ..) => Some(s),
+            _ => None,
+        }
+    }
+
     pub fn get(&self, key: impl AsRef<[u8]>) -> sled::Result<Option<IVec>> {
         match self {
             Tree::Sled(t) => t.get(key),

@@ -1,11 +1,11 @@
 //! Index trees whose keys are dense numbers that only grow, in fixed
 //! slots: entry `n` → its fixed-size value at byte `(n - 1) × size` of
 //! one file in the index directory, as Kafka's offset index does. No key
-//! is stored and no tree is kept: one `pwrite` per entry, where sled made
-//! an index entry (its node copies, splits and page-table memory) three
-//! times per message. Two trees are kept so ([`Kind`]): the audit chain's
-//! locators by entry number (`audit.slots`) and the receipt feed by
-//! cursor (`feed.slots`).
+//! is stored and no tree is kept: a `pwrite` per stretch of consecutive
+//! entries, where sled made an index entry (its node copies, splits and
+//! page-table memory) three times per message. Two trees are kept so
+//! ([`Kind`]): the audit chain's locators by entry number (`audit.slots`)
+//! and the receipt feed by cursor (`feed.slots`).
 //!
 //! Like sled, the files are derived from the journal: written by the
 //! indexer, fsynced with sled's files at checkpoints, removed with the
@@ -127,9 +127,45 @@ impl Slots {
     /// 8-byte nonzero key and a nonzero value of the slot's size is
     /// refused.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
+        let seq = self.checked(key, value)?;
+        self.write(seq, value).map(|()| None)
+    }
+
+    /// Writes the values of many entries, each stretch of consecutive
+    /// entry numbers with one `pwrite`; refuses what [`Slots::insert`]
+    /// refuses, before writing anything.
+    pub fn insert_many<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> sled::Result<()> {
+        let mut numbered = Vec::new();
+        for (key, value) in entries {
+            numbered.push((self.checked(key, value)?, value));
+        }
+        numbered.sort_unstable_by_key(|(seq, _)| *seq);
+        let mut stretch: Vec<u8> = Vec::new();
+        let mut first = 0;
+        for (i, (seq, value)) in numbered.iter().enumerate() {
+            if i > 0 && *seq != numbered[i - 1].0 + 1 {
+                self.write(first, &stretch)?;
+                stretch.clear();
+            }
+            if stretch.is_empty() {
+                first = *seq;
+            }
+            stretch.extend_from_slice(value);
+        }
+        if !stretch.is_empty() {
+            self.write(first, &stretch)?;
+        }
+        Ok(())
+    }
+
+    /// The entry number of `key`, if `value` fits its slot.
+    fn checked(&self, key: &[u8], value: &[u8]) -> sled::Result<u64> {
         let fits = value.len() == self.kind.size() && value.iter().any(|&b| b != 0);
         match seq_of(key).filter(|&s| s > 0) {
-            Some(seq) if fits => self.write(seq, value).map(|()| None),
+            Some(seq) if fits => Ok(seq),
             _ => Err(sled::Error::Unsupported(format!(
                 "a slot of {} holds a {}-byte value under an entry number, not a \
                  {}-byte key and a {}-byte value",
@@ -356,5 +392,32 @@ mod tests {
         assert!(existed);
         let again = Arc::new(again);
         assert_eq!(keys(all(&again)), vec![1, 2, 5, 9]);
+    }
+
+    /// Entries written together, in any order and with gaps, read back
+    /// each in its own slot; one bad entry among them writes nothing.
+    #[test]
+    fn entries_written_together_land_in_their_own_slots_or_not_at_all() {
+        let slots = Arc::new(Slots::temporary(Kind::Audit).expect("slots"));
+        let seqs = [12u64, 10, 11, 3, 4, 20];
+        let entries: Vec<([u8; 8], Vec<u8>)> = seqs
+            .iter()
+            .map(|&seq| (seq.to_be_bytes(), locator(seq * 100)))
+            .collect();
+        slots
+            .insert_many(entries.iter().map(|(k, v)| (&k[..], v.as_slice())))
+            .expect("insert");
+        let all = SlotIter::range(&slots, (Bound::Unbounded, Bound::Unbounded));
+        assert_eq!(keys(all), vec![3, 4, 10, 11, 12, 20]);
+        for seq in seqs {
+            assert_eq!(
+                slots.get(&seq.to_be_bytes()).expect("get").as_deref(),
+                Some(locator(seq * 100).as_slice())
+            );
+        }
+        let (good, bad) = (30u64.to_be_bytes(), 31u64.to_be_bytes());
+        let mixed = [(&good[..], &locator(1)[..]), (&bad[..], &b"short"[..])];
+        assert!(slots.insert_many(mixed.into_iter()).is_err());
+        assert_eq!(slots.get(&good).expect("get"), None);
     }
 }
