@@ -43,6 +43,7 @@ impl Store {
         self.shared.segments.sync().map_err(|e| self.fail(e))?;
         let bytes = wal.bytes();
         let epoch = wal.rotate()?;
+        self.shared.journal.appending_to(&wal);
         self.lock_snapshots().since += bytes;
         Ok(epoch)
     }

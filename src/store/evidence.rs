@@ -119,6 +119,9 @@ pub(super) struct JournalReader {
     fs: Arc<dyn Fs>,
     dir: PathBuf,
     open: Mutex<HashMap<u64, Arc<dyn FsFile>>>,
+    /// The file records are appended to, read through its buffer (see
+    /// `fs::Buffered`).
+    appending: Mutex<Option<(u64, Arc<dyn FsFile>)>>,
 }
 
 impl JournalReader {
@@ -127,7 +130,15 @@ impl JournalReader {
             fs,
             dir: data_dir.join(wal::DIR),
             open: Mutex::default(),
+            appending: Mutex::default(),
         }
+    }
+
+    /// Reads the records of `wal`'s current file through its handle, so
+    /// that a record appended but not yet written out reads back too.
+    pub fn appending_to(&self, wal: &super::wal::Wal) {
+        let current = (wal.position().epoch, wal.file());
+        *self.appending.lock().unwrap_or_else(|e| e.into_inner()) = Some(current);
     }
 
     /// The bytes an evidence tree's value stands for.
@@ -190,6 +201,11 @@ impl JournalReader {
     }
 
     fn file(&self, path: &Path, epoch: u64) -> std::io::Result<Arc<dyn FsFile>> {
+        let appending = self.appending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, file)) = appending.as_ref().filter(|(e, _)| *e == epoch) {
+            return Ok(Arc::clone(file));
+        }
+        drop(appending);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = open.get(&epoch) {
             return Ok(Arc::clone(f));
@@ -257,7 +273,9 @@ mod tests {
         let at = wal.position();
         wal.append(&ops).expect("append");
         let indexed = index_form(&ops, at, &mut |_, _| Ok(Vec::new())).expect("index form");
+        // Read back before the sync writes them out: through the buffer.
         let reader = JournalReader::new(Arc::clone(&fs), tmp.path());
+        reader.appending_to(&wal);
 
         assert_eq!(
             indexed[1].value, ops[1].value,

@@ -15,8 +15,10 @@
 //! disk is `StorageFull`, a missing file `NotFound`); the callers add the
 //! path and what they were doing.
 
+mod buffered;
 mod sim;
 
+pub use buffered::Buffered;
 pub use sim::{SimFs, SyncFault};
 
 use std::fmt;

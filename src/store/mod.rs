@@ -501,6 +501,7 @@ impl Store {
         let trees = r.trees;
         let next_feed = Store::feed_after_newest(&trees)?;
         let journal = JournalReader::new(Arc::clone(&fs), dir);
+        journal.appending_to(&r.wal);
         let head = Store::initial_audit_head(&trees, &journal)?;
         let stored = audit::head_record(&trees)?;
         if r.replayed > 0 {

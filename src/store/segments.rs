@@ -19,7 +19,7 @@
 
 use super::StoreError;
 use super::durable;
-use super::fs::{Fs, FsFile};
+use super::fs::{Buffered, Fs, FsFile};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,7 +134,10 @@ impl Segments {
 
     fn open_file(fs: &dyn Fs, dir: &Path, number: u64) -> Result<Active> {
         let path = dir.join(file_name(number));
-        let file = fs.open_append(&path).map_err(|e| io_error(&path, e))?;
+        let file = fs
+            .open_append(&path)
+            .and_then(Buffered::new)
+            .map_err(|e| io_error(&path, e))?;
         let len = file.len().map_err(|e| io_error(&path, e))?;
         durable::sync_dir(fs, dir).map_err(|e| io_error(dir, e))?;
         Ok(Active { number, file, len })
@@ -157,8 +160,8 @@ impl Segments {
         self.active.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends one envelope; its bytes reach the file (not yet the disk)
-    /// before this returns.
+    /// Appends one envelope; its bytes reach the file by the next
+    /// [`Segments::sync`] (see `fs::Buffered`), and the disk with it.
     pub fn append(&self, bytes: &[u8]) -> Result<Locator> {
         let len = u32::try_from(bytes.len())
             .map_err(|_| Error::invalid("an envelope of 4 GiB or more cannot be stored"))?;
@@ -187,17 +190,9 @@ impl Segments {
             offset: active.len,
             len,
         };
+        // A failed write cuts the file back itself (see `fs::Buffered`).
         if let Err(e) = active.file.append(&record) {
-            // Cut a partly written record off, so that the next append
-            // lands where `active.len` says.
-            let path = self.dir.join(file_name(active.number));
-            if let Err(cut) = active.file.set_len(active.len) {
-                tracing::error!(file = %path.display(), error = %cut, "cannot cut an envelope segment back after a failed write");
-                if let Ok(len) = active.file.len() {
-                    active.len = len;
-                }
-            }
-            return Err(io_error(&path, e));
+            return Err(io_error(&self.dir.join(file_name(active.number)), e));
         }
         active.len += record.len() as u64;
         self.dirty.store(true, Ordering::Release);
@@ -227,6 +222,10 @@ impl Segments {
     }
 
     fn file(&self, number: u64) -> std::io::Result<Arc<dyn FsFile>> {
+        // The active file is read through its buffer (see `fs::Buffered`).
+        if let Some(active) = self.lock_active().as_ref().filter(|a| a.number == number) {
+            return Ok(Arc::clone(&active.file));
+        }
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = files.get(&number) {
             return Ok(Arc::clone(f));

@@ -43,7 +43,7 @@
 
 use super::StoreError;
 use super::durable;
-use super::fs::{Fs, FsFile};
+use super::fs::{Buffered, Fs, FsFile};
 use super::live::Tree;
 use super::pending::{Pending, Seen};
 use crate::error::{Error, Result};
@@ -655,7 +655,10 @@ impl Wal {
 
     fn create(fs: Arc<dyn Fs>, dir: PathBuf, epoch: u64) -> Result<Wal> {
         let path = dir.join(file_name(epoch));
-        let file = fs.open_append(&path).map_err(|e| io_error(&path, e))?;
+        let file = fs
+            .open_append(&path)
+            .and_then(Buffered::new)
+            .map_err(|e| io_error(&path, e))?;
         sync_dir(&*fs, &dir)?;
         Ok(Wal {
             fs,
@@ -666,18 +669,15 @@ impl Wal {
         })
     }
 
-    /// Appends one state change's writes as one record. If the write
-    /// fails part-way (a full disk), the file is cut back to its last whole
-    /// record: replay stops at a torn record, and must not lose the
-    /// records written after it.
+    /// Appends one state change's writes as one record; the records of a
+    /// group reach the file together, at its sync (see `fs::Buffered`).
+    /// If that write fails part-way (a full disk), the file is cut back to
+    /// its last whole record: replay stops at a torn record, and must not
+    /// lose the records written after it.
     pub fn append(&mut self, ops: &[Op]) -> Result<()> {
         let record = encode(ops);
-        let path = self.dir.join(file_name(self.epoch));
         if let Err(e) = self.file.append(&record) {
-            if let Err(cut) = self.file.set_len(self.bytes) {
-                tracing::error!(file = %path.display(), error = %cut, "cannot cut the store log back after a failed write");
-            }
-            return Err(io_error(&path, e));
+            return Err(io_error(&self.dir.join(file_name(self.epoch)), e));
         }
         self.bytes += record.len() as u64;
         Ok(())
@@ -810,6 +810,7 @@ mod tests {
         // Power loss can leave zeros where the last pages were.
         wal.file().append(&[0; 64]).expect("zeros");
         wal.append(&ops()[..1]).expect("a record after the zeros");
+        sync(&*wal.file()).expect("written out");
         let first = wal.epoch;
         let path = tmp.path().join(DIR).join(file_name(first));
         let kept = std::fs::read(&path).expect("read");
