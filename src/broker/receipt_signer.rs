@@ -13,7 +13,8 @@ use crate::model::{BatchProof, Receipt, SignedReceipt};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
-/// The most receipts under one root: a proof then has at most 12 hashes.
+/// The most items taken at once (signed in lots of at most
+/// [`crate::crypto::signing::MAX_LEAVES`] under one root each).
 const MAX_BATCH: usize = 4096;
 /// Requests waiting for the thread; a caller past this waits its turn.
 const QUEUE: usize = 1024;

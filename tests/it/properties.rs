@@ -12,7 +12,7 @@
 use crate::forge::{passes_cofactored, seed_of, torsion_signature};
 use cluebridge::crypto::merkle;
 use cluebridge::crypto::signing::{
-    ENVELOPE_BATCH_DOMAIN, ENVELOPE_DOMAIN, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN,
+    ENVELOPE_BATCH_DOMAIN, ENVELOPE_DOMAIN, MAX_LEAVES, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN,
 };
 use cluebridge::crypto::tls::{FederationCa, verify_client};
 use cluebridge::crypto::{Keyring, NodeSigner, PublicKeyEntry};
@@ -200,6 +200,15 @@ fn flip(bytes: &mut [u8], bit: usize) {
     bytes[bit / 8] ^= 1 << (bit % 8);
 }
 
+/// Where item `i` of `n` signed together lands: items are signed in lots
+/// of at most `MAX_LEAVES`, as even as can be, in order; its index in its
+/// lot and the lot's size (`None`: a lot of one, signed alone).
+fn place(i: usize, n: usize) -> Option<(u64, u64)> {
+    let lot = n.div_ceil(n.div_ceil(MAX_LEAVES));
+    let size = lot.min(n - i / lot * lot);
+    (size > 1).then_some(((i % lot) as u64, size as u64))
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
@@ -308,9 +317,9 @@ proptest! {
     ) {
         let (signer, keyring) = signer_and_keyring();
         let signed = signer.sign_receipts(&receipts);
-        for (s, r) in signed.iter().zip(&receipts) {
+        for (i, (s, r)) in signed.iter().zip(&receipts).enumerate() {
             prop_assert_eq!(&keyring.verify_receipt(s).expect("verifies alone"), r);
-            prop_assert_eq!(s.batch.as_ref().map(|b| b.tree_size), Some(receipts.len() as u64));
+            prop_assert_eq!(s.batch.as_ref().map(|b| (b.leaf_index, b.tree_size)), place(i, receipts.len()));
         }
         let i = pick.index(signed.len());
         let mut broken = signed.clone();
@@ -333,9 +342,9 @@ proptest! {
     ) {
         let (signer, keyring) = signer_and_keyring();
         let sealed = sealed_together(&signer, &envelopes);
-        for (s, (h, _)) in sealed.iter().zip(&envelopes) {
+        for (i, (s, (h, _))) in sealed.iter().zip(&envelopes).enumerate() {
             prop_assert_eq!(&keyring.verify_envelope(s).expect("verifies alone"), h);
-            prop_assert_eq!(s.batch.as_ref().map(|b| b.tree_size), Some(envelopes.len() as u64));
+            prop_assert_eq!(s.batch.as_ref().map(|b| (b.leaf_index, b.tree_size)), place(i, envelopes.len()));
             let header = keyring.verify_envelope_header(&s.header, &s.signature, s.batch.as_ref());
             prop_assert_eq!(&header.expect("the header alone"), h);
         }
