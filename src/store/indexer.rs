@@ -82,6 +82,9 @@ struct Queue {
     /// Callers waiting for sled to reach a position: the indexer does
     /// not linger for them.
     waiting: usize,
+    /// The indexer is waiting out its linger: a seal need not wake it
+    /// (unless enough writes are queued to end the wait).
+    lingering: bool,
 }
 
 /// Synced index writes not yet in sled (see the module).
@@ -162,7 +165,9 @@ impl Unindexed {
     /// is more than [`MAX_UNINDEXED`] writes behind.
     pub fn seal(&self) {
         let mut queue = self.lock_queue();
-        self.queued.notify_all();
+        if !queue.lingering || queue.writes >= LINGER_WRITES {
+            self.queued.notify_all();
+        }
         while queue.writes > MAX_UNINDEXED && !queue.closing {
             queue = self.indexed.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
@@ -226,6 +231,7 @@ impl Unindexed {
                     || queue.closing
                     || queue.waiting > 0
                     || queue.writes >= LINGER_WRITES;
+                queue.lingering = !go;
                 if go {
                     queue.applying = true;
                     return Some(queue.items.drain(..=last).collect());
