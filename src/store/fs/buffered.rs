@@ -162,17 +162,23 @@ impl Drop for Buffered {
 mod tests {
     use super::*;
     use crate::store::fs::{Fs, SimFs};
-    use std::path::Path;
+    use std::path::{Path, PathBuf};
 
-    /// Appends wait in memory until a sync, a read that needs them or the
-    /// limit; a power cut before the sync loses them, after it keeps them.
-    #[test]
-    fn appends_reach_the_file_at_the_sync_or_when_read() {
+    /// A buffered file `/d/log` on a file system twin.
+    fn log_on_a_twin() -> (SimFs, PathBuf, Arc<Buffered>) {
         let sim = SimFs::new();
         let dir = Path::new("/d");
         sim.create_dir(dir).expect("mkdir");
         let path = dir.join("log");
         let file = Buffered::new(sim.open_append(&path).expect("open")).expect("buffer");
+        (sim, path, file)
+    }
+
+    /// Appends wait in memory until a sync, a read that needs them or the
+    /// limit; a power cut before the sync loses them, after it keeps them.
+    #[test]
+    fn appends_reach_the_file_at_the_sync_or_when_read() {
+        let (sim, path, file) = log_on_a_twin();
         file.append(b"one").expect("append");
         file.append(b"two").expect("append");
         assert_eq!(file.len().expect("len"), 6);
@@ -188,7 +194,7 @@ mod tests {
         file.append(b"three").expect("append");
         file.sync_data().expect("sync");
         sim.sync_dir(Path::new("/")).expect("sync root");
-        sim.sync_dir(dir).expect("sync dir");
+        sim.sync_dir(Path::new("/d")).expect("sync dir");
         file.append(b"lost").expect("append");
         let cut = sim.power_cut();
         assert_eq!(cut.read(&path).expect("read"), b"onetwothree");
@@ -198,11 +204,7 @@ mod tests {
     /// and the handle refuses every later write.
     #[test]
     fn a_failed_write_out_cuts_the_file_back_and_refuses_what_follows() {
-        let sim = SimFs::new();
-        let dir = Path::new("/d");
-        sim.create_dir(dir).expect("mkdir");
-        let path = dir.join("log");
-        let file = Buffered::new(sim.open_append(&path).expect("open")).expect("buffer");
+        let (sim, path, file) = log_on_a_twin();
         file.append(b"whole").expect("append");
         file.sync_data().expect("sync");
         sim.set_capacity(Some(sim.used() + 4));
