@@ -127,9 +127,14 @@ impl Broker {
         };
         let signed = self.signer().sign_checkpoint(&checkpoint);
         let node = self.node_id().to_string();
-        self.store()
+        let stored = self
+            .store()
             .write(move |s| s.put_own_checkpoint(&node, &signed))
-            .await
+            .await;
+        self.shared
+            .checkpoints_made
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        stored
     }
 
     /// Signs a checkpoint if the chain grew by `checkpoint_every_entries`

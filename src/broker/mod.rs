@@ -65,6 +65,9 @@ struct Shared {
     /// What each peer's forwarder last saw, and pauses. A std Mutex: held
     /// only to read or bump a few figures, never across an `.await`.
     peers: Mutex<BTreeMap<String, PeerStatus>>,
+    /// Checkpoints of the audit chain made since the node started: a
+    /// forwarder looks the latest up only when this moved.
+    checkpoints_made: std::sync::atomic::AtomicU64,
 }
 
 /// A token bucket: `tokens` left at `at`, refilled at the configured rate
@@ -107,6 +110,7 @@ impl Broker {
                 metrics: Metrics::default(),
                 receipts,
                 peers: Mutex::new(BTreeMap::new()),
+                checkpoints_made: Default::default(),
             }),
         };
         broker.load_pauses()?;
@@ -136,6 +140,13 @@ impl Broker {
     /// What a peer's forwarder waits on.
     pub fn peer_signals(&self, peer: &str) -> Option<Arc<PeerSignals>> {
         self.shared.peer_signals.get(peer).cloned()
+    }
+
+    /// How many checkpoints this node made since it started.
+    pub fn checkpoints_made(&self) -> u64 {
+        self.shared
+            .checkpoints_made
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn wake_peer(&self, peer: &str) {

@@ -94,6 +94,8 @@ pub struct Status {
 pub struct OutboxBatch {
     pub envelopes: Vec<(MessageRef, SignedEnvelope)>,
     pub end: Option<Vec<u8>>,
+    /// Whether the outbox held more after the batch when it was read.
+    pub more: bool,
 }
 
 impl Broker {
@@ -440,15 +442,23 @@ impl Broker {
         let mut out = Vec::new();
         let mut expired = Vec::new();
         let mut end = after.clone();
-        let waiting = {
+        let (waiting, mut more) = {
             let peer = peer.to_string();
-            self.read(move |b| b.store().outbox_batch(&peer, after.as_deref(), limit))
-                .await?
+            self.read(move |b| {
+                let waiting = b.store().outbox_batch(&peer, after.as_deref(), limit)?;
+                let more = match waiting.last() {
+                    Some(last) => b.store().outbox_follows(&peer, &last.queue_key)?,
+                    None => false,
+                };
+                Ok((waiting, more))
+            })
+            .await?
         };
         for entry in waiting {
             // A batch ends at the byte cap; one envelope always goes.
             bytes_taken = bytes_taken.saturating_add(entry.envelope.len());
             if bytes_taken > byte_cap && !out.is_empty() {
+                more = true;
                 break;
             }
             end = Some(entry.queue_key);
@@ -478,6 +488,7 @@ impl Broker {
         Ok(OutboxBatch {
             envelopes: out,
             end,
+            more,
         })
     }
 

@@ -30,6 +30,9 @@ pub(super) struct Forwarder {
     /// The last own checkpoint the peer took (or refused for good); later
     /// checkpoints cover every earlier one, so only the latest is sent.
     witnessed_seq: Option<u64>,
+    /// How many checkpoints the node had made when the latest was last
+    /// looked up: the store is read again only after another one.
+    checkpoints_seen: Option<u64>,
     /// A peer down for hours is logged once, then once a minute.
     failures: Failures,
 }
@@ -53,6 +56,7 @@ impl Forwarder {
             stop,
             backoff,
             witnessed_seq: None,
+            checkpoints_seen: None,
             failures: Failures::warnings("forwarder"),
         })
     }
@@ -110,17 +114,30 @@ impl Forwarder {
         }
     }
 
-    /// One batch each way. `Ok(true)` if anything moved.
+    /// The outbox, the receipt outbox and the latest checkpoint. `Ok(true)`
+    /// if more is known to wait (the next round starts at once); else the
+    /// forwarder waits for a wake-up, which work queued meanwhile has left.
     async fn round(&mut self) -> Result<bool> {
         let batch = self.broker.config().delivery.batch_size;
-        let sent = self.send_envelopes(batch).await?;
-        let returned = self.return_receipts(batch).await?;
-        let witnessed = self.send_checkpoint().await?;
-        Ok(sent || returned || witnessed)
+        let more_envelopes = self.send_envelopes(batch).await?;
+        let more_receipts = self.return_receipts(batch).await?;
+        self.send_checkpoint().await?;
+        Ok(more_envelopes || more_receipts)
     }
 
-    /// Hands the node's latest checkpoint to the peer, once.
-    async fn send_checkpoint(&mut self) -> Result<bool> {
+    /// Hands the node's latest checkpoint to the peer, once; looks it up
+    /// only when the node made one since the last look.
+    async fn send_checkpoint(&mut self) -> Result<()> {
+        let made = self.broker.checkpoints_made();
+        if self.checkpoints_seen == Some(made) {
+            return Ok(());
+        }
+        self.offer_checkpoint().await?;
+        self.checkpoints_seen = Some(made);
+        Ok(())
+    }
+
+    async fn offer_checkpoint(&mut self) -> Result<bool> {
         let node = self.broker.node_id().to_string();
         let Some(latest) = self
             .broker
@@ -152,9 +169,11 @@ impl Forwarder {
     /// Sends the outbox in batches, up to [`PIPELINE`] in flight: the
     /// next batch travels while the peer takes custody of the one before
     /// and this node records its receipts. A batch read while others are
-    /// in flight starts after them in the outbox. `Ok(true)` if anything
-    /// moved; on a failure the batches still in flight are dropped (the
-    /// peer answers a repeated envelope with the receipt it gave).
+    /// in flight starts after them in the outbox; the outbox is read on
+    /// only while it held more than was read. `Ok(true)` if the peer
+    /// deferred a batch after others moved (try again at once); on a
+    /// failure the batches still in flight are dropped (the peer answers a
+    /// repeated envelope with the receipt it gave).
     async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut after = None;
@@ -166,15 +185,14 @@ impl Forwarder {
                     .broker
                     .outbox_batch(&self.peer, after.clone(), batch)
                     .await?;
-                if next.envelopes.is_empty() {
-                    drained = true;
-                } else {
-                    after = next.end;
+                drained = !next.more;
+                after = next.end;
+                if !next.envelopes.is_empty() {
                     in_flight.push_back(InFlight::start(&self.link, next.envelopes));
                 }
             }
             let Some(mut call) = in_flight.pop_front() else {
-                return Ok(moved);
+                return Ok(false);
             };
             let (envelopes, outcomes) = self.recorded(call.answer()).await?;
             self.broker
@@ -226,11 +244,14 @@ impl Forwarder {
         Ok(None)
     }
 
+    /// Returns a batch of receipts; `Ok(true)` if a full batch went (more
+    /// may wait).
     async fn return_receipts(&mut self, batch: usize) -> Result<bool> {
         let waiting = self.broker.receipt_outbox_batch(&self.peer, batch).await?;
         if waiting.is_empty() {
             return Ok(false);
         }
+        let full = waiting.len() >= batch;
         let outcomes = self
             .recorded(self.link.return_receipts(waiting.iter().map(|(_, r)| r)))
             .await?;
@@ -254,7 +275,7 @@ impl Forwarder {
         }
         let moved = !done.is_empty();
         self.broker.receipts_returned(done).await?;
-        Ok(moved)
+        Ok(full && moved)
     }
 
     /// Runs a call to the peer and records its outcome as the peer's

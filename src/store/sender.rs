@@ -175,6 +175,20 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether `peer`'s outbox holds an entry after `key` (the end of a
+    /// batch just read): the forwarder reads on only then.
+    pub fn outbox_follows(&self, peer: &str, key: &[u8]) -> Result<bool> {
+        let prefix = keys::peer_prefix(peer);
+        match self
+            .tree(OUTBOX)
+            .range((Bound::Excluded(key.to_vec()), Bound::Unbounded))
+            .next()
+        {
+            Some(kv) => Ok(kv?.0.starts_with(&prefix)),
+            None => Ok(false),
+        }
+    }
+
     pub fn outbox_depth(&self, peer: &str) -> usize {
         self.lock_counters().outbox(peer).count as usize
     }
