@@ -444,15 +444,8 @@ impl Broker {
         let mut end = after.clone();
         let (waiting, mut more) = {
             let peer = peer.to_string();
-            self.read(move |b| {
-                let waiting = b.store().outbox_batch(&peer, after.as_deref(), limit)?;
-                let more = match waiting.last() {
-                    Some(last) => b.store().outbox_follows(&peer, &last.queue_key)?,
-                    None => false,
-                };
-                Ok((waiting, more))
-            })
-            .await?
+            self.read(move |b| b.store().outbox_batch(&peer, after.as_deref(), limit))
+                .await?
         };
         for entry in waiting {
             // A batch ends at the byte cap; one envelope always goes.

@@ -137,33 +137,27 @@ impl Forwarder {
         Ok(())
     }
 
-    async fn offer_checkpoint(&mut self) -> Result<bool> {
+    async fn offer_checkpoint(&mut self) -> Result<()> {
         let node = self.broker.node_id().to_string();
         let Some(latest) = self
             .broker
             .read(move |b| b.store().latest_checkpoint(&node))
             .await?
         else {
-            return Ok(false);
+            return Ok(());
         };
         let seq = latest
             .open()
             .map_err(|e| Error::corrupt("checkpoints", e))?
             .seq;
         if self.witnessed_seq.is_some_and(|w| w >= seq) {
-            return Ok(false);
+            return Ok(());
         }
-        match self.link.witness(&latest).await? {
-            Some(refusal) => {
-                tracing::error!(seq, code = refusal.code, reason = %refusal.message, "peer refused to witness a checkpoint");
-                self.witnessed_seq = Some(seq);
-                Ok(false)
-            }
-            None => {
-                self.witnessed_seq = Some(seq);
-                Ok(true)
-            }
+        if let Some(refusal) = self.link.witness(&latest).await? {
+            tracing::error!(seq, code = refusal.code, reason = %refusal.message, "peer refused to witness a checkpoint");
         }
+        self.witnessed_seq = Some(seq);
+        Ok(())
     }
 
     /// Sends the outbox in batches, up to [`PIPELINE`] in flight: the

@@ -239,6 +239,7 @@ async fn every_answered_submit_survives_a_power_cut_whole() {
             store
                 .outbox_batch("security", None, 1000)
                 .expect("outbox")
+                .0
                 .len(),
             held.len()
         );
@@ -263,6 +264,7 @@ async fn every_answered_submit_survives_a_power_cut_whole() {
             store
                 .outbox_batch("security", None, 1000)
                 .expect("outbox")
+                .0
                 .len(),
             held.len() + more.len(),
             "seed {seed}: an outbox entry was overwritten"
@@ -313,6 +315,7 @@ async fn after_a_power_cut_the_live_state_is_the_snapshot_and_the_journal_after_
         store
             .outbox_batch("security", None, 1000)
             .expect("outbox")
+            .0
             .len(),
         25
     );
@@ -600,6 +603,7 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
                 store
                     .outbox_batch("security", None, 10_000)
                     .expect("outbox")
+                    .0
                     .len(),
                 held.len(),
                 "{point:?}: the outbox holds every message held"
@@ -622,6 +626,7 @@ async fn a_power_cut_at_every_phase_loses_nothing_answered() {
                 store
                     .outbox_batch("security", None, 10_000)
                     .expect("outbox")
+                    .0
                     .len(),
                 held.len() + 10,
                 "{point:?} (index lost: {lose_index}): an outbox entry was overwritten"
@@ -647,9 +652,14 @@ async fn outbox_batches_read_on_after_the_batches_in_flight() {
     let mut after: Option<Vec<u8>> = None;
     let mut seen = Vec::new();
     loop {
-        let batch = store
+        let (batch, more) = store
             .outbox_batch("security", after.as_deref(), 4)
             .expect("batch");
+        assert_eq!(
+            more,
+            seen.len() + batch.len() < 10,
+            "more wait until the last"
+        );
         if batch.is_empty() {
             break;
         }
@@ -660,6 +670,7 @@ async fn outbox_batches_read_on_after_the_batches_in_flight() {
     let all: Vec<Vec<u8>> = store
         .outbox_batch("security", None, 100)
         .expect("all")
+        .0
         .into_iter()
         .map(|e| e.envelope)
         .collect();
@@ -669,6 +680,7 @@ async fn outbox_batches_read_on_after_the_batches_in_flight() {
         store
             .outbox_batch("securit", None, 100)
             .expect("other peer")
+            .0
             .is_empty(),
         "a peer's batch never spills into another peer's outbox"
     );

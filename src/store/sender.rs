@@ -147,13 +147,13 @@ impl Store {
     /// The oldest `limit` outbox entries for `peer`, oldest first.
     /// The first `limit` envelopes waiting for `peer`, after the entry
     /// `after` if given (a forwarder with batches in flight reads on
-    /// past them).
+    /// past them), and whether more wait after them.
     pub fn outbox_batch(
         &self,
         peer: &str,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<OutboxEntry>> {
+    ) -> Result<(Vec<OutboxEntry>, bool)> {
         let prefix = keys::peer_prefix(peer);
         let from = match after {
             Some(key) if key.starts_with(&prefix) => Bound::Excluded(key.to_vec()),
@@ -164,29 +164,19 @@ impl Store {
             .tree(OUTBOX)
             .range((from, Bound::Unbounded))
             .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .take(limit)
+            .take(limit.saturating_add(1))
         {
             let (queue_key, at) = kv?;
+            if out.len() == limit {
+                // One entry past the batch: more wait.
+                return Ok((out, true));
+            }
             out.push(OutboxEntry {
                 queue_key: queue_key.to_vec(),
                 envelope: self.envelope_bytes(&at)?,
             });
         }
-        Ok(out)
-    }
-
-    /// Whether `peer`'s outbox holds an entry after `key` (the end of a
-    /// batch just read): the forwarder reads on only then.
-    pub fn outbox_follows(&self, peer: &str, key: &[u8]) -> Result<bool> {
-        let prefix = keys::peer_prefix(peer);
-        match self
-            .tree(OUTBOX)
-            .range((Bound::Excluded(key.to_vec()), Bound::Unbounded))
-            .next()
-        {
-            Some(kv) => Ok(kv?.0.starts_with(&prefix)),
-            None => Ok(false),
-        }
+        Ok((out, false))
     }
 
     pub fn outbox_depth(&self, peer: &str) -> usize {

@@ -127,8 +127,8 @@ impl Slots {
     /// 8-byte nonzero key and a nonzero value of the slot's size is
     /// refused.
     pub fn insert(&self, key: &[u8], value: &[u8]) -> sled::Result<Option<IVec>> {
-        let seq = self.checked(key, value)?;
-        self.write(seq, value).map(|()| None)
+        self.insert_many(std::iter::once((key, value)))
+            .map(|()| None)
     }
 
     /// Writes the values of many entries, each stretch of consecutive
