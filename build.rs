@@ -18,6 +18,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("cluebridge_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Envelopes and payloads are `bytes::Bytes`: decoded from a request
+    // they share its buffer, and they pass from store to wire by reference
+    // count instead of by copy.
+    tonic_prost_build::configure()
+        .bytes(".cluebridge.v1.SignedEnvelope")
+        .bytes(".cluebridge.v1.SubmitRequest.payload")
+        .bytes(".cluebridge.v1.SubmitResponse")
+        .compile_fds(descriptors)?;
     Ok(())
 }

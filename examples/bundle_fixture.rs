@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
         reply_by_ms: 0,
         signing_key_id: "discipline-k1".into(),
     };
-    let envelope = sender.seal(&header, payload);
+    let envelope = sender.seal(&header, payload.into());
     let message = header.message_ref();
     let mut signed = Vec::new();
     let mut entries: Vec<AuditEntry> = Vec::new();

@@ -297,7 +297,7 @@ fn envelopes(store: &Store, trust: Option<&Keyring>) -> Result<String> {
         let bytes = store
             .envelope(message)?
             .ok_or_else(|| Error::invalid(format!("the envelope of {message} is missing")))?;
-        let envelope = SignedEnvelope::decode(&bytes)
+        let envelope = SignedEnvelope::decode(bytes)
             .map_err(|e| Error::invalid(format!("the envelope of {message}: {e}")))?;
         if envelope.header_sha256() != header_sha256 {
             return Err(Error::invalid(format!(

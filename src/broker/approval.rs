@@ -22,7 +22,7 @@ impl Broker {
         &self,
         principal: &str,
         header: EnvelopeHeader,
-        payload: Vec<u8>,
+        payload: bytes::Bytes,
         request_digest: [u8; 32],
     ) -> Result<Submitted> {
         let message = header.message_ref();
@@ -32,7 +32,7 @@ impl Broker {
         );
         let pending = PendingApproval {
             header: header.encode(),
-            payload,
+            payload: payload.to_vec(),
             submitter: principal.to_string(),
             request_digest,
             submitted_at_ms: now_ms(),
@@ -107,7 +107,7 @@ impl Broker {
         let approved = self
             .accept(
                 header,
-                held.payload,
+                held.payload.into(),
                 held.request_digest,
                 Some(approver.to_string()),
             )

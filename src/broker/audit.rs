@@ -251,7 +251,7 @@ impl Broker {
             Error::NotFound(format!("no message {message} passed through this node"))
         })?;
         let envelope =
-            SignedEnvelope::decode(&envelope).map_err(|e| Error::corrupt("envelopes", e))?;
+            SignedEnvelope::decode(envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let node = self.node_id();
         let mut segments: Vec<(Vec<AuditEntry>, SignedCheckpoint)> = Vec::new();
         let mut covered = 0;
@@ -276,7 +276,7 @@ impl Broker {
             header: &envelope.header,
             signature: &envelope.signature,
             header_batch: envelope.batch.as_ref(),
-            payload: include_payload.then_some(envelope.payload.as_slice()),
+            payload: include_payload.then_some(&envelope.payload[..]),
             receipts: &receipts,
             audit_node: node,
             segments,

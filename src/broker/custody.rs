@@ -2,6 +2,7 @@
 //! receivers, settling leases, redelivery, dead letters and expiry.
 
 use super::Broker;
+use crate::crypto::OpenedEnvelope;
 use crate::error::{Error, Result};
 use crate::model::followup::Side;
 use crate::model::{
@@ -80,15 +81,16 @@ impl Broker {
         let from = peer.to_string();
         let checked: Vec<(String, Result<Custody>)> = self
             .read(move |b| {
-                let verified = b.config().federation.keyring.verify_envelopes(&envelopes);
+                let opened = b.config().federation.keyring.open_envelopes(&envelopes);
                 Ok(envelopes
                     .into_iter()
-                    .zip(verified)
-                    .map(|(envelope, verified)| {
-                        let id = EnvelopeHeader::decode(&envelope.header)
-                            .map(|h| h.message_id)
+                    .zip(opened)
+                    .map(|(envelope, opened)| {
+                        let id = opened
+                            .as_ref()
+                            .map(|o| o.header.message_id.clone())
                             .unwrap_or_default();
-                        let custody = b.check_custody(&from, envelope, verified, now);
+                        let custody = b.check_custody(&from, envelope, opened, now);
                         if let Err(e) = &custody {
                             tracing::warn!(peer = %from, message_id = %id, error = %e, "refused an envelope");
                         }
@@ -144,17 +146,17 @@ impl Broker {
     }
 
     /// Every check a receiving node makes before taking custody;
-    /// `verified` is the envelope's signature check
-    /// ([`Keyring::verify_envelopes`](crate::crypto::Keyring::verify_envelopes)).
+    /// `opened` is the envelope's decoded header and signature check
+    /// ([`Keyring::open_envelopes`](crate::crypto::Keyring::open_envelopes)).
     fn check_custody(
         &self,
         peer: &str,
         envelope: SignedEnvelope,
-        verified: Result<EnvelopeHeader>,
+        opened: Result<OpenedEnvelope>,
         now: u64,
     ) -> Result<Custody> {
         let config = self.config();
-        let header = EnvelopeHeader::decode(&envelope.header)?;
+        let OpenedEnvelope { header, verified } = opened?;
         if header.sender_node != peer {
             return Err(Error::PermissionDenied(format!(
                 "envelope names sender node {:?} but was delivered by node {peer:?}",
@@ -174,7 +176,7 @@ impl Broker {
                 config.limits.max_payload_bytes
             )));
         }
-        let header = verified?;
+        verified?;
         super::validate::check_header(config, &header)?;
         self.check_key_not_retired(&header.sender_node, &header.signing_key_id, now)?;
         if header.expires_at_ms <= now {
@@ -308,7 +310,7 @@ impl Broker {
         deadline: u64,
     ) -> Result<Leased> {
         let envelope =
-            SignedEnvelope::decode(&lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
+            SignedEnvelope::decode(lease.envelope).map_err(|e| Error::corrupt("envelopes", e))?;
         let header =
             EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))?;
         if first_delivery {

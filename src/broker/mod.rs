@@ -217,7 +217,7 @@ impl Broker {
     /// receipt through the batch signer.
     async fn sign_accepted(
         &self,
-        header: Vec<u8>,
+        header: bytes::Bytes,
         accepted: Receipt,
     ) -> (receipt_signer::HeaderSignature, SignedReceipt) {
         self.shared.receipts.sign_accepted(header, accepted).await

@@ -301,8 +301,7 @@ impl Broker {
             .store()
             .envelope(message)?
             .ok_or_else(|| Error::corrupt("envelopes", format!("{message} has no envelope")))?;
-        let envelope =
-            SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
+        let envelope = SignedEnvelope::decode(bytes).map_err(|e| Error::corrupt("envelopes", e))?;
         EnvelopeHeader::decode(&envelope.header).map_err(|e| Error::corrupt("envelopes", e))
     }
 

@@ -25,7 +25,7 @@ pub type HeaderSignature = (Vec<u8>, Option<BatchProof>);
 /// What a caller hands over: encoded headers and receipts to sign.
 #[derive(Default)]
 struct Items {
-    headers: Vec<Vec<u8>>,
+    headers: Vec<bytes::Bytes>,
     receipts: Vec<Receipt>,
 }
 
@@ -72,7 +72,7 @@ impl ReceiptSigner {
     /// receipt, together with whatever else is waiting.
     pub async fn sign_accepted(
         &self,
-        header: Vec<u8>,
+        header: bytes::Bytes,
         accepted: Receipt,
     ) -> (HeaderSignature, SignedReceipt) {
         let items = Items {

@@ -10,6 +10,7 @@ use crate::model::{
 };
 use crate::now_ms;
 use crate::store::{CursorCheck, FeedItem, SentRecord, Store, SubmitOutcome, keys};
+use bytes::Bytes;
 
 /// A submit request after protobuf decoding, before any rule is checked.
 #[derive(Clone, Debug, Default)]
@@ -21,7 +22,7 @@ pub struct SubmitInput {
     pub correlation_id: String,
     pub subject: String,
     pub content_type: String,
-    pub payload: Vec<u8>,
+    pub payload: Bytes,
     pub ttl_seconds: u64,
     pub reply_by_ms: u64,
 }
@@ -61,8 +62,8 @@ pub enum Submitted {
     /// Signed and stored: on its way.
     Accepted {
         accepted: SignedReceipt,
-        header: Vec<u8>,
-        signature: Vec<u8>,
+        header: Bytes,
+        signature: Bytes,
         /// The header's place in the batch it was signed with, if any.
         batch: Option<BatchProof>,
         /// The id had been accepted before with the same content.
@@ -224,7 +225,7 @@ impl Broker {
     pub(super) async fn accept(
         &self,
         header: EnvelopeHeader,
-        payload: Vec<u8>,
+        payload: Bytes,
         request_digest: [u8; 32],
         approved_by: Option<String>,
     ) -> Result<Submitted> {
@@ -247,13 +248,13 @@ impl Broker {
         );
         let message = header.message_ref();
         debug_assert_eq!(header.signing_key_id, self.signer().key_id());
-        let bytes = header.encode();
+        let bytes = Bytes::from(header.encode());
         let header_sha256 = sha256(&bytes);
         let receipt = self.receipt(&message, ReceiptKind::Accepted, header_sha256, 0, "");
         let ((signature, batch), accepted) = self.sign_accepted(bytes.clone(), receipt).await;
         let envelope = SignedEnvelope {
             header: bytes,
-            signature,
+            signature: signature.into(),
             payload,
             batch,
         };
@@ -348,8 +349,8 @@ impl Broker {
             recipient: record.recipient,
             state: record.state,
             receipts,
-            header: envelope.header,
-            signature: envelope.signature,
+            header: envelope.header.to_vec(),
+            signature: envelope.signature.to_vec(),
             batch: envelope.batch,
         })
     }
@@ -359,12 +360,12 @@ impl Broker {
     async fn check_structured(
         &self,
         header: EnvelopeHeader,
-        payload: &[u8],
+        payload: &Bytes,
     ) -> Result<EnvelopeHeader> {
         if !crate::model::rectification::names_schema(&header.content_type) {
             return Ok(header);
         }
-        let payload = payload.to_vec();
+        let payload = payload.clone();
         self.read(move |b| {
             let answered = MessageRef {
                 sender_node: header.recipient_node.clone(),
@@ -380,7 +381,7 @@ impl Broker {
     pub(super) fn held_envelope(&self, message: &MessageRef) -> Result<Option<SignedEnvelope>> {
         self.store()
             .envelope(message)?
-            .map(|bytes| SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e)))
+            .map(|bytes| SignedEnvelope::decode(bytes).map_err(|e| Error::corrupt("envelopes", e)))
             .transpose()
     }
 
@@ -455,7 +456,7 @@ impl Broker {
                 break;
             }
             end = Some(entry.queue_key);
-            let envelope = SignedEnvelope::decode(&entry.envelope)
+            let envelope = SignedEnvelope::decode(entry.envelope)
                 .map_err(|e| Error::corrupt("envelopes", e))?;
             let header = EnvelopeHeader::decode(&envelope.header)
                 .map_err(|e| Error::corrupt("envelopes", e))?;

@@ -402,7 +402,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                         recipient_node: to.clone(),
                         subject: "bench".into(),
                         content_type: "application/octet-stream".into(),
-                        payload,
+                        payload: payload.into(),
                         ttl_seconds: 3600,
                         ..Default::default()
                     })

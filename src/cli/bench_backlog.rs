@@ -290,7 +290,7 @@ async fn fill(args: &BenchArgs, sender: &Connection, backlog: u64) -> Result<Fil
                         recipient_node: to.clone(),
                         subject: "backlog".into(),
                         content_type: "application/octet-stream".into(),
-                        payload,
+                        payload: payload.into(),
                         // A day: the fill and the measurements end long
                         // before any message expires.
                         ttl_seconds: 24 * 3600,

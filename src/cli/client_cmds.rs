@@ -182,7 +182,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
             correlation_id: args.answers.clone(),
             subject: args.subject.clone(),
             content_type: args.content_type.clone(),
-            payload,
+            payload: payload.into(),
             ttl_seconds: args.ttl,
             reply_by_ms: 0,
         })

@@ -181,7 +181,7 @@ impl Agency {
                 case_reference: DEMO_CASE.into(),
                 subject: "Restore what official W. lost to the false report".into(),
                 content_type: SUGGESTION_TYPE.into(),
-                payload: s.encode_to_vec(),
+                payload: s.encode_to_vec().into(),
                 ttl_seconds: 3600,
                 reply_by_ms: if reply_in_ms == 0 {
                     0
@@ -244,7 +244,7 @@ impl Agency {
                 correlation_id: suggestion.into(),
                 subject: "Rank restored, title partly".into(),
                 content_type: FEEDBACK_TYPE.into(),
-                payload: f.encode_to_vec(),
+                payload: f.encode_to_vec().into(),
                 ttl_seconds: 3600,
                 ..Default::default()
             })
@@ -294,7 +294,7 @@ impl Agency {
                 correlation_id: answers.into(),
                 subject: subject.into(),
                 content_type: "text/plain".into(),
-                payload: payload.as_bytes().to_vec(),
+                payload: payload.as_bytes().to_vec().into(),
                 ttl_seconds: 3600,
                 reply_by_ms: 0,
             })

@@ -9,5 +9,5 @@ pub mod merkle;
 pub mod signing;
 pub mod tls;
 
-pub use signing::{Keyring, NodeSigner, PublicKeyEntry};
+pub use signing::{Keyring, NodeSigner, OpenedEnvelope, PublicKeyEntry};
 pub use tls::PeerIdentity;

@@ -162,13 +162,13 @@ impl NodeSigner {
 
     /// Encodes and signs a header; the header's `signing_key_id` must be
     /// this key's id.
-    pub fn seal(&self, header: &EnvelopeHeader, payload: Vec<u8>) -> SignedEnvelope {
+    pub fn seal(&self, header: &EnvelopeHeader, payload: bytes::Bytes) -> SignedEnvelope {
         debug_assert_eq!(header.signing_key_id, self.key_id);
         let bytes = header.encode();
         let signature = self.key.sign(&signing_input(ENVELOPE_DOMAIN, &bytes));
         SignedEnvelope {
-            header: bytes,
-            signature: signature.to_bytes().to_vec(),
+            header: bytes.into(),
+            signature: signature.to_bytes().to_vec().into(),
             payload,
             batch: None,
         }
@@ -207,17 +207,17 @@ impl NodeSigner {
     /// Signs encoded headers accepted together: one signature over the
     /// root of their Merkle tree, each with its audit path (one header is
     /// signed alone). Returns each header's signature and proof.
-    pub fn sign_headers(&self, headers: &[Vec<u8>]) -> Vec<(Vec<u8>, Option<BatchProof>)> {
+    pub fn sign_headers(&self, headers: &[bytes::Bytes]) -> Vec<(Vec<u8>, Option<BatchProof>)> {
         self.sign_together(ENVELOPES, headers)
     }
 
     /// Each item's signature and batch proof: the items are split into
     /// lots of at most [`MAX_LEAVES`], as even as can be, each signed
     /// alone (one item) or with one signature over its Merkle root.
-    fn sign_together(
+    fn sign_together<B: AsRef<[u8]>>(
         &self,
         domains: Domains,
-        items: &[Vec<u8>],
+        items: &[B],
     ) -> Vec<(Vec<u8>, Option<BatchProof>)> {
         let lots = items.len().div_ceil(MAX_LEAVES).max(1);
         items
@@ -226,17 +226,26 @@ impl NodeSigner {
             .collect()
     }
 
-    fn sign_lot(&self, domains: Domains, items: &[Vec<u8>]) -> Vec<(Vec<u8>, Option<BatchProof>)> {
+    fn sign_lot<B: AsRef<[u8]>>(
+        &self,
+        domains: Domains,
+        items: &[B],
+    ) -> Vec<(Vec<u8>, Option<BatchProof>)> {
         if items.len() < 2 {
             return items
                 .iter()
                 .map(|bytes| {
-                    let input = signing_input(domains.single, bytes);
+                    let input = signing_input(domains.single, bytes.as_ref());
                     (self.key.sign(&input).to_bytes().to_vec(), None)
                 })
                 .collect();
         }
-        let tree = merkle::Tree::new(items.iter().map(|b| merkle::leaf_hash(b)).collect());
+        let tree = merkle::Tree::new(
+            items
+                .iter()
+                .map(|b| merkle::leaf_hash(b.as_ref()))
+                .collect(),
+        );
         let signature = self
             .key
             .sign(&batch_input(domains.batch, tree.size(), &tree.root()))
@@ -344,6 +353,14 @@ pub struct Keyring {
     nodes: HashMap<String, Vec<PublicKeyEntry>>,
 }
 
+/// An envelope's header as decoded, and whether the envelope's signature
+/// and payload check out.
+#[derive(Debug)]
+pub struct OpenedEnvelope {
+    pub header: EnvelopeHeader,
+    pub verified: Result<()>,
+}
+
 impl Keyring {
     pub fn insert(&mut self, node_id: &str, entry: PublicKeyEntry) {
         self.nodes
@@ -447,10 +464,34 @@ impl Keyring {
     /// outcome it would get alone, and a batch root that several of them
     /// share is checked once.
     pub fn verify_envelopes(&self, envelopes: &[SignedEnvelope]) -> Vec<Result<EnvelopeHeader>> {
+        self.open_envelopes(envelopes)
+            .into_iter()
+            .map(|opened| opened.and_then(|o| o.verified.map(|()| o.header)))
+            .collect()
+    }
+
+    /// Each envelope's header, decoded once, with the outcome of its
+    /// signature and payload checks (as [`Keyring::verify_envelopes`]):
+    /// a receiving node says what is wrong with an envelope's addressing
+    /// before what is wrong with its signature. `Err` when the header
+    /// bytes do not decode.
+    pub fn open_envelopes(&self, envelopes: &[SignedEnvelope]) -> Vec<Result<OpenedEnvelope>> {
         let mut roots = HashSet::new();
         envelopes
             .iter()
-            .map(|e| self.verify_envelope_once(e, &mut roots))
+            .map(|e| {
+                let header = EnvelopeHeader::decode(&e.header)?;
+                let verified = self
+                    .check_header(
+                        &e.header,
+                        &header,
+                        &e.signature,
+                        e.batch.as_ref(),
+                        &mut roots,
+                    )
+                    .and_then(|()| e.check_payload(&header));
+                Ok(OpenedEnvelope { header, verified })
+            })
             .collect()
     }
 
@@ -459,13 +500,14 @@ impl Keyring {
         envelope: &SignedEnvelope,
         roots: &mut HashSet<Vec<u8>>,
     ) -> Result<EnvelopeHeader> {
-        self.verify_header_once(
+        let header = self.verify_header_once(
             &envelope.header,
             &envelope.signature,
             envelope.batch.as_ref(),
             roots,
         )?;
-        envelope.open()
+        envelope.check_payload(&header)?;
+        Ok(header)
     }
 
     /// Checks the sender node's signature over header bytes as they are
@@ -488,15 +530,27 @@ impl Keyring {
         roots: &mut HashSet<Vec<u8>>,
     ) -> Result<EnvelopeHeader> {
         let h = EnvelopeHeader::decode(header)?;
+        self.check_header(header, &h, signature, batch, roots)?;
+        Ok(h)
+    }
+
+    /// Checks the signature over `bytes`, whose decoded header is `h`.
+    fn check_header(
+        &self,
+        bytes: &[u8],
+        h: &EnvelopeHeader,
+        signature: &[u8],
+        batch: Option<&BatchProof>,
+        roots: &mut HashSet<Vec<u8>>,
+    ) -> Result<()> {
         let signed = Signed {
             node_id: &h.sender_node,
             key_id: &h.signing_key_id,
             at_ms: h.created_at_ms,
-            bytes: header,
+            bytes,
             signature,
         };
-        self.check_proven(ENVELOPES, &signed, batch, roots)?;
-        Ok(h)
+        self.check_proven(ENVELOPES, &signed, batch, roots)
     }
 
     /// Checks the issuer's signature over the receipt bytes as they are,

@@ -3,6 +3,7 @@
 use super::{BatchProof, MessageKind, MessageRef, sha256, validate_id};
 use crate::error::{Error, Result};
 use crate::pb;
+use bytes::Bytes;
 use prost::Message;
 
 /// What a sender node vouches for about one message.
@@ -98,10 +99,14 @@ impl EnvelopeHeader {
 /// node's signature (over the header, or over the root of a batch of
 /// headers it signed at once), and the payload.
 #[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The three byte fields are shared (`Bytes`): an envelope decoded from a
+/// request or read from the store points into that buffer, and passing it
+/// on copies no payload.
 pub struct SignedEnvelope {
-    pub header: Vec<u8>,
-    pub signature: Vec<u8>,
-    pub payload: Vec<u8>,
+    pub header: Bytes,
+    pub signature: Bytes,
+    pub payload: Bytes,
     /// The header's place in its batch (`EnvelopeBatchProof`), if any.
     pub batch: Option<BatchProof>,
 }
@@ -129,8 +134,9 @@ impl SignedEnvelope {
         self.to_wire().encode_to_vec()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let e = pb::SignedEnvelope::decode(bytes)
+    /// Decodes an encoded envelope; its fields share `bytes`' buffer.
+    pub fn decode(bytes: impl Into<Bytes>) -> Result<Self> {
+        let e = pb::SignedEnvelope::decode(bytes.into())
             .map_err(|e| Error::invalid(format!("signed envelope does not decode: {e}")))?;
         Ok(Self::from_wire(e))
     }
@@ -162,6 +168,13 @@ impl SignedEnvelope {
     /// length. Does not check the signature (see `crypto`).
     pub fn open(&self) -> Result<EnvelopeHeader> {
         let header = EnvelopeHeader::decode(&self.header)?;
+        self.check_payload(&header)?;
+        Ok(header)
+    }
+
+    /// Checks that the payload matches the length and digest in `header`
+    /// (this envelope's header, decoded).
+    pub fn check_payload(&self, header: &EnvelopeHeader) -> Result<()> {
         if header.payload_length != self.payload.len() as u64 {
             return Err(Error::invalid(format!(
                 "payload is {} bytes but the header says {}",
@@ -174,6 +187,6 @@ impl SignedEnvelope {
                 "payload SHA-256 does not match the digest in the signed header",
             ));
         }
-        Ok(header)
+        Ok(())
     }
 }

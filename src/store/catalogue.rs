@@ -174,8 +174,7 @@ impl Store {
         let Some(bytes) = self.envelope(message)? else {
             return Ok(None);
         };
-        let envelope =
-            SignedEnvelope::decode(&bytes).map_err(|e| Error::corrupt("envelopes", e))?;
+        let envelope = SignedEnvelope::decode(bytes).map_err(|e| Error::corrupt("envelopes", e))?;
         EnvelopeHeader::decode(&envelope.header)
             .map(Some)
             .map_err(|e| Error::corrupt("envelopes", e))
@@ -216,9 +215,9 @@ mod tests {
 
     fn envelope_of(h: &EnvelopeHeader) -> Vec<u8> {
         SignedEnvelope {
-            header: h.encode(),
-            signature: vec![7; 64],
-            payload: b"payload".to_vec(),
+            header: h.encode().into(),
+            signature: vec![7; 64].into(),
+            payload: b"payload".to_vec().into(),
             batch: None,
         }
         .encode()

@@ -164,7 +164,7 @@ impl Store {
         {
             Some(kv) => {
                 let (_, at) = kv?;
-                let envelope = SignedEnvelope::decode(&self.envelope_bytes(&at)?)
+                let envelope = SignedEnvelope::decode(self.envelope_bytes(&at)?)
                     .and_then(|e| EnvelopeHeader::decode(&e.header))
                     .map_err(|e| Error::corrupt("outbox", e))?;
                 Some(envelope.created_at_ms)

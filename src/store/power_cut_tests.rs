@@ -37,9 +37,9 @@ fn submit_of(i: usize) -> Submit {
     let header = format!("header of message {i}").into_bytes();
     let header_sha256 = sha256(&header);
     let envelope = SignedEnvelope {
-        header,
-        signature: vec![7; 64],
-        payload: vec![i as u8; 700],
+        header: header.into(),
+        signature: vec![7; 64].into(),
+        payload: vec![i as u8; 700].into(),
         batch: None,
     }
     .encode();

@@ -477,8 +477,8 @@ async fn attempt(w: &World, case: &str) -> Status {
         "garbage bytes on Peer.Deliver" => {
             let e = pb::SignedEnvelope {
                 header: (0..200u8).map(|i| i.wrapping_mul(37)).collect(),
-                signature: vec![0xAB; 64],
-                payload: vec![1, 2, 3],
+                signature: vec![0xAB; 64].into(),
+                payload: vec![1, 2, 3].into(),
                 batch: None,
             };
             deliver_to_security(w, DISCIPLINE, e).await
@@ -506,12 +506,12 @@ async fn attempt(w: &World, case: &str) -> Status {
         }
         "flipped signature bit" => {
             let mut e = envelope(w, "p-5", |_| {});
-            e.signature[33] ^= 0x80;
+            e.signature = tampered(&e.signature, 33, 0x80);
             deliver_to_security(w, DISCIPLINE, e).await
         }
         "payload digest mismatch" => {
             let mut e = envelope(w, "p-6", |_| {});
-            e.payload[0] ^= 0x01;
+            e.payload = tampered(&e.payload, 0, 0x01);
             deliver_to_security(w, DISCIPLINE, e).await
         }
         "envelope already expired" => {
@@ -560,7 +560,7 @@ async fn attempt(w: &World, case: &str) -> Status {
                     .map(|i| {
                         let mut e = envelope(w, &format!("p-14-{call}-{i}"), |_| {});
                         let input = [ENVELOPE_DOMAIN, &e.header].concat();
-                        e.signature = forge::torsion_signature(&signer, &seed, &input, 4);
+                        e.signature = forge::torsion_signature(&signer, &seed, &input, 4).into();
                         e
                     })
                     .collect();

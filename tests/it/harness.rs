@@ -212,7 +212,7 @@ pub fn submit_request(id: &str, kind: MessageKind, to: &str, payload: &[u8]) -> 
         correlation_id: String::new(),
         subject: format!("subject of {id}"),
         content_type: "text/plain".into(),
-        payload: payload.to_vec(),
+        payload: payload.to_vec().into(),
         ttl_seconds: 0,
         reply_by_ms: 0,
     }
@@ -334,8 +334,15 @@ pub fn header(id: &str, kind: MessageKind, from: &str, to: &str, payload: &[u8])
     }
 }
 
+/// A copy of `bytes` with `mask` XORed into byte `at`: a tampered field.
+pub fn tampered(bytes: &[u8], at: usize, mask: u8) -> bytes::Bytes {
+    let mut copy = bytes.to_vec();
+    copy[at] ^= mask;
+    copy.into()
+}
+
 pub fn sealed(signer: &NodeSigner, h: &EnvelopeHeader, payload: &[u8]) -> pb::SignedEnvelope {
-    signer.seal(h, payload.to_vec()).to_wire()
+    signer.seal(h, payload.to_vec().into()).to_wire()
 }
 
 /// One HTTP GET on a metrics listener: (status line, body).

@@ -252,12 +252,12 @@ async fn a_rotated_signing_key_signs_new_messages_and_old_ones_still_verify() {
             .expect("status")
             .into_inner();
         let envelope = SignedEnvelope {
-            header: status.envelope_header.clone(),
-            signature: status.envelope_signature.clone(),
+            header: status.envelope_header.clone().into(),
+            signature: status.envelope_signature.clone().into(),
             payload: if id == "before-rotation" {
-                b"one".to_vec()
+                b"one".to_vec().into()
             } else {
-                b"two".to_vec()
+                b"two".to_vec().into()
             },
             batch: status
                 .envelope_batch

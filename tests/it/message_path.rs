@@ -49,7 +49,7 @@ async fn both_kinds_travel_and_every_hand_over_verifies() {
         .expect("envelope verifies with public keys");
     assert_eq!(header.sender_node, DISCIPLINE);
     assert_eq!(header.sender_principal, "backoffice");
-    assert_eq!(envelope.payload, b"clue evidence");
+    assert_eq!(&envelope.payload[..], b"clue evidence");
     security
         .ack(pb::AckRequest {
             lease: lease_of(&clue),

@@ -10,6 +10,7 @@
 //! another batch or as a receipt's.
 
 use crate::forge::{passes_cofactored, seed_of, torsion_signature};
+use bytes::Bytes;
 use cluebridge::crypto::merkle;
 use cluebridge::crypto::signing::{
     ENVELOPE_BATCH_DOMAIN, ENVELOPE_DOMAIN, MAX_LEAVES, RECEIPT_BATCH_DOMAIN, RECEIPT_DOMAIN,
@@ -143,7 +144,7 @@ fn sealed_together(
     signer: &NodeSigner,
     envelopes: &[(EnvelopeHeader, Vec<u8>)],
 ) -> Vec<SignedEnvelope> {
-    let headers: Vec<Vec<u8>> = envelopes.iter().map(|(h, _)| h.encode()).collect();
+    let headers: Vec<Bytes> = envelopes.iter().map(|(h, _)| h.encode().into()).collect();
     signer
         .sign_headers(&headers)
         .into_iter()
@@ -152,8 +153,8 @@ fn sealed_together(
         .map(
             |(((signature, batch), header), (_, payload))| SignedEnvelope {
                 header,
-                signature,
-                payload: payload.clone(),
+                signature: signature.into(),
+                payload: payload.clone().into(),
                 batch,
             },
         )
@@ -200,6 +201,13 @@ fn flip(bytes: &mut [u8], bit: usize) {
     bytes[bit / 8] ^= 1 << (bit % 8);
 }
 
+/// [`flip`] for a shared field (an envelope's), which is replaced.
+fn flip_shared(bytes: &mut Bytes, bit: usize) {
+    let mut copy = bytes.to_vec();
+    flip(&mut copy, bit);
+    *bytes = copy.into();
+}
+
 /// Where item `i` of `n` signed together lands: items are signed in lots
 /// of at most `MAX_LEAVES`, as even as can be, in order; its index in its
 /// lot and the lot's size (`None`: a lot of one, signed alone).
@@ -219,13 +227,13 @@ proptest! {
         bit in any::<usize>(),
     ) {
         let (signer, keyring) = signer_and_keyring();
-        let sealed = signer.seal(&h, payload);
+        let sealed = signer.seal(&h, payload.into());
         prop_assert_eq!(keyring.verify_envelope(&sealed).expect("verifies"), h);
         let mut broken: SignedEnvelope = sealed.clone();
         match part {
-            0 => flip(&mut broken.header, bit),
-            1 if !broken.payload.is_empty() => flip(&mut broken.payload, bit),
-            _ => flip(&mut broken.signature, bit),
+            0 => flip_shared(&mut broken.header, bit),
+            1 if !broken.payload.is_empty() => flip_shared(&mut broken.payload, bit),
+            _ => flip_shared(&mut broken.signature, bit),
         }
         prop_assert!(keyring.verify_envelope(&broken).is_err());
     }
@@ -256,11 +264,11 @@ proptest! {
     ) {
         let (signer, keyring) = signer_and_keyring();
         let mut signed: Vec<SignedReceipt> = receipts.iter().map(|r| signer.sign_receipt(r)).collect();
-        let mut envelopes = vec![signer.seal(&h, payload); signed.len()];
+        let mut envelopes = vec![signer.seal(&h, payload.into()); signed.len()];
         for (i, bit) in broken.iter().take(signed.len()).enumerate() {
             if let Some(bit) = bit {
                 flip(&mut signed[i].signature, *bit);
-                flip(&mut envelopes[i].signature, *bit);
+                flip_shared(&mut envelopes[i].signature, *bit);
             }
         }
         let alone: Vec<_> = signed.iter().map(|s| keyring.verify_receipt(s).map_err(|e| e.to_string())).collect();
@@ -284,13 +292,13 @@ proptest! {
         let seed = seed_of(&signer.to_text());
         let public = signer.verifying_key().to_bytes();
         let mut signed: Vec<SignedReceipt> = receipts.iter().map(|r| signer.sign_receipt(r)).collect();
-        let mut envelopes = vec![signer.seal(&h, payload); signed.len()];
+        let mut envelopes = vec![signer.seal(&h, payload.into()); signed.len()];
         for (i, &t) in forged.iter().take(signed.len()).enumerate().filter(|(_, t)| **t > 0) {
             let input = [RECEIPT_DOMAIN, &signed[i].receipt].concat();
             signed[i].signature = torsion_signature(&signer, &seed, &input, t);
             prop_assert!(passes_cofactored(&public, &input, &signed[i].signature));
             let input = [ENVELOPE_DOMAIN, &envelopes[i].header].concat();
-            envelopes[i].signature = torsion_signature(&signer, &seed, &input, t);
+            envelopes[i].signature = torsion_signature(&signer, &seed, &input, t).into();
             prop_assert!(passes_cofactored(&public, &input, &envelopes[i].signature));
         }
         let receipts_checked = keyring.verify_receipts(&signed);
@@ -351,7 +359,9 @@ proptest! {
         let i = pick.index(sealed.len());
         let mut broken = sealed.clone();
         let e = &mut broken[i];
-        tamper(&signer, ENVELOPE_BATCH_DOMAIN, (&mut e.header, &mut e.signature, &mut e.batch), part, bit);
+        let (mut header, mut signature) = (e.header.to_vec(), e.signature.to_vec());
+        tamper(&signer, ENVELOPE_BATCH_DOMAIN, (&mut header, &mut signature, &mut e.batch), part, bit);
+        (e.header, e.signature) = (header.into(), signature.into());
         prop_assert!(keyring.verify_envelope(&broken[i]).is_err());
         let alone: Vec<_> = broken.iter().map(|e| keyring.verify_envelope(e).map_err(|e| e.to_string())).collect();
         let together: Vec<_> = keyring.verify_envelopes(&broken).into_iter().map(|r| r.map_err(|e| e.to_string())).collect();
@@ -376,7 +386,7 @@ proptest! {
         // as an envelope batch's: the domains differ.
         let as_receipts = signer.sign_receipts(&receipts);
         let posing = SignedEnvelope {
-            signature: as_receipts[0].signature.clone(),
+            signature: as_receipts[0].signature.clone().into(),
             batch: as_receipts[0].batch.clone(),
             ..sa[0].clone()
         };
@@ -428,11 +438,11 @@ proptest! {
     #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let _ = EnvelopeHeader::decode(&bytes);
-        let _ = SignedEnvelope::decode(&bytes);
+        let _ = SignedEnvelope::decode(bytes.clone());
         let _ = Receipt::decode(&bytes);
         let _ = SignedReceipt::decode(&bytes);
         let (_, keyring) = signer_and_keyring();
-        if let Ok(e) = SignedEnvelope::decode(&bytes) {
+        if let Ok(e) = SignedEnvelope::decode(bytes.clone()) {
             let _ = keyring.verify_envelope(&e);
         }
         if let Ok(r) = SignedReceipt::decode(&bytes) {

@@ -168,7 +168,7 @@ async fn submit_is_idempotent_on_message_id() {
     // What the recipient reads counts, field by field.
     type Change = fn(&mut pb::SubmitRequest);
     let changes: [(&str, Change); 6] = [
-        ("payload", |r| r.payload = b"other content".to_vec()),
+        ("payload", |r| r.payload = b"other content".to_vec().into()),
         ("subject", |r| r.subject = "another subject".into()),
         ("case reference", |r| r.case_reference = "CASE-8".into()),
         ("content type", |r| r.content_type = "text/csv".into()),
@@ -222,7 +222,7 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         payload,
     );
     let mut e = sealed(&fed.signer(DISCIPLINE), &h, payload);
-    e.signature[10] ^= 0x01;
+    e.signature = tampered(&e.signature, 10, 0x01);
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
     assert_eq!(r.code, Code::PermissionDenied as i32);
     assert!(
@@ -279,16 +279,16 @@ async fn a_receiving_node_refuses_bad_envelopes_on_peer_deliver() {
         payload,
     );
     let mut e = sealed(&fed.signer(DISCIPLINE), &h, payload);
-    e.payload = b"evidencf".to_vec();
+    e.payload = b"evidencf".to_vec().into();
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
     assert_eq!(r.code, Code::InvalidArgument as i32);
     assert!(r.message.contains("SHA-256"), "{}", r.message);
 
     // Garbage header bytes.
     let e = pb::SignedEnvelope {
-        header: vec![0xff; 7],
-        signature: vec![0; 64],
-        payload: vec![],
+        header: vec![0xff; 7].into(),
+        signature: vec![0; 64].into(),
+        payload: Default::default(),
         batch: None,
     };
     let r = refusal(&fed, DISCIPLINE, SECURITY, e).await;
@@ -393,12 +393,12 @@ async fn an_envelope_with_a_tampered_batch_proof_is_refused() {
             )
         })
         .collect();
-    let encoded: Vec<Vec<u8>> = headers.iter().map(|h| h.encode()).collect();
+    let encoded: Vec<bytes::Bytes> = headers.iter().map(|h| h.encode().into()).collect();
     let signed = fed.signer(DISCIPLINE).sign_headers(&encoded);
     let envelope = |i: usize| SignedEnvelope {
         header: encoded[i].clone(),
-        signature: signed[i].0.clone(),
-        payload: payload.to_vec(),
+        signature: signed[i].0.clone().into(),
+        payload: payload.to_vec().into(),
         batch: signed[i].1.clone(),
     };
     let store = || fed.node(SECURITY).broker.store().counts();
