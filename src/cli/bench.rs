@@ -233,6 +233,9 @@ struct Figures {
     received: u64,
     received_per_s: f64,
     submit_errors: u64,
+    /// Submit start → `accepted` answer, as the submitting system waits.
+    submit_latency_ms: Latency,
+    /// Submit start → received by the application.
     latency_ms: Latency,
     /// Each process's CPU over the measured window.
     cpu: Vec<bench_cpu::CpuShare>,
@@ -245,6 +248,26 @@ struct Latency {
     p99: f64,
     p999: f64,
     max: f64,
+}
+
+impl Latency {
+    /// Percentiles of `sorted` microsecond figures, in milliseconds.
+    fn of(sorted: &[u64]) -> Latency {
+        Latency {
+            p50: percentile(sorted, 0.50),
+            p90: percentile(sorted, 0.90),
+            p99: percentile(sorted, 0.99),
+            p999: percentile(sorted, 0.999),
+            max: sorted.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
+        }
+    }
+
+    fn line(&self, what: &str) -> String {
+        format!(
+            "  {what} latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            self.p50, self.p90, self.p99, self.p999, self.max
+        )
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -382,6 +405,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             .then(|| Duration::from_secs_f64(args.submitters as f64 / args.rate as f64));
         submitters.push(tokio::spawn(async move {
             let mut n = 0u64;
+            let mut waited = Vec::new();
             let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 if let Some(interval) = interval {
@@ -417,13 +441,17 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
                     continue; // warmup
                 }
                 match result {
-                    Ok(_) => accepted.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => {
+                        waited.push((epoch.elapsed() - sent_at).as_micros() as u64);
+                        accepted.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(e) => {
                         let _ = first_error.set(format!("{:?}: {}", e.code(), e.message()));
                         errors.fetch_add(1, Ordering::Relaxed)
                     }
                 };
             }
+            waited
         }));
     }
     tokio::time::sleep_until((epoch + measure_start).into()).await;
@@ -436,9 +464,11 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     let elapsed = (epoch.elapsed().saturating_sub(measure_start))
         .as_secs_f64()
         .min(args.duration as f64);
+    let mut submit_latencies = Vec::new();
     for s in submitters {
-        let _ = s.await;
+        submit_latencies.extend(s.await.unwrap_or_default());
     }
+    submit_latencies.sort_unstable();
     submitting_done.store(true, Ordering::Release);
     let (received, mut latencies) = receiver_task.await.context("receiver failed")?;
     latencies.sort_unstable();
@@ -465,13 +495,8 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
         received,
         received_per_s: received as f64 / elapsed,
         submit_errors: errors.load(Ordering::Relaxed),
-        latency_ms: Latency {
-            p50: percentile(&latencies, 0.50),
-            p90: percentile(&latencies, 0.90),
-            p99: percentile(&latencies, 0.99),
-            p999: percentile(&latencies, 0.999),
-            max: latencies.last().map(|v| *v as f64 / 1000.0).unwrap_or(0.0),
-        },
+        submit_latency_ms: Latency::of(&submit_latencies),
+        latency_ms: Latency::of(&latencies),
         cpu,
     };
     println!(
@@ -493,6 +518,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
     if let Some(e) = first_error.get() {
         println!("  first submit error: {e}");
     }
+    println!("{}", figures.submit_latency_ms.line("submit"));
     if args.submit_only {
         println!("  (submit path only: the recipient node was not started)");
     } else {
@@ -500,11 +526,7 @@ async fn measure(args: &BenchArgs, audit_log: bool) -> Result<Figures> {
             "  received:  {:>9.0} msg/s ({} messages by the application)",
             figures.received_per_s, figures.received
         );
-        let l = &figures.latency_ms;
-        println!(
-            "  end-to-end latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-            l.p50, l.p90, l.p99, l.p999, l.max
-        );
+        println!("{}", figures.latency_ms.line("end-to-end"));
     }
     for c in &figures.cpu {
         let per = if c.process == args.to {

@@ -161,81 +161,58 @@ impl Forwarder {
     }
 
     /// Sends the outbox in batches, up to [`PIPELINE`] in flight: the
-    /// next batch travels while the peer takes custody of the one before
-    /// and this node records its receipts. A batch read while others are
-    /// in flight starts after them in the outbox; the outbox is read on
-    /// only while it held more than was read. `Ok(true)` if the peer
-    /// deferred a batch after others moved (try again at once); on a
-    /// failure the batches still in flight are dropped (the peer answers a
-    /// repeated envelope with the receipt it gave).
+    /// next batch travels while the peer takes custody of the one before,
+    /// and the receipts of answered batches are recorded on their own
+    /// tasks (see [`Settling`]) while the forwarder reads on. A batch read
+    /// while others are in flight starts after them in the outbox; the
+    /// outbox is read on while it held more than was read, and again
+    /// whenever new work is signalled while the window has room, so that
+    /// a message accepted while a batch travels leaves at once instead of
+    /// after that batch's answer. `Ok(true)` if the peer deferred a batch
+    /// after others moved (try again at once); on a failure the batches
+    /// still in flight are dropped (the peer answers a repeated envelope
+    /// with the receipt it gave).
     async fn send_envelopes(&mut self, batch: usize) -> Result<bool> {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+        let mut settling = Settling::default();
         let mut after = None;
-        let mut drained = false;
-        let mut moved = false;
+        let mut look = true;
         loop {
-            while !drained && in_flight.len() < PIPELINE {
+            while look && in_flight.len() < PIPELINE {
                 let next = self
                     .broker
                     .outbox_batch(&self.peer, after.clone(), batch)
                     .await?;
-                drained = !next.more;
+                look = next.more;
                 after = next.end;
                 if !next.envelopes.is_empty() {
                     in_flight.push_back(InFlight::start(&self.link, next.envelopes));
                 }
             }
-            let Some(mut call) = in_flight.pop_front() else {
-                return Ok(false);
+            let room = in_flight.len() < PIPELINE;
+            let Some(call) = in_flight.front_mut() else {
+                return settling.finish().await;
             };
-            let (envelopes, outcomes) = self.recorded(call.answer()).await?;
+            let answer = tokio::select! {
+                answer = call.answer() => answer,
+                _ = self.signals.work.notified(), if room => {
+                    look = true;
+                    continue;
+                }
+            };
+            let started = call.started;
+            in_flight.pop_front();
+            let (envelopes, outcomes) = self.recorded_since(started, answer)?;
             self.broker
                 .metrics()
                 .forward_seconds
-                .observe_duration(call.started.elapsed());
-            if let Some(reason) = self.settle(envelopes, outcomes).await? {
-                // The peer deferred every envelope of the batch: wait.
-                return match moved {
-                    true => Ok(true),
-                    false => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
-                };
-            }
-            moved = true;
-        }
-    }
-
-    /// Records what the peer answered for a batch; the peer's reason if
-    /// it deferred every envelope (a transient refusal).
-    async fn settle(
-        &self,
-        envelopes: Vec<(MessageRef, SignedEnvelope)>,
-        outcomes: Vec<std::result::Result<SignedReceipt, Refusal>>,
-    ) -> Result<Option<String>> {
-        let mut delivered = Vec::new();
-        let mut refused = Vec::new();
-        let mut deferred = None;
-        for ((message, _), outcome) in envelopes.into_iter().zip(outcomes) {
-            match outcome {
-                Ok(receipt) => delivered.push((message, receipt)),
-                Err(r) if r.transient() => deferred = Some(r.message),
-                Err(r) => {
-                    tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
-                    refused.push((message, r.code, r.message));
-                }
+                .observe_duration(started.elapsed());
+            let (broker, peer) = (self.broker.clone(), self.peer.clone());
+            let recording = async move { settle(&broker, &peer, envelopes, outcomes).await };
+            if let Some(deferred) = settling.add(recording).await {
+                return deferred;
             }
         }
-        let moved = !delivered.is_empty() || !refused.is_empty();
-        if let Some(reason) = deferred.filter(|_| !moved) {
-            return Ok(Some(reason));
-        }
-        self.broker
-            .metrics()
-            .forwarded
-            .add(&self.peer, delivered.len() as u64);
-        self.broker
-            .on_forwarded(&self.peer, delivered, refused)
-            .await?;
-        Ok(None)
     }
 
     /// Returns a batch of receipts; `Ok(true)` if a full batch went (more
@@ -277,11 +254,123 @@ impl Forwarder {
     async fn recorded<T>(&self, call: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         let started = std::time::Instant::now();
         let result = call.await;
+        self.recorded_since(started, result)
+    }
+
+    /// Records the outcome of a call to the peer started at `started`.
+    fn recorded_since<T>(&self, started: std::time::Instant, result: Result<T>) -> Result<T> {
         match &result {
             Ok(_) => self.broker.peer_succeeded(&self.peer, started.elapsed()),
             Err(e) => self.broker.peer_failed(&self.peer, e),
         }
         result
+    }
+}
+
+/// Records what the peer answered for a batch; the peer's reason if
+/// it deferred every envelope (a transient refusal).
+async fn settle(
+    broker: &Broker,
+    peer: &str,
+    envelopes: Vec<(MessageRef, SignedEnvelope)>,
+    outcomes: Vec<std::result::Result<SignedReceipt, Refusal>>,
+) -> Result<Option<String>> {
+    let mut delivered = Vec::new();
+    let mut refused = Vec::new();
+    let mut deferred = None;
+    for ((message, _), outcome) in envelopes.into_iter().zip(outcomes) {
+        match outcome {
+            Ok(receipt) => delivered.push((message, receipt)),
+            Err(r) if r.transient() => deferred = Some(r.message),
+            Err(r) => {
+                tracing::error!(%message, code = r.code, reason = %r.message, "peer refused envelope");
+                refused.push((message, r.code, r.message));
+            }
+        }
+    }
+    let moved = !delivered.is_empty() || !refused.is_empty();
+    if let Some(reason) = deferred.filter(|_| !moved) {
+        return Ok(Some(reason));
+    }
+    broker.metrics().forwarded.add(peer, delivered.len() as u64);
+    broker.on_forwarded(peer, delivered, refused).await?;
+    Ok(None)
+}
+
+/// The recording of answered batches, each on its own task, at most
+/// [`PIPELINE`] at once: they run while the forwarder reads and sends on,
+/// and all of them end before `send_envelopes` returns (the next call
+/// reads the outbox from its start, where unrecorded envelopes still are).
+#[derive(Default)]
+struct Settling {
+    tasks: VecDeque<tokio::task::JoinHandle<Result<Option<String>>>>,
+    /// Whether a recorded batch moved (some envelope taken or refused).
+    moved: bool,
+}
+
+impl Settling {
+    /// Starts recording a batch; waits for the oldest recording when
+    /// [`PIPELINE`] run. `Some` when `send_envelopes` must return that.
+    async fn add(
+        &mut self,
+        recording: impl std::future::Future<Output = Result<Option<String>>> + Send + 'static,
+    ) -> Option<Result<bool>> {
+        self.tasks
+            .push_back(tokio::spawn(recording.instrument(tracing::Span::current())));
+        while self.tasks.len() > PIPELINE || self.tasks.front().is_some_and(|t| t.is_finished()) {
+            if let Some(done) = self.next().await {
+                return Some(done);
+            }
+        }
+        None
+    }
+
+    /// Waits for every recording; what `send_envelopes` returns.
+    async fn finish(mut self) -> Result<bool> {
+        while !self.tasks.is_empty() {
+            if let Some(done) = self.next().await {
+                return done;
+            }
+        }
+        Ok(false)
+    }
+
+    /// Waits for the oldest recording. `Some` on a failure, or when the
+    /// peer deferred a whole batch (after the others are recorded): try
+    /// again at once if another batch moved, else back off.
+    async fn next(&mut self) -> Option<Result<bool>> {
+        let task = self.tasks.pop_front()?;
+        let recorded = task
+            .await
+            .map_err(|e| Error::Unavailable(format!("recording a delivery ended abnormally: {e}")))
+            .and_then(|r| r);
+        match recorded {
+            Err(e) => {
+                self.wait_all().await;
+                Some(Err(e))
+            }
+            Ok(None) => {
+                self.moved = true;
+                None
+            }
+            Ok(Some(reason)) => {
+                self.wait_all().await;
+                Some(match self.moved {
+                    true => Ok(true),
+                    false => Err(Error::Unavailable(format!("peer deferred: {reason}"))),
+                })
+            }
+        }
+    }
+
+    /// Waits for the other recordings, whatever their outcome: none may
+    /// still run when the outbox is read from its start again.
+    async fn wait_all(&mut self) {
+        for task in std::mem::take(&mut self.tasks) {
+            if let Ok(Ok(None)) = task.await {
+                self.moved = true;
+            }
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn a_fixed_rate_run_reports_its_figures_as_json() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(stdout.contains("submit latency ms: p50"), "{stdout}");
     assert!(stdout.contains("end-to-end latency ms: p50"), "{stdout}");
     let figures: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("json");
@@ -60,6 +61,13 @@ fn a_fixed_rate_run_reports_its_figures_as_json() {
         number(&["latency_ms", "max"]),
     );
     assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{figures}");
+    // A submit is answered before its message reaches the application.
+    let (submit_p50, submit_max) = (
+        number(&["submit_latency_ms", "p50"]),
+        number(&["submit_latency_ms", "max"]),
+    );
+    assert!(0.0 < submit_p50 && submit_p50 <= submit_max, "{figures}");
+    assert!(submit_p50 <= p50, "{figures}");
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod disk_failure;
 mod file_modes;
 mod followups;
 mod forge;
+mod forwarding;
 mod harness;
 mod hostile;
 mod identities;
