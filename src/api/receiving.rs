@@ -2,7 +2,7 @@
 //! to a stream within its flow-control slots, and when the stream ends,
 //! puts its unsettled leases back in the inbox.
 
-use crate::broker::Broker;
+use crate::broker::{Broker, LeaseBatch};
 use crate::model::{MessageRef, Principal};
 use crate::now_ms;
 use crate::pb;
@@ -81,11 +81,17 @@ async fn serve_stream(
             let wake = broker.inbox_wake().notified();
             tokio::pin!(wake);
             wake.as_mut().enable();
-            let batch = match broker.lease_many(principal, lease_ms, slots).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
+            // An empty inbox needs no writer command to find nothing: the
+            // stream waits for arrivals straight away.
+            let batch = if broker.store().inbox_is_empty() {
+                LeaseBatch::none(slots)
+            } else {
+                match broker.lease_many(principal, lease_ms, slots).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
                 }
             };
             if !batch.leased.is_empty() {
@@ -102,11 +108,42 @@ async fn serve_stream(
                 .map(|t| Duration::from_millis(t.saturating_sub(now_ms()) + 1))
                 .unwrap_or(Duration::from_secs(1))
                 .min(Duration::from_secs(1));
-            tokio::select! {
-                _ = &mut wake => {}
-                _ = tokio::time::sleep(wait) => {}
+            // Messages that arrive meanwhile are handed over in the command
+            // that takes custody of them (see `broker::handoff`); the
+            // wake-up and the timer cover the inbox's other changes.
+            let (waiter, handed) = broker.wait_for_arrivals(principal, lease_ms, slots.len());
+            tokio::pin!(handed);
+            let answered = tokio::select! {
+                biased;
+                answer = &mut handed => Some(answer),
+                _ = &mut wake => None,
+                _ = tokio::time::sleep(wait) => None,
                 _ = tx.closed() => return,
                 _ = ends.cancelled() => return,
+            };
+            let answer = match answered {
+                Some(answer) => answer,
+                None if broker.stop_waiting(waiter) => continue,
+                // A delivery holds the waiter: its answer comes next.
+                None => tokio::select! {
+                    answer = &mut handed => answer,
+                    _ = tx.closed() => return,
+                    _ = ends.cancelled() => return,
+                },
+            };
+            if let Ok(leasing) = answer {
+                let batch = match broker.take_handed(leasing, slots) {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                drop(batch.permits);
+                if !send_all(broker, tx, batch.leased, held).await {
+                    return;
+                }
+                break;
             }
         }
     }

@@ -37,6 +37,98 @@ fn new_lease_id() -> u64 {
     }
 }
 
+/// Messages leased in one writer command, before they reach a stream.
+#[derive(Debug)]
+pub struct Leasing {
+    /// Lease id, the lease, and whether it is the message's first delivery.
+    leases: Vec<(u64, crate::store::Lease, bool)>,
+    /// When nothing more was ready: when the next delayed message is.
+    next_ready: Option<u64>,
+    now: u64,
+    deadline: u64,
+}
+
+impl Leasing {
+    /// Leases up to `wanted` ready messages to `holder`, on the writer
+    /// thread, each until `deadline`.
+    pub(super) fn run(
+        s: &Store,
+        now: u64,
+        deadline: u64,
+        holder: &str,
+        kinds: Option<&std::collections::BTreeSet<MessageKind>>,
+        wanted: usize,
+    ) -> Result<Leasing> {
+        Self::run_with(s, now, deadline, holder, kinds, wanted, &[])
+    }
+
+    /// [`Leasing::run`], then the messages of `arrivals` (taken into
+    /// custody in the same writer command) while more are wanted.
+    pub(super) fn run_with(
+        s: &Store,
+        now: u64,
+        deadline: u64,
+        holder: &str,
+        kinds: Option<&std::collections::BTreeSet<MessageKind>>,
+        wanted: usize,
+        arrivals: &[crate::store::Arrival],
+    ) -> Result<Leasing> {
+        let mut leasing = Leasing::nothing(now, deadline);
+        while leasing.leases.len() < wanted {
+            let lease_id = new_lease_id();
+            match s.lease_next(now, lease_id, deadline, holder, kinds)? {
+                Ok(lease) => {
+                    // A requeued dead letter starts again at attempt 1: it
+                    // counts as a redelivery, not as a first delivery (read
+                    // here, off the async workers).
+                    let first = lease.record.attempts == 1
+                        && !match crate::store::keys::parse_message(&lease.message_key) {
+                            Some(m) => s.has_operator_events(&m)?,
+                            None => false,
+                        };
+                    leasing.leases.push((lease_id, lease, first))
+                }
+                Err(next) => {
+                    leasing.next_ready = next;
+                    break;
+                }
+            }
+        }
+        let more = wanted.saturating_sub(leasing.leases.len());
+        if more > 0 && !arrivals.is_empty() {
+            let fresh = s.lease_arrivals(arrivals, kinds, holder, deadline, new_lease_id, more)?;
+            // Just arrived: a first delivery.
+            leasing
+                .leases
+                .extend(fresh.into_iter().map(|(id, lease)| (id, lease, true)));
+        }
+        Ok(leasing)
+    }
+
+    pub(super) fn nothing(now: u64, deadline: u64) -> Leasing {
+        Leasing {
+            leases: Vec::new(),
+            next_ready: None,
+            now,
+            deadline,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.leases.is_empty()
+    }
+
+    /// The messages and lease ids, to put back.
+    pub(super) fn refs(&self) -> Vec<(MessageRef, u64)> {
+        self.leases
+            .iter()
+            .filter_map(|(id, lease, _)| {
+                crate::store::keys::parse_message(&lease.message_key).map(|m| (m, *id))
+            })
+            .collect()
+    }
+}
+
 /// What [`Broker::lease_many`] leased, and what it gives back.
 #[derive(Debug)]
 pub struct LeaseBatch {
@@ -45,6 +137,17 @@ pub struct LeaseBatch {
     pub permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     /// When nothing more was ready: when the next delayed message is.
     pub next_ready: Option<u64>,
+}
+
+impl LeaseBatch {
+    /// Nothing leased: every permit comes back.
+    pub fn none(permits: Vec<tokio::sync::OwnedSemaphorePermit>) -> LeaseBatch {
+        LeaseBatch {
+            leased: Vec::new(),
+            permits,
+            next_ready: None,
+        }
+    }
 }
 
 /// A message leased to a receiver.
@@ -109,10 +212,13 @@ impl Broker {
             .into_iter()
             .map(|(id, c)| (id, c.map(|c| (c, signed.next().expect("one per custody")))))
             .collect();
-        let (outcomes, stored) = self
+        // Streams waiting on an empty inbox are leased what arrives in the
+        // same command (see `handoff`).
+        let waiters = self.shared.waiting.take();
+        let (outcomes, stored, handed) = self
             .store()
             .write(move |s| {
-                let mut stored = 0;
+                let mut arrivals = Vec::new();
                 let outcomes = checked
                     .into_iter()
                     .map(|(id, custody)| {
@@ -125,8 +231,8 @@ impl Broker {
                                 now,
                                 &c.follow,
                             )? {
-                                InboundOutcome::Stored => {
-                                    stored += 1;
+                                InboundOutcome::Stored(arrival) => {
+                                    arrivals.push(arrival);
                                     Ok(delivered)
                                 }
                                 InboundOutcome::AlreadyHeld(original) => Ok(original),
@@ -135,10 +241,26 @@ impl Broker {
                         (id, outcome)
                     })
                     .collect::<Vec<_>>();
-                Ok((outcomes, stored))
+                let handed = waiters
+                    .into_iter()
+                    .map(|w| {
+                        let leasing = match arrivals.is_empty() {
+                            true => Ok(Leasing::nothing(now, now)),
+                            false => w.lease(s, now, &arrivals),
+                        };
+                        let leasing = leasing.unwrap_or_else(|e| {
+                            tracing::warn!(error = %e, "leasing arrivals to a waiting stream failed");
+                            Leasing::nothing(now, now)
+                        });
+                        (w, leasing)
+                    })
+                    .collect::<Vec<_>>();
+                Ok((outcomes, arrivals.len() as u64, handed))
             })
             .await?;
         self.metrics().delivered.add(stored);
+        // Before the wake-up: a waiting stream sees what it was handed first.
+        self.hand_over(handed).await;
         if outcomes.iter().any(|(_, o)| o.is_ok()) {
             self.inbox_wake().notify_waiters();
         }
@@ -253,50 +375,38 @@ impl Broker {
         &self,
         receiver: &Principal,
         lease_ms: u64,
-        mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+        permits: Vec<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<LeaseBatch> {
         let now = now_ms();
-        let deadline = now + lease_ms;
-        let (wanted, name, kinds) = (
+        let (wanted, holder, kinds) = (
             permits.len(),
             receiver.name.clone(),
             receiver.receive_kinds.clone(),
         );
-        let (leases, next_ready) = self
+        let leasing = self
             .store()
-            .write(move |s| {
-                let mut leases = Vec::new();
-                while leases.len() < wanted {
-                    let lease_id = new_lease_id();
-                    match s.lease_next(now, lease_id, deadline, &name, kinds.as_ref())? {
-                        Ok(lease) => {
-                            // A requeued dead letter starts again at attempt
-                            // 1: it counts as a redelivery, not as a first
-                            // delivery (read here, off the async workers).
-                            let first = lease.record.attempts == 1
-                                && !match crate::store::keys::parse_message(&lease.message_key) {
-                                    Some(m) => s.has_operator_events(&m)?,
-                                    None => false,
-                                };
-                            leases.push((lease_id, lease, first))
-                        }
-                        Err(next) => return Ok((leases, next)),
-                    }
-                }
-                Ok((leases, None))
-            })
+            .write(move |s| Leasing::run(s, now, now + lease_ms, &holder, kinds.as_ref(), wanted))
             .await?;
-        let mut leased = Vec::with_capacity(leases.len());
-        for (lease_id, lease, first) in leases {
+        self.leased_batch(leasing, permits)
+    }
+
+    /// Leases as a stream takes them: each holds one of `permits`.
+    pub(super) fn leased_batch(
+        &self,
+        leasing: Leasing,
+        mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<LeaseBatch> {
+        let mut leased = Vec::with_capacity(leasing.leases.len());
+        for (lease_id, lease, first) in leasing.leases {
             if let Some(permit) = permits.pop() {
                 self.lock_permits().insert(lease_id, permit);
             }
-            leased.push(self.leased(lease_id, lease, first, now, deadline)?);
+            leased.push(self.leased(lease_id, lease, first, leasing.now, leasing.deadline)?);
         }
         Ok(LeaseBatch {
             leased,
             permits,
-            next_ready,
+            next_ready: leasing.next_ready,
         })
     }
 

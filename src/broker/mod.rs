@@ -7,6 +7,7 @@ mod approval;
 mod audit;
 mod custody;
 mod followups;
+mod handoff;
 mod operations;
 mod receipt_signer;
 mod sending;
@@ -14,7 +15,7 @@ mod validate;
 
 pub use approval::PendingView;
 pub use audit::{LIST_ANSWER_BUDGET, MessageFilter, MessagePage, MessageSummary, PageToken};
-pub use custody::{LeaseBatch, Leased};
+pub use custody::{LeaseBatch, Leased, Leasing};
 pub use followups::CaseEntry;
 pub use operations::{
     DOWN_AFTER_FAILURES, DeadLetterView, HistoryEvent, MessageInfo, OutboxView, PeerState,
@@ -49,6 +50,8 @@ struct Shared {
     peer_signals: HashMap<String, Arc<PeerSignals>>,
     /// Wakes `Receive` streams when the inbox gained a ready message.
     inbox_wake: Notify,
+    /// Streams waiting on an empty inbox, handed arrivals directly.
+    waiting: handoff::Waiting,
     /// Wakes `WatchReceipts` streams when a receipt was stored.
     feed_wake: Notify,
     /// Flow-control permits of `Receive` streams, by lease id: dropping one
@@ -104,6 +107,7 @@ impl Broker {
                 store,
                 peer_signals,
                 inbox_wake: Notify::new(),
+                waiting: handoff::Waiting::default(),
                 feed_wake: Notify::new(),
                 permits: Mutex::new(HashMap::new()),
                 submit_buckets: Mutex::new(HashMap::new()),

@@ -334,9 +334,19 @@ pub enum SubmitOutcome {
 /// What `accept_inbound` found.
 #[derive(Debug)]
 pub enum InboundOutcome {
-    Stored,
+    /// Taken into custody; its inbox entry (key, and the message key it
+    /// names), for leasing it in the same command.
+    Stored(Arrival),
     /// The same envelope is already in custody; its `delivered` receipt.
     AlreadyHeld(SignedReceipt),
+}
+
+/// A message just taken into custody: its inbox entry.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub inbox_key: Vec<u8>,
+    pub message_key: Vec<u8>,
+    pub kind: crate::model::MessageKind,
 }
 
 /// Notes in the record of message `key`, written in the same change

@@ -179,6 +179,11 @@ impl Store {
         self.lock_counters().receipt_outbox(peer) as usize
     }
 
+    /// Whether the inbox holds nothing at all (as synced changes left it).
+    pub fn inbox_is_empty(&self) -> bool {
+        self.lock_counters().inbox_is_empty()
+    }
+
     /// The inbox at `now_ms`: ready entries, delayed entries, the earliest
     /// ready time, and leases in flight. From the counters and one seek.
     pub fn inbox_stats(&self, now_ms: u64) -> Result<(usize, usize, Option<u64>, usize)> {

@@ -83,7 +83,11 @@ impl Store {
             Ok(None)
         })?;
         match held {
-            None => Ok(InboundOutcome::Stored),
+            None => Ok(InboundOutcome::Stored(Arrival {
+                inbox_key,
+                message_key: key,
+                kind: record.kind,
+            })),
             Some(receipt_key) => {
                 let delivered = self.receipt_by_key(&receipt_key)?.ok_or_else(|| {
                     Error::corrupt(
@@ -123,12 +127,59 @@ impl Store {
             if ready_at > now_ms {
                 return Ok(Err(Some(ready_at)));
             }
+            let entry = (inbox_key.as_ref(), msg_key.as_ref());
+            if let Some(lease) = self.lease_entry(entry, lease_id, deadline_ms, holder)? {
+                return Ok(Ok(lease));
+            }
+        }
+    }
+
+    /// Leases the messages of `arrivals` (taken into custody in this same
+    /// writer command, so not yet visible to [`Store::lease_next`]) of one
+    /// of `kinds`, in order, until `wanted` leases are made; each lease id
+    /// from `lease_id`. Call it after `lease_next` found nothing older.
+    pub fn lease_arrivals(
+        &self,
+        arrivals: &[Arrival],
+        kinds: Option<&BTreeSet<MessageKind>>,
+        holder: &str,
+        deadline_ms: u64,
+        mut lease_id: impl FnMut() -> u64,
+        wanted: usize,
+    ) -> Result<Vec<(u64, Lease)>> {
+        let mut leases = Vec::new();
+        for a in arrivals {
+            if leases.len() >= wanted {
+                break;
+            }
+            if kinds.is_some_and(|k| !k.contains(&a.kind)) {
+                continue;
+            }
+            let id = lease_id();
+            let entry = (a.inbox_key.as_slice(), a.message_key.as_slice());
+            if let Some(lease) = self.lease_entry(entry, id, deadline_ms, holder)? {
+                leases.push((id, lease));
+            }
+        }
+        Ok(leases)
+    }
+
+    /// Leases the message of one inbox entry (inbox key, message key);
+    /// `None` if the entry is gone (taken meanwhile).
+    fn lease_entry(
+        &self,
+        (inbox_key, msg_key): (&[u8], &[u8]),
+        lease_id: u64,
+        deadline_ms: u64,
+        holder: &str,
+    ) -> Result<Option<Lease>> {
+        {
             let lease_key = keys::pair(deadline_ms, lease_id);
             let leased = self.transact(|t| {
-                if t[INBOX].remove(&inbox_key)?.is_none() {
+                if t[INBOX].remove(inbox_key)?.is_none() {
                     return Ok(None); // taken by someone else meanwhile
                 }
-                let Some(mut record) = record_in::<InboundRecord>(t, INBOUND, &msg_key)? else {
+                let Some(mut record) = record_in::<InboundRecord>(t, INBOUND, msg_key)? else {
                     return abort(Error::corrupt("inbox", "entry names no inbound record"));
                 };
                 record.state = InboundState::Leased;
@@ -137,9 +188,9 @@ impl Store {
                 record.lease_deadline_ms = deadline_ms;
                 record.lease_holder = holder.to_string();
                 record.queue_key = lease_key.clone();
-                t[LEASES].insert(lease_key.as_slice(), &msg_key)?;
-                t[INBOUND].insert(&msg_key, records::encode(&record))?;
-                let Some(message) = keys::parse_message(&msg_key) else {
+                t[LEASES].insert(lease_key.as_slice(), msg_key)?;
+                t[INBOUND].insert(msg_key, records::encode(&record))?;
+                let Some(message) = keys::parse_message(msg_key) else {
                     return abort(Error::corrupt("inbox", "bad message key"));
                 };
                 let note = Note::new(
@@ -150,13 +201,15 @@ impl Store {
                 self.append_audit(t, &message, &note)?;
                 Ok(Some(record))
             })?;
-            if let Some(record) = leased {
-                return Ok(Ok(Lease {
-                    message_key: msg_key.to_vec(),
-                    envelope: self.envelope_bytes(&record.envelope_at)?,
-                    record,
-                }));
-            }
+            leased
+                .map(|record| {
+                    Ok(Lease {
+                        message_key: msg_key.to_vec(),
+                        envelope: self.envelope_bytes(&record.envelope_at)?,
+                        record,
+                    })
+                })
+                .transpose()
         }
     }
 

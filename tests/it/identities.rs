@@ -603,8 +603,29 @@ async fn a_receiver_limited_to_some_kinds_gets_only_those() {
         tokio::time::timeout(std::time::Duration::from_millis(500), stream.message()).await;
     assert!(nothing.is_err(), "the desk was offered more: {nothing:?}");
 
-    // The clue transfer is still there for the back office.
+    // A clue transfer that arrives while the desk's stream waits on its
+    // empty share of the inbox is not handed to it either.
+    submit(
+        &mut discipline,
+        submit_request("clue-later", MessageKind::ClueTransfer, SECURITY, b"c"),
+    )
+    .await;
+    wait_state(
+        &mut discipline,
+        "clue-later",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+    let nothing =
+        tokio::time::timeout(std::time::Duration::from_millis(500), stream.message()).await;
+    assert!(nothing.is_err(), "the desk was handed more: {nothing:?}");
+
+    // Both clue transfers are still there for the back office, in arrival
+    // order, each at its first attempt.
     let mut stream = receiver(&mut security, 4, 30).await;
-    let d = next(&mut stream, 5 * SECOND).await;
-    assert_eq!(d.message_id, "clue-in");
+    for id in ["clue-in", "clue-later"] {
+        let d = next(&mut stream, 5 * SECOND).await;
+        assert_eq!((d.message_id.as_str(), d.attempt), (id, 1));
+    }
 }
