@@ -50,24 +50,12 @@ pub struct Leasing {
 
 impl Leasing {
     /// Leases up to `wanted` ready messages to `holder`, on the writer
-    /// thread, each until `deadline`.
+    /// thread, each until `deadline`: the inbox's first, then those of
+    /// `arrivals` (taken into custody in the same writer command, which
+    /// the inbox does not show before its sync).
     pub(super) fn run(
         s: &Store,
-        now: u64,
-        deadline: u64,
-        holder: &str,
-        kinds: Option<&std::collections::BTreeSet<MessageKind>>,
-        wanted: usize,
-    ) -> Result<Leasing> {
-        Self::run_with(s, now, deadline, holder, kinds, wanted, &[])
-    }
-
-    /// [`Leasing::run`], then the messages of `arrivals` (taken into
-    /// custody in the same writer command) while more are wanted.
-    pub(super) fn run_with(
-        s: &Store,
-        now: u64,
-        deadline: u64,
+        (now, deadline): (u64, u64),
         holder: &str,
         kinds: Option<&std::collections::BTreeSet<MessageKind>>,
         wanted: usize,
@@ -385,7 +373,10 @@ impl Broker {
         );
         let leasing = self
             .store()
-            .write(move |s| Leasing::run(s, now, now + lease_ms, &holder, kinds.as_ref(), wanted))
+            .write(move |s| {
+                let times = (now, now + lease_ms);
+                Leasing::run(s, times, &holder, kinds.as_ref(), wanted, &[])
+            })
             .await?;
         self.leased_batch(leasing, permits)
     }

@@ -42,10 +42,9 @@ impl Waiter {
         if self.handed.is_closed() {
             return Ok(Leasing::nothing(now, now));
         }
-        Leasing::run_with(
+        Leasing::run(
             s,
-            now,
-            now + self.lease_ms,
+            (now, now + self.lease_ms),
             &self.holder,
             self.kinds.as_ref(),
             self.wanted,
@@ -95,7 +94,11 @@ impl Broker {
     ) -> (u64, oneshot::Receiver<Leasing>) {
         let (handed, answer) = oneshot::channel();
         let id = rand::random();
-        self.shared.waiting.lock().push(Waiter {
+        let mut waiting = self.shared.waiting.lock();
+        // Waiters of streams that ended are dropped here too, so the list
+        // holds at most one per open stream even when no delivery comes.
+        waiting.retain(|w| !w.handed.is_closed());
+        waiting.push(Waiter {
             id,
             holder: receiver.name.clone(),
             kinds: receiver.receive_kinds.clone(),

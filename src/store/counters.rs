@@ -98,11 +98,6 @@ impl Counters {
         self.receipt_outbox.get(peer).copied().unwrap_or(0)
     }
 
-    /// Whether the inbox holds no entry at all, ready or delayed.
-    pub fn inbox_is_empty(&self) -> bool {
-        self.inbox == 0
-    }
-
     /// Inbox entries ready at `now_ms` and delayed past it.
     pub fn inbox(&self, now_ms: u64) -> (u64, u64) {
         let future = keys::pair(now_ms.saturating_add(1), 0);
