@@ -300,7 +300,10 @@ async fn settle(
 /// The recording of answered batches, each on its own task, at most
 /// [`PIPELINE`] at once: they run while the forwarder reads and sends on,
 /// and all of them end before `send_envelopes` returns (the next call
-/// reads the outbox from its start, where unrecorded envelopes still are).
+/// reads the outbox from its start, where unrecorded envelopes still are),
+/// except when a read of the outbox or a call to the peer failed: then
+/// they finish beside the backoff, and an envelope sent again meanwhile
+/// only brings back the receipt the peer gave, which is recorded once.
 #[derive(Default)]
 struct Settling {
     tasks: VecDeque<tokio::task::JoinHandle<Result<Option<String>>>>,
