@@ -378,11 +378,13 @@ impl Broker {
                 Leasing::run(s, times, &holder, kinds.as_ref(), wanted, &[])
             })
             .await?;
-        self.leased_batch(leasing, permits)
+        self.take_handed(leasing, permits)
     }
 
-    /// Leases as a stream takes them: each holds one of `permits`.
-    pub(super) fn leased_batch(
+    /// Leases as a stream takes them (from [`Broker::lease_many`], or
+    /// handed to a waiting stream): each holds one of `permits`, the rest
+    /// come back.
+    pub fn take_handed(
         &self,
         leasing: Leasing,
         mut permits: Vec<tokio::sync::OwnedSemaphorePermit>,

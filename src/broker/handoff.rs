@@ -15,13 +15,13 @@
 //! behind, which go back to the inbox at once, as a closed stream's do.
 
 use super::Broker;
-use super::custody::{LeaseBatch, Leasing};
+use super::custody::Leasing;
 use crate::error::Result;
 use crate::model::{MessageKind, Principal};
 use crate::store::{Arrival, Store};
 use std::collections::BTreeSet;
 use std::sync::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
+use tokio::sync::oneshot;
 
 /// A stream waiting for messages to arrive.
 #[derive(Debug)]
@@ -129,15 +129,5 @@ impl Broker {
             }
         }
         self.return_stream_leases(unwanted).await;
-    }
-
-    /// What a waiting stream was handed, as [`Broker::lease_many`] gives
-    /// it: each lease takes one of `permits`, the rest come back.
-    pub fn take_handed(
-        &self,
-        leasing: Leasing,
-        permits: Vec<OwnedSemaphorePermit>,
-    ) -> Result<LeaseBatch> {
-        self.leased_batch(leasing, permits)
     }
 }

@@ -457,7 +457,9 @@ impl Keyring {
     /// are (or over its batch's root), then the payload against the
     /// signed digest. Returns the header.
     pub fn verify_envelope(&self, envelope: &SignedEnvelope) -> Result<EnvelopeHeader> {
-        self.verify_envelope_once(envelope, &mut HashSet::new())
+        let mut one = self.verify_envelopes(std::slice::from_ref(envelope));
+        one.pop()
+            .unwrap_or_else(|| Err(Error::invalid("no envelope to verify")))
     }
 
     /// [`Keyring::verify_envelope`] for a batch: each envelope gets the
@@ -493,21 +495,6 @@ impl Keyring {
                 Ok(OpenedEnvelope { header, verified })
             })
             .collect()
-    }
-
-    fn verify_envelope_once(
-        &self,
-        envelope: &SignedEnvelope,
-        roots: &mut HashSet<Vec<u8>>,
-    ) -> Result<EnvelopeHeader> {
-        let header = self.verify_header_once(
-            &envelope.header,
-            &envelope.signature,
-            envelope.batch.as_ref(),
-            roots,
-        )?;
-        envelope.check_payload(&header)?;
-        Ok(header)
     }
 
     /// Checks the sender node's signature over header bytes as they are
