@@ -200,8 +200,25 @@ impl Broker {
             .into_iter()
             .map(|(id, c)| (id, c.map(|c| (c, signed.next().expect("one per custody")))))
             .collect();
-        // Streams waiting on an empty inbox are leased what arrives in the
-        // same command (see `handoff`).
+        // Detached from the peer's call: once the command is with the
+        // writer, what it leases to waiting streams must reach them (or go
+        // back to the inbox) even if the call is dropped meanwhile (the
+        // peer crashed or hung up). Leases made for a stream and never
+        // handed would sit unseen until their deadline.
+        let broker = self.clone();
+        tokio::spawn(async move { broker.store_custody(checked, now).await })
+            .await
+            .map_err(|e| Error::Unavailable(format!("taking custody failed: {e}")))?
+    }
+
+    /// Stores what passed the checks, in one writer command that also
+    /// leases the arrivals to streams waiting on an empty inbox (see
+    /// `handoff`), and hands those leases over.
+    async fn store_custody(
+        &self,
+        checked: Vec<(String, Result<(Custody, SignedReceipt)>)>,
+        now: u64,
+    ) -> Result<Vec<(String, Result<SignedReceipt>)>> {
         let waiters = self.shared.waiting.take();
         let (outcomes, stored, handed) = self
             .store()

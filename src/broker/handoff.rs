@@ -13,6 +13,10 @@
 //! the stream takes that delivery's answer instead, so no lease is made
 //! for a stream that left. Only a stream that closed leaves leases
 //! behind, which go back to the inbox at once, as a closed stream's do.
+//! The command and the hand-over run on a task of their own, not in the
+//! peer's call: a call dropped after the command reached the writer (the
+//! sending node crashed) would otherwise leave leases made and never
+//! handed, unseen until their deadline.
 
 use super::Broker;
 use super::custody::Leasing;
@@ -71,6 +75,14 @@ impl Waiting {
         std::mem::take(&mut *waiting)
     }
 
+    /// How many streams are waiting (those that closed since they began
+    /// are dropped first).
+    fn count(&self) -> usize {
+        let mut waiting = self.lock();
+        waiting.retain(|w| !w.handed.is_closed());
+        waiting.len()
+    }
+
     /// Takes waiter `id` out of the list; `false` if it is not there (a
     /// delivery holds it, and answers it).
     fn withdraw(&self, id: u64) -> bool {
@@ -107,6 +119,12 @@ impl Broker {
             handed,
         });
         (id, answer)
+    }
+
+    /// How many `Receive` streams wait on an empty inbox for messages to
+    /// arrive now.
+    pub fn streams_waiting(&self) -> usize {
+        self.shared.waiting.count()
     }
 
     /// Withdraws waiter `id`: `true` if it was still waiting; `false` if a

@@ -702,6 +702,11 @@ impl Broker {
             "From the envelope's creation at the sender to its first lease to a receiver here.",
             &m.end_to_end_seconds,
         );
+        e.gauge(
+            "cluebridge_receive_streams_waiting",
+            "Receive streams waiting on an empty inbox for messages to arrive (receivers idle, not falling behind).",
+            self.streams_waiting() as f64,
+        );
         let (batch, flush) = self.store().flush_histograms();
         e.histogram(
             "cluebridge_store_flush_batch_changes",

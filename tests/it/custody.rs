@@ -2,9 +2,11 @@
 //! that is down, and expiry.
 
 use crate::harness::*;
-use cluebridge::model::{MessageKind, ReceiptKind, SentState, SignedReceipt};
+use cluebridge::model::{MessageKind, Principal, ReceiptKind, Role, SentState, SignedReceipt};
 use cluebridge::pb;
+use std::sync::Arc;
 use std::time::Duration;
+use std::time::Instant;
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,4 +461,78 @@ async fn the_leases_of_a_closed_stream_are_offered_again_at_once() {
         10 * SECOND,
     )
     .await;
+}
+
+/// A peer's `Deliver` call dropped while its custody command waits for the
+/// store's writer (the sending node crashed mid-call): what that command
+/// leases to a stream waiting on the empty inbox still reaches the
+/// stream, instead of sitting leased to no one until its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrivals_leased_to_a_waiting_stream_reach_it_when_the_peers_call_is_dropped() {
+    let fed = TestFederation::start_with(|_| {}, &[SECURITY]).await;
+    let broker = fed.node(SECURITY).broker.clone();
+    let receiver = Principal {
+        name: "backoffice".into(),
+        roles: [Role::Receive].into(),
+        receive_kinds: None,
+    };
+    let (_waiter, handed) = broker.wait_for_arrivals(&receiver, 600_000, 4);
+    assert_eq!(broker.streams_waiting(), 1);
+
+    // The writer is held, so the custody command waits behind it.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let store = broker.store().clone();
+    let holding = tokio::spawn(async move {
+        store
+            .write(move |_| {
+                let _ = held.recv();
+                Ok(())
+            })
+            .await
+    });
+    let payload = b"the call is dropped";
+    let h = header(
+        "dropped-1",
+        MessageKind::ClueTransfer,
+        DISCIPLINE,
+        SECURITY,
+        payload,
+    );
+    let envelope = fed.signer(DISCIPLINE).seal(&h, payload.to_vec().into());
+    let call = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.deliver(DISCIPLINE, vec![envelope]).await }
+    });
+    // The call took the waiting stream into its command: drop the call.
+    let deadline = Instant::now() + 10 * SECOND;
+    while broker.streams_waiting() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the delivery never took the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    call.abort();
+    assert!(
+        call.await.is_err_and(|e| e.is_cancelled()),
+        "the call was dropped"
+    );
+    release.send(()).expect("release the writer");
+    holding.await.expect("join").expect("held write");
+
+    let leasing = tokio::time::timeout(10 * SECOND, handed)
+        .await
+        .expect("the stream is answered in time")
+        .expect("the stream is handed what was leased to it");
+    let slots = Arc::new(tokio::sync::Semaphore::new(4));
+    let permits = (0..4)
+        .map(|_| slots.clone().try_acquire_owned().expect("permit"))
+        .collect();
+    let batch = broker.take_handed(leasing, permits).expect("take");
+    let ids: Vec<&str> = batch
+        .leased
+        .iter()
+        .map(|l| l.header.message_id.as_str())
+        .collect();
+    assert_eq!(ids, ["dropped-1"]);
 }
