@@ -62,25 +62,19 @@ impl Leasing {
         arrivals: &[crate::store::Arrival],
     ) -> Result<Leasing> {
         let mut leasing = Leasing::nothing(now, deadline);
-        while leasing.leases.len() < wanted {
-            let lease_id = new_lease_id();
-            match s.lease_next(now, lease_id, deadline, holder, kinds)? {
-                Ok(lease) => {
-                    // A requeued dead letter starts again at attempt 1: it
-                    // counts as a redelivery, not as a first delivery (read
-                    // here, off the async workers).
-                    let first = lease.record.attempts == 1
-                        && !match crate::store::keys::parse_message(&lease.message_key) {
-                            Some(m) => s.has_operator_events(&m)?,
-                            None => false,
-                        };
-                    leasing.leases.push((lease_id, lease, first))
-                }
-                Err(next) => {
-                    leasing.next_ready = next;
-                    break;
-                }
-            }
+        let (ready, next_ready) =
+            s.lease_ready((now, deadline), holder, kinds, wanted, new_lease_id)?;
+        leasing.next_ready = next_ready;
+        for (lease_id, lease) in ready {
+            // A requeued dead letter starts again at attempt 1: it counts
+            // as a redelivery, not as a first delivery (read here, off the
+            // async workers).
+            let first = lease.record.attempts == 1
+                && !match crate::store::keys::parse_message(&lease.message_key) {
+                    Some(m) => s.has_operator_events(&m)?,
+                    None => false,
+                };
+            leasing.leases.push((lease_id, lease, first));
         }
         let more = wanted.saturating_sub(leasing.leases.len());
         if more > 0 && !arrivals.is_empty() {

@@ -33,6 +33,9 @@ impl QueuedReceipt {
     }
 }
 
+/// A lease made, with its lease id.
+pub type IdLease = (u64, Lease);
+
 impl Store {
     /// Takes an envelope into custody: envelope, record, `delivered`
     /// receipt, inbox entry, expiry index and catalogue entries (from
@@ -106,38 +109,57 @@ impl Store {
             .transpose()
     }
 
-    /// Leases the oldest ready inbox message, if one is ready at `now_ms`.
-    /// Otherwise returns when the next delayed one becomes ready (if any).
+    /// Leases up to `wanted` inbox messages ready at `now_ms`, oldest
+    /// first, in one walk of the inbox; each lease id from `lease_id`.
+    /// When fewer were ready, also says when the next delayed one becomes
+    /// ready (if any).
     ///
-    /// With `kinds`, only messages of those kinds are considered; the scan
+    /// With `kinds`, only messages of those kinds are leased; the walk
     /// past other kinds is bounded by [`MAX_KIND_SCAN`] entries.
-    pub fn lease_next(
+    pub fn lease_ready(
         &self,
-        now_ms: u64,
-        lease_id: u64,
-        deadline_ms: u64,
+        (now_ms, deadline_ms): (u64, u64),
         holder: &str,
         kinds: Option<&BTreeSet<MessageKind>>,
-    ) -> Result<std::result::Result<Lease, Option<u64>>> {
-        loop {
-            let Some((inbox_key, msg_key)) = self.first_ready(now_ms, kinds)? else {
-                return Ok(Err(None));
-            };
+        wanted: usize,
+        mut lease_id: impl FnMut() -> u64,
+    ) -> Result<(Vec<IdLease>, Option<u64>)> {
+        let mut leases = Vec::new();
+        let mut looked = 0;
+        for entry in self.tree(INBOX).iter() {
+            if leases.len() >= wanted || looked >= MAX_KIND_SCAN {
+                break;
+            }
+            let (inbox_key, value) = entry?;
+            // Entries taken by a change not yet synced (earlier in this
+            // walk, or in this group) are skipped; entries a change not
+            // yet synced added wait for its sync.
+            if self.removed_pending(INBOX, &inbox_key) {
+                continue;
+            }
+            looked += 1;
             let ready_at = keys::first_u64(&inbox_key);
             if ready_at > now_ms {
-                return Ok(Err(Some(ready_at)));
+                return Ok((leases, Some(ready_at)));
             }
-            let entry = (inbox_key.as_ref(), msg_key.as_ref());
-            if let Some(lease) = self.lease_entry(entry, lease_id, deadline_ms, holder)? {
-                return Ok(Ok(lease));
+            let (kind, msg_key) = keys::parse_inbox_entry(&value)
+                .ok_or_else(|| Error::corrupt("inbox", "an empty inbox entry"))?;
+            if kinds.is_some_and(|k| !MessageKind::from_wire(kind).is_ok_and(|k2| k.contains(&k2)))
+            {
+                continue;
+            }
+            let id = lease_id();
+            if let Some(lease) = self.lease_entry((&inbox_key, msg_key), id, deadline_ms, holder)? {
+                leases.push((id, lease));
             }
         }
+        Ok((leases, None))
     }
 
     /// Leases the messages of `arrivals` (taken into custody in this same
-    /// writer command, so not yet visible to [`Store::lease_next`]) of one
+    /// writer command, so not yet visible to [`Store::lease_ready`]) of one
     /// of `kinds`, in order, until `wanted` leases are made; each lease id
-    /// from `lease_id`. Call it after `lease_next` found nothing older.
+    /// from `lease_id`. Call it after `lease_ready` found nothing older.
     pub fn lease_arrivals(
         &self,
         arrivals: &[Arrival],
@@ -146,7 +168,7 @@ impl Store {
         deadline_ms: u64,
         mut lease_id: impl FnMut() -> u64,
         wanted: usize,
-    ) -> Result<Vec<(u64, Lease)>> {
+    ) -> Result<Vec<IdLease>> {
         let mut leases = Vec::new();
         for a in arrivals {
             if leases.len() >= wanted {
@@ -211,38 +233,6 @@ impl Store {
                 })
                 .transpose()
         }
-    }
-
-    /// The first inbox entry (ready or not) of one of `kinds` (any kind
-    /// when `None`).
-    fn first_ready(
-        &self,
-        now_ms: u64,
-        kinds: Option<&BTreeSet<MessageKind>>,
-    ) -> Result<Option<(IVec, IVec)>> {
-        // Entries taken by a change not yet synced are skipped; entries a
-        // change not yet synced added wait for its sync.
-        for entry in self
-            .tree(INBOX)
-            .iter()
-            .filter(|e| !matches!(e, Ok((k, _)) if self.removed_pending(INBOX, k)))
-            .take(MAX_KIND_SCAN)
-        {
-            let (inbox_key, value) = entry?;
-            let (kind, msg_key) = keys::parse_inbox_entry(&value)
-                .ok_or_else(|| Error::corrupt("inbox", "an empty inbox entry"))?;
-            let found = Some((inbox_key.clone(), IVec::from(msg_key)));
-            let Some(kinds) = kinds else {
-                return Ok(found);
-            };
-            if keys::first_u64(&inbox_key) > now_ms {
-                return Ok(found);
-            }
-            if MessageKind::from_wire(kind).is_ok_and(|k| kinds.contains(&k)) {
-                return Ok(found);
-            }
-        }
-        Ok(None)
     }
 
     /// Runs `change` on a leased message's record if `lease_id` is its
