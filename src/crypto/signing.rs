@@ -219,11 +219,19 @@ impl NodeSigner {
         domains: Domains,
         items: &[B],
     ) -> Vec<(Vec<u8>, Option<BatchProof>)> {
+        // The first `longer` lots take one item more: no lot is left with
+        // a lone item (57 items make lots of 8 and 7, not seven of 8 and
+        // one of 1).
         let lots = items.len().div_ceil(MAX_LEAVES).max(1);
-        items
-            .chunks(items.len().div_ceil(lots).max(1))
-            .flat_map(|lot| self.sign_lot(domains, lot))
-            .collect()
+        let (size, longer) = (items.len() / lots, items.len() % lots);
+        let mut signed = Vec::with_capacity(items.len());
+        let mut start = 0;
+        for lot in 0..lots {
+            let end = start + size + usize::from(lot < longer);
+            signed.extend(self.sign_lot(domains, &items[start..end]));
+            start = end;
+        }
+        signed
     }
 
     fn sign_lot<B: AsRef<[u8]>>(

@@ -109,6 +109,21 @@ fn receipt() -> impl Strategy<Value = Receipt> {
         })
 }
 
+/// Receipt `i` of a run: each its own message.
+fn numbered_receipt(i: usize) -> Receipt {
+    Receipt {
+        message_id: format!("m-{i}"),
+        sender_node: "discipline".into(),
+        kind: ReceiptKind::Delivered,
+        issuer_node: "discipline".into(),
+        issued_at_ms: 1_700_000_000_000,
+        reason: String::new(),
+        header_sha256: [i as u8; 32],
+        signing_key_id: "discipline-k1".into(),
+        attempt: 1,
+    }
+}
+
 fn signer_and_keyring() -> (NodeSigner, Keyring) {
     let signer = NodeSigner::generate("discipline", "discipline-k1");
     let mut keyring = Keyring::default();
@@ -212,9 +227,44 @@ fn flip_shared(bytes: &mut Bytes, bit: usize) {
 /// of at most `MAX_LEAVES`, as even as can be, in order; its index in its
 /// lot and the lot's size (`None`: a lot of one, signed alone).
 fn place(i: usize, n: usize) -> Option<(u64, u64)> {
-    let lot = n.div_ceil(n.div_ceil(MAX_LEAVES));
-    let size = lot.min(n - i / lot * lot);
-    (size > 1).then_some(((i % lot) as u64, size as u64))
+    // Lots as even as can be: the first `n % lots` hold one more.
+    let lots = n.div_ceil(MAX_LEAVES).max(1);
+    let (size, longer) = (n / lots, n % lots);
+    let in_longer = longer * (size + 1);
+    let (index, size) = match i < in_longer {
+        true => (i % (size + 1), size + 1),
+        false => ((i - in_longer) % size, size),
+    };
+    (size > 1).then_some((index as u64, size as u64))
+}
+
+/// Items signed together never leave one alone in a lot (it would be
+/// signed on its own: one signature more, and a receipt asked for with
+/// others that carries no proof of being among them).
+#[test]
+fn receipts_signed_together_share_lots_as_even_as_can_be() {
+    let (signer, keyring) = signer_and_keyring();
+    for n in [2, 8, 9, 17, 56, 57, 65, 121, 129] {
+        let receipts: Vec<Receipt> = (0..n).map(numbered_receipt).collect();
+        let signed = signer.sign_receipts(&receipts);
+        let sizes: std::collections::BTreeSet<u64> = signed
+            .iter()
+            .map(|s| s.batch.as_ref().map_or(1, |b| b.tree_size))
+            .collect();
+        let lots = n.div_ceil(MAX_LEAVES) as u64;
+        let even = [n as u64 / lots, (n as u64).div_ceil(lots)];
+        assert!(
+            sizes.iter().all(|s| even.contains(s) && *s > 1),
+            "{n} items: lots of {sizes:?}"
+        );
+        for (i, (s, r)) in signed.iter().zip(&receipts).enumerate() {
+            assert_eq!(&keyring.verify_receipt(s).expect("verifies alone"), r);
+            assert_eq!(
+                s.batch.as_ref().map(|b| (b.leaf_index, b.tree_size)),
+                place(i, n)
+            );
+        }
+    }
 }
 
 proptest! {
