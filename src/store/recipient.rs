@@ -144,8 +144,10 @@ impl Store {
             }
             let (kind, msg_key) = keys::parse_inbox_entry(&value)
                 .ok_or_else(|| Error::corrupt("inbox", "an empty inbox entry"))?;
-            if kinds.is_some_and(|k| !MessageKind::from_wire(kind).is_ok_and(|k2| k.contains(&k2)))
-            {
+            let of_kind = |only: &BTreeSet<MessageKind>| {
+                MessageKind::from_wire(kind).is_ok_and(|k| only.contains(&k))
+            };
+            if kinds.is_some_and(|only| !of_kind(only)) {
                 continue;
             }
             let id = lease_id();
