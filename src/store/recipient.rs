@@ -36,6 +36,11 @@ impl QueuedReceipt {
 /// A lease made, with its lease id.
 pub type IdLease = (u64, Lease);
 
+/// Whether a receiver limited to `kinds` (`None`: any) takes `kind`.
+fn wanted_kind(kinds: Option<&BTreeSet<MessageKind>>, kind: MessageKind) -> bool {
+    kinds.is_none_or(|only| only.contains(&kind))
+}
+
 impl Store {
     /// Takes an envelope into custody: envelope, record, `delivered`
     /// receipt, inbox entry, expiry index and catalogue entries (from
@@ -144,10 +149,11 @@ impl Store {
             }
             let (kind, msg_key) = keys::parse_inbox_entry(&value)
                 .ok_or_else(|| Error::corrupt("inbox", "an empty inbox entry"))?;
-            let of_kind = |only: &BTreeSet<MessageKind>| {
-                MessageKind::from_wire(kind).is_ok_and(|k| only.contains(&k))
+            let wanted = match MessageKind::from_wire(kind) {
+                Ok(kind) => wanted_kind(kinds, kind),
+                Err(_) => kinds.is_none(),
             };
-            if kinds.is_some_and(|only| !of_kind(only)) {
+            if !wanted {
                 continue;
             }
             let id = lease_id();
@@ -176,7 +182,7 @@ impl Store {
             if leases.len() >= wanted {
                 break;
             }
-            if kinds.is_some_and(|k| !k.contains(&a.kind)) {
+            if !wanted_kind(kinds, a.kind) {
                 continue;
             }
             let id = lease_id();

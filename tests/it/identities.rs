@@ -542,6 +542,17 @@ fn a_node_id_that_makes_no_dns_name_is_refused() {
     );
 }
 
+/// Discipline sends clue transfer `id` to public security and waits until
+/// it is in custody there.
+async fn clue_to_security(
+    discipline: &mut pb::broker_client::BrokerClient<tonic::transport::Channel>,
+    id: &str,
+) {
+    let request = submit_request(id, MessageKind::ClueTransfer, SECURITY, b"c");
+    submit(discipline, request).await;
+    wait_state(discipline, id, SentState::Delivered, 10 * SECOND).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_limited_to_some_kinds_gets_only_those() {
     let fed = TestFederation::start_with(
@@ -560,18 +571,7 @@ async fn a_receiver_limited_to_some_kinds_gets_only_those() {
 
     // Public security's inbox gets a clue transfer first, then feedback
     // answering a clue it sent to discipline.
-    submit(
-        &mut discipline,
-        submit_request("clue-in", MessageKind::ClueTransfer, SECURITY, b"c"),
-    )
-    .await;
-    wait_state(
-        &mut discipline,
-        "clue-in",
-        SentState::Delivered,
-        10 * SECOND,
-    )
-    .await;
+    clue_to_security(&mut discipline, "clue-in").await;
     // A reply-by deadline: the clue expects feedback.
     let mut clue_out = submit_request("clue-out", MessageKind::ClueTransfer, DISCIPLINE, b"c");
     clue_out.reply_by_ms = cluebridge::now_ms() + 86_400_000;
@@ -605,18 +605,7 @@ async fn a_receiver_limited_to_some_kinds_gets_only_those() {
 
     // A clue transfer that arrives while the desk's stream waits on its
     // empty share of the inbox is not handed to it either.
-    submit(
-        &mut discipline,
-        submit_request("clue-later", MessageKind::ClueTransfer, SECURITY, b"c"),
-    )
-    .await;
-    wait_state(
-        &mut discipline,
-        "clue-later",
-        SentState::Delivered,
-        10 * SECOND,
-    )
-    .await;
+    clue_to_security(&mut discipline, "clue-later").await;
     let nothing =
         tokio::time::timeout(std::time::Duration::from_millis(500), stream.message()).await;
     assert!(nothing.is_err(), "the desk was handed more: {nothing:?}");
