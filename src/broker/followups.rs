@@ -27,7 +27,7 @@ impl Broker {
         if header.kind == MessageKind::Feedback {
             return FollowUpChange {
                 start: None,
-                answers: Some((answered_by(header), Answer::of(header, payload, now))),
+                answers: Some((answered_by(header), Answer::of(header, payload))),
             };
         }
         let (from, to) = route;

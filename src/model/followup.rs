@@ -101,6 +101,9 @@ pub struct ItemOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Answer {
     pub feedback_id: String,
+    /// When the answering agency's node accepted the feedback: the signed
+    /// `created_at_ms` of its header, the same time on both nodes however
+    /// long the feedback then travelled.
     pub at_ms: u64,
     /// The last word: it closes the follow-up.
     pub is_final: bool,
@@ -110,15 +113,16 @@ pub struct Answer {
 
 impl Answer {
     /// What the feedback `header` with `payload` says (checked beforehand
-    /// by [`rectification::check`]): free-form feedback is final.
-    pub fn of(header: &EnvelopeHeader, payload: &[u8], at_ms: u64) -> Answer {
+    /// by [`rectification::check`]): free-form feedback is final; it was
+    /// given at the header's signed creation time.
+    pub fn of(header: &EnvelopeHeader, payload: &[u8]) -> Answer {
         let (is_final, outcomes) = match rectification::feedback_outcomes(header, payload) {
             Some((is_final, outcomes)) => (is_final, outcomes),
             None => (true, Vec::new()),
         };
         Answer {
             feedback_id: header.message_id.clone(),
-            at_ms,
+            at_ms: header.created_at_ms,
             is_final,
             outcomes,
         }
@@ -165,10 +169,14 @@ impl FollowUp {
         }
     }
 
-    /// Records `answer`; a final one closes the follow-up. Refuses an
-    /// answer to a closed follow-up, a second answer with the same id and
-    /// one past [`MAX_ANSWERS`].
-    pub fn answer(&mut self, answer: Answer) -> Result<()> {
+    /// Records `answer`, at `now_ms`; a final one closes the follow-up,
+    /// late when it was given after the deadline. Given is when the
+    /// answering node accepted it (its signed creation time), so both
+    /// nodes agree: a follow-up that fell overdue here while a feedback
+    /// given in time was on its way is answered, not answered late.
+    /// Refuses an answer to a closed follow-up, a second answer with the
+    /// same id and one past [`MAX_ANSWERS`].
+    pub fn answer(&mut self, answer: Answer, now_ms: u64) -> Result<()> {
         if !self.state.is_open() {
             return Err(Error::FailedPrecondition(format!(
                 "{} is already {} by feedback {:?}; a final feedback closed it",
@@ -197,15 +205,14 @@ impl FollowUp {
             )));
         }
         if answer.is_final {
-            let late = self.state == FollowUpState::Overdue
-                || self.due_ms.is_some_and(|due| answer.at_ms > due);
+            let late = self.due_ms.is_some_and(|due| answer.at_ms > due);
             self.state = if late {
                 FollowUpState::AnsweredLate
             } else {
                 FollowUpState::Answered
             };
         }
-        self.changed_at_ms = answer.at_ms;
+        self.changed_at_ms = now_ms;
         self.answers.push(answer);
         Ok(())
     }
@@ -281,12 +288,12 @@ mod tests {
     #[test]
     fn interim_then_final_in_time_is_answered() {
         let mut f = follow_up(Some(100));
-        f.answer(answer("a", 10, false)).unwrap();
+        f.answer(answer("a", 10, false), 200).unwrap();
         assert_eq!(f.state, FollowUpState::AwaitingFeedback);
-        f.answer(answer("b", 90, true)).unwrap();
+        f.answer(answer("b", 90, true), 200).unwrap();
         assert_eq!(f.state, FollowUpState::Answered);
         // Closed: nothing more answers it.
-        let err = f.answer(answer("c", 95, true)).unwrap_err();
+        let err = f.answer(answer("c", 95, true), 200).unwrap_err();
         assert!(matches!(err, Error::FailedPrecondition(_)), "{err}");
         assert_eq!(f.answers.len(), 2);
     }
@@ -298,35 +305,49 @@ mod tests {
         assert!(f.fall_due(101));
         assert!(!f.fall_due(102), "overdue once");
         assert_eq!(f.state, FollowUpState::Overdue);
-        f.answer(answer("late", 150, true)).unwrap();
+        f.answer(answer("late", 150, true), 200).unwrap();
         assert_eq!(f.state, FollowUpState::AnsweredLate);
+        assert_eq!(f.changed_at_ms, 200, "changed when recorded");
         // Late even when the sweep had not run yet.
         let mut g = follow_up(Some(100));
-        g.answer(answer("late", 150, true)).unwrap();
+        g.answer(answer("late", 150, true), 200).unwrap();
         assert_eq!(g.state, FollowUpState::AnsweredLate);
+    }
+
+    #[test]
+    fn feedback_given_in_time_answers_in_time_though_it_arrived_after_the_deadline() {
+        let mut f = follow_up(Some(100));
+        assert!(
+            f.fall_due(120),
+            "overdue here: the feedback was still on its way"
+        );
+        f.answer(answer("on-time", 95, true), 130).unwrap();
+        assert_eq!(f.state, FollowUpState::Answered);
+        assert_eq!(f.answers[0].at_ms, 95);
+        assert_eq!(f.changed_at_ms, 130);
     }
 
     #[test]
     fn without_a_deadline_nothing_falls_due() {
         let mut f = follow_up(None);
         assert!(!f.fall_due(u64::MAX));
-        f.answer(answer("a", 5, true)).unwrap();
+        f.answer(answer("a", 5, true), 200).unwrap();
         assert_eq!(f.state, FollowUpState::Answered);
     }
 
     #[test]
     fn answers_are_bounded_and_unique() {
         let mut f = follow_up(None);
-        f.answer(answer("a", 1, false)).unwrap();
+        f.answer(answer("a", 1, false), 200).unwrap();
         assert!(matches!(
-            f.answer(answer("a", 2, false)),
+            f.answer(answer("a", 2, false), 200),
             Err(Error::AlreadyExists(_))
         ));
         for i in 1..MAX_ANSWERS {
-            f.answer(answer(&format!("i{i}"), 3, false)).unwrap();
+            f.answer(answer(&format!("i{i}"), 3, false), 200).unwrap();
         }
         assert!(matches!(
-            f.answer(answer("more", 4, false)),
+            f.answer(answer("more", 4, false), 200),
             Err(Error::ResourceExhausted(_))
         ));
     }

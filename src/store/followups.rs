@@ -100,7 +100,8 @@ impl Store {
             )));
         };
         let before = index_key(&f);
-        f.answer(answer.clone()).map_err(TxError::Abort)?;
+        f.answer(answer.clone(), crate::now_ms())
+            .map_err(TxError::Abort)?;
         put(t, Some(before), &f)?;
         let note = Note::new(AuditEvent::FeedbackRecorded, f.state.as_str(), f.note());
         self.append_audit(t, answered, &note)

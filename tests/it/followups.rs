@@ -404,6 +404,63 @@ async fn a_passed_deadline_is_overdue_once_in_lists_metrics_and_the_log_and_late
     );
 }
 
+/// Feedback given in time whose delivery is held up past the deadline (the
+/// sending agency's node is down): it is judged by when the answering
+/// node accepted it, so both nodes say `answered`, not late, even where
+/// the sender's node had marked the follow-up overdue in the meantime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_given_in_time_but_delivered_late_is_answered_on_both_sides() {
+    let mut fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, PERSONNEL]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut personnel = fed.client(PERSONNEL);
+    let request = suggestion_to_personnel("rs-held", Some(3 * SECOND));
+    let due = request.reply_by_ms;
+    submit(&mut discipline, request).await;
+    wait_state(
+        &mut discipline,
+        "rs-held",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+
+    fed.stop(DISCIPLINE).await;
+    let answer = pb::RectificationFeedback {
+        outcomes: vec![outcome(0, pb::Outcome::Corrected)],
+        r#final: true,
+    };
+    submit(&mut personnel, feedback("fb-held", "rs-held", &answer)).await;
+    assert!(
+        cluebridge::now_ms() < due,
+        "the test gave the feedback too late"
+    );
+    let owed = wait_follow_up(&mut personnel, "rs-held", "answered", 5 * SECOND).await;
+    let given = owed.answers.last().expect("the answer").at_ms;
+    assert!(given <= due, "given at {given}, due {due}");
+
+    // The deadline passes while the feedback waits in personnel's outbox.
+    while cluebridge::now_ms() <= due + 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fed.restart(DISCIPLINE).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let awaited = wait_until(
+        &mut discipline,
+        "rs-held",
+        "closed by fb-held",
+        15 * SECOND,
+        |f| f.answers.iter().any(|a| a.feedback_id == "fb-held"),
+    )
+    .await;
+    assert_eq!(awaited.state, "answered", "{awaited:?}");
+    assert_eq!(
+        awaited.answers[0].at_ms, given,
+        "the same time on both nodes"
+    );
+    let owed = wait_follow_up(&mut personnel, "rs-held", "answered", 5 * SECOND).await;
+    assert_eq!(owed.state, awaited.state);
+}
+
 /// Feedback from public security answering discipline's message
 /// `answers`: refused at its own node's Submit (`client`), and at
 /// discipline's Peer.Deliver when public security's node signs it itself
