@@ -104,6 +104,32 @@ fn a_journal_file_size_out_of_range_is_named() {
     );
 }
 
+/// `expects_feedback = false` cannot undo a reply window, and a route
+/// setting that is not a route is named.
+#[test]
+fn a_route_that_expects_no_feedback_cannot_have_a_reply_window() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dev =
+        cluebridge::devfed::DevFederation::create(tmp.path(), [1, 2, 3, 4], |_| {}).expect("dev");
+    let fed_path = tmp.path().join("federation.toml");
+    let text = std::fs::read_to_string(&fed_path).expect("read");
+    let edited = text.replace(
+        "reply_within_days = 30",
+        "reply_within_days = 30\nexpects_feedback = false",
+    );
+    assert_ne!(edited, text);
+    std::fs::write(&fed_path, edited).expect("write");
+    let err = NodeConfig::load(&dev.node_file("discipline"))
+        .expect_err("contradiction")
+        .to_string();
+    assert!(
+        err.contains("federation.toml")
+            && err.contains("expects_feedback")
+            && err.contains("has a reply window, so it expects feedback"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_reply_window_out_of_range_is_named() {
     let tmp = tempfile::tempdir().expect("tmp");

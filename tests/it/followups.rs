@@ -404,6 +404,53 @@ async fn a_passed_deadline_is_overdue_once_in_lists_metrics_and_the_log_and_late
     );
 }
 
+/// A route may expect feedback without a deadline (`expects_feedback`):
+/// clue transfers to public security do here, those to judicial organs do
+/// not. Free-form feedback closes it on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_that_expects_feedback_starts_a_follow_up_without_a_deadline() {
+    let fed = TestFederation::start_with_routes(
+        |routes| {
+            for r in routes.iter_mut() {
+                if r.from == "discipline" && r.to == "public_security" {
+                    r.expects_feedback = Some(true);
+                }
+            }
+        },
+        &[DISCIPLINE, SECURITY, JUDICIAL],
+    )
+    .await;
+    let mut discipline = fed.client(DISCIPLINE);
+    let mut security = fed.client(SECURITY);
+    for (id, to) in [("clue-ps", SECURITY), ("clue-j", JUDICIAL)] {
+        submit(
+            &mut discipline,
+            submit_request(id, MessageKind::ClueTransfer, to, b"clue"),
+        )
+        .await;
+        wait_state(&mut discipline, id, SentState::Delivered, 10 * SECOND).await;
+    }
+    let awaited = follow_ups(&mut discipline, pb::ListFollowUpsRequest::default()).await;
+    let ids: Vec<_> = awaited.iter().map(|f| f.message_id.as_str()).collect();
+    assert_eq!(ids, ["clue-ps"], "only the route that expects feedback");
+    assert_eq!(
+        (awaited[0].state.as_str(), awaited[0].due_ms),
+        ("awaiting_feedback", 0)
+    );
+    let owed = wait_follow_up(&mut security, "clue-ps", "awaiting_feedback", 5 * SECOND).await;
+    assert_eq!(
+        (owed.side.as_str(), owed.peer.as_str()),
+        ("owed", DISCIPLINE)
+    );
+
+    let mut answer = submit_request("fb-ps", MessageKind::Feedback, DISCIPLINE, b"handled");
+    answer.correlation_id = "clue-ps".into();
+    submit(&mut security, answer).await;
+    let closed = wait_follow_up(&mut discipline, "clue-ps", "answered", 10 * SECOND).await;
+    assert_eq!(closed.answers[0].feedback_id, "fb-ps");
+    wait_follow_up(&mut security, "clue-ps", "answered", 5 * SECOND).await;
+}
+
 /// Feedback given in time whose delivery is held up past the deadline (the
 /// sending agency's node is down): it is judged by when the answering
 /// node accepted it, so both nodes say `answered`, not late, even where

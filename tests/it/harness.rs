@@ -55,6 +55,17 @@ impl TestFederation {
         fed.launch_all(running)
     }
 
+    /// [`TestFederation::start_with`] with the routes edited by `routes`.
+    pub async fn start_with_routes(
+        routes: impl Fn(&mut Vec<cluebridge::config::RouteFile>),
+        running: &[&str],
+    ) -> TestFederation {
+        let fed = Self::start_stopped(|_| {}).await;
+        without_approval(&fed.fed.dev.dir);
+        edit_routes(&fed.fed.dev.dir, routes);
+        fed.launch_all(running)
+    }
+
     /// [`TestFederation::start_with`] with the development routes as `up`
     /// makes them: rectification suggestions wait for approval.
     pub async fn start_approving(tune: impl Fn(&mut NodeFile), running: &[&str]) -> TestFederation {
@@ -500,12 +511,19 @@ impl StoppedFederation {
 /// Takes `requires_approval` off every route of the federation file, so
 /// that tests of other things submit straight through.
 fn without_approval(dir: &std::path::Path) {
+    edit_routes(dir, |routes| {
+        for route in routes {
+            route.requires_approval = None;
+        }
+    });
+}
+
+/// Rewrites the routes of the federation file in `dir`.
+fn edit_routes(dir: &std::path::Path, edit: impl Fn(&mut Vec<cluebridge::config::RouteFile>)) {
     let path = dir.join("federation.toml");
     let text = std::fs::read_to_string(&path).expect("federation file");
     let mut file: cluebridge::config::FederationFile = toml::from_str(&text).expect("parse");
-    for route in &mut file.routes {
-        route.requires_approval = None;
-    }
+    edit(&mut file.routes);
     std::fs::write(&path, toml::to_string_pretty(&file).expect("encode")).expect("write");
 }
 
