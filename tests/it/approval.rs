@@ -333,3 +333,107 @@ async fn a_submit_that_outlives_its_time_to_live_while_waiting_is_declined_by_th
     let report = check_store(&data_dir(&fed, DISCIPLINE), &fed, &[]);
     assert!(report.passed, "{}", report.render());
 }
+
+/// Every other way to get approval wrong is refused by name and changes
+/// nothing: listing without the role or with a bad page, approving an
+/// unknown or malformed id, declining without a real reason or one's own
+/// submit, resubmitting a waiting id with other content, declining what
+/// was sent already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approval_refusals_name_their_cause_and_change_nothing() {
+    let fed = TestFederation::start_approving(with_clerk, &[DISCIPLINE, PERSONNEL]).await;
+    let mut backoffice = fed.client(DISCIPLINE);
+    let mut approver = fed
+        .connection_as(DISCIPLINE, APPROVER_NAME)
+        .broker()
+        .expect("approver");
+    let mut clerk = fed
+        .connection_as(DISCIPLINE, CLERK)
+        .broker()
+        .expect("clerk");
+    backoffice
+        .submit(suggestion_request("rs-wait"))
+        .await
+        .expect("submit");
+    clerk
+        .submit(suggestion_request("rs-clerk"))
+        .await
+        .expect("clerk submits");
+    let before = fed.node(DISCIPLINE).broker.store().counts();
+    let expect = |e: tonic::Status, code: Code, says: &str| {
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(says), "{says:?} in {}", e.message());
+    };
+
+    let e = backoffice
+        .list_pending(pb::ListPendingRequest::default())
+        .await
+        .expect_err("no role");
+    expect(e, Code::PermissionDenied, "approve role");
+    let e = approver
+        .list_pending(pb::ListPendingRequest {
+            page_token: "not hex".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad token");
+    expect(e, Code::InvalidArgument, "page_token");
+    let approve = |id: &str| pb::ApproveRequest {
+        message_id: id.into(),
+    };
+    let e = approver
+        .approve(approve("rs-unknown"))
+        .await
+        .expect_err("unknown");
+    expect(e, Code::NotFound, "no submit discipline/rs-unknown waits");
+    let e = approver.approve(approve("")).await.expect_err("empty id");
+    expect(e, Code::InvalidArgument, "message_id");
+    let decline = |id: &str, reason: &str| pb::DeclineRequest {
+        message_id: id.into(),
+        reason: reason.into(),
+    };
+    let e = approver
+        .decline(decline("rs-wait", "   "))
+        .await
+        .expect_err("blank reason");
+    expect(e, Code::InvalidArgument, "needs a reason");
+    let e = clerk
+        .decline(decline("rs-clerk", "changed my mind"))
+        .await
+        .expect_err("own");
+    expect(e, Code::PermissionDenied, "was submitted by clerk");
+    let mut other = suggestion_request("rs-wait");
+    other.subject = "another subject".into();
+    assert_ne!(other.subject, "subject of rs-wait");
+    let e = backoffice.submit(other).await.expect_err("other content");
+    expect(e, Code::AlreadyExists, "rs-wait");
+    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
+    let pending = approver
+        .list_pending(pb::ListPendingRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .pending;
+    let waiting: Vec<_> = pending
+        .iter()
+        .map(|p| (p.message_id.as_str(), p.subject.as_str()))
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            ("rs-clerk", "subject of rs-clerk"),
+            ("rs-wait", "subject of rs-wait")
+        ]
+    );
+
+    // Sent: no decline any more.
+    approver.approve(approve("rs-wait")).await.expect("approve");
+    let e = approver
+        .decline(decline("rs-wait", "too late"))
+        .await
+        .expect_err("sent");
+    expect(e, Code::FailedPrecondition, "approved and sent already");
+    let s = status(&fed, "rs-wait").await;
+    assert!(!s.receipts.is_empty(), "accepted: {s:?}");
+    assert_ne!(s.state, pb::MessageState::Declined as i32);
+}

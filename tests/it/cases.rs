@@ -101,6 +101,42 @@ async fn a_case_shows_what_was_sent_and_received_newest_first_with_receipts_and_
         case.messages[2].follow_up.is_none(),
         "a clue expects no feedback here"
     );
+    let states: Vec<_> = case
+        .messages
+        .iter()
+        .map(|m| m.message.as_ref().map(|s| s.state.as_str()))
+        .collect();
+    assert_eq!(
+        states,
+        [Some("inbox"), Some("delivered"), Some("delivered")],
+        "the state at this node"
+    );
+
+    // Pages of one give the same messages in the same order.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = discipline
+            .get_case(pb::GetCaseRequest {
+                case_reference: "CASE-7".into(),
+                limit: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert!(page.messages.len() <= 1);
+        paged.extend(
+            page.messages
+                .into_iter()
+                .filter_map(|m| m.message.map(|s| s.message_id)),
+        );
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, ["case-fb", "case-rs", "case-clue"]);
 
     // Refusals.
     let bad = [
@@ -126,6 +162,14 @@ async fn a_case_shows_what_was_sent_and_received_newest_first_with_receipts_and_
             },
             Code::InvalidArgument,
             "token",
+        ),
+        (
+            pb::GetCaseRequest {
+                case_reference: "C".repeat(257),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+            "longer than 256 bytes",
         ),
     ];
     for (request, code, says) in bad {
@@ -158,6 +202,18 @@ async fn a_case_shows_what_was_sent_and_received_newest_first_with_receipts_and_
     );
     assert!(text.contains("follow-up: answered"), "{text}");
     assert!(!text.contains("other-clue"), "{text}");
+    let (ok, text) = fed.cli(&["case", "CASE-7", "--json", "--node", DISCIPLINE]);
+    assert!(ok, "{text}");
+    let listed: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let ids: Vec<_> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(ids, ["case-fb", "case-rs", "case-clue"]);
+    assert_eq!(listed[1]["follow_up"]["state"], "answered");
+    assert_eq!(listed[1]["receipts"][0]["kind"], "accepted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -639,6 +639,20 @@ async fn the_list_refuses_bad_filters_and_strangers_and_pages_through_everything
             },
             "not one this node gave",
         ),
+        (
+            pb::ListFollowUpsRequest {
+                peer: "no such/node".into(),
+                ..Default::default()
+            },
+            "peer",
+        ),
+        (
+            pb::ListFollowUpsRequest {
+                case_reference: "C".repeat(257),
+                ..Default::default()
+            },
+            "longer than 256 bytes",
+        ),
     ];
     for (request, says) in bad {
         let e = discipline.list_follow_ups(request).await.expect_err(says);
@@ -677,6 +691,47 @@ async fn the_list_refuses_bad_filters_and_strangers_and_pages_through_everything
         token = page.next_page_token;
     }
     assert_eq!(seen, ["rs-0", "rs-1", "rs-2", "rs-3", "rs-4"]);
+
+    // By peer and by case: a clue to public security of another case that
+    // expects feedback by a deadline.
+    let mut clue = submit_request("clue-due", MessageKind::ClueTransfer, SECURITY, b"c");
+    clue.case_reference = "CASE-9".into();
+    clue.reply_by_ms = cluebridge::now_ms() + 3_600_000;
+    submit(&mut discipline, clue).await;
+    let ids = |list: Vec<pb::FollowUp>| -> Vec<String> {
+        list.into_iter().map(|f| f.message_id).collect()
+    };
+    let by_peer = follow_ups(
+        &mut discipline,
+        pb::ListFollowUpsRequest {
+            peer: SECURITY.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(by_peer), ["clue-due"]);
+    let by_case = follow_ups(
+        &mut discipline,
+        pb::ListFollowUpsRequest {
+            case_reference: "CASE-7".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(ids(by_case), ["rs-0", "rs-1", "rs-2", "rs-3", "rs-4"]);
+    let (ok, text) = fed.cli(&[
+        "followups",
+        "--case",
+        "CASE-9",
+        "--json",
+        "--node",
+        DISCIPLINE,
+    ]);
+    assert!(ok, "{text}");
+    let listed: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(listed[0]["message_id"], "clue-due");
+    assert_eq!(listed[0]["peer"], SECURITY);
 }
 
 /// The real binary, killed with SIGKILL: follow-ups come back whole, and a
