@@ -2,7 +2,7 @@
 //! on routes that require approval.
 
 use super::client_cmds::{ClientArgs, explain, print_submitted};
-use super::ops::{kind_name, when};
+use super::ops::{kind_name, or_dash, table, when};
 use super::render::{escape, escape_json};
 use crate::devfed::APPROVER_NAME;
 use crate::pb;
@@ -75,26 +75,35 @@ pub async fn pending(args: PendingArgs) -> Result<()> {
         println!("nothing waits for approval");
         return Ok(());
     }
-    println!(
-        "{:<28} {:<26} {:<16} {:<12} {:<14} {:<20} SUBJECT",
-        "MESSAGE", "KIND", "TO", "CASE", "SUBMITTED BY", "SUBMITTED"
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|p| {
+            vec![
+                p.message_id.clone(),
+                kind_name(p.kind).to_string(),
+                p.recipient_node.clone(),
+                or_dash(&p.case_reference),
+                p.submitted_by.clone(),
+                when(p.submitted_at_ms),
+                p.subject.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "MESSAGE",
+                "KIND",
+                "TO",
+                "CASE",
+                "SUBMITTED BY",
+                "SUBMITTED",
+                "SUBJECT"
+            ],
+            &rows
+        )
     );
-    for p in &found {
-        println!(
-            "{:<28} {:<26} {:<16} {:<12} {:<14} {:<20} {}",
-            escape(&p.message_id),
-            kind_name(p.kind),
-            escape(&p.recipient_node),
-            escape(if p.case_reference.is_empty() {
-                "-"
-            } else {
-                &p.case_reference
-            }),
-            escape(&p.submitted_by),
-            when(p.submitted_at_ms),
-            escape(&p.subject),
-        );
-    }
     Ok(())
 }
 

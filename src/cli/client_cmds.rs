@@ -160,6 +160,13 @@ pub struct SendArgs {
     /// Time to live in seconds (default: the node's).
     #[arg(long, default_value_t = 0)]
     pub ttl: u64,
+    /// When feedback is due: an RFC 3339 time (2026-12-31T17:00:00Z), a
+    /// date (2026-12-31: the end of that day, UTC) or a span from now
+    /// (30d, 12h). The message then expects feedback, and both agencies
+    /// see it overdue after that. Default: the route's reply window, if
+    /// it has one; an explicit time may only be earlier.
+    #[arg(long, value_name = "WHEN")]
+    pub reply_by: Option<String>,
 }
 
 pub async fn send(args: SendArgs) -> Result<()> {
@@ -170,6 +177,10 @@ pub async fn send(args: SendArgs) -> Result<()> {
             std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?
         }
         (None, None) => bail!("give the payload with --payload TEXT or --payload-file PATH"),
+    };
+    let reply_by_ms = match &args.reply_by {
+        Some(text) => super::when::parse_when(text, crate::now_ms()).context("--reply-by")?,
+        None => 0,
     };
     let id = args.id.clone().unwrap_or_else(fresh_id);
     let mut client = args.client.connection()?.broker()?;
@@ -184,7 +195,7 @@ pub async fn send(args: SendArgs) -> Result<()> {
             content_type: args.content_type.clone(),
             payload: payload.into(),
             ttl_seconds: args.ttl,
-            reply_by_ms: 0,
+            reply_by_ms,
         })
         .await
         .map_err(explain)?

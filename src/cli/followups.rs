@@ -2,12 +2,12 @@
 //! first. A table for people, `--json` for scripts.
 
 use super::client_cmds::{ClientArgs, explain};
-use super::ops::{kind_name, when};
-use super::render::{escape, escape_json};
+use super::ops::{kind_name, or_dash, table, when};
+use super::render::escape_json;
 use crate::devfed::CLIENT_NAME;
 use crate::model::rectification::outcome_name;
 use crate::pb;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 #[derive(Debug, clap::Args)]
@@ -34,6 +34,11 @@ pub struct FollowUpsArgs {
     /// Only follow-ups with this node (recipient or sender).
     #[arg(long)]
     pub peer: Option<String>,
+    /// Only deadlines before this time: an RFC 3339 time, a date (the end
+    /// of that day, UTC) or a span from now (7d: what falls due within a
+    /// week, overdue ones included).
+    #[arg(long, value_name = "WHEN")]
+    pub due_before: Option<String>,
     /// Show at most this many.
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
@@ -46,6 +51,10 @@ pub async fn run(args: FollowUpsArgs) -> Result<()> {
     if args.limit == 0 {
         bail!("--limit must be at least 1");
     }
+    let due_before_ms = match &args.due_before {
+        Some(text) => super::when::parse_when(text, crate::now_ms()).context("--due-before")?,
+        None => 0,
+    };
     let mut client = args.client.connection_as(CLIENT_NAME)?.broker()?;
     let mut request = pb::ListFollowUpsRequest {
         states: if args.overdue {
@@ -60,6 +69,7 @@ pub async fn run(args: FollowUpsArgs) -> Result<()> {
         },
         peer: args.peer.clone().unwrap_or_default(),
         case_reference: args.case_reference.clone().unwrap_or_default(),
+        due_before_ms,
         page_size: args.limit.min(1000) as u32,
         ..Default::default()
     };
@@ -82,7 +92,7 @@ pub async fn run(args: FollowUpsArgs) -> Result<()> {
         let text = serde_json::to_string_pretty(&list)?;
         println!("{}", escape_json(&text));
     } else {
-        print!("{}", table(&found));
+        print!("{}", follow_up_table(&found));
     }
     Ok(())
 }
@@ -110,36 +120,36 @@ pub(super) fn answers_line(f: &pb::FollowUp) -> String {
     )
 }
 
-fn table(found: &[pb::FollowUp]) -> String {
+fn follow_up_table(found: &[pb::FollowUp]) -> String {
     if found.is_empty() {
         return "no follow-ups match\n".into();
     }
-    let mut out = format!(
-        "{:<18} {:<8} {:<32} {:<16} {:<16} {:<24} LAST FEEDBACK\n",
-        "STATE", "SIDE", "MESSAGE", "PEER", "CASE", "DUE"
-    );
-    for f in found {
-        out.push_str(&format!(
-            "{:<18} {:<8} {:<32} {:<16} {:<16} {:<24} {}\n",
-            f.state,
-            f.side,
-            escape(&format!(
-                "{}/{} ({})",
-                f.sender_node,
-                f.message_id,
-                kind_name(f.kind)
-            )),
-            escape(&f.peer),
-            escape(if f.case_reference.is_empty() {
-                "-"
-            } else {
-                &f.case_reference
-            }),
-            when(f.due_ms),
-            escape(&answers_line(f)),
-        ));
-    }
-    out
+    let rows: Vec<Vec<String>> = found
+        .iter()
+        .map(|f| {
+            vec![
+                f.state.clone(),
+                f.side.clone(),
+                format!("{}/{} ({})", f.sender_node, f.message_id, kind_name(f.kind)),
+                f.peer.clone(),
+                or_dash(&f.case_reference),
+                when(f.due_ms),
+                answers_line(f),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "STATE",
+            "SIDE",
+            "MESSAGE",
+            "PEER",
+            "CASE",
+            "DUE",
+            "LAST FEEDBACK",
+        ],
+        &rows,
+    )
 }
 
 pub(super) fn as_json(f: &pb::FollowUp) -> serde_json::Value {

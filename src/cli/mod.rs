@@ -16,6 +16,7 @@ mod render;
 mod serve;
 mod store;
 mod up;
+mod when;
 
 pub use render::{escape, escape_block, escape_json, timeline};
 

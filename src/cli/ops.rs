@@ -208,6 +208,15 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A cell for people: the text, `-` when empty.
+pub fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.into()
+    }
+}
+
 /// A time for people, `-` for none.
 pub fn when(ms: u64) -> String {
     if ms == 0 { "-".into() } else { format_time(ms) }

@@ -732,6 +732,60 @@ async fn the_list_refuses_bad_filters_and_strangers_and_pages_through_everything
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     assert_eq!(listed[0]["message_id"], "clue-due");
     assert_eq!(listed[0]["peer"], SECURITY);
+
+    // The CLI's times: `send --reply-by` sets a deadline, `followups
+    // --due-before` finds it; a time that is none is refused, nothing sent.
+    let send = |id: &str, reply_by: &str| {
+        fed.cli(&[
+            "send",
+            "--node",
+            DISCIPLINE,
+            "--to",
+            SECURITY,
+            "--kind",
+            "clue_transfer",
+            "--subject",
+            "s",
+            "--payload",
+            "p",
+            "--id",
+            id,
+            "--reply-by",
+            reply_by,
+        ])
+    };
+    let (ok, said) = send("clue-cli", "2h");
+    assert!(ok, "{said}");
+    let due_within = |span: &str| {
+        let (ok, text) = fed.cli(&[
+            "followups",
+            "--peer",
+            SECURITY,
+            "--due-before",
+            span,
+            "--json",
+            "--node",
+            DISCIPLINE,
+        ]);
+        assert!(ok, "{text}");
+        let listed: serde_json::Value = serde_json::from_str(&text).expect("json");
+        listed
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|f| f["message_id"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due_within("30m"), Vec::<String>::new());
+    assert_eq!(due_within("90m"), ["clue-due"]);
+    assert_eq!(due_within("3h"), ["clue-due", "clue-cli"]);
+    let before = fed.node(DISCIPLINE).broker.store().counts();
+    let (ok, said) = send("clue-never", "soon");
+    assert!(
+        !ok && said.contains("--reply-by") && said.contains("\"soon\" is not a time"),
+        "{said}"
+    );
+    assert_eq!(fed.node(DISCIPLINE).broker.store().counts(), before);
 }
 
 /// The real binary, killed with SIGKILL: follow-ups come back whole, and a
