@@ -802,6 +802,24 @@ async fn follow_ups_survive_sigkill_and_a_deadline_passed_while_down_fires_once(
     )
     .await;
     submit(&mut discipline, suggestion_to_personnel("rs-open", None)).await;
+    submit(&mut discipline, suggestion_to_personnel("rs-done", None)).await;
+    wait_state(
+        &mut discipline,
+        "rs-done",
+        SentState::Delivered,
+        10 * SECOND,
+    )
+    .await;
+    let answer = pb::RectificationFeedback {
+        outcomes: vec![outcome(1, pb::Outcome::Corrected)],
+        r#final: true,
+    };
+    submit(
+        &mut fed.client(PERSONNEL),
+        feedback("fb-done", "rs-done", &answer),
+    )
+    .await;
+    let answered = wait_follow_up(&mut discipline, "rs-done", "answered", 10 * SECOND).await;
     let before = wait_follow_up(&mut discipline, "rs-open", "awaiting_feedback", 5 * SECOND).await;
     let due = wait_follow_up(&mut discipline, "rs-down", "awaiting_feedback", 5 * SECOND)
         .await
@@ -840,4 +858,26 @@ async fn follow_ups_survive_sigkill_and_a_deadline_passed_while_down_fires_once(
             .len(),
         1
     );
+    let still = wait_follow_up(&mut discipline, "rs-done", "answered", 5 * SECOND).await;
+    assert_eq!(
+        still, answered,
+        "the answered follow-up and its outcomes are intact"
+    );
+    // One overdue event on WatchReceipts, up to a later message's receipt.
+    submit(
+        &mut discipline,
+        submit_request("marker", MessageKind::ClueTransfer, SECURITY, b"m"),
+    )
+    .await;
+    let events = feed_until(&mut discipline, |e| {
+        e.receipt.as_ref().is_some_and(|r| {
+            cluebridge::model::SignedReceipt::from_wire(r.clone())
+                .open()
+                .is_ok_and(|r| r.message_id == "marker")
+        })
+    })
+    .await;
+    let overdue: Vec<_> = events.iter().filter_map(|e| e.overdue.as_ref()).collect();
+    assert_eq!(overdue.len(), 1, "{events:?}");
+    assert_eq!(overdue[0].message_id, "rs-down");
 }
