@@ -94,7 +94,7 @@ async fn a_structured_suggestion_is_answered_item_by_item_and_bad_content_is_ref
     // Bad suggestions: refused at the sender, nothing stored.
     let before = fed.node(DISCIPLINE).broker.store().counts();
     type Change = fn(&mut pb::RectificationSuggestion);
-    let bad: [(&str, Change, &str); 5] = [
+    let bad: [(&str, Change, &str); 7] = [
         (
             "unknown kind",
             |s| s.items[0].kind = 99,
@@ -115,6 +115,16 @@ async fn a_structured_suggestion_is_answered_item_by_item_and_bad_content_is_ref
             "a name for a reference",
             |s| s.person_ref = "Zhang San".into(),
             "person_ref",
+        ),
+        (
+            "too many items",
+            |s| s.items = vec![s.items[0].clone(); 65],
+            "1 to 64 items, not 65",
+        ),
+        (
+            "a description past the limit",
+            |s| s.items[0].description = "x".repeat(64 * 1024),
+            "items[0].description is 65536 bytes long",
         ),
     ];
     for (what, change, says) in bad {
@@ -192,6 +202,12 @@ async fn a_structured_suggestion_is_answered_item_by_item_and_bad_content_is_ref
         ),
         ("no outcome", "rs-1", vec![], "at least one outcome"),
         (
+            "an unspecified outcome",
+            "rs-1",
+            vec![outcome(0, pb::Outcome::Unspecified)],
+            "outcomes[0].outcome 0 is not an outcome",
+        ),
+        (
             "a free-form suggestion",
             "rs-free",
             vec![outcome(0, pb::Outcome::Corrected)],
@@ -210,6 +226,23 @@ async fn a_structured_suggestion_is_answered_item_by_item_and_bad_content_is_ref
         assert_eq!(e.code(), Code::InvalidArgument, "{what}: {}", e.message());
         assert!(e.message().contains(says), "{what}: {}", e.message());
     }
+    let mut garbage = feedback(
+        "fb-bad",
+        "rs-1",
+        &pb::RectificationFeedback {
+            outcomes: vec![outcome(0, pb::Outcome::Corrected)],
+            r#final: true,
+        },
+    );
+    garbage.payload = vec![0xff; 9].into();
+    let e = personnel.submit(garbage).await.expect_err("garbage");
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(
+        e.message()
+            .contains("payload is not a RectificationFeedback"),
+        "{}",
+        e.message()
+    );
     assert_eq!(fed.node(PERSONNEL).broker.store().counts(), before);
 
     // Good feedback reaches the sender of the suggestion.
