@@ -39,6 +39,16 @@ async fn status(fed: &TestFederation, id: &str) -> pb::GetStatusResponse {
         .into_inner()
 }
 
+/// A client of discipline with the certificate of principal `name`.
+fn discipline_as(
+    fed: &TestFederation,
+    name: &str,
+) -> pb::broker_client::BrokerClient<tonic::transport::Channel> {
+    fed.connection_as(DISCIPLINE, name)
+        .broker()
+        .expect("a client")
+}
+
 /// A client command at discipline, as its approver by default.
 fn cli(fed: &TestFederation, args: &[&str]) -> (bool, String) {
     fed.cli(&[args, &["--node", DISCIPLINE]].concat())
@@ -81,10 +91,7 @@ async fn a_submit_waits_unsigned_and_unsent_until_another_principal_approves_it(
         .expect_err("no role");
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
     assert!(e.message().contains("approve role"), "{}", e.message());
-    let mut clerk = fed
-        .connection_as(DISCIPLINE, CLERK)
-        .broker()
-        .expect("clerk");
+    let mut clerk = discipline_as(&fed, CLERK);
     clerk
         .submit(suggestion_request("rs-own"))
         .await
@@ -138,10 +145,7 @@ async fn a_submit_waits_unsigned_and_unsent_until_another_principal_approves_it(
     assert!(!s.envelope_header.is_empty());
     // A repeat answers the same receipt.
     let first = s.receipts[0].clone();
-    let repeat = fed
-        .connection_as(DISCIPLINE, APPROVER_NAME)
-        .broker()
-        .expect("approver")
+    let repeat = discipline_as(&fed, APPROVER_NAME)
         .approve(pb::ApproveRequest {
             message_id: "rs-approve".into(),
         })
@@ -192,16 +196,10 @@ async fn a_declined_submit_is_never_sent_and_the_decline_is_final_and_recorded()
         .submit(suggestion_request("rs-decline"))
         .await
         .expect("submit");
-    let mut approver = fed
-        .connection_as(DISCIPLINE, APPROVER_NAME)
-        .broker()
-        .expect("approver");
+    let mut approver = discipline_as(&fed, APPROVER_NAME);
 
     // Refusals first: no role, no reason, nothing waiting.
-    let mut operator = fed
-        .connection_as(DISCIPLINE, OPERATOR_NAME)
-        .broker()
-        .expect("operator");
+    let mut operator = discipline_as(&fed, OPERATOR_NAME);
     let decline = |id: &str, reason: &str| pb::DeclineRequest {
         message_id: id.into(),
         reason: reason.into(),
@@ -314,10 +312,7 @@ async fn a_submit_that_outlives_its_time_to_live_while_waiting_is_declined_by_th
     };
     assert_eq!(s.declined_by, DISCIPLINE);
     assert!(s.declined_reason.contains("time to live passed"), "{s:?}");
-    let e = fed
-        .connection_as(DISCIPLINE, APPROVER_NAME)
-        .broker()
-        .expect("approver")
+    let e = discipline_as(&fed, APPROVER_NAME)
         .approve(pb::ApproveRequest {
             message_id: "rs-stale".into(),
         })
@@ -343,14 +338,8 @@ async fn a_submit_that_outlives_its_time_to_live_while_waiting_is_declined_by_th
 async fn approval_refusals_name_their_cause_and_change_nothing() {
     let fed = TestFederation::start_approving(with_clerk, &[DISCIPLINE, PERSONNEL]).await;
     let mut backoffice = fed.client(DISCIPLINE);
-    let mut approver = fed
-        .connection_as(DISCIPLINE, APPROVER_NAME)
-        .broker()
-        .expect("approver");
-    let mut clerk = fed
-        .connection_as(DISCIPLINE, CLERK)
-        .broker()
-        .expect("clerk");
+    let mut approver = discipline_as(&fed, APPROVER_NAME);
+    let mut clerk = discipline_as(&fed, CLERK);
     backoffice
         .submit(suggestion_request("rs-wait"))
         .await

@@ -107,6 +107,24 @@ async fn feed_until(
     }
 }
 
+/// `WatchReceipts` from the start through the `accepted` receipt of a
+/// clue transfer submitted now: every event before it, whole.
+async fn feed_through_a_new_message(client: &mut BrokerClient<Channel>) -> Vec<pb::ReceiptEvent> {
+    submit(
+        client,
+        submit_request("marker", MessageKind::ClueTransfer, SECURITY, b"m"),
+    )
+    .await;
+    feed_until(client, |e| {
+        e.receipt.as_ref().is_some_and(|r| {
+            cluebridge::model::SignedReceipt::from_wire(r.clone())
+                .open()
+                .is_ok_and(|r| r.message_id == "marker")
+        })
+    })
+    .await
+}
+
 /// The audit entries of `node` about message `id`, oldest first.
 pub async fn audit_entries(fed: &TestFederation, node: &str, id: &str) -> Vec<pb::AuditEntry> {
     let mut log = auditor(fed, node)
@@ -347,19 +365,7 @@ async fn a_passed_deadline_is_overdue_once_in_lists_metrics_and_the_log_and_late
 
     // WatchReceipts tells the sender once, after the message's receipts:
     // read on until a later message's `accepted` receipt.
-    submit(
-        &mut discipline,
-        submit_request("marker", MessageKind::ClueTransfer, SECURITY, b"m"),
-    )
-    .await;
-    let events = feed_until(&mut discipline, |e| {
-        e.receipt.as_ref().is_some_and(|r| {
-            cluebridge::model::SignedReceipt::from_wire(r.clone())
-                .open()
-                .is_ok_and(|r| r.message_id == "marker")
-        })
-    })
-    .await;
+    let events = feed_through_a_new_message(&mut discipline).await;
     let overdue: Vec<_> = events.iter().filter_map(|e| e.overdue.as_ref()).collect();
     assert_eq!(overdue.len(), 1, "{events:?}");
     assert_eq!(
@@ -864,19 +870,7 @@ async fn follow_ups_survive_sigkill_and_a_deadline_passed_while_down_fires_once(
         "the answered follow-up and its outcomes are intact"
     );
     // One overdue event on WatchReceipts, up to a later message's receipt.
-    submit(
-        &mut discipline,
-        submit_request("marker", MessageKind::ClueTransfer, SECURITY, b"m"),
-    )
-    .await;
-    let events = feed_until(&mut discipline, |e| {
-        e.receipt.as_ref().is_some_and(|r| {
-            cluebridge::model::SignedReceipt::from_wire(r.clone())
-                .open()
-                .is_ok_and(|r| r.message_id == "marker")
-        })
-    })
-    .await;
+    let events = feed_through_a_new_message(&mut discipline).await;
     let overdue: Vec<_> = events.iter().filter_map(|e| e.overdue.as_ref()).collect();
     assert_eq!(overdue.len(), 1, "{events:?}");
     assert_eq!(overdue[0].message_id, "rs-down");
