@@ -24,7 +24,8 @@ machine. The token becomes a session cookie (HttpOnly, SameSite=Strict); each
 time a link is used the console prints the next one, for another browser.
 Pages show what the node lets the principal see: queues, peers and dead
 letters (with requeue and discard) to operators; receipt bundles, their
-verification and the audit checkpoints to auditors. Payloads are never shown.")]
+verification and the audit checkpoints to auditors; follow-ups (overdue
+first) and cases to auditors and the back office. Payloads are never shown.")]
 pub struct ConsoleArgs {
     /// A node to show, by id; repeat for several (--node discipline --node
     /// judicial). With --dir, its endpoint and the principal's certificate

@@ -94,8 +94,9 @@ pub enum Command {
     /// Audit log tools: check a stopped node's store, fetch checkpoints.
     Audit(audit::AuditArgs),
     /// Operators and auditors: a web console on this machine (queues,
-    /// peers, dead letters, messages, verification, checkpoints), talking
-    /// to the nodes with your certificates. Prints a one-time link.
+    /// peers, dead letters, messages, verification, checkpoints,
+    /// follow-ups, cases), talking to the nodes with your certificates.
+    /// Prints a one-time link.
     Console(console::ConsoleArgs),
     /// Store maintenance: rebuild a stopped node's index from its journal.
     Store(store::StoreArgs),

@@ -197,7 +197,9 @@ async fn overview(
         }
         div #live data-live="/live/overview" { (panels(&list)) }
         p.note {
-            "Follow-ups (overdue first) and cases will appear here once nodes track them."
+            "Follow-ups (overdue first) are on each node's follow-ups page, and a case's \
+             messages on the case's page, linked from the case references in the message \
+             search; the node shows both to auditors and the back office, not to operators."
         }
     };
     respond(

@@ -1000,6 +1000,13 @@ async fn console_follow_ups_and_a_case() {
         "{}",
         page.body
     );
+    // The overview says where follow-ups and cases are, and who sees them.
+    assert!(
+        page.body.contains("on each node's follow-ups page")
+            && page.body.contains("auditors and the back office"),
+        "{}",
+        page.body
+    );
     let page = browser.get("/nodes/discipline/follow-ups").await;
     assert_eq!(page.status, 200, "{}", page.body);
     let (late_at, open_at) = (page.body.find("rs-late"), page.body.find("rs-open"));
