@@ -256,20 +256,3 @@ fn up_runs_its_demo_to_the_end() {
         assert!(stdout.contains(step), "{step:?} missing in\n{stdout}");
     }
 }
-
-/// A base port below the ephemeral range whose four node ports and four
-/// metrics ports (+2000) are free now.
-fn free_base_port() -> u16 {
-    let seed = std::process::id() as u16;
-    for attempt in 0..100u16 {
-        let base = 10_000 + seed.wrapping_mul(7).wrapping_add(attempt.wrapping_mul(97)) % 20_000;
-        let ports = (0..4).flat_map(|i| [base + i, base + 2000 + i]);
-        if ports
-            .into_iter()
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        {
-            return base;
-        }
-    }
-    panic!("no free ports for a development federation");
-}

@@ -8,6 +8,7 @@ use crate::harness::*;
 use cluebridge::devfed::{AUDITOR_NAME, OPERATOR_NAME};
 use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,6 +33,32 @@ struct ConsoleProcess {
     stderr: mpsc::UnboundedReceiver<String>,
 }
 
+/// `--dir DIR --as PRINCIPAL --listen LISTEN --node …`.
+fn console_args(dir: &Path, principal: &str, nodes: &[&str], listen: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["--dir".into(), dir.into()];
+    for a in ["--as", principal, "--listen", listen] {
+        args.push(a.into());
+    }
+    for n in nodes {
+        args.push("--node".into());
+        args.push(n.into());
+    }
+    args
+}
+
+/// `cluebridge console ARGS`, with nothing from the environment that
+/// would pick a federation for it.
+fn console_command(args: &[OsString]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"));
+    command
+        .arg("console")
+        .args(args)
+        .env_remove("CLUEBRIDGE_DIR")
+        .env_remove("CLUEBRIDGE_CA")
+        .stdin(std::process::Stdio::null());
+    command
+}
+
 /// Sends each line of `reader` to a channel.
 fn lines_of(
     reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -49,27 +76,20 @@ fn lines_of(
 }
 
 impl ConsoleProcess {
+    /// The console of a test federation's directory, as `principal`.
     async fn start(fed: &TestFederation, principal: &str, nodes: &[&str]) -> ConsoleProcess {
-        Self::start_on(fed, principal, nodes, "127.0.0.1:0").await
+        Self::start_on(&fed.dev.dir, principal, nodes, "127.0.0.1:0").await
     }
 
-    async fn start_on(
-        fed: &TestFederation,
-        principal: &str,
-        nodes: &[&str],
-        listen: &str,
-    ) -> ConsoleProcess {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"));
-        command
-            .arg("console")
-            .arg("--dir")
-            .arg(&fed.dev.dir)
-            .args(["--as", principal, "--listen", listen]);
-        for n in nodes {
-            command.args(["--node", n]);
-        }
-        let mut child = command
-            .stdin(std::process::Stdio::null())
+    /// The console of the development federation in `dir` (a test
+    /// federation's or one `cluebridge up` made), listening on `listen`.
+    async fn start_on(dir: &Path, principal: &str, nodes: &[&str], listen: &str) -> ConsoleProcess {
+        Self::start_with(&console_args(dir, principal, nodes, listen)).await
+    }
+
+    /// `cluebridge console ARGS`, once it says where it listens.
+    async fn start_with(args: &[OsString]) -> ConsoleProcess {
+        let mut child = console_command(args)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -758,7 +778,8 @@ async fn console_refuses_requests_without_its_token() {
     browser.assert_no_payload();
 
     // A console on every interface says what that means.
-    let mut open = ConsoleProcess::start_on(&fed, OPERATOR_NAME, &[DISCIPLINE], "0.0.0.0:0").await;
+    let mut open =
+        ConsoleProcess::start_on(&fed.dev.dir, OPERATOR_NAME, &[DISCIPLINE], "0.0.0.0:0").await;
     let warning = next_line(&mut open.stderr, |l| l.contains("warning")).await;
     assert!(warning.contains("not a loopback address"), "{warning}");
 }
@@ -943,10 +964,6 @@ async fn console_for_an_auditor_verifies_and_cannot_requeue() {
     browser.assert_no_payload();
 }
 
-// ------------------------------------------------------------ a real browser
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
 /// The follow-up and case pages, for an auditor (allowed: metadata, no
 /// payloads) and an operator (refused by the node); overdue first, and the
 /// overview counts them.
@@ -1059,11 +1076,15 @@ async fn console_follow_ups_and_a_case() {
     browser.assert_no_payload();
 }
 
+// ------------------------------------------------------------ a real browser
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
 /// Runs headless Chromium with a fresh profile on `url` with `extra`
 /// arguments, under a deadline: its standard output.
-async fn chromium(url: &str, extra: &[&str]) -> String {
+async fn chromium(chromium: &Path, url: &str, extra: &[&str]) -> String {
     let profile = tempfile::tempdir().expect("profile dir");
-    let mut child = tokio::process::Command::new(CHROMIUM)
+    let mut child = tokio::process::Command::new(chromium)
         .args([
             "--headless",
             "--no-sandbox",
@@ -1106,6 +1127,107 @@ fn screenshot_path() -> PathBuf {
     }
 }
 
+/// `cluebridge up` as the README runs it, its output in a log file. Killed
+/// when dropped (a test that fails half-way leaves no federation running);
+/// [`UpProcess::stop`] stops it as Ctrl-C does.
+struct UpProcess {
+    child: tokio::process::Child,
+    log: PathBuf,
+}
+
+impl UpProcess {
+    fn start(dir: &Path, base_port: u16, log: PathBuf) -> UpProcess {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluebridge"))
+            .args(["up", "--base-port", &base_port.to_string(), "--dir"])
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn cluebridge up");
+        UpProcess { child, log }
+    }
+
+    /// What it printed so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGINT, as Ctrl-C: it stops its nodes and exits 0, within 30 s.
+    async fn stop(mut self) {
+        let pid = self.child.id().expect("running").to_string();
+        let kill = tokio::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .await
+            .expect("kill");
+        assert!(kill.success());
+        let status = tokio::time::timeout(30 * SECOND, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("`up` still runs 30 s after SIGINT:\n{}", self.log()))
+            .expect("status");
+        assert!(status.success(), "{status:?}:\n{}", self.log());
+    }
+}
+
+/// [`run_cluebridge`] on a blocking thread, off the async workers.
+async fn cli(args: &[&str]) -> (bool, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        run_cluebridge(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("the cluebridge command ran")
+}
+
+/// `cluebridge send`, as the README has it: clue transfer `id` from
+/// discipline to public security, its payload marked.
+async fn send_clue(dir: &str, id: &str) {
+    let payload = format!("{MARKER} body of {id}");
+    let (ok, out) = cli(&[
+        "send",
+        "--dir",
+        dir,
+        "--node",
+        DISCIPLINE,
+        "--to",
+        SECURITY,
+        "--kind",
+        "clue_transfer",
+        "--subject",
+        "Clue on case 12",
+        "--case",
+        "CASE-12",
+        "--id",
+        id,
+        "--payload",
+        &payload,
+    ])
+    .await;
+    assert!(ok, "send {id}: {out}");
+}
+
+/// `cluebridge receive --ack` at public security for one message: its id.
+async fn receive_one(dir: &str) -> String {
+    let (ok, out) = cli(&[
+        "receive", "--dir", dir, "--node", SECURITY, "--count", "1", "--ack",
+    ])
+    .await;
+    assert!(ok && out.contains("-> acknowledged"), "receive: {out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("message ")?.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no message in {out}"))
+        .to_string()
+}
+
+/// The README's way: `cluebridge up`, clues sent and received with the
+/// CLI, `cluebridge console` on discipline and public security; then
+/// headless Chromium reads the overview (queue depths, peers, charts,
+/// refreshed by its script) and a message's timeline of receipts from the
+/// rendered DOM, and takes the README's screenshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_real_browser() {
     if !Path::new(CHROMIUM).exists() {
@@ -1115,57 +1237,53 @@ async fn console_in_a_real_browser() {
         );
         return;
     }
-    // Judicial and personnel are down: suggestions and clues wait in
-    // discipline's outboxes; public security's receiving system
-    // acknowledges whatever arrives.
-    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
-    let acker = tokio::spawn(acknowledge_everything(fed.client(SECURITY)));
-    let mut discipline = fed.client(DISCIPLINE);
-    submit(
-        &mut discipline,
-        submit_request(
-            "clue-j",
-            MessageKind::ClueTransfer,
-            JUDICIAL,
-            &payload("clue-j"),
-        ),
+    let browser = PathBuf::from(CHROMIUM);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir_path = tmp.path().join("dev");
+    let dir = dir_path.to_str().expect("a UTF-8 path");
+    let up = UpProcess::start(&dir_path, free_base_port(), tmp.path().join("up.log"));
+
+    // The nodes serve once each answers its operator's `queues`.
+    let deadline = Instant::now() + 60 * SECOND;
+    for node in [DISCIPLINE, PERSONNEL, SECURITY, JUDICIAL] {
+        loop {
+            let (ok, out) = cli(&["queues", "--dir", dir, "--node", node]).await;
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{node} does not answer within 60 s: {out}\n`up` printed:\n{}",
+                up.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let mut console = ConsoleProcess::start_on(
+        &dir_path,
+        OPERATOR_NAME,
+        &[DISCIPLINE, SECURITY],
+        "127.0.0.1:0",
     )
     .await;
-    let mut console = ConsoleProcess::start(&fed, OPERATOR_NAME, &[DISCIPLINE, SECURITY]).await;
 
     // Traffic while the console samples, so that its charts have a few
-    // points: each round sends a suggestion to personnel and two clues to
-    // public security, then waits for the console's next sample.
+    // points: each round sends two clues and public security's receiving
+    // system acknowledges one, then the test waits for the console's next
+    // sample. The other clues stay in public security's inbox.
     let mut watcher = console.login().await;
-    let mut clues = Vec::new();
-    let mut rounds = 0;
-    let deadline = Instant::now() + 60 * SECOND;
+    let (mut sent, mut acknowledged) = (0, Vec::new());
+    let deadline = Instant::now() + 90 * SECOND;
     loop {
         let seen = outbox_points(&watcher.get("/live/overview").await.body);
         if seen >= 8 {
             break;
         }
-        let id = format!("rect-{rounds}");
-        submit(
-            &mut discipline,
-            submit_request(
-                &id,
-                MessageKind::RectificationSuggestion,
-                PERSONNEL,
-                &payload(&id),
-            ),
-        )
-        .await;
-        rounds += 1;
         for _ in 0..2 {
-            let id = format!("clue-{}", clues.len());
-            submit(
-                &mut discipline,
-                submit_request(&id, MessageKind::ClueTransfer, SECURITY, &payload(&id)),
-            )
-            .await;
-            clues.push(id);
+            send_clue(dir, &format!("clue-{sent}")).await;
+            sent += 1;
         }
+        acknowledged.push(receive_one(dir).await);
         while outbox_points(&watcher.get("/live/overview").await.body) == seen {
             assert!(
                 Instant::now() < deadline,
@@ -1174,22 +1292,37 @@ async fn console_in_a_real_browser() {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-    for id in &clues {
-        wait_state(&mut discipline, id, SentState::Acknowledged, 15 * SECOND).await;
-    }
-    // The console's figures have caught up with the last round.
-    let expected = rounds.to_string();
+    let waiting = (sent - acknowledged.len()).to_string();
+
+    // The console's figures have caught up: every clue left discipline,
+    // the unreceived ones wait in public security's inbox.
     let deadline = Instant::now() + 20 * SECOND;
     loop {
         let live = watcher.get("/live/overview").await.body;
-        let personnel = text_of_id(&live, "depth-discipline-outbox-personnel");
+        let outbox = text_of_id(&live, "depth-discipline-outbox-public_security");
         let inbox = text_of_id(&live, "depth-public_security-inbox");
-        if personnel.as_deref() == Some(&expected) && inbox.as_deref() == Some("0") {
+        if outbox.as_deref() == Some("0") && inbox.as_deref() == Some(waiting.as_str()) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the console shows {personnel:?} for personnel, {inbox:?} in the inbox"
+            "the console shows {outbox:?} in discipline's outbox and {inbox:?} in the inbox, \
+             not 0 and {waiting}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The first clue acknowledged: its receipts have come back to
+    // discipline.
+    let message = format!("/nodes/discipline/messages/discipline/{}", acknowledged[0]);
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let page = watcher.get(&message).await.body;
+        if page.contains("data-event=\"acknowledged\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no acknowledged receipt at discipline: {page}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -1198,8 +1331,10 @@ async fn console_in_a_real_browser() {
     let base = format!("http://{}", console.addr);
 
     // The overview as the browser renders it, after its script refreshed
-    // the live part once (under the console's CSP): the queue depths.
+    // the live part once (under the console's CSP): the queue depths and
+    // every peer up.
     let dom = chromium(
+        &browser,
         &format!("{base}{}", console.next_link().await),
         &["--virtual-time-budget=5000", "--dump-dom"],
     )
@@ -1210,32 +1345,38 @@ async fn console_in_a_real_browser() {
         "the script did not refresh the overview: {dom}"
     );
     assert_eq!(
-        text_of_id(&dom, "depth-discipline-outbox-personnel").as_deref(),
-        Some(expected.as_str()),
-        "{dom}"
-    );
-    assert_eq!(
-        text_of_id(&dom, "depth-discipline-outbox-judicial").as_deref(),
-        Some("1")
-    );
-    assert_eq!(
         text_of_id(&dom, "depth-public_security-inbox").as_deref(),
-        Some("0")
-    );
-    assert!(
-        text_of_id(&dom, "peer-discipline-public_security").is_some_and(|t| t.contains("up")),
+        Some(waiting.as_str()),
         "{dom}"
     );
+    assert_eq!(
+        text_of_id(&dom, "depth-discipline-outbox-public_security").as_deref(),
+        Some("0"),
+        "{dom}"
+    );
+    for (node, peer) in [
+        (DISCIPLINE, PERSONNEL),
+        (DISCIPLINE, SECURITY),
+        (DISCIPLINE, JUDICIAL),
+        (SECURITY, DISCIPLINE),
+        (SECURITY, PERSONNEL),
+        (SECURITY, JUDICIAL),
+    ] {
+        assert_eq!(
+            text_of_id(&dom, &format!("peer-{node}-{peer}")),
+            Some(format!("{peer} up")),
+            "{dom}"
+        );
+    }
     assert!(dom.contains("<svg"), "charts: {dom}");
     assert!(!dom.contains(MARKER));
+    assert!(!dom.contains("will appear here"), "a stale note: {dom}");
 
     // A message page: its timeline of receipts.
     let link = console.next_link().await;
     let dom = chromium(
-        &format!(
-            "{base}{}",
-            link.replace("/?", "/nodes/discipline/messages/discipline/clue-0?")
-        ),
+        &browser,
+        &format!("{base}{}", link.replace("/?", &format!("{message}?"))),
         &["--dump-dom"],
     )
     .await;
@@ -1253,6 +1394,7 @@ async fn console_in_a_real_browser() {
     let _ = std::fs::remove_file(&path);
     let shot = format!("--screenshot={}", path.display());
     chromium(
+        &browser,
         &format!("{base}{}", console.next_link().await),
         &[&shot, "--window-size=1280,900", "--hide-scrollbars"],
     )
@@ -1261,22 +1403,9 @@ async fn console_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     assert!(png.len() > 20_000, "{} bytes: an empty page?", png.len());
     eprintln!("screenshot of the overview: {}", path.display());
-    acker.abort();
-}
 
-/// A receiving system that acknowledges every message it is offered.
-async fn acknowledge_everything(
-    mut client: pb::broker_client::BrokerClient<tonic::transport::Channel>,
-) {
-    use tokio_stream::StreamExt;
-    let mut stream = receiver(&mut client, 64, 30).await;
-    while let Some(Ok(d)) = stream.next().await {
-        let _ = client
-            .ack(pb::AckRequest {
-                lease: lease_of(&d),
-            })
-            .await;
-    }
+    drop(console);
+    up.stop().await;
 }
 
 /// How many points the console's depth chart of discipline holds (its
