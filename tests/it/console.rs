@@ -29,6 +29,8 @@ fn payload(id: &str) -> Vec<u8> {
 struct ConsoleProcess {
     _child: tokio::process::Child,
     addr: SocketAddr,
+    /// Its first line: where it listens, for which nodes as whom.
+    banner: String,
     lines: mpsc::UnboundedReceiver<String>,
     stderr: mpsc::UnboundedReceiver<String>,
 }
@@ -106,6 +108,7 @@ impl ConsoleProcess {
         ConsoleProcess {
             _child: child,
             addr,
+            banner: first,
             lines,
             stderr,
         }
@@ -1074,6 +1077,161 @@ async fn console_follow_ups_and_a_case() {
     );
     assert!(!page.body.contains("rs-late"), "{}", page.body);
     browser.assert_no_payload();
+}
+
+// ------------------------------------------------------------ a real federation's flags
+
+/// The flags of a real federation for `nodes` (each node with the
+/// certificate presented to it, a path in the test federation's directory
+/// without `.pem`): `--endpoint`, `--cert` and `--key` per node, in order,
+/// `--ca` and `--trust` once, every file named as an operator of a real
+/// federation names them. Listens on a free port.
+fn real_federation_args(fed: &TestFederation, nodes: &[(&str, &str)]) -> Vec<OsString> {
+    let dev = &fed.dev.dir;
+    let mut args: Vec<OsString> = vec!["--listen".into(), "127.0.0.1:0".into()];
+    args.extend(["--ca".into(), dev.join("ca.pem").into()]);
+    args.extend(["--trust".into(), dev.join("federation.toml").into()]);
+    for (node, cert) in nodes {
+        args.extend(["--node".into(), (*node).into()]);
+        args.extend([
+            "--endpoint".into(),
+            format!("https://127.0.0.1:{}", fed.ports[*node]).into(),
+        ]);
+        args.extend(["--cert".into(), dev.join(format!("{cert}.pem")).into()]);
+        args.extend(["--key".into(), dev.join(format!("{cert}-key.pem")).into()]);
+    }
+    args
+}
+
+/// Runs a console that must refuse to start: it exits non-zero within
+/// 30 s, having printed no address and no link (so it served nothing).
+/// Its standard error.
+async fn console_refuses(args: &[OsString]) -> String {
+    let out = tokio::time::timeout(
+        30 * SECOND,
+        console_command(args).kill_on_drop(true).output(),
+    )
+    .await
+    .expect("the console exits within 30 s")
+    .expect("run cluebridge console");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it started: {stdout}{stderr}");
+    assert!(!stdout.contains("http://"), "{stdout}");
+    stderr
+}
+
+/// The console of a real federation: every file named by a flag, a
+/// principal per node (discipline's operator, public security's auditor),
+/// no development federation to fall back on; and the refusals to start
+/// when the flags do not add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_with_a_real_federations_flags() {
+    let fed = TestFederation::start_with(|_| {}, &[DISCIPLINE, SECURITY]).await;
+    let mut discipline = fed.client(DISCIPLINE);
+    submit(
+        &mut discipline,
+        submit_request("t-1", MessageKind::ClueTransfer, SECURITY, &payload("t-1")),
+    )
+    .await;
+    wait_state(&mut discipline, "t-1", SentState::Delivered, 15 * SECOND).await;
+    // No development federation here: everything comes from the flags.
+    let empty = tempfile::tempdir().expect("tmp");
+    let with_dir = |mut args: Vec<OsString>| {
+        args.extend(["--dir".into(), empty.path().into()]);
+        args
+    };
+    let args = with_dir(real_federation_args(
+        &fed,
+        &[
+            (DISCIPLINE, "clients/discipline/operator"),
+            (SECURITY, "clients/public_security/auditor"),
+        ],
+    ));
+    let mut console = ConsoleProcess::start_with(&args).await;
+    assert!(
+        console
+            .banner
+            .ends_with("for discipline as operator, public_security as auditor (Ctrl-C to stop)"),
+        "{}",
+        console.banner
+    );
+    let mut browser = console.login().await;
+    let page = browser.get("/").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    // Each node answered its own principal: discipline's queues to its
+    // operator, public security's audit head to its auditor.
+    assert_eq!(
+        text_of_id(&page.body, "depth-discipline-inbox").as_deref(),
+        Some("0"),
+        "{}",
+        page.body
+    );
+    assert!(
+        text_of_id(&page.body, "audit-head-public_security").is_some(),
+        "{}",
+        page.body
+    );
+    let queues = browser.get("/nodes/discipline/queues").await;
+    assert_eq!(queues.status, 200, "{}", queues.body);
+    let search = browser.get("/nodes/public_security/messages").await;
+    assert_eq!(search.status, 200, "{}", search.body);
+    assert!(
+        !search.body.contains("needs the audit role"),
+        "{}",
+        search.body
+    );
+    // The bundle of what public security received, verified against the
+    // --trust list.
+    let verify = browser
+        .get("/nodes/public_security/messages/discipline/t-1/verify")
+        .await;
+    assert_eq!(verify.status, 200, "{}", verify.body);
+    assert!(
+        verify.body.contains("PASS</strong> — every check passed")
+            && verify.body.contains("the federation's trust list"),
+        "{}",
+        verify.body
+    );
+    browser.assert_no_payload();
+    drop(console);
+
+    // Two --node, one --endpoint.
+    let mut args = with_dir(real_federation_args(
+        &fed,
+        &[(DISCIPLINE, "clients/discipline/operator")],
+    ));
+    args.extend(["--node".into(), SECURITY.into()]);
+    let err = console_refuses(&args).await;
+    assert!(
+        err.contains("--endpoint was given 1 times for 2 --node")
+            && err.contains("once per --node, in the same order"),
+        "{err}"
+    );
+
+    // A node's own certificate is no principal's.
+    let err = console_refuses(&with_dir(real_federation_args(
+        &fed,
+        &[(DISCIPLINE, "certs/discipline")],
+    )))
+    .await;
+    assert!(
+        err.contains("certs/discipline.pem")
+            && err.contains("is node discipline's own certificate")
+            && err.contains("presents a principal's client certificate"),
+        "{err}"
+    );
+
+    // Nor is another node's principal: rights end at its own node.
+    let err = console_refuses(&with_dir(real_federation_args(
+        &fed,
+        &[(DISCIPLINE, "clients/public_security/operator")],
+    )))
+    .await;
+    assert!(
+        err.contains("names principal operator of node public_security, not of discipline"),
+        "{err}"
+    );
 }
 
 // ------------------------------------------------------------ a real browser
