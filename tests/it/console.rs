@@ -5,7 +5,7 @@
 //! headless Chromium reading the rendered pages.
 
 use crate::harness::*;
-use cluebridge::devfed::{AUDITOR_NAME, OPERATOR_NAME};
+use cluebridge::devfed::{AUDITOR_NAME, DevFederation, OPERATOR_NAME};
 use cluebridge::model::{MessageKind, SentState};
 use cluebridge::pb;
 use std::ffi::OsString;
@@ -963,7 +963,42 @@ async fn console_for_an_auditor_verifies_and_cannot_requeue() {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    browser.assert_no_payload();
 
+    // Against another federation's trust list (the same node and key ids,
+    // other keys) the same bundle fails, and the page names the check.
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let other = DevFederation::create(&elsewhere.path().join("dev"), [1, 2, 3, 4], |_| {})
+        .expect("another development federation");
+    let mut args = console_args(&fed.dev.dir, AUDITOR_NAME, &[DISCIPLINE], "127.0.0.1:0");
+    args.extend(["--trust".into(), other.dir.join("federation.toml").into()]);
+    let mut distrusting = ConsoleProcess::start_with(&args).await;
+    let mut browser = distrusting.login().await;
+    let verify = browser
+        .get("/nodes/discipline/messages/discipline/ok-1/verify")
+        .await;
+    assert_eq!(verify.status, 200, "{}", verify.body);
+    assert!(
+        verify.body.contains(
+            "FAIL</strong> — keys: key discipline-k1 of discipline in the bundle differs from \
+             the trust list's"
+        ),
+        "{}",
+        verify.body
+    );
+    let row = row_with(&verify.body, "id=\"check-keys\"").expect("the keys check");
+    assert!(row.contains(">FAIL<"), "{row}");
+    assert!(!verify.body.contains("every check passed"));
+    // No signature is passed with keys the trust list does not hold: the
+    // verifier stops at the keys.
+    for check in ["envelope-signature", "receipt-1", "receipt-2", "receipt-3"] {
+        assert!(
+            row_with(&verify.body, &format!("id=\"check-{check}\""))
+                .is_none_or(|r| r.contains(">FAIL<")),
+            "{check}: {}",
+            verify.body
+        );
+    }
     browser.assert_no_payload();
 }
 
