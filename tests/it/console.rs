@@ -468,6 +468,25 @@ async fn console_pages_and_actions_for_an_operator() {
         "{}",
         page.body
     );
+    // Personnel is down: after a few failed calls with rect-1, its badge
+    // says so.
+    let deadline = Instant::now() + 20 * SECOND;
+    loop {
+        let live = browser.get("/live/overview").await.body;
+        let badge = text_of_id(&live, "peer-discipline-personnel");
+        if badge.as_deref() == Some("personnel down") {
+            assert!(
+                live.contains("id=\"peer-discipline-personnel\" class=\"badge state-down\""),
+                "{live}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "personnel's badge says {badge:?}, not down"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(page.body.contains("<svg"), "charts");
     // Operators are not auditors: the node refused the audit head.
     assert!(
