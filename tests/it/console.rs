@@ -1,8 +1,9 @@
 //! The web console (`cluebridge console`, the real binary) against a real
 //! test federation: every page and action over HTTP, the login link and
 //! session refusals, cross-site posts, the limits of each role (decided by
-//! the node, not only hidden), no payload in any answer, and a real
-//! headless Chromium reading the rendered pages.
+//! the node, not only hidden), a real federation's flags, no payload in any
+//! answer; and against `cluebridge up`, a real headless Chromium reading
+//! the rendered pages.
 
 use crate::harness::*;
 use cluebridge::devfed::{AUDITOR_NAME, DevFederation, OPERATOR_NAME};
