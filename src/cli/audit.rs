@@ -130,8 +130,9 @@ async fn export_case(
     std::fs::write(&args.output, &text)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
     println!(
-        "wrote the case bundle of {case} ({} messages) to {} ({} bytes); check it with `cluebridge verify {}`",
+        "wrote the case bundle of {case} ({} message{}) to {} ({} bytes); check it with `cluebridge verify {}`",
         listed.len(),
+        if listed.len() == 1 { "" } else { "s" },
         args.output.display(),
         text.len(),
         args.output.display()

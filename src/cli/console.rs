@@ -143,7 +143,7 @@ fn config(args: &ConsoleArgs, announce: Announce) -> Result<ConsoleConfig> {
     ] {
         if count != 0 && count != n {
             bail!(
-                "{flag} was given {count} times for {n} --node: give it once per --node, in \
+                "{flag} was given {count} for {n} --node: give it once per --node, in \
                  the same order, or not at all (to use --dir)"
             );
         }

@@ -1259,7 +1259,7 @@ async fn console_with_a_real_federations_flags() {
     args.extend(["--node".into(), SECURITY.into()]);
     let err = console_refuses(&args).await;
     assert!(
-        err.contains("--endpoint was given 1 times for 2 --node")
+        err.contains("--endpoint was given 1 for 2 --node")
             && err.contains("once per --node, in the same order"),
         "{err}"
     );
