@@ -49,6 +49,14 @@ fn discipline_as(
         .expect("a client")
 }
 
+/// A decline of discipline's waiting message `id`, saying why.
+fn decline(id: &str, reason: &str) -> pb::DeclineRequest {
+    pb::DeclineRequest {
+        message_id: id.into(),
+        reason: reason.into(),
+    }
+}
+
 /// A client command at discipline, as its approver by default.
 fn cli(fed: &TestFederation, args: &[&str]) -> (bool, String) {
     fed.cli(&[args, &["--node", DISCIPLINE]].concat())
@@ -200,10 +208,6 @@ async fn a_declined_submit_is_never_sent_and_the_decline_is_final_and_recorded()
 
     // Refusals first: no role, no reason, nothing waiting.
     let mut operator = discipline_as(&fed, OPERATOR_NAME);
-    let decline = |id: &str, reason: &str| pb::DeclineRequest {
-        message_id: id.into(),
-        reason: reason.into(),
-    };
     let e = operator
         .decline(decline("rs-decline", "no"))
         .await
@@ -377,10 +381,6 @@ async fn approval_refusals_name_their_cause_and_change_nothing() {
     expect(e, Code::NotFound, "no submit discipline/rs-unknown waits");
     let e = approver.approve(approve("")).await.expect_err("empty id");
     expect(e, Code::InvalidArgument, "message_id");
-    let decline = |id: &str, reason: &str| pb::DeclineRequest {
-        message_id: id.into(),
-        reason: reason.into(),
-    };
     let e = approver
         .decline(decline("rs-wait", "   "))
         .await

@@ -155,17 +155,9 @@ async fn watch_refreshes_until_interrupted() {
         text.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     // SIGINT ends the watch cleanly.
-    let pid = child.id().expect("pid").to_string();
-    let kill = tokio::process::Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
+    let status = interrupt(&mut child, 5 * SECOND)
         .await
-        .expect("kill");
-    assert!(kill.success());
-    let status = tokio::time::timeout(5 * SECOND, child.wait())
-        .await
-        .expect("exits after SIGINT")
-        .expect("status");
+        .expect("exits after SIGINT");
     assert!(status.success(), "{status:?}");
 }
 

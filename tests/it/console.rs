@@ -1404,17 +1404,9 @@ impl UpProcess {
 
     /// SIGINT, as Ctrl-C: it stops its nodes and exits 0, within 30 s.
     async fn stop(mut self) {
-        let pid = self.child.id().expect("running").to_string();
-        let kill = tokio::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
+        let status = interrupt(&mut self.child, 30 * SECOND)
             .await
-            .expect("kill");
-        assert!(kill.success());
-        let status = tokio::time::timeout(30 * SECOND, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("`up` still runs 30 s after SIGINT:\n{}", self.log()))
-            .expect("status");
+            .unwrap_or_else(|| panic!("`up` still runs 30 s after SIGINT:\n{}", self.log()));
         assert!(status.success(), "{status:?}:\n{}", self.log());
     }
 }
@@ -1504,7 +1496,7 @@ async fn console_in_a_real_browser() {
                 "{node} does not answer within 60 s: {out}\n`up` printed:\n{}",
                 up.log()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
     let mut console = ConsoleProcess::start_on(

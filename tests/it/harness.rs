@@ -566,3 +566,20 @@ pub fn free_base_port() -> u16 {
     }
     panic!("no free ports for a development federation");
 }
+
+/// Sends SIGINT (as Ctrl-C) to `child`; its exit status, or `None` when it
+/// still runs after `within`.
+pub async fn interrupt(
+    child: &mut tokio::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = child.id().expect("running").to_string();
+    let kill = tokio::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .await
+        .expect("kill");
+    assert!(kill.success());
+    let status = tokio::time::timeout(within, child.wait()).await.ok()?;
+    Some(status.expect("status"))
+}
